@@ -1,0 +1,251 @@
+//! Collections (DESIGN §1): bands, data types, resampling defaults, the grid,
+//! and the built-in sensor profiles. Pure data and validation, no IO.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::grid::{GridSpec, DEFAULT_GRID_CRS, DEFAULT_TILE_SPAN};
+
+/// Pixel data types accepted on the wire and stored in chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    Uint8,
+    Uint16,
+    Int16,
+    Uint32,
+    Int32,
+    Float32,
+    Float64,
+}
+
+impl DType {
+    pub const ALL: [DType; 7] =
+        [DType::Uint8, DType::Uint16, DType::Int16, DType::Uint32, DType::Int32, DType::Float32, DType::Float64];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::Uint8 => "uint8",
+            DType::Uint16 => "uint16",
+            DType::Int16 => "int16",
+            DType::Uint32 => "uint32",
+            DType::Int32 => "int32",
+            DType::Float32 => "float32",
+            DType::Float64 => "float64",
+        }
+    }
+
+    pub fn try_parse(field: &str, s: &str) -> Result<Self> {
+        DType::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| Error::invalid(field, s, "expected one of uint8, uint16, int16, uint32, int32, float32, float64"))
+    }
+
+    pub fn arrow(self) -> arrow_schema::DataType {
+        use arrow_schema::DataType as A;
+        match self {
+            DType::Uint8 => A::UInt8,
+            DType::Uint16 => A::UInt16,
+            DType::Int16 => A::Int16,
+            DType::Uint32 => A::UInt32,
+            DType::Int32 => A::Int32,
+            DType::Float32 => A::Float32,
+            DType::Float64 => A::Float64,
+        }
+    }
+
+    /// Whether `v` is representable exactly in this type (for nodata values).
+    pub fn holds(self, v: f64) -> bool {
+        let int_in = |lo: f64, hi: f64| v.fract() == 0.0 && (lo..=hi).contains(&v);
+        match self {
+            DType::Uint8 => int_in(0.0, u8::MAX as f64),
+            DType::Uint16 => int_in(0.0, u16::MAX as f64),
+            DType::Int16 => int_in(i16::MIN as f64, i16::MAX as f64),
+            DType::Uint32 => int_in(0.0, u32::MAX as f64),
+            DType::Int32 => int_in(i32::MIN as f64, i32::MAX as f64),
+            DType::Float32 => v.is_nan() || (v as f32) as f64 == v,
+            DType::Float64 => true,
+        }
+    }
+}
+
+/// Runs `$body` with `$T` bound to the arrow primitive type of `$dtype`.
+#[macro_export]
+macro_rules! with_arrow_type {
+    ($dtype:expr, $T:ident => $body:expr) => {{
+        use arrow_array::types as __t;
+        match $dtype {
+            $crate::collection::DType::Uint8 => { type $T = __t::UInt8Type; $body }
+            $crate::collection::DType::Uint16 => { type $T = __t::UInt16Type; $body }
+            $crate::collection::DType::Int16 => { type $T = __t::Int16Type; $body }
+            $crate::collection::DType::Uint32 => { type $T = __t::UInt32Type; $body }
+            $crate::collection::DType::Int32 => { type $T = __t::Int32Type; $body }
+            $crate::collection::DType::Float32 => { type $T = __t::Float32Type; $body }
+            $crate::collection::DType::Float64 => { type $T = __t::Float64Type; $body }
+        }
+    }};
+}
+
+/// Resampling kernels. Masks and categorical bands default to nearest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resampling {
+    Nearest,
+    Bilinear,
+}
+
+impl Resampling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resampling::Nearest => "nearest",
+            Resampling::Bilinear => "bilinear",
+        }
+    }
+
+    pub fn try_parse(field: &str, s: &str) -> Result<Self> {
+        match s {
+            "nearest" | "near" => Ok(Resampling::Nearest),
+            "bilinear" => Ok(Resampling::Bilinear),
+            _ => Err(Error::invalid(field, s, "expected nearest or bilinear")),
+        }
+    }
+}
+
+/// One band of a collection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Band {
+    pub name: String,
+    pub dtype: DType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodata: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<f64>,
+    pub resampling: Resampling,
+}
+
+/// The persisted form of a grid (what `describe` shows and collection.json holds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GridDoc {
+    /// As the user gave it (EPSG code, WKT or PROJ string).
+    pub crs: String,
+    /// The same CRS as WKT, resolved by GDAL at creation.
+    pub crs_wkt: String,
+    pub tile_span: f64,
+    pub resolution: f64,
+    pub tile_px: u32,
+    pub pixel_size: f64,
+}
+
+/// A collection as stored in `<warehouse>/<name>/collection.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Collection {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    pub bands: Vec<Band>,
+    pub grid: GridDoc,
+}
+
+impl Collection {
+    pub fn band(&self, name: &str) -> Option<&Band> {
+        self.bands.iter().find(|b| b.name == name)
+    }
+
+    pub fn grid_spec(&self) -> GridSpec {
+        GridSpec { crs: self.grid.crs_wkt.clone(), tile_span: self.grid.tile_span, resolution: self.grid.resolution, tile_px: self.grid.tile_px }
+    }
+
+    /// Looks up band names given by a client; empty means all bands.
+    pub fn select_bands(&self, field: &str, names: &[String]) -> Result<Vec<&Band>> {
+        if names.is_empty() {
+            return Ok(self.bands.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.band(n).ok_or_else(|| {
+                    let known: Vec<&str> = self.bands.iter().map(|b| b.name.as_str()).collect();
+                    Error::invalid(field, n, &format!("no such band in collection {:?}; it has {}", self.name, known.join(", ")))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Checks a collection name against `[a-z0-9_]{1,64}`.
+pub fn validate_collection_name(field: &str, name: &str) -> Result<()> {
+    validate_ident(field, name, 64)
+}
+
+/// Checks a band name against `[a-z0-9_]{1,32}`.
+pub fn validate_band_name(field: &str, name: &str) -> Result<()> {
+    validate_ident(field, name, 32)
+}
+
+fn validate_ident(field: &str, s: &str, max: usize) -> Result<()> {
+    let ok = !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(field, s, &format!("must match [a-z0-9_]{{1,{max}}}")))
+    }
+}
+
+/// A built-in sensor profile: its bands and native resolution.
+pub struct Profile {
+    pub name: &'static str,
+    pub resolution: f64,
+    pub bands: Vec<Band>,
+}
+
+fn band(name: &str, dtype: DType, nodata: Option<f64>, scale: Option<f64>, offset: Option<f64>, resampling: Resampling) -> Band {
+    Band { name: name.to_string(), dtype, nodata, scale, offset, resampling }
+}
+
+/// Built-in profiles by name. Reflectance bands resample bilinearly, QA and
+/// classification bands with nearest.
+pub fn profile(name: &str) -> Option<Profile> {
+    use DType::*;
+    use Resampling::*;
+    let refl = |n: &str, scale: f64, offset: Option<f64>| band(n, Uint16, Some(0.0), Some(scale), offset, Bilinear);
+    match name {
+        // Sentinel-2 L2A, 10 m. Products from processing baseline 04.00 carry
+        // BOA_ADD_OFFSET = -1000 DN; per-scene offsets arrive with COG ingest.
+        "sentinel2_l2a" => {
+            let mut bands: Vec<Band> = ["coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09", "swir16", "swir22"]
+                .iter()
+                .map(|n| refl(n, 1e-4, None))
+                .collect();
+            bands.push(band("scl", Uint8, Some(0.0), None, None, Nearest));
+            Some(Profile { name: "sentinel2_l2a", resolution: 10.0, bands })
+        }
+        // Landsat Collection 2 Level-2 surface reflectance, 30 m.
+        "landsat8_l2" | "landsat9_l2" => {
+            let mut bands: Vec<Band> =
+                ["coastal", "blue", "green", "red", "nir08", "swir16", "swir22"].iter().map(|n| refl(n, 2.75e-5, Some(-0.2))).collect();
+            bands.push(band("lwir11", Uint16, Some(0.0), Some(0.00341802), Some(149.0), Bilinear));
+            bands.push(band("qa_pixel", Uint16, Some(1.0), None, None, Nearest));
+            let name = if name == "landsat8_l2" { "landsat8_l2" } else { "landsat9_l2" };
+            Some(Profile { name, resolution: 30.0, bands })
+        }
+        // PlanetScope surface reflectance, 3 m, with its usable-data mask.
+        "planet_sr" => {
+            let mut bands: Vec<Band> = ["blue", "green", "red", "nir"].iter().map(|n| refl(n, 1e-4, None)).collect();
+            bands.push(band("udm", Uint8, None, None, None, Nearest));
+            Some(Profile { name: "planet_sr", resolution: 3.0, bands })
+        }
+        _ => None,
+    }
+}
+
+pub const PROFILE_NAMES: [&str; 4] = ["sentinel2_l2a", "landsat8_l2", "landsat9_l2", "planet_sr"];
+
+/// Fills in the default grid where a request leaves it out.
+pub fn grid_defaults(crs: &str, tile_span: f64) -> (String, f64) {
+    let crs = if crs.trim().is_empty() { DEFAULT_GRID_CRS.to_string() } else { crs.to_string() };
+    let span = if tile_span == 0.0 { DEFAULT_TILE_SPAN } else { tile_span };
+    (crs, span)
+}

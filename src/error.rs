@@ -1,0 +1,117 @@
+//! The crate error and the one conversion into `tonic::Status`.
+//!
+//! Client mistakes carry the field and the offending value; server faults
+//! keep their source chain. `Status` appears only in `into_status`.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Longest message sent to a client (values are cut so one bad field cannot
+/// echo megabytes back).
+const MAX_MESSAGE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field has a bad value.
+    #[error("invalid {field} = {value}: {reason}")]
+    Invalid { field: String, value: String, reason: String },
+    /// The request refers to something that does not exist.
+    #[error("{what} not found")]
+    NotFound { what: String },
+    /// Creating something that already exists.
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    /// A filesystem operation failed.
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encoding or decoding Arrow data failed on our side.
+    #[error("arrow error while {context}: {source}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
+    /// A GDAL/PROJ call failed for a reason that is not the client's input.
+    #[error("gdal error while {context}: {source}")]
+    Gdal {
+        context: String,
+        #[source]
+        source: gdal::errors::GdalError,
+    },
+    /// A stored file does not look like what we wrote.
+    #[error("corrupt {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    /// A background task died.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A bad client value; `value` is shown with Debug quoting and cut to 200 chars.
+    pub fn invalid(field: &str, value: impl std::fmt::Debug, reason: &str) -> Self {
+        let mut v = format!("{value:?}");
+        if v.len() > 200 {
+            let cut = (0..=200).rev().find(|i| v.is_char_boundary(*i)).unwrap_or(0);
+            v.truncate(cut);
+            v.push('…');
+        }
+        Error::Invalid { field: field.to_string(), value: v, reason: reason.to_string() }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound { what: what.into() }
+    }
+
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Error::Io { path, source }
+    }
+
+    pub fn arrow(context: impl Into<String>) -> impl FnOnce(arrow_schema::ArrowError) -> Self {
+        let context = context.into();
+        move |source| Error::Arrow { context, source }
+    }
+
+    pub fn gdal(context: impl Into<String>) -> impl FnOnce(gdal::errors::GdalError) -> Self {
+        let context = context.into();
+        move |source| Error::Gdal { context, source }
+    }
+
+    /// The one mapping to gRPC. Client mistakes are logged at info, server
+    /// faults at warn with their source chain.
+    pub fn into_status(self) -> tonic::Status {
+        use tonic::Code;
+        let code = match &self {
+            Error::Invalid { .. } => Code::InvalidArgument,
+            Error::NotFound { .. } => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::Io { .. } => Code::Internal,
+            Error::Arrow { .. } => Code::Internal,
+            Error::Gdal { .. } => Code::Internal,
+            Error::Corrupt { .. } => Code::Internal,
+            Error::Internal(_) => Code::Internal,
+        };
+        let mut msg = self.to_string();
+        if code == Code::Internal {
+            tracing::warn!(error = %msg, "request failed");
+        } else {
+            tracing::info!(error = %msg, "request rejected");
+        }
+        if msg.len() > MAX_MESSAGE {
+            let cut = (0..=MAX_MESSAGE).rev().find(|i| msg.is_char_boundary(*i)).unwrap_or(0);
+            msg.truncate(cut);
+        }
+        tonic::Status::new(code, msg)
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        e.into_status()
+    }
+}

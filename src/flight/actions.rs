@@ -1,0 +1,151 @@
+//! DoAction: collection management and server information. Bodies are JSON
+//! objects (or the protobuf messages of `proto/`); results are JSON.
+
+use serde_json::{json, Value};
+
+use crate::collection::{self, Band, Collection, DType, GridDoc, Resampling, PROFILE_NAMES};
+use crate::error::{Error, Result};
+use crate::grid::{GridSpec, TileId};
+use crate::storage::{CollectionStore, Warehouse};
+use crate::warp::crs;
+use crate::wire::{self, format_time};
+use pixelquery_proto::v1 as pb;
+
+/// Every action: name and description (what `ListActions` returns).
+pub const ACTIONS: [(&str, &str); 4] = [
+    ("health", "Server status: {\"status\": \"ok\", \"version\", \"collections\"}. Body: empty."),
+    ("list_collections", "All collections with their bands, tile and scene counts. Body: empty."),
+    (
+        "create_collection",
+        "Create a collection. Body: {\"name\", \"profile\": \"sentinel2_l2a\"|\"landsat8_l2\"|\"landsat9_l2\"|\"planet_sr\"} or {\"name\", \"bands\": [{\"name\", \"dtype\", \"nodata\", \"resampling\"}], \"grid\": {\"crs\", \"tile_span\", \"resolution\"}, \"resampling\"}; grid.crs and tile_span default to the sinusoidal 2560 m grid. Returns the collection as describe does.",
+    ),
+    ("describe", "A collection's bands, grid and counts, or with \"tile\" that tile's chunks. Body: {\"collection\", \"tile\"?}."),
+];
+
+/// Runs one action. Blocking (GDAL for CRS checks, file IO).
+pub fn run(warehouse: &Warehouse, name: &str, body: &[u8]) -> Result<Value> {
+    match name {
+        "health" => Ok(json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "collections": warehouse.collections().len(),
+        })),
+        "list_collections" => Ok(Value::Array(warehouse.collections().iter().map(|c| summary(c)).collect())),
+        "create_collection" => {
+            let meta = build_collection(wire::decode_create_collection(body)?)?;
+            let store = warehouse.create_collection(meta)?;
+            Ok(describe(&store))
+        }
+        "describe" => {
+            let d = wire::decode_describe(body)?;
+            collection::validate_collection_name("collection", &d.collection)?;
+            let store = warehouse.collection(&d.collection)?;
+            if d.tile.is_empty() {
+                Ok(describe(&store))
+            } else {
+                let tile: TileId = d.tile.parse().map_err(|e: crate::grid::GridError| Error::invalid("tile", &d.tile, &e.to_string()))?;
+                Ok(describe_tile(&store, tile))
+            }
+        }
+        other => Err(Error::invalid(
+            "action.type",
+            other,
+            &format!("unknown action; available: {}", ACTIONS.iter().map(|a| a.0).collect::<Vec<_>>().join(", ")),
+        )),
+    }
+}
+
+fn summary(c: &CollectionStore) -> Value {
+    json!({
+        "name": c.meta.name,
+        "profile": c.meta.profile,
+        "bands": c.meta.bands.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
+        "resolution": c.meta.grid.resolution,
+        "tiles": c.tiles().len(),
+        "scenes": c.scene_count(),
+    })
+}
+
+fn describe(c: &CollectionStore) -> Value {
+    let mut v = serde_json::to_value(&c.meta).unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut v {
+        m.insert("tiles".into(), c.tiles().len().into());
+        m.insert("scenes".into(), c.scene_count().into());
+        m.insert("chunks".into(), c.chunks(|_| true).len().into());
+    }
+    v
+}
+
+fn describe_tile(c: &CollectionStore, tile: TileId) -> Value {
+    let grid = c.meta.grid_spec();
+    let chunks: Vec<Value> = c
+        .chunks(|k| k.tile == tile)
+        .iter()
+        .map(|(k, e)| {
+            json!({
+                "month": k.month.to_string(),
+                "band": k.band,
+                "observations": e.times.len(),
+                "bytes": e.len,
+                "start": e.times.iter().min().map(|t| format_time(*t)),
+                "end": e.times.iter().max().map(|t| format_time(*t)),
+            })
+        })
+        .collect();
+    json!({
+        "collection": c.meta.name,
+        "tile": tile.to_string(),
+        "bounds": grid.tile_bounds(tile),
+        "geotransform": grid.tile_geotransform(tile),
+        "tile_px": grid.tile_px,
+        "chunks": chunks,
+    })
+}
+
+/// Validates a create_collection request into a collection.
+pub fn build_collection(req: pb::CreateCollection) -> Result<Collection> {
+    collection::validate_collection_name("name", &req.name)?;
+    let default_resampling = if req.resampling.is_empty() { None } else { Some(Resampling::try_parse("resampling", &req.resampling)?) };
+    let (profile, mut bands, profile_res) = if req.profile.is_empty() {
+        (None, Vec::new(), None)
+    } else {
+        let p = collection::profile(&req.profile)
+            .ok_or_else(|| Error::invalid("profile", &req.profile, &format!("unknown profile; built-in: {}", PROFILE_NAMES.join(", "))))?;
+        if !req.bands.is_empty() {
+            return Err(Error::invalid("bands", req.bands.len(), "give either a profile or bands, not both"));
+        }
+        (Some(p.name.to_string()), p.bands, Some(p.resolution))
+    };
+    for (i, b) in req.bands.iter().enumerate() {
+        let field = format!("bands[{i}]");
+        collection::validate_band_name(&format!("{field}.name"), &b.name)?;
+        if b.name == "valid" || bands.iter().any(|o: &Band| o.name == b.name) {
+            return Err(Error::invalid(&format!("{field}.name"), &b.name, "duplicate or reserved band name"));
+        }
+        let dtype = DType::try_parse(&format!("{field}.dtype"), &b.dtype)?;
+        if let Some(nd) = b.nodata {
+            if !dtype.holds(nd) {
+                return Err(Error::invalid(&format!("{field}.nodata"), nd, &format!("not representable as {}", dtype.name())));
+            }
+        }
+        let resampling = if b.resampling.is_empty() { default_resampling.unwrap_or(Resampling::Nearest) } else { Resampling::try_parse(&format!("{field}.resampling"), &b.resampling)? };
+        bands.push(Band { name: b.name.clone(), dtype, nodata: b.nodata, scale: b.scale, offset: b.offset, resampling });
+    }
+    if bands.is_empty() {
+        return Err(Error::invalid("bands", "[]", "a collection needs a profile or at least one band"));
+    }
+    let g = req.grid.unwrap_or_default();
+    let resolution = if g.resolution == 0.0 { profile_res.ok_or_else(|| Error::invalid("grid.resolution", 0.0, "required without a profile"))? } else { g.resolution };
+    let (crs_def, span) = collection::grid_defaults(&g.crs, g.tile_span);
+    let spec = GridSpec::try_new(crs_def.clone(), span, resolution).map_err(|e| match e {
+        crate::grid::GridError::TileSpan(v) => Error::invalid("grid.tile_span", v, "must be a finite number > 0"),
+        other => Error::invalid("grid.resolution", resolution, &other.to_string()),
+    })?;
+    let crs_wkt = crs::to_wkt("grid.crs", &crs_def)?;
+    Ok(Collection {
+        name: req.name,
+        profile,
+        bands,
+        grid: GridDoc { crs: crs_def, crs_wkt, tile_span: spec.tile_span, resolution, tile_px: spec.tile_px, pixel_size: spec.pixel_size() },
+    })
+}

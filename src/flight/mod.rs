@@ -1,0 +1,212 @@
+//! The Flight service, thin: decode the request -> call ingest / query /
+//! actions -> encode the answer. Errors become `Status` through
+//! [`Error::into_status`] only.
+
+pub mod actions;
+
+use std::sync::Arc;
+
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, PollInfo, PutResult,
+    SchemaAsIpc, SchemaResult, Ticket,
+};
+use arrow_ipc::writer::IpcWriteOptions;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::{Error, Result};
+use crate::ingest::{self, IngestOptions};
+use crate::query::{self, Plan};
+use crate::storage::Warehouse;
+use crate::wire::{self, QuerySpec};
+
+/// Largest FlightData message the server sends (arrow-flight splits bigger
+/// batches); well under the gRPC message limit.
+const MAX_FLIGHT_DATA: usize = 4 << 20;
+
+/// Shared state of every handler.
+pub struct AppState {
+    /// The one warehouse this server serves.
+    pub warehouse: Arc<Warehouse>,
+    /// Limits applied to every DoPut.
+    pub ingest: IngestOptions,
+}
+
+/// The FlightService implementation.
+#[derive(Clone)]
+pub struct Service {
+    state: Arc<AppState>,
+}
+
+impl Service {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+/// Runs blocking work (GDAL, file IO) off the async runtime.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("task failed: {e}")))?
+}
+
+fn command(field: &str, d: &FlightDescriptor) -> Result<Vec<u8>> {
+    if d.r#type() != DescriptorType::Cmd {
+        return Err(Error::invalid(&format!("{field}.type"), d.r#type().as_str_name(), "expected a CMD descriptor holding a Query or IngestRequest"));
+    }
+    Ok(d.cmd.to_vec())
+}
+
+async fn plan(state: &AppState, spec: QuerySpec) -> Result<Plan> {
+    let wh = state.warehouse.clone();
+    blocking(move || query::plan(&wh, spec)).await
+}
+
+fn flight_info(plan: &Plan, descriptor: FlightDescriptor) -> Result<FlightInfo> {
+    let schema = plan.schema()?;
+    let mut info = FlightInfo::new()
+        .try_with_schema(&schema)
+        .map_err(Error::arrow("encoding a schema"))?
+        .with_descriptor(descriptor.clone())
+        .with_total_records(plan.total_records() as i64)
+        .with_total_bytes(plan.total_bytes() as i64);
+    if plan.point.is_some() {
+        // A point series is one small answer: the query is its own ticket.
+        info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(descriptor.cmd)));
+    } else {
+        for (ticket, _) in plan.per_chunk() {
+            info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)));
+        }
+    }
+    Ok(info)
+}
+
+fn to_flight(e: Error) -> FlightError {
+    FlightError::Tonic(Box::new(e.into_status()))
+}
+
+fn from_flight(e: FlightError) -> Status {
+    match e {
+        FlightError::Tonic(s) => *s,
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// A FlightError from the client's DoPut stream, as a request error.
+fn stream_error(e: FlightError) -> Error {
+    match e {
+        FlightError::Tonic(s) => Error::invalid("stream", s.code().description(), s.message()),
+        other => Error::invalid("stream", "", &format!("malformed Arrow IPC stream: {other}")),
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for Service {
+    type HandshakeStream = BoxStream<'static, Result<HandshakeResponse, Status>>;
+    type ListFlightsStream = BoxStream<'static, Result<FlightInfo, Status>>;
+    type DoGetStream = BoxStream<'static, Result<FlightData, Status>>;
+    type DoPutStream = BoxStream<'static, Result<PutResult, Status>>;
+    type DoActionStream = BoxStream<'static, Result<arrow_flight::Result, Status>>;
+    type ListActionsStream = BoxStream<'static, Result<ActionType, Status>>;
+    type DoExchangeStream = BoxStream<'static, Result<FlightData, Status>>;
+
+    async fn handshake(&self, _request: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(Status::unimplemented("authentication is not enabled on this server; call the other RPCs directly"))
+    }
+
+    async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let spec = wire::decode_criteria(&request.into_inner().expression)?;
+        let stores = if spec.collection.is_empty() { self.state.warehouse.collections() } else { vec![self.state.warehouse.collection(&spec.collection)?] };
+        let mut infos = Vec::new();
+        for store in stores {
+            let mut s = spec.clone();
+            s.collection = store.meta.name.clone();
+            let p = plan(&self.state, s).await?;
+            for (ticket, one) in p.per_chunk() {
+                infos.push(Ok(flight_info(&one, FlightDescriptor::new_cmd(ticket))?));
+            }
+        }
+        Ok(Response::new(futures::stream::iter(infos).boxed()))
+    }
+
+    async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        let descriptor = request.into_inner();
+        let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
+        let p = plan(&self.state, spec).await?;
+        Ok(Response::new(flight_info(&p, descriptor)?))
+    }
+
+    async fn poll_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("PollFlightInfo is not supported: GetFlightInfo answers at once"))
+    }
+
+    async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        let descriptor = request.into_inner();
+        let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
+        let p = plan(&self.state, spec).await?;
+        let schema = p.schema()?;
+        let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+            .try_into()
+            .map_err(|e: arrow_schema::ArrowError| Error::arrow("encoding a schema")(e))?;
+        Ok(Response::new(result))
+    }
+
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let spec = wire::decode_query("ticket", &request.into_inner().ticket)?;
+        let p = plan(&self.state, spec).await?;
+        let schema = p.schema()?;
+        // A blocking reader feeds a small channel; it stops when the client
+        // goes away (the receiver is dropped and `send` fails).
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<arrow_array::RecordBatch, FlightError>>(4);
+        tokio::task::spawn_blocking(move || {
+            let res = p.read(|batch| tx.blocking_send(Ok(batch)).is_ok());
+            if let Err(e) = res {
+                let _ = tx.blocking_send(Err(to_flight(e)));
+            }
+        });
+        let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let stream = FlightDataEncoderBuilder::new().with_schema(schema).with_max_flight_data_size(MAX_FLIGHT_DATA).build(batches).map_err(from_flight);
+        Ok(Response::new(stream.boxed()))
+    }
+
+    async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        let mut stream = request.into_inner();
+        // The descriptor rides on the first message; read it before the rest.
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Error::invalid("stream", "no messages", "DoPut needs a descriptor and raster rows"))?;
+        let descriptor = first.flight_descriptor.clone().ok_or_else(|| Error::invalid("descriptor", "none", "the first DoPut message must carry a FlightDescriptor"))?;
+        let spec = wire::decode_ingest(&command("descriptor", &descriptor)?)?;
+        let data = futures::stream::once(async move { Ok(first) }).chain(stream).map_err(|s| FlightError::Tonic(Box::new(s)));
+        let batches = FlightRecordBatchStream::new_from_flight_data(data).map_err(stream_error);
+        let summary = ingest::ingest(self.state.warehouse.clone(), self.state.ingest.clone(), spec, batches).await?;
+        tracing::info!(scene = %summary.scene_id, observations = summary.observations, bytes = summary.bytes, ms = summary.elapsed_ms, duplicate = summary.duplicate, "ingested");
+        let meta = serde_json::to_vec(&summary).map_err(|e| Error::Internal(e.to_string()))?;
+        let result = PutResult { app_metadata: meta.into() };
+        Ok(Response::new(futures::stream::once(async move { Ok(result) }).boxed()))
+    }
+
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        let wh = self.state.warehouse.clone();
+        let value = blocking(move || actions::run(&wh, &action.r#type, &action.body)).await?;
+        let body = serde_json::to_vec(&value).map_err(|e| Error::Internal(e.to_string()))?;
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(futures::stream::once(async move { Ok(result) }).boxed()))
+    }
+
+    async fn list_actions(&self, _request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        let list = actions::ACTIONS.iter().map(|(t, d)| Ok(ActionType { r#type: t.to_string(), description: d.to_string() }));
+        Ok(Response::new(futures::stream::iter(list.collect::<Vec<_>>()).boxed()))
+    }
+
+    async fn do_exchange(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("DoExchange is not supported: use DoPut to write and DoGet to read"))
+    }
+}

@@ -1,0 +1,295 @@
+//! DoPut ingest: decode the raster stream -> validate -> warp onto every tile
+//! the raster touches -> append the scene (DESIGN §3).
+//!
+//! The async side moves record batches and checks them as they arrive; the
+//! warp and the file IO run in one blocking task, which spreads tiles over a
+//! bounded number of threads (each with its own GDAL objects).
+//!
+//! The trunk keeps the whole source raster in memory until the stream ends;
+//! the row-streaming warp that bounds memory by a few tile rows comes later.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, BooleanArray, PrimitiveArray, RecordBatch};
+use arrow_buffer::ScalarBuffer;
+use arrow_schema::DataType;
+use futures::{Stream, StreamExt};
+
+use crate::collection::{Collection, DType, Resampling};
+use crate::error::{Error, Result};
+use crate::grid::TileId;
+use crate::storage::{AppendOutcome, CollectionStore, Observation, Warehouse};
+use crate::warp::{self, crs, Sample, SourceGeometry};
+use crate::wire::IngestSpec;
+use crate::with_arrow_type;
+
+/// Limits and resources for ingest.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// Largest accepted raster, in bytes of pixel data over all bands.
+    pub max_raster_bytes: u64,
+    /// Most tiles one raster may touch.
+    pub max_tiles: u64,
+    /// Threads warping the tiles of one scene.
+    pub warp_threads: usize,
+}
+
+/// The answer to a DoPut (PutResult app_metadata, DESIGN §4a).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PutSummary {
+    pub scene_id: String,
+    pub tiles: Vec<String>,
+    pub observations: u64,
+    pub bytes: u64,
+    pub elapsed_ms: u64,
+    pub duplicate: bool,
+}
+
+/// A band of the incoming raster matched to the collection's band.
+#[derive(Debug, Clone)]
+struct PlannedBand {
+    name: String,
+    dtype: DType,
+    nodata: Option<f64>,
+    resampling: Resampling,
+}
+
+/// Checks the request against its collection (band names and types).
+fn plan_bands(spec: &IngestSpec, coll: &Collection) -> Result<Vec<PlannedBand>> {
+    spec.bands
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let stored = coll.band(&b.name).ok_or_else(|| {
+                let known: Vec<&str> = coll.bands.iter().map(|b| b.name.as_str()).collect();
+                Error::invalid(&format!("bands[{i}].name"), &b.name, &format!("no such band in collection {:?}; it has {}", coll.name, known.join(", ")))
+            })?;
+            if stored.dtype != b.dtype {
+                return Err(Error::invalid(&format!("bands[{i}].dtype"), b.dtype.name(), &format!("collection {:?} stores band {} as {}", coll.name, b.name, stored.dtype.name())));
+            }
+            Ok(PlannedBand { name: b.name.clone(), dtype: b.dtype, nodata: b.nodata.or(stored.nodata), resampling: b.resampling.unwrap_or(stored.resampling) })
+        })
+        .collect()
+}
+
+/// Bytes per pixel of a data type.
+fn dtype_size(d: DType) -> u64 {
+    d.arrow().primitive_width().unwrap_or(8) as u64
+}
+
+/// Receives the raster rows, checking every batch as it arrives.
+struct Receiver<'a> {
+    spec: &'a IngestSpec,
+    bands: &'a [PlannedBand],
+    columns: Vec<Vec<ArrayRef>>,
+    valid: Vec<ArrayRef>,
+    rows: u64,
+    batches: usize,
+}
+
+impl<'a> Receiver<'a> {
+    fn new(spec: &'a IngestSpec, bands: &'a [PlannedBand]) -> Self {
+        Self { spec, bands, columns: vec![Vec::new(); bands.len()], valid: Vec::new(), rows: 0, batches: 0 }
+    }
+
+    fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+        let width = self.spec.width as u64;
+        let n = batch.num_rows() as u64;
+        let field = format!("stream batch {}", self.batches);
+        self.batches += 1;
+        if n % width != 0 {
+            return Err(Error::invalid(&field, format!("{n} values"), &format!("each batch must hold whole raster rows: a multiple of width = {width}")));
+        }
+        let rows = n / width;
+        if self.rows + rows > self.spec.height as u64 {
+            return Err(Error::invalid(&field, format!("{} rows so far", self.rows + rows), &format!("more rows than height = {}", self.spec.height)));
+        }
+        for (i, b) in self.bands.iter().enumerate() {
+            let col = batch.column_by_name(&b.name).ok_or_else(|| {
+                let have: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+                Error::invalid(&format!("column {}", b.name), have.join(", "), "missing band column: one column per band, named as the band")
+            })?;
+            if col.data_type() != &b.dtype.arrow() {
+                return Err(Error::invalid(&format!("column {}", b.name), col.data_type(), &format!("expected {} values as declared in bands", b.dtype.name())));
+            }
+            self.columns[i].push(col.clone());
+        }
+        if let Some(v) = batch.column_by_name("valid") {
+            if v.data_type() != &DataType::Boolean {
+                return Err(Error::invalid("column valid", v.data_type(), "expected a boolean column"));
+            }
+            self.valid.push(v.clone());
+        } else if !self.valid.is_empty() {
+            return Err(Error::invalid("column valid", &field, "present in earlier batches but missing here"));
+        }
+        if !self.valid.is_empty() && self.valid.len() != self.batches {
+            return Err(Error::invalid("column valid", &field, "missing in earlier batches"));
+        }
+        if let Some(extra) = batch.schema().fields().iter().find(|f| f.name() != "valid" && !self.bands.iter().any(|b| &b.name == f.name())) {
+            return Err(Error::invalid(&format!("column {}", extra.name()), "", "not a band of this request (list it in bands) nor `valid`"));
+        }
+        self.rows += rows;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Received> {
+        if self.batches == 0 {
+            return Err(Error::invalid("stream", "0 record batches", "the DoPut stream held no raster rows"));
+        }
+        if self.rows != self.spec.height as u64 {
+            return Err(Error::invalid("stream", format!("{} rows", self.rows), &format!("expected height = {} rows of width = {}", self.spec.height, self.spec.width)));
+        }
+        Ok(Received { columns: self.columns, valid: self.valid })
+    }
+}
+
+struct Received {
+    columns: Vec<Vec<ArrayRef>>,
+    valid: Vec<ArrayRef>,
+}
+
+/// Runs a whole DoPut: `stream` yields the raster's record batches.
+pub async fn ingest<S>(warehouse: Arc<Warehouse>, opts: IngestOptions, spec: IngestSpec, mut stream: S) -> Result<PutSummary>
+where
+    S: Stream<Item = Result<RecordBatch>> + Unpin,
+{
+    let started = Instant::now();
+    let store = warehouse.collection(&spec.collection)?;
+    let bands = plan_bands(&spec, &store.meta)?;
+    let raster_bytes: u64 = bands.iter().map(|b| dtype_size(b.dtype)).sum::<u64>() * spec.width as u64 * spec.height as u64;
+    if raster_bytes > opts.max_raster_bytes {
+        return Err(Error::invalid("width/height", (spec.width, spec.height), &format!("raster of {raster_bytes} bytes exceeds the server limit of {} bytes", opts.max_raster_bytes)));
+    }
+    // Resolve the CRS before reading any pixels, so a bad CRS fails fast.
+    let crs_def = spec.crs.clone();
+    let grid_wkt = store.meta.grid.crs_wkt.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let src = crs::spatial_ref("crs", &crs_def)?;
+        let dst = crs::spatial_ref("grid.crs", &grid_wkt)?;
+        crs::Transformer::new(&src, &dst).map(|_| ())
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))??;
+
+    if store.has_scene(&spec.scene_id) {
+        // A retry of an acknowledged scene: read the stream to its end so the
+        // client's writes complete, keep nothing.
+        while let Some(b) = stream.next().await {
+            b?;
+        }
+        return Ok(summary(&spec, AppendOutcome { duplicate: true, ..Default::default() }, started));
+    }
+
+    let mut rx = Receiver::new(&spec, &bands);
+    while let Some(batch) = stream.next().await {
+        rx.push(&batch?)?;
+    }
+    let received = rx.finish()?;
+    let spec2 = spec.clone();
+    let outcome = tokio::task::spawn_blocking(move || -> Result<AppendOutcome> {
+        let observations = warp_scene(&spec2, &bands, received, &store, &opts)?;
+        store.append_scene(&spec2.scene_id, spec2.acquired_at_ms, observations)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("ingest task failed: {e}")))??;
+    Ok(summary(&spec, outcome, started))
+}
+
+fn summary(spec: &IngestSpec, o: AppendOutcome, started: Instant) -> PutSummary {
+    PutSummary {
+        scene_id: spec.scene_id.clone(),
+        tiles: o.tiles.iter().map(|t| t.to_string()).collect(),
+        observations: o.observations,
+        bytes: o.bytes,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        duplicate: o.duplicate,
+    }
+}
+
+fn concat(parts: &[ArrayRef]) -> Result<ArrayRef> {
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+    arrow_select::concat::concat(&refs).map_err(Error::arrow("joining raster rows"))
+}
+
+/// Validity of every source pixel from the `valid` column and a band's nulls.
+fn validity(valid: Option<&BooleanArray>, band: &ArrayRef) -> Option<Vec<bool>> {
+    if valid.is_none() && band.null_count() == 0 {
+        return None;
+    }
+    Some((0..band.len()).map(|i| valid.is_none_or(|v| v.is_valid(i) && v.value(i)) && band.is_valid(i)).collect())
+}
+
+/// Warps every band onto every touched tile, in parallel over tiles.
+fn warp_scene(spec: &IngestSpec, bands: &[PlannedBand], received: Received, store: &CollectionStore, opts: &IngestOptions) -> Result<Vec<Observation>> {
+    let columns: Vec<ArrayRef> = received.columns.iter().map(|c| concat(c)).collect::<Result<_>>()?;
+    let valid = if received.valid.is_empty() { None } else { Some(concat(&received.valid)?) };
+    let valid = valid.as_ref().map(|v| v.as_boolean().clone());
+    let validity: Vec<Option<Vec<bool>>> = columns.iter().map(|c| validity(valid.as_ref(), c)).collect();
+    let src = SourceGeometry::try_new(spec.width as usize, spec.height as usize, spec.geotransform)
+        .ok_or_else(|| Error::invalid("geotransform", spec.geotransform, "not invertible"))?;
+    let grid = store.meta.grid_spec();
+
+    let src_srs = crs::spatial_ref("crs", &spec.crs)?;
+    let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
+    let range = warp::footprint_tiles(&src, &grid, &crs::Transformer::new(&src_srs, &grid_srs)?);
+    if range.len() > opts.max_tiles {
+        return Err(Error::invalid("geotransform", spec.geotransform, &format!("the raster touches {} tiles, more than the limit of {}", range.len(), opts.max_tiles)));
+    }
+    let tiles: Vec<TileId> = range.iter().collect();
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, Vec<Observation>)>> = Mutex::new(Vec::new());
+    let threads = opts.warp_threads.clamp(1, tiles.len().max(1));
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    // GDAL objects are made and dropped on this thread.
+                    let src_srs = crs::spatial_ref("crs", &spec.crs)?;
+                    let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
+                    let to_source = crs::Transformer::new(&grid_srs, &src_srs)?;
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&tile) = tiles.get(k) else { return Ok(()) };
+                        let coords = warp::tile_coords(&grid, tile, &src, &to_source);
+                        if !coords.touches {
+                            continue;
+                        }
+                        let mut obs = Vec::new();
+                        for (b, band) in bands.iter().enumerate() {
+                            let (pixels, mask) = with_arrow_type!(band.dtype, T => {
+                                resample_band::<T>(&columns[b], validity[b].as_deref(), band, &src, &coords)
+                            });
+                            if mask.true_count() > 0 {
+                                obs.push(Observation { tile, band: band.name.clone(), pixels, mask });
+                            }
+                        }
+                        results.lock().unwrap_or_else(|e| e.into_inner()).push((k, obs));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| Error::Internal("a warp thread panicked".into()))??;
+        }
+        Ok(())
+    })?;
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    results.sort_by_key(|(k, _)| *k);
+    Ok(results.into_iter().flat_map(|(_, o)| o).collect())
+}
+
+fn resample_band<T: ArrowPrimitiveType>(column: &ArrayRef, valid: Option<&[bool]>, band: &PlannedBand, src: &SourceGeometry, coords: &warp::TileCoords) -> (ArrayRef, BooleanArray)
+where
+    T::Native: Sample,
+{
+    let values = column.as_primitive::<T>().values();
+    let nodata = band.nodata.map(T::Native::from_f64);
+    let source = warp::SourceBand { values, nodata, valid, width: src.width, height: src.height };
+    let fill = nodata.unwrap_or_else(|| T::Native::from_f64(0.0));
+    let (out, mask) = warp::resample(&source, coords, band.resampling, fill);
+    let pixels: ArrayRef = Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(out), None));
+    (pixels, BooleanArray::from(mask))
+}

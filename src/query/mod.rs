@@ -1,0 +1,296 @@
+//! Queries: a `Query` -> the chunks it covers (from the catalog) -> streams
+//! of record batches, or one location's time series (DESIGN §4).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use crate::collection::{Band, DType};
+use crate::error::{Error, Result};
+use crate::grid::{GridSpec, TileId, TileRange};
+use crate::storage::{chunk, ChunkEntry, ChunkKey, CollectionStore, Warehouse};
+use crate::warp::crs;
+use crate::wire::{self, Area, QuerySpec};
+
+/// Which tiles a query covers, resolved against the grid.
+enum TileFilter {
+    All,
+    Set(HashSet<TileId>),
+    Range(TileRange),
+}
+
+impl TileFilter {
+    fn keeps(&self, t: TileId) -> bool {
+        match self {
+            TileFilter::All => true,
+            TileFilter::Set(s) => s.contains(&t),
+            TileFilter::Range(r) => r.contains(t),
+        }
+    }
+}
+
+/// Transforms a rectangle from `crs_def` to the grid CRS (edges densified,
+/// so the result covers the rectangle's curved image). Blocking (GDAL).
+fn bbox_to_grid(grid: &GridSpec, bbox: [f64; 4], crs_def: &str) -> Result<[f64; 4]> {
+    let from = crs::spatial_ref("bbox_crs", crs_def)?;
+    let to = crs::spatial_ref("grid.crs", &grid.crs)?;
+    let t = crs::Transformer::new(&from, &to)?;
+    const STEPS: usize = 32;
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for k in 0..=STEPS {
+        let f = k as f64 / STEPS as f64;
+        let x = bbox[0] + f * (bbox[2] - bbox[0]);
+        let y = bbox[1] + f * (bbox[3] - bbox[1]);
+        for (px, py) in [(x, bbox[1]), (x, bbox[3]), (bbox[0], y), (bbox[2], y)] {
+            xs.push(px);
+            ys.push(py);
+        }
+    }
+    t.transform(&mut xs, &mut ys);
+    let mut b = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
+    for (x, y) in xs.iter().zip(&ys).filter(|(x, y)| x.is_finite() && y.is_finite()) {
+        b = [b[0].min(*x), b[1].min(*y), b[2].max(*x), b[3].max(*y)];
+    }
+    if !b.iter().all(|v| v.is_finite()) {
+        return Err(Error::invalid("bbox", bbox, &format!("cannot be transformed from {crs_def} to the grid's CRS")));
+    }
+    Ok(b)
+}
+
+/// Transforms one point to the grid CRS. Blocking (GDAL).
+fn point_to_grid(grid: &GridSpec, xy: [f64; 2], crs_def: &str) -> Result<(f64, f64)> {
+    let from = crs::spatial_ref("bbox_crs", crs_def)?;
+    let to = crs::spatial_ref("grid.crs", &grid.crs)?;
+    let (mut x, mut y) = ([xy[0]], [xy[1]]);
+    crs::Transformer::new(&from, &to)?.transform(&mut x, &mut y);
+    if !(x[0].is_finite() && y[0].is_finite()) {
+        return Err(Error::invalid("point", xy, &format!("cannot be transformed from {crs_def} to the grid's CRS")));
+    }
+    Ok((x[0], y[0]))
+}
+
+/// A query resolved to chunks.
+pub struct Plan {
+    pub store: Arc<CollectionStore>,
+    pub spec: QuerySpec,
+    pub bands: Vec<Band>,
+    pub chunks: Vec<(ChunkKey, ChunkEntry)>,
+    /// For point queries: the tile and pixel index holding the point.
+    pub point: Option<(TileId, usize)>,
+}
+
+/// Resolves a query against the catalog. Blocking (GDAL for bbox/point).
+pub fn plan(warehouse: &Warehouse, spec: QuerySpec) -> Result<Plan> {
+    let store = warehouse.collection(&spec.collection)?;
+    plan_in(store, spec)
+}
+
+fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Plan> {
+    let bands: Vec<Band> = store.meta.select_bands("bands", &spec.bands)?.into_iter().cloned().collect();
+    let grid = store.meta.grid_spec();
+    let mut point = None;
+    let tiles = match &spec.area {
+        Area::All => TileFilter::All,
+        Area::Tiles(t) => TileFilter::Set(t.iter().copied().collect()),
+        Area::BBox { bbox, crs } => TileFilter::Range(grid.tiles_in(bbox_to_grid(&grid, *bbox, crs)?)),
+        Area::Point { xy, crs } => {
+            let (x, y) = point_to_grid(&grid, *xy, crs)?;
+            let tile = grid.tile_of(x, y);
+            let (col, row) = grid.pixel_of(tile, x, y).ok_or_else(|| Error::invalid("point", xy, "falls on no pixel of the grid"))?;
+            point = Some((tile, row as usize * grid.tile_px as usize + col as usize));
+            TileFilter::Set([tile].into())
+        }
+    };
+    let names: HashSet<&str> = bands.iter().map(|b| b.name.as_str()).collect();
+    let (start, end) = (spec.start_ms, spec.end_ms);
+    let chunks = store
+        .chunks(|k| names.contains(k.band.as_str()) && tiles.keeps(k.tile) && start.is_none_or(|s| k.month.end_ms() > s) && end.is_none_or(|e| k.month.start_ms() < e))
+        .into_iter()
+        .filter(|(_, e)| e.count_in(start, end) > 0)
+        .collect();
+    Ok(Plan { store, spec, bands, chunks, point })
+}
+
+impl Plan {
+    /// Schema of the answer: chunk rows, or point rows.
+    pub fn schema(&self) -> Result<SchemaRef> {
+        if self.point.is_some() {
+            return Ok(Arc::new(point_schema(&self.bands)));
+        }
+        let dtype = common_dtype(&self.bands)?;
+        Ok(Arc::new(chunk::schema(dtype, self.stream_metadata())))
+    }
+
+    /// Grid metadata, so a client can put coordinates on every pixel.
+    fn stream_metadata(&self) -> HashMap<String, String> {
+        let g = &self.store.meta.grid;
+        let mut m = HashMap::from([
+            ("collection".to_string(), self.store.meta.name.clone()),
+            ("crs".to_string(), g.crs_wkt.clone()),
+            ("tile_span".to_string(), g.tile_span.to_string()),
+            ("tile_px".to_string(), g.tile_px.to_string()),
+            ("pixel_size".to_string(), g.pixel_size.to_string()),
+        ]);
+        let tiles: HashSet<TileId> = self.chunks.iter().map(|(k, _)| k.tile).collect();
+        if tiles.len() == 1 {
+            let t = *tiles.iter().next().unwrap_or(&TileId::new(0, 0));
+            m.insert("geotransform".to_string(), serde_json::to_string(&self.store.meta.grid_spec().tile_geotransform(t)).unwrap_or_default());
+        }
+        m
+    }
+
+    /// Observations covered (exact, from the catalog's times).
+    pub fn total_records(&self) -> u64 {
+        self.chunks.iter().map(|(_, e)| e.count_in(self.spec.start_ms, self.spec.end_ms) as u64).sum()
+    }
+
+    /// Bytes covered (each chunk's bytes pro rata of its matching rows).
+    pub fn total_bytes(&self) -> u64 {
+        self.chunks
+            .iter()
+            .map(|(_, e)| {
+                let n = e.count_in(self.spec.start_ms, self.spec.end_ms) as u64;
+                e.len * n / (e.times.len() as u64).max(1)
+            })
+            .sum()
+    }
+
+    /// One plan per chunk with its ticket: the query narrowed to that chunk
+    /// (one tile, one band, the month's part of the time range), as JSON.
+    pub fn per_chunk(&self) -> Vec<(Vec<u8>, Plan)> {
+        self.chunks
+            .iter()
+            .map(|(k, e)| {
+                let start = Some(self.spec.start_ms.map_or(k.month.start_ms(), |s| s.max(k.month.start_ms())));
+                let end = Some(self.spec.end_ms.map_or(k.month.end_ms(), |e| e.min(k.month.end_ms())));
+                let tiles = [k.tile.to_string()];
+                let bands = [k.band.clone()];
+                let ticket = wire::query_json(&self.store.meta.name, &tiles, &bands, start, end);
+                let spec = QuerySpec {
+                    collection: self.store.meta.name.clone(),
+                    area: Area::Tiles(vec![k.tile]),
+                    start_ms: start,
+                    end_ms: end,
+                    bands: bands.to_vec(),
+                };
+                let band = self.bands.iter().filter(|b| b.name == k.band).cloned().collect();
+                let one = Plan { store: self.store.clone(), spec, bands: band, chunks: vec![(k.clone(), e.clone())], point: None };
+                (ticket, one)
+            })
+            .collect()
+    }
+
+    /// Reads the answer, calling `emit` per batch until it returns false.
+    /// Blocking (file IO).
+    pub fn read(&self, emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
+        match self.point {
+            Some((_, index)) => self.read_point(index, emit),
+            None => self.read_chunks(emit),
+        }
+    }
+
+    fn read_chunks(&self, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
+        let schema = self.schema()?;
+        for (key, entry) in &self.chunks {
+            let Some(batch) = self.read_sorted(key, entry)? else { continue };
+            let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(Error::arrow("re-labelling a chunk batch"))?;
+            if !emit(batch) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// A chunk's rows in the time range, ordered by time, as one batch.
+    fn read_sorted(&self, key: &ChunkKey, entry: &ChunkEntry) -> Result<Option<RecordBatch>> {
+        let batches = self.store.read_chunk(key, entry)?;
+        let Some(first) = batches.first() else { return Ok(None) };
+        let all = arrow_select::concat::concat_batches(&first.schema(), &batches).map_err(Error::arrow("joining chunk batches"))?;
+        let times = all.column_by_name("time").and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>()).ok_or_else(|| Error::Internal("chunk without time column".into()))?;
+        let mut order: Vec<u32> = (0..all.num_rows() as u32).filter(|i| self.spec.time_matches(times.value(*i as usize))).collect();
+        if order.is_empty() {
+            return Ok(None);
+        }
+        order.sort_by_key(|i| times.value(*i as usize));
+        let take = UInt32Array::from(order);
+        arrow_select::take::take_record_batch(&all, &take).map(Some).map_err(Error::arrow("ordering chunk rows"))
+    }
+
+    fn read_point(&self, index: usize, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
+        // (time, scene) -> per band (value, valid)
+        let mut rows: BTreeMap<(i64, String), Vec<Option<(ArrayRef, bool)>>> = BTreeMap::new();
+        let mut tile = None;
+        for (key, entry) in &self.chunks {
+            let Some(b) = self.bands.iter().position(|b| b.name == key.band) else { continue };
+            let Some(batch) = self.read_sorted(key, entry)? else { continue };
+            tile = Some(key.tile);
+            let times = batch.column(2).as_primitive::<arrow_array::types::TimestampMillisecondType>();
+            let scenes = batch.column(3).as_string::<i32>();
+            let pixels = batch.column(4).as_list::<i32>();
+            let masks = batch.column(5).as_list::<i32>();
+            for r in 0..batch.num_rows() {
+                let px = pixels.value(r);
+                let mk = masks.value(r);
+                if index >= px.len() || index >= mk.len() {
+                    return Err(Error::Internal(format!("chunk row holds {} pixels, fewer than the point index {index}", px.len())));
+                }
+                let valid = mk.as_boolean().value(index);
+                let slot = rows.entry((times.value(r), scenes.value(r).to_string())).or_insert_with(|| vec![None; self.bands.len()]);
+                slot[b] = Some((px.slice(index, 1), valid));
+            }
+        }
+        let schema = Arc::new(point_schema(&self.bands));
+        let tile_id = tile.map(|t| t.to_string()).unwrap_or_default();
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMillisecondArray::from(rows.keys().map(|k| k.0).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(StringArray::from(rows.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(vec![tile_id.as_str(); rows.len()])),
+        ];
+        for (b, band) in self.bands.iter().enumerate() {
+            let dtype = band.dtype.arrow();
+            let null = new_null_array(&dtype, 1);
+            let parts: Vec<ArrayRef> = rows.values().map(|v| match &v[b] { Some((a, true)) => a.clone(), _ => null.clone() }).collect();
+            let values = if parts.is_empty() {
+                new_null_array(&dtype, 0)
+            } else {
+                arrow_select::concat::concat(&parts.iter().map(|a| a.as_ref()).collect::<Vec<_>>()).map_err(Error::arrow("building point values"))?
+            };
+            columns.push(values);
+            columns.push(Arc::new(BooleanArray::from(rows.values().map(|v| matches!(&v[b], Some((_, true)))).collect::<Vec<_>>())));
+        }
+        let batch = RecordBatch::try_new(schema, columns).map_err(Error::arrow("building the point series"))?;
+        emit(batch);
+        Ok(())
+    }
+}
+
+/// One data type for the `pixels` column of a multi-band stream.
+fn common_dtype(bands: &[Band]) -> Result<DType> {
+    let first = bands.first().map(|b| b.dtype).ok_or_else(|| Error::invalid("bands", "[]", "the collection has no bands"))?;
+    if let Some(other) = bands.iter().find(|b| b.dtype != first) {
+        return Err(Error::invalid(
+            "bands",
+            bands.iter().map(|b| format!("{}:{}", b.name, b.dtype.name())).collect::<Vec<_>>().join(","),
+            &format!("one stream holds one pixel type; {} is {} but {} is {}: query them separately", bands[0].name, first.name(), other.name, other.dtype.name()),
+        ));
+    }
+    Ok(first)
+}
+
+/// Schema of a point time series: time, scene_id, tile_id, then per band the
+/// value (null when invalid) and `<band>_valid`.
+pub fn point_schema(bands: &[Band]) -> Schema {
+    let mut fields = vec![
+        Field::new("time", chunk::time_type(), false),
+        Field::new("scene_id", DataType::Utf8, false),
+        Field::new("tile_id", DataType::Utf8, false),
+    ];
+    for b in bands {
+        fields.push(Field::new(&b.name, b.dtype.arrow(), true));
+        fields.push(Field::new(format!("{}_valid", b.name), DataType::Boolean, false));
+    }
+    Schema::new(fields)
+}
