@@ -7,9 +7,8 @@
 //! source pixel, are masked. Nodata and invalid pixels never contribute:
 //! bilinear renormalises its weights over the valid neighbours.
 //!
-//! This is the plain, exact kernel of the trunk. It transforms every target
-//! pixel exactly (no approximation) and reads from a whole source raster held
-//! in memory.
+//! This is the plain kernel of the trunk: it reads from a whole source raster
+//! held in memory.
 
 pub mod crs;
 
@@ -126,29 +125,80 @@ pub struct TileCoords {
     pub touches: bool,
 }
 
-/// Maps every pixel centre of `tile` to continuous source pixel coordinates.
-/// `to_source` maps the grid CRS to the source CRS.
+/// Largest error of the approximated transform, in source pixels (GDAL's
+/// default for gdalwarp, `-et 0.125`).
+pub const MAX_APPROX_ERROR: f64 = 0.125;
+
+/// Exact map from target pixel coordinates to source pixel coordinates.
+struct ExactMap<'a> {
+    target_gt: [f64; 6],
+    src_inverse: [f64; 6],
+    to_source: &'a crs::Transformer,
+}
+
+impl ExactMap<'_> {
+    fn map(&self, xs: &mut [f64], ys: &mut [f64]) {
+        for (x, y) in xs.iter_mut().zip(ys.iter_mut()) {
+            (*x, *y) = apply(&self.target_gt, *x, *y);
+        }
+        self.to_source.transform(xs, ys);
+        for (x, y) in xs.iter_mut().zip(ys.iter_mut()) {
+            (*x, *y) = apply(&self.src_inverse, *x, *y);
+        }
+    }
+
+    /// Maps one row of points (all with the same y, x increasing) the way
+    /// GDAL's approximating transformer does: transform the ends and the
+    /// middle exactly; if the middle is within `max_error` (|dx| + |dy|, in
+    /// source pixels) of the straight line between the ends, interpolate the
+    /// row linearly, otherwise split it in two and recurse. Matching GDAL's
+    /// splits keeps nearest-neighbour output identical to gdalwarp's.
+    fn map_row_approx(&self, xs: &mut [f64], ys: &mut [f64], max_error: f64) {
+        let n = xs.len();
+        let mid = (n.max(1) - 1) / 2;
+        if n <= 5 || max_error <= 0.0 || xs[0] == xs[n - 1] || xs[0] == xs[mid] {
+            return self.map(xs, ys);
+        }
+        let (mut ex, mut ey) = ([xs[0], xs[mid], xs[n - 1]], [ys[0], ys[mid], ys[n - 1]]);
+        self.map(&mut ex, &mut ey);
+        if ex.iter().chain(&ey).any(|v| !v.is_finite()) {
+            return self.map(xs, ys);
+        }
+        let span = xs[n - 1] - xs[0];
+        let (dx, dy) = ((ex[2] - ex[0]) / span, (ey[2] - ey[0]) / span);
+        let error = (ex[0] + dx * (xs[mid] - xs[0]) - ex[1]).abs() + (ey[0] + dy * (xs[mid] - xs[0]) - ey[1]).abs();
+        if error > max_error {
+            let (xa, xb) = xs.split_at_mut(mid);
+            let (ya, yb) = ys.split_at_mut(mid);
+            self.map_row_approx(xa, ya, max_error);
+            self.map_row_approx(xb, yb, max_error);
+            return;
+        }
+        let x0 = xs[0];
+        for (x, y) in xs.iter_mut().zip(ys.iter_mut()) {
+            let d = *x - x0;
+            (*x, *y) = (ex[0] + dx * d, ey[0] + dy * d);
+        }
+    }
+}
+
+/// Maps every pixel centre of `tile` to continuous source pixel coordinates,
+/// row by row through the approximating transform (error below
+/// [`MAX_APPROX_ERROR`] source pixel). `to_source` maps the grid CRS to the
+/// source CRS.
 pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_source: &crs::Transformer) -> TileCoords {
     let n = grid.tile_px as usize;
-    let gt = grid.tile_geotransform(tile);
+    let map = ExactMap { target_gt: grid.tile_geotransform(tile), src_inverse: src.inverse, to_source };
     let mut sx = Vec::with_capacity(n * n);
     let mut sy = Vec::with_capacity(n * n);
     for row in 0..n {
-        for col in 0..n {
-            let (x, y) = apply(&gt, col as f64 + 0.5, row as f64 + 0.5);
-            sx.push(x);
-            sy.push(y);
-        }
+        let start = sx.len();
+        sx.extend((0..n).map(|col| col as f64 + 0.5));
+        sy.extend(std::iter::repeat_n(row as f64 + 0.5, n));
+        map.map_row_approx(&mut sx[start..], &mut sy[start..], MAX_APPROX_ERROR);
     }
-    to_source.transform(&mut sx, &mut sy);
     let (w, h) = (src.width as f64, src.height as f64);
-    let mut touches = false;
-    for (x, y) in sx.iter_mut().zip(sy.iter_mut()) {
-        let (px, py) = apply(&src.inverse, *x, *y);
-        *x = px;
-        *y = py;
-        touches |= px >= 0.0 && px < w && py >= 0.0 && py < h;
-    }
+    let touches = sx.iter().zip(&sy).any(|(x, y)| *x >= 0.0 && *x < w && *y >= 0.0 && *y < h);
     TileCoords { sx, sy, touches }
 }
 
