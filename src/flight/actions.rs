@@ -135,7 +135,7 @@ pub fn build_collection(req: pb::CreateCollection) -> Result<Collection> {
         return Err(Error::invalid("bands", "[]", "a collection needs a profile or at least one band"));
     }
     let g = req.grid.unwrap_or_default();
-    let resolution = if g.resolution == 0.0 { profile_res.ok_or_else(|| Error::invalid("grid.resolution", 0.0, "required without a profile"))? } else { g.resolution };
+    let resolution = if g.resolution == 0.0 { profile_res.ok_or_else(|| Error::invalid("grid.resolution", 0.0, "must be a number > 0 (required without a profile)"))? } else { g.resolution };
     let (crs_def, span) = collection::grid_defaults(&g.crs, g.tile_span);
     let spec = GridSpec::try_new(crs_def.clone(), span, resolution).map_err(|e| match e {
         crate::grid::GridError::TileSpan(v) => Error::invalid("grid.tile_span", v, "must be a finite number > 0"),
