@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build, run and test
+# PixelQuery Flight: GDAL (library + gdalwarp), protoc, and a Python venv
+# (.venv) with pyarrow, numpy and pytest. Safe to run again: it only installs
+# what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(libgdal-dev gdal-bin protobuf-compiler pkg-config python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import pyarrow, numpy, pytest" 2>/dev/null; then
+  echo "setup: installing Python test packages into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r tests/python/requirements.txt
+fi
