@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Threads warping one scene's tiles (default: one per core).
     #[arg(long, env = "PIXELQUERY_WARP_THREADS")]
     pub warp_threads: Option<usize>,
+    /// Seconds calls in flight may take to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "PIXELQUERY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
 }
 
 impl ServeArgs {

@@ -15,6 +15,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => {
+            let grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
             let config = args.into_config();
             let cfg = config.clone();
             let state = tokio::task::spawn_blocking(move || server::open_state(&cfg)).await?.context("opening the warehouse")?;
@@ -23,12 +24,38 @@ async fn main() -> anyhow::Result<()> {
             // Tests and scripts read this line to find a port-0 server.
             println!("pixelquery listening on {addr}");
             tracing::info!(%addr, warehouse = %config.warehouse.display(), "serving");
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("shutting down");
+            // On SIGINT/SIGTERM stop accepting and let calls in flight finish,
+            // for at most the grace period.
+            let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+            let signalled = stopping.clone();
+            let shutdown = async move {
+                wait_for_signal().await;
+                tracing::info!(grace_secs = grace.as_secs(), "shutting down");
+                signalled.notify_one();
             };
-            server::run(listener, state, &config, shutdown).await.context("serving")?;
+            tokio::select! {
+                r = server::run(listener, state, &config, shutdown) => r.context("serving")?,
+                _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+                    tracing::warn!("grace period over; exiting with calls still in flight");
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }

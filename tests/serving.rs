@@ -183,3 +183,43 @@ async fn multi_band_rasters_with_valid_column_and_aligned_grid() {
     assert_eq!(utm["grid"]["tile_px"], 512);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_data_type_round_trips() {
+    use arrow_array::{Float64Array, Int16Array, Int32Array, UInt16Array, UInt32Array};
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let dtypes = ["uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"];
+    let bands: Vec<serde_json::Value> = dtypes.iter().map(|d| serde_json::json!({"name": format!("b_{d}"), "dtype": d})).collect();
+    client.create_collection(&serde_json::json!({"name": "types", "bands": bands, "grid": {"resolution": 10}})).await.unwrap();
+    let grid = GridSpec::default_at(10.0).unwrap();
+    let tile = pixelquery::grid::TileId::new(-3, 5);
+    let gt = grid.tile_geotransform(tile);
+    let n = 256usize;
+    let v = |i: usize| (i % 100) as i64;
+    let columns: Vec<(String, ArrayRef)> = vec![
+        ("b_uint8".into(), Arc::new(UInt8Array::from_iter_values((0..n * n).map(|i| v(i) as u8)))),
+        ("b_uint16".into(), Arc::new(UInt16Array::from_iter_values((0..n * n).map(|i| v(i) as u16 * 600)))),
+        ("b_int16".into(), Arc::new(Int16Array::from_iter_values((0..n * n).map(|i| -(v(i) as i16) * 300)))),
+        ("b_uint32".into(), Arc::new(UInt32Array::from_iter_values((0..n * n).map(|i| v(i) as u32 * 40_000_000)))),
+        ("b_int32".into(), Arc::new(Int32Array::from_iter_values((0..n * n).map(|i| -(v(i) as i32) * 20_000_000)))),
+        ("b_float32".into(), Arc::new(Float32Array::from_iter_values((0..n * n).map(|i| v(i) as f32 * 0.25)))),
+        ("b_float64".into(), Arc::new(Float64Array::from_iter_values((0..n * n).map(|i| v(i) as f64 * 1e300)))),
+    ];
+    let expected = columns.clone();
+    let req = serde_json::json!({
+        "collection": "types", "scene_id": "t", "acquired_at": 0, "crs": DEFAULT_GRID_CRS,
+        "geotransform": gt, "width": n, "height": n, "bands": bands,
+    });
+    let put = client.ingest_raw(serde_json::to_vec(&req).unwrap().into(), pixelquery_client::raster_batches(columns, None, n).unwrap()).await.unwrap();
+    assert_eq!(put.observations, 7);
+    assert_eq!(put.tiles, vec!["x-0003_y0005"]);
+    for (name, values) in expected {
+        let q = proto::Query { collection: "types".into(), tiles: vec![tile.to_string()], bands: vec![name.clone()], ..Default::default() };
+        let b = &client.query(&q).await.unwrap()[0];
+        let px = b.column_by_name("pixels").unwrap().as_list::<i32>().value(0);
+        assert_eq!(px.data_type(), values.data_type(), "{name}");
+        assert_eq!(&px, &values, "{name}: an aligned raster is copied exactly");
+    }
+    server.shutdown().await;
+}
