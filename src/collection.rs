@@ -55,6 +55,11 @@ impl DType {
         }
     }
 
+    /// The data type stored as arrow type `t`, if any.
+    pub fn from_arrow(t: &arrow_schema::DataType) -> Option<Self> {
+        DType::ALL.into_iter().find(|d| &d.arrow() == t)
+    }
+
     /// Whether `v` is representable exactly in this type (for nodata values).
     pub fn holds(self, v: f64) -> bool {
         let int_in = |lo: f64, hi: f64| v.fract() == 0.0 && (lo..=hi).contains(&v);

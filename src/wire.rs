@@ -264,6 +264,50 @@ impl TryFrom<DescribeJson> for pb::Describe {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteJson {
+    collection: String,
+    #[serde(default)]
+    scene_id: String,
+    #[serde(default)]
+    tile: String,
+    #[serde(default)]
+    start: Option<Value>,
+    #[serde(default)]
+    end: Option<Value>,
+}
+
+impl TryFrom<DeleteJson> for pb::Delete {
+    type Error = Error;
+    fn try_from(j: DeleteJson) -> Result<Self> {
+        Ok(pb::Delete { collection: j.collection, scene_id: j.scene_id, tile: j.tile, start_ms: opt_time("start", j.start)?, end_ms: opt_time("end", j.end)? })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompactJson {
+    collection: String,
+    #[serde(default)]
+    tiles: Vec<String>,
+}
+
+impl TryFrom<CompactJson> for pb::Compact {
+    type Error = Error;
+    fn try_from(j: CompactJson) -> Result<Self> {
+        Ok(pb::Compact { collection: j.collection, tiles: j.tiles })
+    }
+}
+
+pub fn decode_delete(bytes: &[u8]) -> Result<pb::Delete> {
+    decode::<_, DeleteJson>("action.body", bytes)
+}
+
+pub fn decode_compact(bytes: &[u8]) -> Result<pb::Compact> {
+    decode::<_, CompactJson>("action.body", bytes)
+}
+
 // ---- validated domain requests ----
 
 /// A band of an incoming raster.

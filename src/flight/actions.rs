@@ -1,6 +1,8 @@
 //! DoAction: collection management and server information. Bodies are JSON
 //! objects (or the protobuf messages of `proto/`); results are JSON.
 
+use std::collections::HashSet;
+
 use serde_json::{json, Value};
 
 use crate::collection::{self, Band, Collection, DType, GridDoc, Resampling, PROFILE_NAMES};
@@ -12,14 +14,19 @@ use crate::wire::{self, format_time};
 use pixelquery_proto::v1 as pb;
 
 /// Every action: name and description (what `ListActions` returns).
-pub const ACTIONS: [(&str, &str); 4] = [
+pub const ACTIONS: [(&str, &str); 6] = [
     ("health", "Server status: {\"status\": \"ok\", \"version\", \"collections\"}. Body: empty."),
     ("list_collections", "All collections with their bands, tile and scene counts. Body: empty."),
     (
         "create_collection",
         "Create a collection. Body: {\"name\", \"profile\": \"sentinel2_l2a\"|\"landsat8_l2\"|\"landsat9_l2\"|\"planet_sr\"} or {\"name\", \"bands\": [{\"name\", \"dtype\", \"nodata\", \"resampling\"}], \"grid\": {\"crs\", \"tile_span\", \"resolution\"}, \"resampling\"}; grid.crs and tile_span default to the sinusoidal 2560 m grid. Returns the collection as describe does.",
     ),
-    ("describe", "A collection's bands, grid and counts, or with \"tile\" that tile's chunks. Body: {\"collection\", \"tile\"?}."),
+    ("describe", "A collection's bands, grid and counts, or with \"tile\" that tile's chunks with their time range, observations, bytes, min/max/mean of valid pixels and footprint. Body: {\"collection\", \"tile\"?}."),
+    (
+        "delete",
+        "Delete rows durably and atomically. Body: {\"collection\", \"scene_id\"?, \"tile\"?, \"start\"?, \"end\"?} (at least one filter; given filters combine; end exclusive). A deleted scene can be ingested again. Returns {\"chunks_rewritten\", \"chunks_removed\", \"rows_removed\", \"scenes_removed\"}.",
+    ),
+    ("compact", "Rewrite chunks holding several appended batches as one time-ordered batch, without blocking readers or writers; rows do not change. Body: {\"collection\", \"tiles\"?}. Returns {\"chunks_rewritten\"}."),
 ];
 
 /// Runs one action. Blocking (GDAL for CRS checks, file IO).
@@ -47,12 +54,56 @@ pub fn run(warehouse: &Warehouse, name: &str, body: &[u8]) -> Result<Value> {
                 Ok(describe_tile(&store, tile))
             }
         }
+        "delete" => {
+            let d = wire::decode_delete(body)?;
+            collection::validate_collection_name("collection", &d.collection)?;
+            let store = warehouse.collection(&d.collection)?;
+            Ok(serde_json::to_value(delete(&store, d)?).unwrap_or(Value::Null))
+        }
+        "compact" => {
+            let c = wire::decode_compact(body)?;
+            collection::validate_collection_name("collection", &c.collection)?;
+            let store = warehouse.collection(&c.collection)?;
+            let tiles = parse_tiles(&c.tiles)?;
+            let out = store.compact(if tiles.is_empty() { None } else { Some(&tiles) })?;
+            Ok(json!({"chunks_rewritten": out.chunks_rewritten}))
+        }
         other => Err(Error::invalid(
             "action.type",
             other,
             &format!("unknown action; available: {}", ACTIONS.iter().map(|a| a.0).collect::<Vec<_>>().join(", ")),
         )),
     }
+}
+
+fn parse_tiles(tiles: &[String]) -> Result<HashSet<TileId>> {
+    tiles.iter().enumerate().map(|(i, t)| t.parse().map_err(|e: crate::grid::GridError| Error::invalid(&format!("tiles[{i}]"), t, &e.to_string()))).collect()
+}
+
+fn delete(store: &CollectionStore, d: pb::Delete) -> Result<crate::storage::RewriteOutcome> {
+    let tile: Option<TileId> = if d.tile.is_empty() { None } else { Some(d.tile.parse().map_err(|e: crate::grid::GridError| Error::invalid("tile", &d.tile, &e.to_string()))?) };
+    let scene = (!d.scene_id.is_empty()).then_some(d.scene_id.clone());
+    let (start, end) = (d.start_ms, d.end_ms);
+    if tile.is_none() && scene.is_none() && start.is_none() && end.is_none() {
+        return Err(Error::invalid("action.body", "no filter", "give scene_id, tile, start or end (to drop a whole collection, delete its time range)"));
+    }
+    if let (Some(s), Some(e)) = (start, end) {
+        if s >= e {
+            return Err(Error::invalid("start", format_time(s), &format!("must be before end ({})", format_time(e))));
+        }
+    }
+    if let Some(s) = &scene {
+        if !store.has_scene(s) {
+            return Err(Error::not_found(format!("scene {s:?} in collection {:?}", store.meta.name)));
+        }
+    }
+    let forget: Vec<String> = scene.iter().cloned().collect();
+    let in_range = move |t: i64| start.is_none_or(|s| t >= s) && end.is_none_or(|e| t < e);
+    store.delete(
+        |k| tile.is_none_or(|t| k.tile == t) && start.is_none_or(|s| k.month.end_ms() > s) && end.is_none_or(|e| k.month.start_ms() < e),
+        |t, s| in_range(t) && scene.as_deref().is_none_or(|id| id == s),
+        if tile.is_none() && start.is_none() && end.is_none() { &forget } else { &[] },
+    )
 }
 
 fn summary(c: &CollectionStore) -> Value {
@@ -87,8 +138,14 @@ fn describe_tile(c: &CollectionStore, tile: TileId) -> Value {
                 "band": k.band,
                 "observations": e.times.len(),
                 "bytes": e.len,
+                "batches": e.appends.max(1),
                 "start": e.times.iter().min().map(|t| format_time(*t)),
                 "end": e.times.iter().max().map(|t| format_time(*t)),
+                "valid_pixels": e.stats.valid,
+                "min": (e.stats.valid > 0).then_some(e.stats.min),
+                "max": (e.stats.valid > 0).then_some(e.stats.max),
+                "mean": e.stats.mean(),
+                "footprint": footprint(&grid, tile, &e.stats),
             })
         })
         .collect();
@@ -100,6 +157,16 @@ fn describe_tile(c: &CollectionStore, tile: TileId) -> Value {
         "tile_px": grid.tile_px,
         "chunks": chunks,
     })
+}
+
+/// Grid-CRS bounds `[min_x, min_y, max_x, max_y]` of a chunk's valid pixels.
+fn footprint(grid: &GridSpec, tile: TileId, s: &crate::storage::log::PixelStats) -> Option<[f64; 4]> {
+    if s.valid == 0 {
+        return None;
+    }
+    let gt = grid.tile_geotransform(tile);
+    let [c0, r0, c1, r1] = s.bbox.map(|v| v as f64);
+    Some([gt[0] + c0 * gt[1], gt[3] + r1 * gt[5], gt[0] + c1 * gt[1], gt[3] + r0 * gt[5]])
 }
 
 /// Validates a create_collection request into a collection.

@@ -191,7 +191,9 @@ where
     let spec2 = spec.clone();
     let outcome = tokio::task::spawn_blocking(move || -> Result<AppendOutcome> {
         let observations = warp_scene(&spec2, &bands, received, &store, &opts)?;
-        store.append_scene(&spec2.scene_id, spec2.acquired_at_ms, observations)
+        let outcome = store.append_scene(&spec2.scene_id, spec2.acquired_at_ms, observations)?;
+        store.maybe_compact_in_background();
+        Ok(outcome)
     })
     .await
     .map_err(|e| Error::Internal(format!("ingest task failed: {e}")))??;

@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array};
+use arrow_array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::collection::{Band, DType};
 use crate::error::{Error, Result};
 use crate::grid::{GridSpec, TileId, TileRange};
-use crate::storage::{chunk, ChunkEntry, ChunkKey, CollectionStore, Warehouse};
+use crate::storage::{self, chunk, ChunkEntry, ChunkKey, CollectionStore, Warehouse};
 use crate::warp::crs;
 use crate::wire::{self, Area, QuerySpec};
 
@@ -194,8 +194,8 @@ impl Plan {
 
     fn read_chunks(&self, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
         let schema = self.schema()?;
-        for (key, entry) in &self.chunks {
-            let Some(batch) = self.read_sorted(key, entry)? else { continue };
+        for (_, entry) in &self.chunks {
+            let Some(batch) = self.read_sorted(entry)? else { continue };
             let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(Error::arrow("re-labelling a chunk batch"))?;
             if !emit(batch) {
                 break;
@@ -205,18 +205,9 @@ impl Plan {
     }
 
     /// A chunk's rows in the time range, ordered by time, as one batch.
-    fn read_sorted(&self, key: &ChunkKey, entry: &ChunkEntry) -> Result<Option<RecordBatch>> {
-        let batches = self.store.read_chunk(key, entry)?;
-        let Some(first) = batches.first() else { return Ok(None) };
-        let all = arrow_select::concat::concat_batches(&first.schema(), &batches).map_err(Error::arrow("joining chunk batches"))?;
-        let times = all.column_by_name("time").and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>()).ok_or_else(|| Error::Internal("chunk without time column".into()))?;
-        let mut order: Vec<u32> = (0..all.num_rows() as u32).filter(|i| self.spec.time_matches(times.value(*i as usize))).collect();
-        if order.is_empty() {
-            return Ok(None);
-        }
-        order.sort_by_key(|i| times.value(*i as usize));
-        let take = UInt32Array::from(order);
-        arrow_select::take::take_record_batch(&all, &take).map(Some).map_err(Error::arrow("ordering chunk rows"))
+    fn read_sorted(&self, entry: &ChunkEntry) -> Result<Option<RecordBatch>> {
+        let batches = self.store.read_chunk(entry)?;
+        Ok(storage::sorted_rows(&batches, |t, _| self.spec.time_matches(t))?.0)
     }
 
     fn read_point(&self, index: usize, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
@@ -225,7 +216,7 @@ impl Plan {
         let mut tile = None;
         for (key, entry) in &self.chunks {
             let Some(b) = self.bands.iter().position(|b| b.name == key.band) else { continue };
-            let Some(batch) = self.read_sorted(key, entry)? else { continue };
+            let Some(batch) = self.read_sorted(entry)? else { continue };
             tile = Some(key.tile);
             let times = batch.column(2).as_primitive::<arrow_array::types::TimestampMillisecondType>();
             let scenes = batch.column(3).as_string::<i32>();

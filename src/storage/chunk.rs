@@ -5,14 +5,15 @@
 //! length and fsyncs, so its cost does not depend on what the chunk already
 //! holds. Readers read a prefix of known committed length, so they never see
 //! a batch that is being written. The stream has no end-of-stream marker:
-//! pyarrow and arrow-rs both read such a stream to its end. On start,
-//! [`scan`] finds the last complete message and cuts off a torn tail.
+//! pyarrow and arrow-rs both read such a stream to its end. The committed
+//! length lives in the catalog log; on start, bytes past it are cut off.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, BooleanArray, ListArray, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_buffer::OffsetBuffer;
 use arrow_ipc::reader::StreamReader;
@@ -21,6 +22,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::collection::DType;
 use crate::error::{Error, Result};
+use crate::storage::log::PixelStats;
 
 /// Column names, in stream order (DESIGN §4a).
 pub const COLUMNS: [&str; 6] = ["tile_id", "band", "time", "scene_id", "pixels", "mask"];
@@ -75,9 +77,10 @@ fn encode(batch: &RecordBatch) -> Result<(usize, Vec<u8>)> {
 }
 
 /// Appends `batch` to the chunk at `path` whose committed length is
-/// `committed` (0 = new chunk), fsyncs it, and returns the new length.
-/// Bytes past `committed` (a torn or rolled-back write) are overwritten.
-pub fn append(path: &Path, committed: u64, batch: &RecordBatch) -> Result<u64> {
+/// `committed` (0 = new chunk) and returns the new length with the open file.
+/// Bytes past `committed` (a torn or rolled-back write) are overwritten. The
+/// caller fsyncs the file (a scene syncs all its chunks together).
+pub fn append(path: &Path, committed: u64, batch: &RecordBatch) -> Result<(u64, File)> {
     let (schema_len, bytes) = encode(batch)?;
     let io = || Error::io(path);
     let mut f = OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(io())?;
@@ -85,8 +88,27 @@ pub fn append(path: &Path, committed: u64, batch: &RecordBatch) -> Result<u64> {
     f.set_len(committed).map_err(io())?;
     f.seek(SeekFrom::Start(committed)).map_err(io())?;
     f.write_all(body).map_err(io())?;
-    f.sync_data().map_err(io())?;
-    Ok(committed + body.len() as u64)
+    Ok((committed + body.len() as u64, f))
+}
+
+/// Writes a new chunk file holding `batch` and fsyncs it; returns its length.
+pub fn write_new(path: &Path, batch: &RecordBatch) -> Result<u64> {
+    let (_, bytes) = encode(batch)?;
+    let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(path).map_err(Error::io(path))?;
+    f.write_all(&bytes).and_then(|_| f.sync_data()).map_err(Error::io(path))?;
+    Ok(bytes.len() as u64)
+}
+
+/// Appends bytes `[from, to)` of chunk `src` (whole record batch messages
+/// of the same schema) to the end of chunk `dst`, fsyncs, returns `dst`'s
+/// new length.
+pub fn copy_tail(src: &Path, from: u64, to: u64, dst: &Path) -> Result<u64> {
+    let mut input = File::open(src).map_err(Error::io(src))?;
+    input.seek(SeekFrom::Start(from)).map_err(Error::io(src))?;
+    let mut out = OpenOptions::new().append(true).open(dst).map_err(Error::io(dst))?;
+    std::io::copy(&mut input.take(to - from), &mut out).map_err(Error::io(dst))?;
+    out.sync_data().map_err(Error::io(dst))?;
+    out.metadata().map(|m| m.len()).map_err(Error::io(dst))
 }
 
 /// Cuts a chunk back to `len` (rolling back an uncommitted append).
@@ -110,71 +132,50 @@ pub fn read(path: &Path, len: u64) -> Result<Vec<RecordBatch>> {
     reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })
 }
 
-/// What [`scan`] found in a chunk file.
-pub struct Scanned {
-    /// Length of the complete messages; the file is cut to this.
-    pub len: u64,
-    pub schema: SchemaRef,
-    pub times: Vec<i64>,
-    pub scene_ids: Vec<String>,
+/// Statistics of the valid, finite pixels of one observation (`pixels` and `mask`
+/// of equal length, row-major rows of `tile_px`).
+pub fn pixel_stats(pixels: &ArrayRef, mask: &BooleanArray, tile_px: usize) -> PixelStats {
+    fn typed<T: arrow_array::ArrowPrimitiveType>(pixels: &ArrayRef, mask: &BooleanArray, tile_px: usize) -> PixelStats
+    where
+        T::Native: crate::warp::Sample,
+    {
+        use crate::warp::Sample;
+        let values = pixels.as_primitive::<T>().values();
+        let mut s = PixelStats { valid: 0, min: f64::INFINITY, max: f64::NEG_INFINITY, sum: 0.0, bbox: [0; 4] };
+        let (mut c0, mut r0, mut c1, mut r1) = (usize::MAX, usize::MAX, 0usize, 0usize);
+        for (i, valid) in mask.values().iter().enumerate() {
+            let v = values[i].to_f64();
+            if !valid || !v.is_finite() {
+                continue;
+            }
+            s.valid += 1;
+            s.min = s.min.min(v);
+            s.max = s.max.max(v);
+            s.sum += v;
+            let (r, c) = (i / tile_px.max(1), i % tile_px.max(1));
+            (c0, r0, c1, r1) = (c0.min(c), r0.min(r), c1.max(c + 1), r1.max(r + 1));
+        }
+        if s.valid == 0 {
+            return PixelStats::default();
+        }
+        s.bbox = [c0 as u32, r0 as u32, c1 as u32, r1 as u32];
+        s
+    }
+    match DType::from_arrow(pixels.data_type()) {
+        Some(d) => crate::with_arrow_type!(d, T => typed::<T>(pixels, mask, tile_px)),
+        None => PixelStats::default(),
+    }
 }
 
-/// Length of the longest prefix of `bytes` made of complete IPC messages.
-fn complete_prefix(bytes: &[u8]) -> u64 {
-    let mut at = 0usize;
-    loop {
-        let Some(head) = bytes.get(at..at + 8) else { break };
-        if head[..4] != [0xff; 4] {
-            break;
-        }
-        let meta_len = i32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if meta_len <= 0 {
-            break;
-        }
-        let meta_end = at + 8 + meta_len as usize;
-        let Some(meta) = bytes.get(at + 8..meta_end) else { break };
-        let Ok(msg) = arrow_ipc::root_as_message(meta) else { break };
-        let Ok(body) = usize::try_from(msg.bodyLength()) else { break };
-        let end = meta_end.saturating_add(body);
-        if end > bytes.len() {
-            break;
-        }
-        at = end;
+/// Statistics of every row of a chunk batch, merged.
+pub fn batch_stats(batch: &RecordBatch, tile_px: usize) -> PixelStats {
+    let mut s = PixelStats::default();
+    let (Some(px), Some(mk)) = (batch.column_by_name("pixels"), batch.column_by_name("mask")) else { return s };
+    let (px, mk) = (px.as_list::<i32>(), mk.as_list::<i32>());
+    for r in 0..batch.num_rows() {
+        s.merge(&pixel_stats(&px.value(r), mk.value(r).as_boolean(), tile_px));
     }
-    at as u64
-}
-
-/// Opens a chunk after a restart: cuts off an incomplete tail (a write the
-/// server died in), then reads the times and scene ids. Returns `None` for a
-/// file left with no complete observation (it is removed).
-pub fn scan(path: &Path) -> Result<Option<Scanned>> {
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let len = complete_prefix(&bytes);
-    if len < bytes.len() as u64 {
-        tracing::warn!(path = %path.display(), kept = len, found = bytes.len(), "cutting an incomplete chunk tail");
-        truncate(path, len)?;
-    }
-    if len == 0 {
-        return Ok(None);
-    }
-    let reader = StreamReader::try_new(&bytes[..len as usize], None).map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })?;
-    let schema = reader.schema();
-    let (mut times, mut scene_ids) = (Vec::new(), Vec::new());
-    for batch in reader {
-        let batch = batch.map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })?;
-        let t = batch.column_by_name("time").and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>());
-        let s = batch.column_by_name("scene_id").and_then(|c| c.as_any().downcast_ref::<StringArray>());
-        let (Some(t), Some(s)) = (t, s) else {
-            return Err(Error::Corrupt { path: path.into(), reason: "missing time or scene_id column".into() });
-        };
-        times.extend(t.values().iter().copied());
-        scene_ids.extend(s.iter().map(|v| v.unwrap_or_default().to_string()));
-    }
-    if times.is_empty() {
-        truncate(path, 0)?;
-        return Ok(None);
-    }
-    Ok(Some(Scanned { len, schema, times, scene_ids }))
+    s
 }
 
 #[cfg(test)]
@@ -188,30 +189,32 @@ mod tests {
     }
 
     #[test]
-    fn appends_read_back_and_torn_tails_are_cut() {
+    fn appends_read_back_and_garbage_past_the_committed_length_is_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("red.arrow");
         let schema = Arc::new(schema(DType::Uint16, [("band".to_string(), "red".to_string())].into()));
         let mut len = 0;
         for i in 0..3 {
-            len = append(&path, len, &batch(&schema, 1000 + i, &format!("s{i}"))).unwrap();
+            len = append(&path, len, &batch(&schema, 1000 + i, &format!("s{i}"))).unwrap().0;
         }
         let rows: usize = read(&path, len).unwrap().iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 3);
-        // A torn fourth append: half its bytes reach the file.
-        let full = append(&path, len, &batch(&schema, 2000, "s3")).unwrap();
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(len + (full - len) / 2).unwrap();
-        let s = scan(&path).unwrap().unwrap();
-        assert_eq!(s.len, len);
-        assert_eq!(s.times, vec![1000, 1001, 1002]);
-        assert_eq!(s.scene_ids, vec!["s0", "s1", "s2"]);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
-        assert_eq!(s.schema.metadata().get("band").map(String::as_str), Some("red"));
-        // Appending after garbage overwrites it.
-        let garbage = OpenOptions::new().append(true).open(&path).map(|mut f| f.write_all(b"junk")).unwrap();
-        let _ = garbage;
-        let len2 = append(&path, len, &batch(&schema, 3000, "s4")).unwrap();
-        assert_eq!(read(&path, len2).unwrap().len(), 4);
+        // An uncommitted append leaves bytes past `len`; the next one overwrites them.
+        append(&path, len, &batch(&schema, 2000, "torn")).unwrap();
+        OpenOptions::new().append(true).open(&path).unwrap().write_all(b"junk").unwrap();
+        let len2 = append(&path, len, &batch(&schema, 3000, "s4")).unwrap().0;
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len2);
+        let batches = read(&path, len2).unwrap();
+        assert_eq!(batches.len(), 4);
+        assert_eq!(batches[3].column(3).as_string::<i32>().value(0), "s4");
+        assert_eq!(batches[0].schema().metadata().get("band").map(String::as_str), Some("red"));
+        // A rewrite's tail copy keeps whole messages readable.
+        let path2 = dir.path().join("red.1.arrow");
+        let l0 = write_new(&path2, &batch(&schema, 1, "x")).unwrap();
+        let l1 = copy_tail(&path, len, len2, &path2).unwrap();
+        assert!(l1 > l0);
+        assert_eq!(read(&path2, l1).unwrap().len(), 2);
+        let st = pixel_stats(&batches[0].column(4).as_list::<i32>().value(0), batches[0].column(5).as_list::<i32>().value(0).as_boolean(), 2);
+        assert_eq!((st.valid, st.min, st.max, st.sum, st.bbox), (3, 1.0, 4.0, 8.0, [0, 0, 2, 2]));
     }
 }

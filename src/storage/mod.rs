@@ -1,25 +1,43 @@
-//! The warehouse: collections, their chunk files and the in-memory catalog.
+//! The warehouse: collections, their chunk files and their catalogs
+//! (DESIGN §2; the design is explained in `docs/storage.md`).
 //!
 //! This is the storage seam: ingest hands it whole scenes, queries ask it
-//! which chunks exist and read them. The catalog is rebuilt from the chunk
-//! files at start (cutting torn tails), then kept in memory, so queries never
-//! walk directories.
+//! which chunks exist and read them, actions delete and compact. Each
+//! collection's catalog lives in memory and in its catalog log, which is
+//! replayed at start; queries never walk directories.
+//!
+//! Write path of a scene, under the collection's writer lock:
+//! 1. append one batch to each touched chunk at its committed length;
+//! 2. fsync those files (in parallel) and any new directory;
+//! 3. append one record to the catalog log and fsync it: the commit point;
+//! 4. publish the new lengths to readers at once.
+//!
+//! Rewrites (delete, compaction) write a new generation of a chunk file
+//! beside the old one and commit it the same way; the old file is removed
+//! when the last reader holding it lets go.
 
 pub mod chunk;
+pub mod log;
 pub mod paths;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
 
 use crate::collection::Collection;
 use crate::error::{Error, Result};
 use crate::grid::TileId;
+use log::{Appended, CatalogLog, ChunkRef, PixelStats, Record, Rewritten};
 pub use paths::{Month, WarehousePaths};
+
+/// A chunk with this many appended batches is compacted in the background.
+pub const AUTO_COMPACT_BATCHES: u32 = 64;
 
 /// One chunk: (tile, month, band) of a collection.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,13 +47,54 @@ pub struct ChunkKey {
     pub band: String,
 }
 
+impl ChunkKey {
+    fn to_ref(&self) -> ChunkRef {
+        ChunkRef { tile: self.tile.to_string(), month: self.month.to_string(), band: self.band.clone() }
+    }
+
+    fn from_ref(r: &ChunkRef) -> Result<Self> {
+        let bad = |what: &str| Error::Internal(format!("catalog log names a bad {what}: {r:?}"));
+        Ok(ChunkKey { tile: r.tile.parse().map_err(|_| bad("tile"))?, month: Month::parse(&r.month).ok_or_else(|| bad("month"))?, band: r.band.clone() })
+    }
+}
+
+/// A chunk file generation. Readers hold it while they read; once a rewrite
+/// supersedes it, the last holder to let go removes the file.
+#[derive(Debug)]
+pub struct ChunkFile {
+    pub path: PathBuf,
+    pub gen: u32,
+    obsolete: AtomicBool,
+}
+
+impl ChunkFile {
+    fn new(path: PathBuf, gen: u32) -> Arc<Self> {
+        Arc::new(Self { path, gen, obsolete: AtomicBool::new(false) })
+    }
+}
+
+impl Drop for ChunkFile {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::Acquire) {
+            if let Err(e) = fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "removing a superseded chunk file");
+            }
+        }
+    }
+}
+
 /// What the catalog knows of a chunk.
 #[derive(Debug, Clone)]
 pub struct ChunkEntry {
+    pub file: Arc<ChunkFile>,
     /// Committed byte length: readers read this prefix, writers append here.
     pub len: u64,
-    /// Acquisition times of its observations, in file order.
+    /// Acquisition time and scene of every row, in file order.
     pub times: Vec<i64>,
+    pub scenes: Vec<Arc<str>>,
+    pub stats: PixelStats,
+    /// Batches appended since the file was last written whole.
+    pub appends: u32,
 }
 
 impl ChunkEntry {
@@ -61,28 +120,97 @@ pub struct AppendOutcome {
     pub tiles: Vec<TileId>,
 }
 
+/// What a delete or compaction did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RewriteOutcome {
+    pub chunks_rewritten: usize,
+    pub chunks_removed: usize,
+    pub rows_removed: usize,
+    pub scenes_removed: Vec<String>,
+}
+
 #[derive(Default)]
 struct Index {
     chunks: BTreeMap<ChunkKey, ChunkEntry>,
     scenes: HashSet<String>,
 }
 
+impl Index {
+    /// Applies one committed record (replay and live commits share this).
+    fn apply(&mut self, record: &Record, paths: &WarehousePaths, collection: &str) -> Result<Vec<Arc<ChunkFile>>> {
+        let mut superseded = Vec::new();
+        match record {
+            Record::Scene { scene_id, time_ms, chunks } => {
+                self.scenes.insert(scene_id.clone());
+                let scene: Arc<str> = Arc::from(scene_id.as_str());
+                for a in chunks {
+                    let key = ChunkKey::from_ref(&a.chunk)?;
+                    let e = self.chunks.entry(key.clone()).or_insert_with(|| ChunkEntry {
+                        file: ChunkFile::new(paths.chunk(collection, key.tile, key.month, &key.band, a.gen), a.gen),
+                        len: 0,
+                        times: Vec::new(),
+                        scenes: Vec::new(),
+                        stats: PixelStats::default(),
+                        appends: 0,
+                    });
+                    e.len = a.len;
+                    e.times.push(*time_ms);
+                    e.scenes.push(scene.clone());
+                    e.stats.merge(&a.stats);
+                    e.appends += 1;
+                }
+            }
+            Record::Rewrite { chunks, removed_scenes, .. } => {
+                for r in chunks {
+                    let key = ChunkKey::from_ref(&r.chunk)?;
+                    let old = if r.len == 0 {
+                        self.chunks.remove(&key)
+                    } else {
+                        let entry = ChunkEntry {
+                            file: ChunkFile::new(paths.chunk(collection, key.tile, key.month, &key.band, r.gen), r.gen),
+                            len: r.len,
+                            times: r.rows.iter().map(|(t, _)| *t).collect(),
+                            scenes: r.rows.iter().map(|(_, s)| Arc::from(s.as_str())).collect(),
+                            stats: r.stats,
+                            appends: 0,
+                        };
+                        self.chunks.insert(key, entry)
+                    };
+                    if let Some(old) = old {
+                        if old.file.gen != r.gen || r.len == 0 {
+                            superseded.push(old.file);
+                        }
+                    }
+                }
+                for s in removed_scenes {
+                    self.scenes.remove(s);
+                }
+            }
+        }
+        Ok(superseded)
+    }
+}
+
 /// A collection and its catalog.
 pub struct CollectionStore {
     pub meta: Collection,
     paths: WarehousePaths,
-    /// Serialises this collection's writers: an append must start at the
-    /// committed length, and a scene that fails half-way rolls its files back
-    /// before the next writer touches them. Held only inside blocking tasks.
-    write: Mutex<()>,
-    /// The catalog. Readers clone what they need and let go; a scene's
-    /// entries are published under one write lock, so readers see all of a
-    /// scene or none of it.
+    /// The writer: serialises commits of this collection (an append must
+    /// start at the committed length; the log is appended in commit order).
+    /// Held only inside blocking tasks, never across `.await`.
+    writer: Mutex<CatalogLog>,
+    /// The catalog. Readers clone the entries they need and let go; a
+    /// commit's entries are published under one write lock, so readers see
+    /// all of a scene or none of it.
     index: RwLock<Index>,
+    /// Set while a background compaction runs (at most one per collection).
+    compacting: AtomicBool,
+    /// Whether commits trigger background compaction.
+    auto_compact: bool,
 }
 
-/// A read lock that survives a panicked holder (the data stays consistent
-/// because every update is a single insert under the lock).
+/// A read lock that survives a panicked holder (every update is applied
+/// whole under the lock, so the data stays consistent).
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
@@ -91,7 +219,78 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// fsyncs files on a few threads (the disk, not the CPU, is the limit).
+fn sync_all(files: Vec<(PathBuf, File)>) -> Result<()> {
+    const THREADS: usize = 8;
+    if files.len() <= 1 {
+        return files.into_iter().try_for_each(|(p, f)| f.sync_data().map_err(Error::io(p)));
+    }
+    let per = files.len().div_ceil(THREADS);
+    let mut groups: Vec<Vec<(PathBuf, File)>> = Vec::new();
+    let mut it = files.into_iter().peekable();
+    while it.peek().is_some() {
+        groups.push(it.by_ref().take(per).collect());
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = groups.into_iter().map(|g| s.spawn(move || g.into_iter().try_for_each(|(p, f)| f.sync_data().map_err(Error::io(p))))).collect();
+        handles.into_iter().try_for_each(|h| h.join().map_err(|_| Error::Internal("an fsync thread panicked".into()))?)
+    })
+}
+
 impl CollectionStore {
+    fn open(paths: &WarehousePaths, meta: Collection, auto_compact: bool) -> Result<Self> {
+        let name = meta.name.clone();
+        let (log, records) = CatalogLog::open(&paths.catalog_log(&name))?;
+        let mut index = Index::default();
+        for r in &records {
+            index.apply(r, paths, &name)?;
+        }
+        let store = Self { meta, paths: paths.clone(), writer: Mutex::new(log), index: RwLock::new(index), compacting: AtomicBool::new(false), auto_compact };
+        store.recover_files()?;
+        Ok(store)
+    }
+
+    /// Makes the chunk files agree with the catalog after a restart: cuts
+    /// uncommitted tails, removes files no commit refers to.
+    fn recover_files(&self) -> Result<()> {
+        let idx = read(&self.index);
+        for e in idx.chunks.values() {
+            let path = &e.file.path;
+            let on_disk = fs::metadata(path).map_err(Error::io(path))?.len();
+            if on_disk < e.len {
+                return Err(Error::Corrupt { path: path.clone(), reason: format!("holds {on_disk} bytes but {} were committed", e.len) });
+            }
+            if on_disk > e.len {
+                tracing::warn!(path = %path.display(), committed = e.len, found = on_disk, "cutting an uncommitted chunk tail");
+                chunk::truncate(path, e.len)?;
+            }
+        }
+        let tiles = self.paths.tiles_dir(&self.meta.name);
+        let mut stack = vec![tiles.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries {
+                let path = entry.map_err(Error::io(&dir))?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let known = path.strip_prefix(&tiles).ok().and_then(WarehousePaths::parse_chunk).is_some_and(|(tile, month, band, gen)| {
+                    idx.chunks.get(&ChunkKey { tile, month, band }).is_some_and(|e| e.file.gen == gen)
+                });
+                if !known {
+                    tracing::warn!(path = %path.display(), "removing a file no commit refers to");
+                    fs::remove_file(&path).map_err(Error::io(&path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn has_scene(&self, scene_id: &str) -> bool {
         read(&self.index).scenes.contains(scene_id)
     }
@@ -114,8 +313,8 @@ impl CollectionStore {
     }
 
     /// Reads the committed prefix of a chunk.
-    pub fn read_chunk(&self, key: &ChunkKey, entry: &ChunkEntry) -> Result<Vec<RecordBatch>> {
-        chunk::read(&self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band), entry.len)
+    pub fn read_chunk(&self, entry: &ChunkEntry) -> Result<Vec<RecordBatch>> {
+        chunk::read(&entry.file.path, entry.len)
     }
 
     /// Schema metadata of a chunk file: where its pixels sit.
@@ -139,66 +338,209 @@ impl CollectionStore {
         m
     }
 
-    /// Appends one scene: every observation is written and fsynced, then all
-    /// of them are published to the catalog at once. A scene id already
-    /// present adds nothing (`duplicate`). If any write fails, the chunks
-    /// already written are cut back and nothing is published. Blocking.
+    /// Commits `record` (log append + fsync) and publishes it to readers.
+    fn commit(&self, log: &mut CatalogLog, record: Record) -> Result<()> {
+        log.append(&record)?;
+        let superseded = write(&self.index).apply(&record, &self.paths, &self.meta.name)?;
+        for f in superseded {
+            f.obsolete.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Appends one scene durably and atomically (see the module docs). A
+    /// scene id already present adds nothing (`duplicate`). Blocking.
     pub fn append_scene(&self, scene_id: &str, time_ms: i64, observations: Vec<Observation>) -> Result<AppendOutcome> {
         let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
-        let _writer = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let tile_px = self.meta.grid.tile_px as usize;
+        let mut log = lock(&self.writer);
         if self.has_scene(scene_id) {
             return Ok(AppendOutcome { duplicate: true, ..Default::default() });
         }
-        let mut written: Vec<(ChunkKey, u64, u64)> = Vec::with_capacity(observations.len());
-        let result = (|| -> Result<()> {
-            for obs in observations {
-                let key = ChunkKey { tile: obs.tile, month, band: obs.band };
-                let path = self.paths.chunk(&self.meta.name, key.tile, month, &key.band);
-                let committed = read(&self.index).chunks.get(&key).map_or(0, |e| e.len);
-                if committed == 0 {
-                    if let Some(parent) = path.parent() {
-                        ensure_dir(parent, self.paths.root())?;
-                    }
-                }
-                let band = self.meta.band(&key.band).ok_or_else(|| Error::Internal(format!("band {} vanished", key.band)))?;
-                let schema: SchemaRef = Arc::new(chunk::schema(band.dtype, self.chunk_metadata(key.tile, &key.band)));
-                let batch = chunk::observation_batch(schema, &key.tile.to_string(), &key.band, time_ms, scene_id, obs.pixels, obs.mask)?;
-                // Record before writing, so a failed write is rolled back too.
-                written.push((key, committed, committed));
-                let new_len = chunk::append(&path, committed, &batch)?;
-                if committed == 0 {
-                    sync_dir(path.parent().unwrap_or(self.paths.root()))?;
-                }
-                if let Some(last) = written.last_mut() {
-                    last.2 = new_len;
+        let mut appended: Vec<Appended> = Vec::with_capacity(observations.len());
+        let mut files = Vec::with_capacity(observations.len());
+        let mut outcome = AppendOutcome::default();
+        for obs in observations {
+            let key = ChunkKey { tile: obs.tile, month, band: obs.band };
+            let (gen, committed) = read(&self.index).chunks.get(&key).map_or((0, 0), |e| (e.file.gen, e.len));
+            let path = self.paths.chunk(&self.meta.name, key.tile, month, &key.band, gen);
+            if committed == 0 {
+                if let Some(parent) = path.parent() {
+                    ensure_dir(parent, self.paths.root())?;
                 }
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            for (key, committed, _) in &written {
-                let path = self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band);
-                if let Err(re) = chunk::truncate(&path, *committed) {
-                    tracing::error!(path = %path.display(), error = %re, "rolling back a failed append");
-                }
+            let band = self.meta.band(&key.band).ok_or_else(|| Error::Internal(format!("band {} vanished", key.band)))?;
+            let schema: SchemaRef = Arc::new(chunk::schema(band.dtype, self.chunk_metadata(key.tile, &key.band)));
+            let stats = chunk::pixel_stats(&obs.pixels, &obs.mask, tile_px);
+            let batch = chunk::observation_batch(schema, &key.tile.to_string(), &key.band, time_ms, scene_id, obs.pixels, obs.mask)?;
+            // Nothing is committed yet: a failure here leaves bytes past the
+            // committed lengths, which the next append overwrites and a
+            // restart cuts off.
+            let (len, file) = chunk::append(&path, committed, &batch)?;
+            if committed == 0 {
+                sync_dir(path.parent().unwrap_or(self.paths.root()))?;
             }
-            return Err(e);
-        }
-        let mut outcome = AppendOutcome { duplicate: false, ..Default::default() };
-        let mut idx = write(&self.index);
-        for (key, old, new) in written {
-            outcome.bytes += new - old;
+            outcome.bytes += len - committed;
             outcome.observations += 1;
-            if outcome.tiles.last() != Some(&key.tile) && !outcome.tiles.contains(&key.tile) {
+            if !outcome.tiles.contains(&key.tile) {
                 outcome.tiles.push(key.tile);
             }
-            let e = idx.chunks.entry(key).or_insert(ChunkEntry { len: 0, times: Vec::new() });
-            e.len = new;
-            e.times.push(time_ms);
+            files.push((path, file));
+            appended.push(Appended { chunk: key.to_ref(), gen, len, stats });
         }
-        idx.scenes.insert(scene_id.to_string());
+        sync_all(files)?;
+        self.commit(&mut log, Record::Scene { scene_id: scene_id.to_string(), time_ms, chunks: appended })?;
         Ok(outcome)
     }
+
+    /// Chunks that would profit from compaction (more than one batch).
+    pub fn needs_compaction(&self, min_appends: u32) -> Vec<ChunkKey> {
+        read(&self.index).chunks.iter().filter(|(_, e)| e.appends >= min_appends && e.appends > 1).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Starts a background compaction of chunks with many appended batches,
+    /// unless one is running. Called after commits.
+    pub fn maybe_compact_in_background(self: &Arc<Self>) {
+        if !self.auto_compact {
+            return;
+        }
+        let keys = self.needs_compaction(AUTO_COMPACT_BATCHES);
+        if keys.is_empty() || self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = self.clone();
+        std::thread::spawn(move || {
+            for key in keys {
+                if let Err(e) = store.compact_chunk(&key) {
+                    tracing::warn!(collection = %store.meta.name, chunk = ?key, error = %e, "background compaction failed");
+                }
+            }
+            store.compacting.store(false, Ordering::Release);
+        });
+    }
+
+    /// Compacts chunks (all with more than one batch, or those of `tiles`):
+    /// each becomes one batch ordered by time. Rows do not change.
+    pub fn compact(&self, tiles: Option<&HashSet<TileId>>) -> Result<RewriteOutcome> {
+        let keys: Vec<ChunkKey> = self.needs_compaction(2).into_iter().filter(|k| tiles.is_none_or(|t| t.contains(&k.tile))).collect();
+        let mut out = RewriteOutcome::default();
+        for key in keys {
+            if self.compact_chunk(&key)? {
+                out.chunks_rewritten += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewrites one chunk as a single time-ordered batch without holding the
+    /// writer while the bulk is copied: batches appended meanwhile are copied
+    /// over as they are under the writer lock, then the new generation is
+    /// committed. Returns false if the chunk changed generation meanwhile.
+    fn compact_chunk(&self, key: &ChunkKey) -> Result<bool> {
+        let Some(snap) = read(&self.index).chunks.get(key).cloned() else { return Ok(false) };
+        let gen = snap.file.gen + 1;
+        let path = self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band, gen);
+        let (sorted, order) = sorted_rows(&self.read_chunk(&snap)?, |_, _| true)?;
+        let Some(sorted) = sorted else { return Ok(false) };
+        let mut len = chunk::write_new(&path, &sorted)?;
+        let mut log = lock(&self.writer);
+        let Some(cur) = read(&self.index).chunks.get(key).cloned() else {
+            let _ = fs::remove_file(&path);
+            return Ok(false);
+        };
+        if cur.file.gen != snap.file.gen {
+            let _ = fs::remove_file(&path);
+            return Ok(false);
+        }
+        if cur.len > snap.len {
+            len = chunk::copy_tail(&cur.file.path, snap.len, cur.len, &path)?;
+        }
+        sync_dir(path.parent().unwrap_or(self.paths.root()))?;
+        let mut rows: Vec<(i64, String)> = order.iter().map(|&i| (snap.times[i], snap.scenes[i].to_string())).collect();
+        rows.extend((snap.times.len()..cur.times.len()).map(|i| (cur.times[i], cur.scenes[i].to_string())));
+        let record = Record::Rewrite { reason: "compact".into(), chunks: vec![Rewritten { chunk: key.to_ref(), gen, len, rows, stats: cur.stats }], removed_scenes: vec![] };
+        self.commit(&mut log, record)?;
+        Ok(true)
+    }
+
+    /// Deletes rows durably and atomically: every row of the chunks chosen
+    /// by `chunk_filter` for which `remove(time, scene)` holds. Chunks left
+    /// empty are removed; scenes left without rows are forgotten (so they
+    /// can be ingested again). `forget` names scenes to forget even if they
+    /// had no rows (a scene whose pixels were all invalid). Blocking.
+    pub fn delete(&self, chunk_filter: impl Fn(&ChunkKey) -> bool, remove: impl Fn(i64, &str) -> bool, forget: &[String]) -> Result<RewriteOutcome> {
+        let mut log = lock(&self.writer);
+        let targets = self.chunks(|k| chunk_filter(k));
+        let mut out = RewriteOutcome::default();
+        let mut rewritten = Vec::new();
+        let mut touched_scenes: HashSet<String> = forget.iter().cloned().collect();
+        let mut written_paths = Vec::new();
+        for (key, entry) in &targets {
+            let hits: Vec<usize> = (0..entry.times.len()).filter(|&i| remove(entry.times[i], &entry.scenes[i])).collect();
+            if hits.is_empty() {
+                continue;
+            }
+            out.rows_removed += hits.len();
+            touched_scenes.extend(hits.iter().map(|&i| entry.scenes[i].to_string()));
+            let gen = entry.file.gen + 1;
+            if hits.len() == entry.times.len() {
+                out.chunks_removed += 1;
+                rewritten.push(Rewritten { chunk: key.to_ref(), gen, len: 0, rows: vec![], stats: PixelStats::default() });
+                continue;
+            }
+            let (batch, order) = sorted_rows(&self.read_chunk(entry)?, |t, s| !remove(t, s))?;
+            let Some(batch) = batch else { continue };
+            let path = self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band, gen);
+            let len = chunk::write_new(&path, &batch)?;
+            written_paths.push(path);
+            let kept: Vec<usize> = (0..entry.times.len()).filter(|&i| !remove(entry.times[i], &entry.scenes[i])).collect();
+            let rows = order.iter().map(|&i| (entry.times[kept[i]], entry.scenes[kept[i]].to_string())).collect();
+            out.chunks_rewritten += 1;
+            rewritten.push(Rewritten { chunk: key.to_ref(), gen, len, rows, stats: chunk::batch_stats(&batch, self.meta.grid.tile_px as usize) });
+        }
+        for p in &written_paths {
+            sync_dir(p.parent().unwrap_or(self.paths.root()))?;
+        }
+        // Scenes that keep rows in chunks not rewritten, or in kept rows, stay.
+        let idx = read(&self.index);
+        let removed_keys: HashSet<ChunkKey> = rewritten.iter().filter_map(|r| ChunkKey::from_ref(&r.chunk).ok()).collect();
+        let mut still: HashSet<&str> = HashSet::new();
+        for (k, e) in &idx.chunks {
+            if !removed_keys.contains(k) {
+                still.extend(e.scenes.iter().map(|s| s.as_ref()));
+            }
+        }
+        for r in &rewritten {
+            still.extend(r.rows.iter().map(|(_, s)| s.as_str()));
+        }
+        let mut gone: Vec<String> = touched_scenes.into_iter().filter(|s| !still.contains(s.as_str()) && idx.scenes.contains(s)).collect();
+        drop(idx);
+        gone.sort();
+        out.scenes_removed = gone.clone();
+        if rewritten.is_empty() && gone.is_empty() {
+            return Ok(out);
+        }
+        self.commit(&mut log, Record::Rewrite { reason: "delete".into(), chunks: rewritten, removed_scenes: gone })?;
+        Ok(out)
+    }
+}
+
+/// The rows of a chunk kept by `keep(time, scene)`, ordered by time, as one
+/// batch; with the order (indices into the kept rows).
+pub fn sorted_rows(batches: &[RecordBatch], keep: impl Fn(i64, &str) -> bool) -> Result<(Option<RecordBatch>, Vec<usize>)> {
+    let Some(first) = batches.first() else { return Ok((None, vec![])) };
+    let all = arrow_select::concat::concat_batches(&first.schema(), batches).map_err(Error::arrow("joining chunk batches"))?;
+    let times = all.column(2).as_primitive::<arrow_array::types::TimestampMillisecondType>();
+    let scenes = all.column(3).as_string::<i32>();
+    let kept: Vec<usize> = (0..all.num_rows()).filter(|&i| keep(times.value(i), scenes.value(i))).collect();
+    if kept.is_empty() {
+        return Ok((None, vec![]));
+    }
+    let mut order: Vec<usize> = (0..kept.len()).collect();
+    order.sort_by_key(|&i| times.value(kept[i]));
+    let take = UInt32Array::from(order.iter().map(|&i| kept[i] as u32).collect::<Vec<_>>());
+    let batch = arrow_select::take::take_record_batch(&all, &take).map_err(Error::arrow("ordering chunk rows"))?;
+    Ok((Some(batch), order))
 }
 
 /// Creates `dir` and any missing parents below `root`, fsyncing each parent
@@ -226,9 +568,8 @@ fn sync_dir(dir: &Path) -> Result<()> {
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync dir.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let io = Error::io(&tmp);
     let mut f = File::create(&tmp).map_err(Error::io(&tmp))?;
-    std::io::Write::write_all(&mut f, bytes).and_then(|_| f.sync_all()).map_err(io)?;
+    std::io::Write::write_all(&mut f, bytes).and_then(|_| f.sync_all()).map_err(Error::io(&tmp))?;
     fs::rename(&tmp, path).map_err(Error::io(path))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
@@ -239,12 +580,19 @@ pub struct Warehouse {
     collections: RwLock<BTreeMap<String, Arc<CollectionStore>>>,
     /// Serialises collection creation (check-then-create).
     create: Mutex<()>,
+    auto_compact: bool,
 }
 
 impl Warehouse {
-    /// Opens (creating if needed) a warehouse and rebuilds the catalog from
-    /// its chunk files, cutting torn tails. Blocking.
+    /// Opens (creating if needed) a warehouse: replays every collection's
+    /// catalog log and brings its chunk files in line. Blocking.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with(root, true)
+    }
+
+    /// As [`Warehouse::open`], choosing whether commits trigger background
+    /// compaction (benchmarks measure appends without it).
+    pub fn open_with(root: &Path, auto_compact: bool) -> Result<Self> {
         fs::create_dir_all(root).map_err(Error::io(root))?;
         let paths = WarehousePaths::new(root);
         let mut collections = BTreeMap::new();
@@ -257,11 +605,11 @@ impl Warehouse {
             }
             let bytes = fs::read(&meta_path).map_err(Error::io(&meta_path))?;
             let meta: Collection = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt { path: meta_path.clone(), reason: e.to_string() })?;
-            let index = scan_collection(&paths, &name)?;
-            tracing::info!(collection = %name, chunks = index.chunks.len(), scenes = index.scenes.len(), "opened collection");
-            collections.insert(name, Arc::new(CollectionStore { meta, paths: paths.clone(), write: Mutex::new(()), index: RwLock::new(index) }));
+            let store = CollectionStore::open(&paths, meta, auto_compact)?;
+            tracing::info!(collection = %name, chunks = read(&store.index).chunks.len(), scenes = store.scene_count(), "opened collection");
+            collections.insert(name, Arc::new(store));
         }
-        Ok(Self { paths, collections: RwLock::new(collections), create: Mutex::new(()) })
+        Ok(Self { paths, collections: RwLock::new(collections), create: Mutex::new(()), auto_compact })
     }
 
     pub fn root(&self) -> &Path {
@@ -278,7 +626,7 @@ impl Warehouse {
 
     /// Creates a collection durably. Blocking.
     pub fn create_collection(&self, meta: Collection) -> Result<Arc<CollectionStore>> {
-        let _g = self.create.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = lock(&self.create);
         if read(&self.collections).contains_key(&meta.name) {
             return Err(Error::AlreadyExists { what: format!("collection {:?}", meta.name) });
         }
@@ -286,34 +634,8 @@ impl Warehouse {
         ensure_dir(&dir, self.paths.root())?;
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Internal(e.to_string()))?;
         write_atomic(&self.paths.collection_meta(&meta.name), &json)?;
-        let store = Arc::new(CollectionStore { meta, paths: self.paths.clone(), write: Mutex::new(()), index: RwLock::new(Index::default()) });
+        let store = Arc::new(CollectionStore::open(&self.paths, meta, self.auto_compact)?);
         write(&self.collections).insert(store.meta.name.clone(), store.clone());
         Ok(store)
     }
-}
-
-fn scan_collection(paths: &WarehousePaths, name: &str) -> Result<Index> {
-    let mut index = Index::default();
-    let tiles = paths.tiles_dir(name);
-    if !tiles.is_dir() {
-        return Ok(index);
-    }
-    let mut stack = vec![tiles.clone()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).map_err(Error::io(&dir))? {
-            let path = entry.map_err(Error::io(&dir))?.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let Some((tile, month, band)) = path.strip_prefix(&tiles).ok().and_then(WarehousePaths::parse_chunk) else {
-                continue;
-            };
-            if let Some(s) = chunk::scan(&path)? {
-                index.scenes.extend(s.scene_ids);
-                index.chunks.insert(ChunkKey { tile, month, band }, ChunkEntry { len: s.len, times: s.times });
-            }
-        }
-    }
-    Ok(index)
 }

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! <warehouse>/<collection>/collection.json
-//! <warehouse>/<collection>/tiles/<tile_id>/<YYYY-MM>/<band>.arrow
+//! <warehouse>/<collection>/catalog.log
+//! <warehouse>/<collection>/tiles/<tile_id>/<YYYY-MM>/<band>.arrow       generation 0
+//! <warehouse>/<collection>/tiles/<tile_id>/<YYYY-MM>/<band>.<gen>.arrow after a rewrite
 //! ```
 //! Every component is validated before it becomes a path (collection and band
 //! names match `[a-z0-9_]+`, tile ids and months are canonical), so no request
@@ -97,17 +99,32 @@ impl WarehousePaths {
         self.collection_dir(collection).join("tiles")
     }
 
-    pub fn chunk(&self, collection: &str, tile: TileId, month: Month, band: &str) -> PathBuf {
-        self.tiles_dir(collection).join(tile.to_string()).join(month.to_string()).join(format!("{band}{CHUNK_SUFFIX}"))
+    pub fn catalog_log(&self, collection: &str) -> PathBuf {
+        self.collection_dir(collection).join("catalog.log")
     }
 
-    /// Parses `<tile>/<YYYY-MM>/<band>.arrow` relative to a tiles directory.
-    pub fn parse_chunk(rel: &Path) -> Option<(TileId, Month, String)> {
+    /// A chunk file: generation 0 is `<band>.arrow`, later generations
+    /// (written by delete or compaction) `<band>.<gen>.arrow`.
+    pub fn chunk(&self, collection: &str, tile: TileId, month: Month, band: &str, gen: u32) -> PathBuf {
+        let name = if gen == 0 { format!("{band}{CHUNK_SUFFIX}") } else { format!("{band}.{gen}{CHUNK_SUFFIX}") };
+        self.tiles_dir(collection).join(tile.to_string()).join(month.to_string()).join(name)
+    }
+
+    /// Parses `<tile>/<YYYY-MM>/<band>[.<gen>].arrow` relative to a tiles
+    /// directory: `(tile, month, band, gen)`.
+    pub fn parse_chunk(rel: &Path) -> Option<(TileId, Month, String, u32)> {
         let parts: Vec<&str> = rel.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
         let [tile, month, file] = parts.as_slice() else { return None };
-        let band = file.strip_suffix(CHUNK_SUFFIX)?;
+        let stem = file.strip_suffix(CHUNK_SUFFIX)?;
+        let (band, gen) = match stem.split_once('.') {
+            None => (stem, 0),
+            Some((b, g)) => {
+                let gen: u32 = g.parse().ok().filter(|g| *g > 0)?;
+                (gen.to_string() == g).then_some((b, gen))?
+            }
+        };
         crate::collection::validate_band_name("band", band).ok()?;
-        Some((tile.parse().ok()?, Month::parse(month)?, band.to_string()))
+        Some((tile.parse().ok()?, Month::parse(month)?, band.to_string(), gen))
     }
 }
 
@@ -124,16 +141,19 @@ mod tests {
         assert_eq!(Month { year: 2024, month: 12 }.next(), Month { year: 2025, month: 1 });
         assert_eq!(Month::parse("2024-13"), None);
         assert_eq!(Month::parse("24-01"), None);
+        for bad in ["x0001_y0001/2024-06/red.0.arrow", "x0001_y0001/2024-06/red.01.arrow", "x0001_y0001/2024-06/Red.arrow", "x0001_y0001/2024-06/red.arrow.tmp"] {
+            assert_eq!(WarehousePaths::parse_chunk(Path::new(bad)), None, "{bad}");
+        }
     }
 
     proptest! {
         #[test]
-        fn chunk_paths_round_trip(ix in -20000i64..20000, iy in -5000i64..5000, year in 1970i32..2200, month in 1u32..=12, band in "[a-z0-9_]{1,32}") {
+        fn chunk_paths_round_trip(ix in -20000i64..20000, iy in -5000i64..5000, year in 1970i32..2200, month in 1u32..=12, band in "[a-z0-9_]{1,32}", gen in prop::sample::select(vec![0u32, 1, 7, 12345])) {
             let p = WarehousePaths::new("/wh");
             let m = Month { year, month };
-            let path = p.chunk("s2", TileId::new(ix, iy), m, &band);
+            let path = p.chunk("s2", TileId::new(ix, iy), m, &band, gen);
             let rel = path.strip_prefix(p.tiles_dir("s2")).unwrap();
-            prop_assert_eq!(WarehousePaths::parse_chunk(rel), Some((TileId::new(ix, iy), m, band)));
+            prop_assert_eq!(WarehousePaths::parse_chunk(rel), Some((TileId::new(ix, iy), m, band, gen)));
             prop_assert!(m.start_ms() < m.end_ms());
             prop_assert_eq!(Month::of_ms(m.start_ms()), Some(m));
             prop_assert_eq!(Month::of_ms(m.end_ms() - 1), Some(m));
