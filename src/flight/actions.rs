@@ -145,7 +145,7 @@ fn describe_tile(c: &CollectionStore, tile: TileId) -> Value {
                 "min": (e.stats.valid > 0).then_some(e.stats.min),
                 "max": (e.stats.valid > 0).then_some(e.stats.max),
                 "mean": e.stats.mean(),
-                "footprint": footprint(&grid, tile, &e.stats),
+                "footprint": crate::storage::snapshot::footprint(&grid, tile, &e.stats),
             })
         })
         .collect();
@@ -157,16 +157,6 @@ fn describe_tile(c: &CollectionStore, tile: TileId) -> Value {
         "tile_px": grid.tile_px,
         "chunks": chunks,
     })
-}
-
-/// Grid-CRS bounds `[min_x, min_y, max_x, max_y]` of a chunk's valid pixels.
-fn footprint(grid: &GridSpec, tile: TileId, s: &crate::storage::log::PixelStats) -> Option<[f64; 4]> {
-    if s.valid == 0 {
-        return None;
-    }
-    let gt = grid.tile_geotransform(tile);
-    let [c0, r0, c1, r1] = s.bbox.map(|v| v as f64);
-    Some([gt[0] + c0 * gt[1], gt[3] + r1 * gt[5], gt[0] + c1 * gt[1], gt[3] + r0 * gt[5]])
 }
 
 /// Validates a create_collection request into a collection.

@@ -98,6 +98,8 @@ pub struct CatalogLog {
     file: File,
     /// Committed length; a failed append is cut back to it.
     len: u64,
+    /// Records in the log.
+    records: u64,
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
@@ -142,7 +144,13 @@ impl CatalogLog {
             tracing::warn!(path = %path.display(), kept = len, found = bytes.len(), "cutting a torn catalog log tail");
             file.set_len(len).and_then(|_| file.sync_data()).map_err(Error::io(path))?;
         }
-        Ok((Self { path: path.to_path_buf(), file, len }, records))
+        let count = records.len() as u64;
+        Ok((Self { path: path.to_path_buf(), file, len, records: count }, records))
+    }
+
+    /// How many records the log holds.
+    pub fn records(&self) -> u64 {
+        self.records
     }
 
     /// Appends `record` durably (write + fdatasync). On failure the log is
@@ -158,6 +166,7 @@ impl CatalogLog {
         match res {
             Ok(()) => {
                 self.len += bytes.len() as u64;
+                self.records += 1;
                 Ok(())
             }
             Err(e) => {

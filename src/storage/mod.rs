@@ -19,6 +19,7 @@
 pub mod chunk;
 pub mod log;
 pub mod paths;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
@@ -251,6 +252,7 @@ impl CollectionStore {
         }
         let store = Self { meta, paths: paths.clone(), writer: Mutex::new(log), index: RwLock::new(index), compacting: AtomicBool::new(false), auto_compact };
         store.recover_files()?;
+        store.write_snapshot()?;
         Ok(store)
     }
 
@@ -415,12 +417,16 @@ impl CollectionStore {
                     tracing::warn!(collection = %store.meta.name, chunk = ?key, error = %e, "background compaction failed");
                 }
             }
+            if let Err(e) = store.write_snapshot() {
+                tracing::warn!(collection = %store.meta.name, error = %e, "writing the catalog snapshot failed");
+            }
             store.compacting.store(false, Ordering::Release);
         });
     }
 
     /// Compacts chunks (all with more than one batch, or those of `tiles`):
-    /// each becomes one batch ordered by time. Rows do not change.
+    /// each becomes one batch ordered by time. Rows do not change. Then
+    /// writes the catalog snapshot.
     pub fn compact(&self, tiles: Option<&HashSet<TileId>>) -> Result<RewriteOutcome> {
         let keys: Vec<ChunkKey> = self.needs_compaction(2).into_iter().filter(|k| tiles.is_none_or(|t| t.contains(&k.tile))).collect();
         let mut out = RewriteOutcome::default();
@@ -429,7 +435,16 @@ impl CollectionStore {
                 out.chunks_rewritten += 1;
             }
         }
+        self.write_snapshot()?;
         Ok(out)
+    }
+
+    /// Writes `catalog.parquet` (GeoParquet) from the current catalog.
+    pub fn write_snapshot(&self) -> Result<()> {
+        // Hold the writer so the snapshot matches one log position.
+        let log = lock(&self.writer);
+        let chunks = self.chunks(|_| true);
+        snapshot::write(&self.paths.catalog_snapshot(&self.meta.name), &self.meta, &chunks, log.records())
     }
 
     /// Rewrites one chunk as a single time-ordered batch without holding the
@@ -561,7 +576,7 @@ fn ensure_dir(dir: &Path, root: &Path) -> Result<()> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(Error::io(dir))
 }
 

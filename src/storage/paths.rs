@@ -3,6 +3,7 @@
 //! ```text
 //! <warehouse>/<collection>/collection.json
 //! <warehouse>/<collection>/catalog.log
+//! <warehouse>/<collection>/catalog.parquet
 //! <warehouse>/<collection>/tiles/<tile_id>/<YYYY-MM>/<band>.arrow       generation 0
 //! <warehouse>/<collection>/tiles/<tile_id>/<YYYY-MM>/<band>.<gen>.arrow after a rewrite
 //! ```
@@ -101,6 +102,10 @@ impl WarehousePaths {
 
     pub fn catalog_log(&self, collection: &str) -> PathBuf {
         self.collection_dir(collection).join("catalog.log")
+    }
+
+    pub fn catalog_snapshot(&self, collection: &str) -> PathBuf {
+        self.collection_dir(collection).join("catalog.parquet")
     }
 
     /// A chunk file: generation 0 is `<band>.arrow`, later generations

@@ -169,3 +169,33 @@ def test_actions_and_profiles(server):
     names = [c["name"] for c in action(client, "list_collections")]
     assert names == ["planet", "sentinel"]
     assert action(client, "describe", {"collection": "sentinel"})["scenes"] == 0
+
+
+def test_catalog_snapshot_is_geoparquet_and_delete_compact_work(server):
+    import pyarrow.parquet as pq
+
+    client = server.client()
+    make_collection(client)
+    red, nir = grid_raster()
+    for i, when in enumerate(["2024-06-01", "2024-06-11", "2024-06-21"]):
+        put(client, descriptor(f"s{i}", when), {"red": red + i, "nir": nir + i})
+    assert action(client, "compact", {"collection": "s2"})["chunks_rewritten"] == 8
+    snap = pq.read_table(pathlib.Path(server.warehouse) / "s2" / "catalog.parquet")
+    assert snap.num_rows == 8  # 4 tiles x 2 bands, one month
+    assert sum(snap["observations"].to_pylist()) == 24
+    assert set(snap["generation"].to_pylist()) == {1}
+    geo = json.loads(snap.schema.metadata[b"geo"])
+    assert geo["primary_column"] == "geometry" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    assert geo["columns"]["geometry"]["crs"]["type"] in ("ProjectedCRS", "BoundCRS")
+    red_rows = [r for r in snap.to_pylist() if r["tile_id"] == "x4380_y1633" and r["band"] == "red"]
+    assert len(red_rows) == 1
+    r = red_rows[0]
+    assert r["scene_ids"] == ["s0", "s1", "s2"]
+    assert r["min"] == float(red[:256, :256].min()) and r["max"] == float(red[:256, :256].max() + 2)
+    assert len(r["geometry"]) == 93  # WKB polygon with 5 points
+    # Deleting one scene rewrites every chunk; the chunk files stay plain Arrow.
+    assert action(client, "delete", {"collection": "s2", "scene_id": "s1"})["rows_removed"] == 8
+    q = {"collection": "s2", "tiles": ["x4380_y1633"], "bands": ["red"]}
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(q)))
+    t = client.do_get(info.endpoints[0].ticket).read_all()
+    assert t["scene_id"].to_pylist() == ["s0", "s2"]
