@@ -6,3 +6,20 @@
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/pixelquery.v1.rs"));
 }
+
+/// The JSON forms the server answers with (DESIGN §4a).
+pub mod json {
+    use serde::{Deserialize, Serialize};
+
+    /// `PutResult.app_metadata` of a DoPut: the JSON form of
+    /// `v1::PutResultMetadata`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct PutSummary {
+        pub scene_id: String,
+        pub tiles: Vec<String>,
+        pub observations: u64,
+        pub bytes: u64,
+        pub elapsed_ms: u64,
+        pub duplicate: bool,
+    }
+}

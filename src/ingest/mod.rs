@@ -38,15 +38,7 @@ pub struct IngestOptions {
 }
 
 /// The answer to a DoPut (PutResult app_metadata, DESIGN §4a).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PutSummary {
-    pub scene_id: String,
-    pub tiles: Vec<String>,
-    pub observations: u64,
-    pub bytes: u64,
-    pub elapsed_ms: u64,
-    pub duplicate: bool,
-}
+pub use pixelquery_proto::json::PutSummary;
 
 /// A band of the incoming raster matched to the collection's band.
 #[derive(Debug, Clone)]

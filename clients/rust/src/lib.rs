@@ -17,7 +17,6 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 pub use pixelquery_proto::v1 as proto;
 use prost::Message;
-use serde::Deserialize;
 use serde_json::Value;
 
 /// gRPC message limit of the client, both directions (the server's default).
@@ -53,15 +52,7 @@ impl ClientError {
 }
 
 /// The server's answer to a DoPut (PutResult app_metadata).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct PutSummary {
-    pub scene_id: String,
-    pub tiles: Vec<String>,
-    pub observations: u64,
-    pub bytes: u64,
-    pub elapsed_ms: u64,
-    pub duplicate: bool,
-}
+pub use pixelquery_proto::json::PutSummary;
 
 /// A connection to one server.
 pub struct Client {
