@@ -252,3 +252,30 @@ async fn eight_writers_and_four_readers() {
     eprintln!("{} scenes by {WRITERS} writers, {total_reads} reads by 4 readers, no errors", WRITERS * SCENES);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_with_many_batches_are_compacted_in_the_background() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    let n = pixelquery::storage::AUTO_COMPACT_BATCHES as i64 + 3;
+    for i in 0..n {
+        client.ingest(&aligned_request(&format!("a{i}"), T0 + (n - i) * 3_600_000, 0, 0, 32), red_batches(raster(32, i as u16), 32)).await.unwrap();
+    }
+    let before = all_rows(&mut client).await;
+    assert_eq!(before.len() as i64, n);
+    // The compaction runs in the background after the 64th commit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let d = client.action("describe", &serde_json::json!({"collection": "s2", "tile": "x0100_y0200"})).await.unwrap();
+        let batches = d["chunks"][0]["batches"].as_i64().unwrap();
+        if batches < n {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no background compaction after {n} appends");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(all_rows(&mut client).await, before);
+    assert!(server.warehouse().join("s2/catalog.parquet").is_file());
+    server.shutdown().await;
+}
