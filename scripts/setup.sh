@@ -23,8 +23,8 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import pyarrow, numpy, pytest" 2>/dev/null; then
-  echo "setup: installing Python test packages into .venv"
+if ! .venv/bin/python -c "import pyarrow, numpy, pytest, xarray, rasterio, nbclient, matplotlib, pixelquery_flight" 2>/dev/null; then
+  echo "setup: installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r tests/python/requirements.txt
+  .venv/bin/python -m pip install -q -r tests/python/requirements.txt -e clients/python
 fi

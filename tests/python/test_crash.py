@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.flight as flight
 
-from conftest import Server
+from pixelquery_flight.testing import LocalServer
 
 SINU = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6378137 +units=m +no_defs"
 SIZE = 160
@@ -56,8 +56,8 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
     counter = iter(range(10**9))
     kills = 0
     for round_ in range(22):
-        server = Server(warehouse)
-        client = server.client()
+        server = LocalServer(warehouse)
+        client = flight.connect(server.uri)
         if round_ == 0:
             list(client.do_action(flight.Action("create_collection", json.dumps(
                 {"name": "crash", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}}).encode())))
@@ -78,8 +78,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
         for t in threads:
             t.start()
         time.sleep(rng.uniform(0.05, 0.5))
-        server.proc.kill()
-        server.proc.wait()
+        server.kill()
         kills += 1
         for t in threads:
             t.join(timeout=60)
@@ -87,9 +86,9 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
 
     assert kills >= 20
     assert len(acked) > 20, f"only {len(acked)} scenes were acknowledged"
-    server = Server(warehouse)
+    server = LocalServer(warehouse)
     try:
-        client = server.client()
+        client = flight.connect(server.uri)
         q = json.dumps({"collection": "crash"})
         info = client.get_flight_info(flight.FlightDescriptor.for_command(q))
         tables = [client.do_get(ep.ticket).read_all() for ep in info.endpoints]

@@ -1,0 +1,399 @@
+"""The client: collections, numpy ingest, Arrow queries, xarray cubes and
+pandas time series, all over plain ``pyarrow.flight`` with the server's JSON
+wire forms (DESIGN §4a)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as _dt
+import hashlib
+import json
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from .errors import InvalidRequest, mapped
+
+#: DoPut batches are cut to about this many bytes (whole rows).
+TARGET_BATCH_BYTES = 4 << 20
+#: Reads with more endpoints than this show a progress bar (tqdm installed).
+PROGRESS_MIN_ENDPOINTS = 16
+
+TimeLike = Union[str, int, _dt.datetime, _dt.date, np.datetime64]
+
+
+def _time(value: TimeLike) -> Union[str, int]:
+    """A time in a wire form: RFC 3339 text or integer milliseconds (UTC)."""
+    if isinstance(value, (bool,)):
+        raise InvalidRequest(f"invalid time = {value!r}")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, np.datetime64):
+        return int(value.astype("datetime64[ms]").astype(np.int64))
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.timezone.utc)
+        return value.isoformat()
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    if hasattr(value, "isoformat"):  # pandas.Timestamp
+        return _time(value.to_pydatetime())
+    raise InvalidRequest(f"invalid time = {value!r}: give a datetime, date, ISO string or epoch milliseconds")
+
+
+def _geotransform(transform: Any) -> list:
+    """GDAL-order geotransform from a 6-sequence or an ``affine.Affine``."""
+    if hasattr(transform, "to_gdal"):
+        return [float(v) for v in transform.to_gdal()]
+    gt = [float(v) for v in transform]
+    if len(gt) != 6:
+        raise InvalidRequest(f"invalid transform = {transform!r}: expected 6 numbers in GDAL order or an affine.Affine")
+    return gt
+
+
+def _crs(crs: Any) -> str:
+    if isinstance(crs, int):
+        return f"EPSG:{crs}"
+    if hasattr(crs, "to_wkt"):  # rasterio / pyproj CRS
+        return crs.to_wkt()
+    return str(crs)
+
+
+class Client:
+    """A connection to one PixelQuery Flight server.
+
+    >>> c = Client("grpc://127.0.0.1:8815")
+    >>> c.collections()
+    """
+
+    def __init__(self, uri: str, token: Optional[str] = None, tls_root_certs: Optional[Union[str, bytes]] = None):
+        kwargs: dict = {}
+        if tls_root_certs is not None:
+            kwargs["tls_root_certs"] = tls_root_certs.encode() if isinstance(tls_root_certs, str) else tls_root_certs
+        self.uri = uri
+        with mapped():
+            self._flight = flight.connect(uri, **kwargs)
+        headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
+        self._options = flight.FlightCallOptions(headers=headers)
+
+    def close(self) -> None:
+        self._flight.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- actions -------------------------------------------------------
+
+    def _action(self, name: str, body: Optional[Mapping] = None) -> Any:
+        payload = json.dumps(body).encode() if body is not None else b""
+        with mapped():
+            results = list(self._flight.do_action(flight.Action(name, payload), options=self._options))
+        return json.loads(results[0].body.to_pybytes()) if results else None
+
+    def health(self) -> dict:
+        """Server status."""
+        return self._action("health")
+
+    def collections(self) -> list:
+        """Every collection with its bands and tile and scene counts."""
+        return self._action("list_collections")
+
+    def describe(self, name: str, tile: Optional[str] = None) -> dict:
+        """A collection's bands, grid and counts; with ``tile``, that tile's
+        chunks with their statistics."""
+        body = {"collection": name}
+        if tile is not None:
+            body["tile"] = tile
+        return self._action("describe", body)
+
+    def create_collection(self, name: str, *, profile: Optional[str] = None, bands: Optional[Sequence[Mapping]] = None,
+                          grid: Optional[Mapping] = None, resampling: Optional[str] = None) -> dict:
+        """Creates a collection from a built-in ``profile`` (``sentinel2_l2a``,
+        ``landsat8_l2``, ``landsat9_l2``, ``planet_sr``) or from ``bands``
+        (``[{"name", "dtype", "nodata", "resampling"}]``) and a ``grid``
+        (``{"resolution": 10}`` on the default sinusoidal grid, or with
+        ``"crs"`` and ``"tile_span"``). Returns its description."""
+        body: dict = {"name": name}
+        if profile is not None:
+            body["profile"] = profile
+        if bands is not None:
+            body["bands"] = list(bands)
+        if grid is not None:
+            body["grid"] = dict(grid)
+        if resampling is not None:
+            body["resampling"] = resampling
+        return self._action("create_collection", body)
+
+    def delete(self, collection: str, *, scene_id: Optional[str] = None, tile: Optional[str] = None,
+               start: Optional[TimeLike] = None, end: Optional[TimeLike] = None) -> dict:
+        """Deletes a scene, a tile or a time range (filters combine)."""
+        body: dict = {"collection": collection}
+        for k, v in (("scene_id", scene_id), ("tile", tile)):
+            if v is not None:
+                body[k] = v
+        for k, v in (("start", start), ("end", end)):
+            if v is not None:
+                body[k] = _time(v)
+        return self._action("delete", body)
+
+    def compact(self, collection: str, tiles: Optional[Sequence[str]] = None) -> dict:
+        """Rewrites chunks of many appended batches as one batch each."""
+        body: dict = {"collection": collection}
+        if tiles:
+            body["tiles"] = list(tiles)
+        return self._action("compact", body)
+
+    # ---- ingest --------------------------------------------------------
+
+    def ingest(self, array: np.ndarray, *, transform: Any, crs: Any, time: TimeLike, bands: Union[str, Sequence[str]],
+               collection: str, scene_id: Optional[str] = None, nodata: Any = None, valid: Optional[np.ndarray] = None,
+               resampling: Union[None, str, Mapping[str, str]] = None) -> dict:
+        """Sends one raster with DoPut, streamed in row strips.
+
+        ``array`` is 2-D ``(height, width)`` or band-first 3-D
+        ``(bands, height, width)``; a ``numpy.ma.MaskedArray``'s mask marks
+        invalid pixels. ``transform`` is a GDAL geotransform or an
+        ``affine.Affine``; ``crs`` an EPSG code, ``"EPSG:32652"``, WKT or a
+        rasterio/pyproj CRS. ``nodata`` is one value or one per band;
+        ``valid`` an optional boolean ``(height, width)`` mask for all bands.
+        ``scene_id`` defaults to a hash of the pixels, place and time, so a
+        retry of the same call is recognised (``"duplicate": True``).
+        Returns the server's PutResult: scene_id, tiles, observations,
+        bytes, elapsed_ms, duplicate.
+        """
+        mask = None
+        if isinstance(array, np.ma.MaskedArray):
+            mask = np.ma.getmaskarray(array)
+            array = np.ma.getdata(array)
+        data = np.asarray(array)
+        if data.ndim == 2:
+            data = data[np.newaxis]
+            mask = None if mask is None else mask[np.newaxis]
+        if data.ndim != 3:
+            raise InvalidRequest(f"invalid array shape = {array.shape}: expected (height, width) or (bands, height, width)")
+        names = [bands] if isinstance(bands, str) else list(bands)
+        if len(names) != data.shape[0]:
+            raise InvalidRequest(f"invalid bands = {names!r}: {data.shape[0]} bands in the array")
+        nbands, height, width = data.shape
+        nodatas = list(nodata) if isinstance(nodata, (list, tuple, np.ndarray)) else [nodata] * nbands
+        if len(nodatas) != nbands:
+            raise InvalidRequest(f"invalid nodata = {nodata!r}: one value or one per band")
+        valid_all = None if valid is None else np.asarray(valid, dtype=bool)
+        if valid_all is not None and valid_all.shape != (height, width):
+            raise InvalidRequest(f"invalid valid shape = {valid_all.shape}: expected {(height, width)}")
+        if mask is not None:
+            if (mask == mask[:1]).all():
+                shared = ~mask[0]
+                valid_all = shared if valid_all is None else (valid_all & shared)
+            else:
+                # Masks differ per band: masked pixels become each band's nodata.
+                data = data.copy()
+                for b in range(nbands):
+                    if nodatas[b] is None:
+                        raise InvalidRequest(f"invalid nodata = None for band {names[b]!r}: a per-band mask needs a nodata value to write")
+                    data[b][mask[b]] = nodatas[b]
+        dtype = data.dtype
+        try:
+            pa_type = pa.from_numpy_dtype(dtype)
+        except (pa.ArrowNotImplementedError, TypeError) as e:
+            raise InvalidRequest(f"invalid array dtype = {dtype}") from e
+        gt = _geotransform(transform)
+        when = _time(time)
+        if scene_id is None:
+            h = hashlib.sha256()
+            h.update(json.dumps([collection, when, _crs(crs), gt, names]).encode())
+            h.update(np.ascontiguousarray(data).tobytes())
+            if valid_all is not None:
+                h.update(np.packbits(valid_all).tobytes())
+            scene_id = f"{collection}-{h.hexdigest()[:24]}"
+        band_specs = []
+        for name, nd in zip(names, nodatas):
+            spec: dict = {"name": name, "dtype": str(np.dtype(dtype))}
+            if nd is not None:
+                spec["nodata"] = float(nd)
+            band_specs.append(spec)
+        descriptor = {
+            "collection": collection, "scene_id": scene_id, "acquired_at": when, "crs": _crs(crs),
+            "geotransform": gt, "width": int(width), "height": int(height), "bands": band_specs,
+        }
+        if resampling is not None:
+            descriptor["resampling"] = resampling if isinstance(resampling, str) else dict(resampling)
+        fields = [pa.field(n, pa_type, nullable=False) for n in names]
+        if valid_all is not None:
+            fields.append(pa.field("valid", pa.bool_(), nullable=False))
+        schema = pa.schema(fields)
+        row_bytes = max(1, width * (dtype.itemsize * nbands + (1 if valid_all is not None else 0)))
+        rows_per_batch = max(1, TARGET_BATCH_BYTES // row_bytes)
+        with mapped():
+            writer, reader = self._flight.do_put(flight.FlightDescriptor.for_command(json.dumps(descriptor)), schema, options=self._options)
+            try:
+                for top in range(0, height, rows_per_batch):
+                    cols = [pa.array(np.ascontiguousarray(data[b, top:top + rows_per_batch]).ravel()) for b in range(nbands)]
+                    if valid_all is not None:
+                        cols.append(pa.array(valid_all[top:top + rows_per_batch].ravel()))
+                    writer.write_batch(pa.record_batch(cols, schema=schema))
+                writer.done_writing()
+                buf = reader.read()
+            finally:
+                writer.close()  # raises the server's error, if any
+        return json.loads(buf.to_pybytes())
+
+    def ingest_cog(self, path: str, collection: str, *, bands: Optional[Sequence[str]] = None, time: Optional[TimeLike] = None,
+                   scene_id: Optional[str] = None, resampling: Union[None, str, Mapping[str, str]] = None) -> dict:
+        """Reads a GeoTIFF/COG with rasterio and ingests it. Band names come
+        from ``bands`` or the file's band descriptions; the time from ``time``
+        or the file's ``TIFFTAG_DATETIME`` / ``ACQUISITIONDATETIME`` tags."""
+        try:
+            import rasterio
+        except ImportError as e:
+            raise ImportError("ingest_cog needs rasterio: pip install 'pixelquery-flight[cog]'") from e
+        with rasterio.open(path) as src:
+            data = src.read(masked=False)
+            names = list(bands) if bands is not None else [d for d in src.descriptions]
+            if any(not n for n in names):
+                raise InvalidRequest(f"invalid bands = {names!r}: {path} has unnamed bands; pass bands=[...]")
+            if time is None:
+                tags = src.tags()
+                raw = tags.get("TIFFTAG_DATETIME") or tags.get("ACQUISITIONDATETIME")
+                if raw is None:
+                    raise InvalidRequest(f"invalid time = None: {path} has no TIFFTAG_DATETIME or ACQUISITIONDATETIME tag; pass time=")
+                time = raw.replace(":", "-", 2).replace(" ", "T") if len(raw) >= 19 and raw[4] == ":" else raw
+            nodata = list(src.nodatavals)
+            return self.ingest(data, transform=src.transform, crs=src.crs, time=time, bands=names, collection=collection,
+                               scene_id=scene_id, nodata=nodata, resampling=resampling)
+
+    # ---- queries -------------------------------------------------------
+
+    @staticmethod
+    def _query(collection: str, tiles, bbox, bbox_crs, start, end, bands, point=None) -> dict:
+        q: dict = {"collection": collection}
+        if tiles is not None:
+            q["tiles"] = [tiles] if isinstance(tiles, str) else list(tiles)
+        if bbox is not None:
+            q["bbox"] = [float(v) for v in bbox]
+        if point is not None:
+            q["point"] = [float(v) for v in point]
+        if bbox_crs is not None and (bbox is not None or point is not None):
+            q["bbox_crs"] = _crs(bbox_crs)
+        if start is not None:
+            q["start"] = _time(start)
+        if end is not None:
+            q["end"] = _time(end)
+        if bands is not None:
+            q["bands"] = [bands] if isinstance(bands, str) else list(bands)
+        return q
+
+    def query(self, collection: str, *, tiles: Union[None, str, Sequence[str]] = None, bbox: Optional[Sequence[float]] = None,
+              bbox_crs: Any = "EPSG:4326", start: Optional[TimeLike] = None, end: Optional[TimeLike] = None,
+              bands: Union[None, str, Sequence[str]] = None, progress: Optional[bool] = None, max_workers: int = 4) -> pa.Table:
+        """Observations as an Arrow table (``tile_id``, ``band``, ``time``,
+        ``scene_id``, ``pixels``, ``mask``), fetched endpoint by endpoint in
+        parallel. ``start`` is inclusive, ``end`` exclusive. Grid metadata
+        (``crs``, ``tile_px``, ``tile_span``, ``pixel_size``) is in the
+        schema metadata."""
+        q = self._query(collection, tiles, bbox, bbox_crs, start, end, bands)
+        with mapped():
+            info = self._flight.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(q)), options=self._options)
+        endpoints = list(info.endpoints)
+        schema = info.schema
+        if not endpoints:
+            return schema.empty_table()
+        bar = None
+        if progress or (progress is None and len(endpoints) >= PROGRESS_MIN_ENDPOINTS):
+            try:
+                from tqdm import tqdm
+                bar = tqdm(total=len(endpoints), unit="chunk", desc=collection)
+            except ImportError:
+                bar = None
+
+        def fetch(ep):
+            with mapped():
+                t = self._flight.do_get(ep.ticket, options=self._options).read_all()
+            if bar is not None:
+                bar.update(1)
+            return t
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+                tables = list(pool.map(fetch, endpoints))
+        finally:
+            if bar is not None:
+                bar.close()
+        tables = [t.replace_schema_metadata(schema.metadata) for t in tables]
+        return pa.concat_tables(tables)
+
+    def to_xarray(self, collection: str, *, tiles: Union[None, str, Sequence[str]] = None, bbox: Optional[Sequence[float]] = None,
+                  bbox_crs: Any = "EPSG:4326", start: Optional[TimeLike] = None, end: Optional[TimeLike] = None,
+                  bands: Union[None, str, Sequence[str]] = None, fill: Any = np.nan, progress: Optional[bool] = None):
+        """The query as an ``xarray.Dataset``: one variable per band with
+        dims ``time``, ``y``, ``x``; tiles mosaicked into one array over the
+        tiles found; coordinates at pixel centres in the grid's CRS (WKT in
+        ``attrs["crs"]``); masked or missing pixels hold ``fill`` (NaN by
+        default, which makes the values float)."""
+        import xarray as xr
+
+        table = self.query(collection, tiles=tiles, bbox=bbox, bbox_crs=bbox_crs, start=start, end=end, bands=bands, progress=progress)
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        n = int(meta["tile_px"])
+        span = float(meta["tile_span"])
+        px = float(meta["pixel_size"])
+        attrs = {"crs": meta.get("crs", ""), "collection": collection, "pixel_size": px, "tile_px": n}
+        if table.num_rows == 0:
+            return xr.Dataset(attrs=attrs)
+        tile_ids = table["tile_id"].to_pylist()
+        ixy = [_parse_tile(t) for t in tile_ids]
+        ix0 = min(i for i, _ in ixy)
+        ix1 = max(i for i, _ in ixy)
+        iy0 = min(j for _, j in ixy)
+        iy1 = max(j for _, j in ixy)
+        width, height = (ix1 - ix0 + 1) * n, (iy1 - iy0 + 1) * n
+        times = np.array(sorted(set(table["time"].cast(pa.int64()).to_pylist())), dtype="datetime64[ms]")
+        t_index = {int(t.astype(np.int64)): k for k, t in enumerate(times)}
+        band_names = table["band"].to_pylist()
+        row_times = table["time"].cast(pa.int64()).to_pylist()
+        variables = {}
+        for band in dict.fromkeys(band_names):
+            rows = [r for r, b in enumerate(band_names) if b == band]
+            sample = table["pixels"][rows[0]].values.type.to_pandas_dtype()
+            nan_fill = isinstance(fill, float) and np.isnan(fill)
+            # NaN needs floats; another fill keeps the band's type if it fits.
+            out_dtype = np.result_type(sample, np.float32) if nan_fill else np.result_type(sample, np.min_scalar_type(fill))
+            cube = np.full((len(times), height, width), fill, dtype=out_dtype)
+            for r in rows:
+                ix, iy = ixy[r]
+                values = table["pixels"][r].values.to_numpy(zero_copy_only=False).reshape(n, n)
+                mask = table["mask"][r].values.to_numpy(zero_copy_only=False).reshape(n, n)
+                r0, c0 = (iy1 - iy) * n, (ix - ix0) * n
+                view = cube[t_index[row_times[r]], r0:r0 + n, c0:c0 + n]
+                view[mask] = values[mask]
+            variables[band] = (("time", "y", "x"), cube)
+        x = ix0 * span + (np.arange(width) + 0.5) * px
+        y = (iy1 + 1) * span - (np.arange(height) + 0.5) * px
+        return xr.Dataset(variables, coords={"time": times, "y": y, "x": x}, attrs=attrs)
+
+    def timeseries(self, lon: float, lat: float, collection: str, *, crs: Any = "EPSG:4326", start: Optional[TimeLike] = None,
+                   end: Optional[TimeLike] = None, bands: Union[None, str, Sequence[str]] = None):
+        """One location's time series as a ``pandas.DataFrame`` indexed by
+        time: ``scene_id``, ``tile_id``, and per band the value (NaN when
+        invalid) and ``<band>_valid``. ``lon``/``lat`` are x/y in ``crs``."""
+        import pandas as pd
+
+        q = self._query(collection, None, None, crs, start, end, bands, point=(lon, lat))
+        with mapped():
+            table = self._flight.do_get(flight.Ticket(json.dumps(q)), options=self._options).read_all()
+        df = table.to_pandas()
+        if "time" in df:
+            df = df.set_index("time")
+        return df
+
+
+def _parse_tile(tile_id: str) -> tuple:
+    x, y = tile_id[1:].split("_y")
+    return int(x), int(y)

@@ -1,0 +1,76 @@
+"""Run a real ``pixelquery`` server on a free loopback port, for tests and
+notebooks::
+
+    with LocalServer("/tmp/warehouse") as server:
+        client = Client(server.uri)
+
+The binary is ``$PIXELQUERY_BIN``, else ``pixelquery`` on ``PATH``, else the
+repository's ``target/debug`` or ``target/release`` build.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+from typing import Optional, Sequence
+
+_REPO = pathlib.Path(__file__).resolve().parents[4]
+
+
+def find_binary() -> str:
+    env = os.environ.get("PIXELQUERY_BIN")
+    if env:
+        return env
+    on_path = shutil.which("pixelquery")
+    if on_path:
+        return on_path
+    for build in ("debug", "release"):
+        p = _REPO / "target" / build / "pixelquery"
+        if p.exists():
+            return str(p)
+    raise FileNotFoundError("no pixelquery binary: build it with `cargo build --bin pixelquery` or set PIXELQUERY_BIN")
+
+
+class LocalServer:
+    """A ``pixelquery serve`` child process over ``warehouse``."""
+
+    def __init__(self, warehouse, extra_args: Sequence[str] = (), binary: Optional[str] = None):
+        self.warehouse = pathlib.Path(warehouse)
+        self.proc = subprocess.Popen(
+            [binary or find_binary(), "serve", "--warehouse", str(self.warehouse), "--listen", "127.0.0.1:0", *extra_args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith("pixelquery listening on "):
+            self.proc.kill()
+            raise RuntimeError(f"the server did not start: {line!r} {self.proc.stderr.read()}")
+        #: ``grpc://127.0.0.1:<port>``
+        self.uri = "grpc://" + line.rsplit(" ", 1)[1].strip()
+
+    def stop(self) -> None:
+        """Stops the server (SIGTERM, then SIGKILL after 10 s)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self) -> "LocalServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
