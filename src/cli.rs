@@ -20,6 +20,42 @@ pub struct Cli {
 pub enum Command {
     /// Serve a warehouse directory over Arrow Flight.
     Serve(ServeArgs),
+    /// Ingest GeoTIFF/COG files (directories recursively) into a server.
+    Ingest(IngestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Files or directories (searched recursively for .tif/.tiff).
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// Server to send to.
+    #[arg(long, env = "PIXELQUERY_SERVER", default_value = "grpc://127.0.0.1:8815")]
+    pub server: String,
+    /// Collection to ingest into.
+    #[arg(long, env = "PIXELQUERY_COLLECTION")]
+    pub collection: String,
+    /// Create the collection from this built-in profile if it does not exist.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Band mapping of multi-band files, e.g. `1:blue,2:green,3:red,4:nir`
+    /// (default: band descriptions, else the collection's band order).
+    #[arg(long)]
+    pub bands: Option<String>,
+    /// Acquisition time for every file (RFC 3339 or YYYY-MM-DD); default:
+    /// from metadata, then from the file name.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Resampling for every band (nearest or bilinear); default: the
+    /// collection's per band.
+    #[arg(long)]
+    pub resampling: Option<String>,
+    /// Scenes sent at once.
+    #[arg(long, env = "PIXELQUERY_JOBS", default_value_t = 2)]
+    pub jobs: usize,
+    /// Print the report as JSON on stdout (the shape `ingest_path` returns).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -42,6 +78,11 @@ pub struct ServeArgs {
     /// Threads warping one scene's tiles (default: one per core).
     #[arg(long, env = "PIXELQUERY_WARP_THREADS")]
     pub warp_threads: Option<usize>,
+    /// Directories (or GDAL `/vsi...` prefixes) the `ingest_path` action may
+    /// read from; repeat the flag or separate with `:` in the env var. None
+    /// by default: no client can make the server read files.
+    #[arg(long = "ingest-root", env = "PIXELQUERY_INGEST_ROOTS", value_delimiter = ':')]
+    pub ingest_roots: Vec<String>,
     /// Seconds calls in flight may take to finish after SIGINT/SIGTERM.
     #[arg(long, env = "PIXELQUERY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -58,6 +99,7 @@ impl ServeArgs {
                 max_tiles: self.max_tiles,
                 warp_threads: self.warp_threads.unwrap_or_else(default_threads).max(1),
             },
+            ingest_roots: self.ingest_roots,
         }
     }
 }

@@ -14,6 +14,8 @@ pub struct Config {
     /// DoGet messages of up to 4 MiB need more than tonic's 4 MiB default.
     pub max_message_bytes: usize,
     pub ingest: IngestOptions,
+    /// Where `ingest_path` may read files (empty: nowhere).
+    pub ingest_roots: Vec<String>,
 }
 
 impl Config {
@@ -24,6 +26,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_message_bytes: 64 << 20,
             ingest: IngestOptions { max_raster_bytes: 4 << 30, max_tiles: 250_000, warp_threads: default_threads() },
+            ingest_roots: Vec::new(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`server`]: `run(listener, state, shutdown)`
 //! - [`flight`]: the FlightService, thin; DoAction in `flight::actions`
 //! - [`wire`]: protobuf/JSON requests into validated domain requests
+//! - [`cog`]: GeoTIFF/COG files into scenes (CLI ingest, ingest_path)
 //! - [`collection`]: collections, bands, data types, built-in profiles
 //! - [`grid`]: the tile grid, pure math
 //! - [`ingest`]: DoPut stream -> warp -> append
@@ -15,6 +16,7 @@
 //! - [`error`]: the crate error and its one mapping to `tonic::Status`
 
 pub mod cli;
+pub mod cog;
 pub mod collection;
 pub mod config;
 pub mod error;

@@ -1,13 +1,15 @@
 //! The `pixelquery` binary: parse the command line, set up logging, bind,
 //! and hand over to `server::run`.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use pixelquery::cli::{Cli, Command};
 use pixelquery::server;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -40,8 +42,12 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Ingest(args) => {
+            let report = pixelquery::cog::send::run_cli(args).await?;
+            return Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

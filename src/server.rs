@@ -16,7 +16,7 @@ use crate::storage::Warehouse;
 /// returns the shared state. Blocking.
 pub fn open_state(config: &Config) -> crate::error::Result<Arc<AppState>> {
     let warehouse = Arc::new(Warehouse::open(&config.warehouse)?);
-    Ok(Arc::new(AppState { warehouse, ingest: config.ingest.clone() }))
+    Ok(Arc::new(AppState { warehouse, ingest: config.ingest.clone(), ingest_roots: config.ingest_roots.clone() }))
 }
 
 /// Serves until `shutdown` completes; in-flight calls are allowed to finish.

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use serde_json::{json, Value};
 
 use crate::collection::{self, Band, Collection, DType, GridDoc, Resampling, PROFILE_NAMES};
+use crate::flight::AppState;
 use crate::error::{Error, Result};
 use crate::grid::{GridSpec, TileId};
 use crate::storage::{CollectionStore, Warehouse};
@@ -14,7 +15,7 @@ use crate::wire::{self, format_time};
 use pixelquery_proto::v1 as pb;
 
 /// Every action: name and description (what `ListActions` returns).
-pub const ACTIONS: [(&str, &str); 6] = [
+pub const ACTIONS: [(&str, &str); 7] = [
     ("health", "Server status: {\"status\": \"ok\", \"version\", \"collections\"}. Body: empty."),
     ("list_collections", "All collections with their bands, tile and scene counts. Body: empty."),
     (
@@ -26,11 +27,17 @@ pub const ACTIONS: [(&str, &str); 6] = [
         "delete",
         "Delete rows durably and atomically. Body: {\"collection\", \"scene_id\"?, \"tile\"?, \"start\"?, \"end\"?} (at least one filter; given filters combine; end exclusive). A deleted scene can be ingested again. Returns {\"chunks_rewritten\", \"chunks_removed\", \"rows_removed\", \"scenes_removed\"}.",
     ),
+    (
+        "ingest_path",
+        "The server reads GeoTIFF/COG files it can see (local paths, GDAL /vsi... paths) under its --ingest-root directories and ingests them as `pixelquery ingest` does. Body: {\"collection\", \"paths\": [...], \"bands\"?: \"1:blue,...\", \"time\"?, \"resampling\"?}. Returns {\"files\", \"scenes\": [...], \"failures\": [{\"path\", \"reason\"}]}.",
+    ),
     ("compact", "Rewrite chunks holding several appended batches as one time-ordered batch, without blocking readers or writers; rows do not change. Body: {\"collection\", \"tiles\"?}. Returns {\"chunks_rewritten\"}."),
 ];
 
-/// Runs one action. Blocking (GDAL for CRS checks, file IO).
-pub fn run(warehouse: &Warehouse, name: &str, body: &[u8]) -> Result<Value> {
+/// Runs one action. Blocking (GDAL for CRS checks, file IO); call it from a
+/// blocking task of the server's runtime (`ingest_path` drives ingests on it).
+pub fn run(state: &AppState, name: &str, body: &[u8]) -> Result<Value> {
+    let warehouse: &Warehouse = &state.warehouse;
     match name {
         "health" => Ok(json!({
             "status": "ok",
@@ -60,6 +67,7 @@ pub fn run(warehouse: &Warehouse, name: &str, body: &[u8]) -> Result<Value> {
             let store = warehouse.collection(&d.collection)?;
             Ok(serde_json::to_value(delete(&store, d)?).unwrap_or(Value::Null))
         }
+        "ingest_path" => Ok(serde_json::to_value(ingest_path(state, body)?).unwrap_or(Value::Null)),
         "compact" => {
             let c = wire::decode_compact(body)?;
             collection::validate_collection_name("collection", &c.collection)?;
@@ -74,6 +82,82 @@ pub fn run(warehouse: &Warehouse, name: &str, body: &[u8]) -> Result<Value> {
             &format!("unknown action; available: {}", ACTIONS.iter().map(|a| a.0).collect::<Vec<_>>().join(", ")),
         )),
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestPathBody {
+    collection: String,
+    paths: Vec<String>,
+    #[serde(default)]
+    bands: Option<String>,
+    #[serde(default)]
+    time: Option<Value>,
+    #[serde(default)]
+    resampling: Option<String>,
+}
+
+/// Server-side file ingest: every path must lie under an allowed root
+/// (otherwise nothing is read or written); then the files are planned and
+/// each scene is read on its own thread and fed to the DoPut pipeline.
+fn ingest_path(state: &AppState, body: &[u8]) -> Result<crate::cog::send::IngestReport> {
+    let started = std::time::Instant::now();
+    let b: IngestPathBody = serde_json::from_slice(body).map_err(|e| Error::invalid("action.body", String::from_utf8_lossy(body), &format!("malformed JSON: {e}")))?;
+    collection::validate_collection_name("collection", &b.collection)?;
+    let store = state.warehouse.collection(&b.collection)?;
+    if b.paths.is_empty() {
+        return Err(Error::invalid("paths", "[]", "give at least one file or directory"));
+    }
+    let paths = b.paths.iter().map(|p| crate::cog::check_allowed(p, &state.ingest_roots)).collect::<Result<Vec<_>>>()?;
+    let time_ms = match &b.time {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(wire::parse_time("time", s)?),
+        Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| Error::invalid("time", n, "expected integer milliseconds"))?),
+        Some(other) => return Err(Error::invalid("time", other, "expected an RFC 3339 string or integer milliseconds")),
+    };
+    let opts = crate::cog::CogOptions {
+        collection: b.collection.clone(),
+        collection_bands: store.meta.bands.iter().map(|b| b.name.clone()).collect(),
+        band_map: b.bands.as_deref().map(crate::cog::parse_band_map).transpose()?.unwrap_or_default(),
+        time_ms,
+        resampling: b.resampling.unwrap_or_default(),
+    };
+    let (files, mut failures) = crate::cog::discover(&paths);
+    // A directory may hold links leading outside the roots: check each file.
+    let (files, outside): (Vec<String>, Vec<String>) = files.into_iter().partition(|f| crate::cog::check_allowed(f, &state.ingest_roots).is_ok());
+    failures.extend(outside.into_iter().map(|path| crate::cog::Failure { path, reason: "outside the server's allowed ingest roots".into() }));
+    let (scenes, more) = crate::cog::plan(&files, &opts);
+    failures.extend(more);
+    let handle = tokio::runtime::Handle::current();
+    let mut report = crate::cog::send::IngestReport { files: files.len(), ..Default::default() };
+    for plan in scenes {
+        let spec = match wire::decode_ingest(&prost::Message::encode_to_vec(&plan.request)) {
+            Ok(s) => s,
+            Err(e) => {
+                failures.extend(plan.files.iter().map(|f| crate::cog::Failure { path: f.clone(), reason: e.to_string() }));
+                continue;
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<arrow_array::RecordBatch>>(2);
+        let reader_plan = plan.clone();
+        let reader = std::thread::spawn(move || {
+            if let Err(e) = crate::cog::read_scene(&reader_plan, |batch| tx.blocking_send(Ok(batch)).is_ok()) {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let put = handle.block_on(crate::ingest::ingest(state.warehouse.clone(), state.ingest.clone(), spec, tokio_stream::wrappers::ReceiverStream::new(rx)));
+        let _ = reader.join();
+        match put {
+            Ok(put) => {
+                report.megabytes += plan.bytes as f64 / 1e6;
+                report.scenes.push(crate::cog::send::SceneResult::new(&plan, &put));
+            }
+            Err(e) => failures.extend(plan.files.iter().map(|f| crate::cog::Failure { path: f.clone(), reason: e.to_string() })),
+        }
+    }
+    report.failures = failures.into_iter().map(Into::into).collect();
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
 }
 
 fn parse_tiles(tiles: &[String]) -> Result<HashSet<TileId>> {

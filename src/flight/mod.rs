@@ -36,6 +36,8 @@ pub struct AppState {
     pub warehouse: Arc<Warehouse>,
     /// Limits applied to every DoPut.
     pub ingest: IngestOptions,
+    /// Where `ingest_path` may read files (empty: nowhere).
+    pub ingest_roots: Vec<String>,
 }
 
 /// The FlightService implementation.
@@ -194,8 +196,8 @@ impl FlightService for Service {
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let action = request.into_inner();
-        let wh = self.state.warehouse.clone();
-        let value = blocking(move || actions::run(&wh, &action.r#type, &action.body)).await?;
+        let state = self.state.clone();
+        let value = blocking(move || actions::run(&state, &action.r#type, &action.body)).await?;
         let body = serde_json::to_vec(&value).map_err(|e| Error::Internal(e.to_string()))?;
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(futures::stream::once(async move { Ok(result) }).boxed()))

@@ -27,7 +27,13 @@ impl TestServer {
 
     /// Starts a server over an existing warehouse directory.
     pub async fn start_in(dir: tempfile::TempDir) -> Self {
-        let config = Config::for_warehouse(dir.path().join("warehouse"));
+        Self::start_with(dir, |_| {}).await
+    }
+
+    /// Starts a server after `adjust` changed its settings.
+    pub async fn start_with(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::for_warehouse(dir.path().join("warehouse"));
+        adjust(&mut config);
         let cfg = config.clone();
         let state = tokio::task::spawn_blocking(move || server::open_state(&cfg)).await.unwrap().expect("open warehouse");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");

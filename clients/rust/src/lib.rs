@@ -69,6 +69,11 @@ impl Client {
         Ok(Self { inner: FlightClient::new_from_inner(inner) })
     }
 
+    /// A second handle on the same connection (calls run concurrently).
+    pub fn try_clone(&self) -> Self {
+        Self { inner: FlightClient::new_from_inner(self.inner.inner().clone()) }
+    }
+
     /// The underlying Flight client, for calls this crate does not wrap.
     pub fn flight(&mut self) -> &mut FlightClient {
         &mut self.inner
@@ -108,9 +113,23 @@ impl Client {
 
     /// DoPut with a descriptor command given as bytes (protobuf or JSON).
     pub async fn ingest_raw(&mut self, cmd: Bytes, batches: Vec<RecordBatch>) -> Result<PutSummary> {
-        let data = FlightDataEncoderBuilder::new()
-            .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd)))
-            .build(futures::stream::iter(batches.into_iter().map(Ok)));
+        self.ingest_raw_stream(cmd, futures::stream::iter(batches.into_iter().map(Ok))).await
+    }
+
+    /// Sends one raster whose row strips arrive as a stream (so a large file
+    /// is read while it is sent, in bounded memory).
+    pub async fn ingest_stream<S>(&mut self, request: &proto::IngestRequest, batches: S) -> Result<PutSummary>
+    where
+        S: futures::Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
+    {
+        self.ingest_raw_stream(Bytes::from(request.encode_to_vec()), batches).await
+    }
+
+    async fn ingest_raw_stream<S>(&mut self, cmd: Bytes, batches: S) -> Result<PutSummary>
+    where
+        S: futures::Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
+    {
+        let data = FlightDataEncoderBuilder::new().with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd))).build(batches);
         let results: Vec<_> = self.inner.do_put(data).await?.try_collect().await?;
         let first = results.first().ok_or_else(|| ClientError::Answer("DoPut returned no PutResult".into()))?;
         serde_json::from_slice(&first.app_metadata).map_err(|e| ClientError::Answer(format!("PutResult metadata: {e}")))

@@ -1,0 +1,382 @@
+//! GeoTIFF/COG files to DoPut scenes: discover files, read what their names
+//! and metadata say, group them into scenes (one multi-band file, or a
+//! product's one-file-per-band set), and read them in row strips.
+//!
+//! Shared by the `pixelquery ingest` command (client side) and the
+//! `ingest_path` action (server side). GDAL datasets are opened, read and
+//! dropped on the thread that reads a scene.
+
+pub mod names;
+pub mod send;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, ArrowPrimitiveType, PrimitiveArray, RecordBatch};
+use arrow_buffer::ScalarBuffer;
+use arrow_schema::{Field, Schema, SchemaRef};
+use gdal::raster::{GdalDataType, GdalType};
+use gdal::{Dataset, Metadata};
+use pixelquery_proto::v1 as pb;
+
+use crate::collection::DType;
+use crate::error::{Error, Result};
+use crate::with_arrow_type;
+
+/// A DoPut batch is cut to about this many bytes (whole rows).
+pub const TARGET_BATCH_BYTES: usize = 4 << 20;
+
+/// How files become scenes of one collection.
+#[derive(Debug, Clone, Default)]
+pub struct CogOptions {
+    pub collection: String,
+    /// The collection's band names, in order.
+    pub collection_bands: Vec<String>,
+    /// Explicit mapping of 1-based file band indexes to band names.
+    pub band_map: Vec<(usize, String)>,
+    /// Explicit acquisition time (epoch ms) for every file.
+    pub time_ms: Option<i64>,
+    /// Resampling for every band (empty: the collection's defaults).
+    pub resampling: String,
+}
+
+/// A file or scene that cannot be ingested, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub path: String,
+    pub reason: String,
+}
+
+/// One scene to send: its request and where each band comes from.
+#[derive(Debug, Clone)]
+pub struct ScenePlan {
+    pub request: pb::IngestRequest,
+    /// `(file, 1-based band index)` per band of `request.bands`.
+    pub sources: Vec<(String, usize)>,
+    pub files: Vec<String>,
+    /// Where the time came from.
+    pub time_source: String,
+    /// Pixel bytes the scene sends.
+    pub bytes: u64,
+}
+
+/// Raster files under `paths` (directories recursively; `.tif`, `.tiff`,
+/// any case), sorted. GDAL `/vsi...` paths are taken as they are.
+pub fn discover(paths: &[String]) -> (Vec<String>, Vec<Failure>) {
+    let (mut files, mut failures) = (Vec::new(), Vec::new());
+    let is_tiff = |p: &Path| p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("tif") || e.eq_ignore_ascii_case("tiff"));
+    for p in paths {
+        if p.starts_with("/vsi") {
+            files.push(p.clone());
+            continue;
+        }
+        let path = PathBuf::from(p);
+        if path.is_dir() {
+            let mut stack = vec![path];
+            while let Some(dir) = stack.pop() {
+                match std::fs::read_dir(&dir) {
+                    Ok(entries) => {
+                        for e in entries.flatten() {
+                            let q = e.path();
+                            if q.is_dir() {
+                                stack.push(q);
+                            } else if is_tiff(&q) {
+                                files.push(q.to_string_lossy().to_string());
+                            }
+                        }
+                    }
+                    Err(e) => failures.push(Failure { path: dir.display().to_string(), reason: format!("cannot list directory: {e}") }),
+                }
+            }
+        } else if path.is_file() {
+            files.push(p.clone());
+        } else {
+            failures.push(Failure { path: p.clone(), reason: "no such file or directory".into() });
+        }
+    }
+    files.sort();
+    files.dedup();
+    (files, failures)
+}
+
+/// What one file holds.
+#[derive(Debug, Clone)]
+struct FileInfo {
+    path: String,
+    stem: String,
+    width: u32,
+    height: u32,
+    geotransform: [f64; 6],
+    crs_wkt: String,
+    dtypes: Vec<DType>,
+    nodata: Vec<Option<f64>>,
+    descriptions: Vec<String>,
+    metadata: Vec<(String, String)>,
+}
+
+fn gdal_dtype(t: GdalDataType) -> Option<DType> {
+    Some(match t {
+        GdalDataType::UInt8 => DType::Uint8,
+        GdalDataType::UInt16 => DType::Uint16,
+        GdalDataType::Int16 => DType::Int16,
+        GdalDataType::UInt32 => DType::Uint32,
+        GdalDataType::Int32 => DType::Int32,
+        GdalDataType::Float32 => DType::Float32,
+        GdalDataType::Float64 => DType::Float64,
+        _ => return None,
+    })
+}
+
+fn inspect(path: &str) -> Result<FileInfo, String> {
+    let ds = Dataset::open(path).map_err(|e| format!("GDAL cannot open it: {e}"))?;
+    let (w, h) = ds.raster_size();
+    let geotransform = ds.geo_transform().map_err(|_| "it has no geotransform (not georeferenced)".to_string())?;
+    let crs_wkt = ds.spatial_ref().and_then(|s| s.to_wkt()).map_err(|_| "it has no CRS".to_string())?;
+    let mut dtypes = Vec::new();
+    let mut nodata = Vec::new();
+    let mut descriptions = Vec::new();
+    for i in 1..=ds.raster_count() {
+        let b = ds.rasterband(i).map_err(|e| format!("band {i}: {e}"))?;
+        dtypes.push(gdal_dtype(b.band_type()).ok_or_else(|| format!("band {i} has unsupported type {:?}", b.band_type()))?);
+        nodata.push(b.no_data_value());
+        descriptions.push(b.description().unwrap_or_default());
+    }
+    if dtypes.is_empty() {
+        return Err("it has no raster bands".into());
+    }
+    let mut metadata = Vec::new();
+    let mut domains = ds.metadata_domains();
+    if !domains.iter().any(|d| d.is_empty()) {
+        domains.push(String::new());
+    }
+    for d in domains.iter().filter(|d| !d.starts_with("xml:") && d.as_str() != "IMAGE_STRUCTURE" && d.as_str() != "DERIVED_SUBDATASETS") {
+        for item in ds.metadata_domain(d).unwrap_or_default() {
+            if let Some((k, v)) = item.split_once('=') {
+                metadata.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+    let stem = Path::new(path).file_stem().and_then(|s| s.to_str()).unwrap_or(path).to_string();
+    Ok(FileInfo { path: path.to_string(), stem, width: w as u32, height: h as u32, geotransform, crs_wkt, dtypes, nodata, descriptions, metadata })
+}
+
+/// Scene id from product metadata, if the file carries one.
+fn metadata_scene_id(info: &FileInfo) -> Option<String> {
+    for key in ["LANDSAT_PRODUCT_ID", "PRODUCT_ID", "PRODUCT_URI"] {
+        if let Some((_, v)) = info.metadata.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+            let v = v.trim().trim_matches('"').trim_end_matches(".SAFE");
+            if !v.is_empty() {
+                return Some(v.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The bands one file contributes: `(1-based index, band name)`, and the
+/// scene key it belongs to.
+fn file_bands(info: &FileInfo, opts: &CogOptions) -> Result<(String, Vec<(usize, String)>), String> {
+    let known = |n: &str| opts.collection_bands.iter().any(|b| b == n);
+    if opts.band_map.is_empty() {
+        if let Some((key, code)) = names::band_file(&info.stem) {
+            let name = names::profile_band(&code).filter(|n| known(n)).map(str::to_string).or_else(|| Some(code.to_lowercase()).filter(|n| known(n)));
+            let name = name.ok_or_else(|| format!("band {code} (from the file name) is not a band of collection {:?} ({})", opts.collection, opts.collection_bands.join(", ")))?;
+            if info.dtypes.len() != 1 {
+                return Err(format!("a {code} band file should hold one band, it holds {}", info.dtypes.len()));
+            }
+            return Ok((key, vec![(1, name)]));
+        }
+    }
+    let key = metadata_scene_id(info).unwrap_or_else(|| info.stem.clone());
+    let count = info.dtypes.len();
+    let bands: Vec<(usize, String)> = if !opts.band_map.is_empty() {
+        for (i, n) in &opts.band_map {
+            if *i == 0 || *i > count {
+                return Err(format!("--bands names band {i}, the file has {count}"));
+            }
+            if !known(n) {
+                return Err(format!("--bands names {n:?}, not a band of collection {:?} ({})", opts.collection, opts.collection_bands.join(", ")));
+            }
+        }
+        opts.band_map.clone()
+    } else if info.descriptions.iter().all(|d| known(d)) {
+        info.descriptions.iter().enumerate().map(|(i, d)| (i + 1, d.clone())).collect()
+    } else if count == opts.collection_bands.len() {
+        opts.collection_bands.iter().enumerate().map(|(i, n)| (i + 1, n.clone())).collect()
+    } else {
+        return Err(format!(
+            "cannot tell which of its {count} bands is which band of collection {:?} ({}): name them with --bands 1:{},...",
+            opts.collection,
+            opts.collection_bands.join(", "),
+            opts.collection_bands.first().map(String::as_str).unwrap_or("name")
+        ));
+    };
+    Ok((key, bands))
+}
+
+fn acquisition_time(info: &FileInfo, opts: &CogOptions) -> Result<(i64, String), String> {
+    if let Some(t) = opts.time_ms {
+        return Ok((t, "--time".into()));
+    }
+    names::time_from_metadata(&info.metadata)
+        .or_else(|| names::time_from_name(&info.stem))
+        .ok_or_else(|| format!("no acquisition time found; tried {}", names::TIME_SOURCES))
+}
+
+/// Inspects `files` and groups them into scenes. Files that cannot be used
+/// are returned as failures with their reason; the others still form scenes.
+/// Blocking (GDAL).
+pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure>) {
+    let mut failures = Vec::new();
+    // scene key -> files with their bands
+    let mut groups: BTreeMap<String, Vec<(FileInfo, Vec<(usize, String)>)>> = BTreeMap::new();
+    for path in files {
+        match inspect(path).and_then(|info| file_bands(&info, opts).map(|(key, bands)| (info, key, bands))) {
+            Ok((info, key, bands)) => groups.entry(key).or_default().push((info, bands)),
+            Err(reason) => failures.push(Failure { path: path.clone(), reason }),
+        }
+    }
+    let mut scenes = Vec::new();
+    for (key, members) in groups {
+        // Bands on different pixel grids (10 m and 20 m files of one
+        // product) cannot share one DoPut: one scene per grid.
+        let mut by_grid: Vec<Vec<(FileInfo, Vec<(usize, String)>)>> = Vec::new();
+        for m in members {
+            match by_grid.iter_mut().find(|g| g[0].0.geotransform == m.0.geotransform && (g[0].0.width, g[0].0.height) == (m.0.width, m.0.height) && g[0].0.crs_wkt == m.0.crs_wkt) {
+                Some(g) => g.push(m),
+                None => by_grid.push(vec![m]),
+            }
+        }
+        let split = by_grid.len() > 1;
+        for group in by_grid {
+            let first = &group[0].0;
+            let scene_id = if split { format!("{key}_{}m", (first.geotransform[1].abs() * 100.0).round() / 100.0) } else { key.clone() };
+            let paths: Vec<String> = group.iter().map(|(i, _)| i.path.clone()).collect();
+            let fail_all = |reason: String, failures: &mut Vec<Failure>| failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
+            let (time_ms, time_source) = match acquisition_time(first, opts) {
+                Ok(t) => t,
+                Err(reason) => {
+                    fail_all(reason, &mut failures);
+                    continue;
+                }
+            };
+            let mut bands = Vec::new();
+            let mut sources = Vec::new();
+            let mut bytes = 0u64;
+            let mut dup = None;
+            for (info, file_bands) in &group {
+                for (idx, name) in file_bands {
+                    if bands.iter().any(|b: &pb::BandSpec| &b.name == name) {
+                        dup = Some(name.clone());
+                    }
+                    let dtype = info.dtypes[idx - 1];
+                    let nodata = info.nodata[idx - 1].filter(|v| dtype.holds(*v));
+                    bands.push(pb::BandSpec { name: name.clone(), dtype: dtype.name().into(), nodata, ..Default::default() });
+                    sources.push((info.path.clone(), *idx));
+                    bytes += dtype.arrow().primitive_width().unwrap_or(8) as u64 * info.width as u64 * info.height as u64;
+                }
+            }
+            if let Some(name) = dup {
+                fail_all(format!("band {name} comes from two files of scene {scene_id}"), &mut failures);
+                continue;
+            }
+            let request = pb::IngestRequest {
+                collection: opts.collection.clone(),
+                scene_id,
+                acquired_at_ms: time_ms,
+                crs: first.crs_wkt.clone(),
+                geotransform: first.geotransform.to_vec(),
+                width: first.width,
+                height: first.height,
+                bands,
+                resampling: opts.resampling.clone(),
+                resampling_by_band: Default::default(),
+            };
+            scenes.push(ScenePlan { request, sources, files: paths, time_source, bytes });
+        }
+    }
+    (scenes, failures)
+}
+
+fn read_strip<T: ArrowPrimitiveType>(ds: &Dataset, band: usize, row: usize, rows: usize, width: usize) -> Result<ArrayRef>
+where
+    T::Native: GdalType + Copy,
+{
+    let b = ds.rasterband(band).map_err(Error::gdal(format!("opening band {band}")))?;
+    let buf = b.read_as::<T::Native>((0, row as isize), (width, rows), (width, rows), None).map_err(Error::gdal(format!("reading rows {row}..{} of band {band}", row + rows)))?;
+    let (_, data) = buf.into_shape_and_vec();
+    Ok(Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(data), None)))
+}
+
+/// Reads a planned scene in strips of whole rows (about
+/// [`TARGET_BATCH_BYTES`] each), calling `emit` per batch until it returns
+/// false. Blocking (GDAL); call it on the thread that should own the
+/// datasets.
+pub fn read_scene(plan: &ScenePlan, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
+    let mut datasets: BTreeMap<&str, Dataset> = BTreeMap::new();
+    for f in &plan.files {
+        datasets.insert(f.as_str(), Dataset::open(f).map_err(Error::gdal(format!("opening {f}")))?);
+    }
+    let width = plan.request.width as usize;
+    let height = plan.request.height as usize;
+    let dtypes: Vec<DType> = plan.request.bands.iter().map(|b| DType::try_parse("dtype", &b.dtype)).collect::<Result<_>>()?;
+    let fields: Vec<Field> = plan.request.bands.iter().zip(&dtypes).map(|(b, d)| Field::new(&b.name, d.arrow(), false)).collect();
+    let schema: SchemaRef = Arc::new(Schema::new(fields));
+    let row_bytes: usize = dtypes.iter().map(|d| d.arrow().primitive_width().unwrap_or(8)).sum::<usize>() * width;
+    let rows_per_batch = (TARGET_BATCH_BYTES / row_bytes.max(1)).max(1);
+    let mut row = 0;
+    while row < height {
+        let n = rows_per_batch.min(height - row);
+        let mut columns = Vec::with_capacity(dtypes.len());
+        for ((file, idx), dtype) in plan.sources.iter().zip(&dtypes) {
+            let ds = datasets.get(file.as_str()).ok_or_else(|| Error::Internal(format!("{file} was not opened")))?;
+            columns.push(with_arrow_type!(*dtype, T => read_strip::<T>(ds, *idx, row, n, width))?);
+        }
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(Error::arrow("building a raster strip"))?;
+        if !emit(batch) {
+            return Ok(());
+        }
+        row += n;
+    }
+    Ok(())
+}
+
+/// Parses `--bands 1:blue,2:green`.
+pub fn parse_band_map(s: &str) -> Result<Vec<(usize, String)>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            let (i, n) = p.split_once(':').ok_or_else(|| Error::invalid("bands", p, "expected INDEX:NAME, e.g. 1:blue"))?;
+            let i: usize = i.trim().parse().map_err(|_| Error::invalid("bands", p, "the index must be a number from 1"))?;
+            crate::collection::validate_band_name("bands", n.trim())?;
+            Ok((i, n.trim().to_string()))
+        })
+        .collect()
+}
+
+/// Accepts a path for server-side ingest only under an allowed root:
+/// local paths are resolved (symlinks, `..`) and must lie below a root
+/// directory; `/vsi...` paths must start with a root given as such a prefix
+/// and hold no `..` segment.
+pub fn check_allowed(path: &str, roots: &[String]) -> Result<String> {
+    if roots.is_empty() {
+        return Err(Error::invalid("paths", path, "server-side ingest is disabled: start the server with --ingest-root DIR"));
+    }
+    if path.contains('\0') || path.len() > 4096 {
+        return Err(Error::invalid("paths", path, "not a usable path"));
+    }
+    if path.starts_with("/vsi") {
+        let ok = !path.split('/').any(|seg| seg == "..") && roots.iter().any(|r| r.starts_with("/vsi") && path.starts_with(r.as_str()));
+        return if ok { Ok(path.to_string()) } else { Err(Error::invalid("paths", path, "outside the server's allowed ingest roots")) };
+    }
+    let resolved = std::fs::canonicalize(path).map_err(|e| Error::invalid("paths", path, &format!("cannot be read by the server: {e}")))?;
+    for r in roots.iter().filter(|r| !r.starts_with("/vsi")) {
+        if let Ok(root) = std::fs::canonicalize(r) {
+            if resolved.starts_with(&root) {
+                return Ok(resolved.to_string_lossy().to_string());
+            }
+        }
+    }
+    Err(Error::invalid("paths", path, "outside the server's allowed ingest roots"))
+}

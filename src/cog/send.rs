@@ -1,0 +1,251 @@
+//! `pixelquery ingest`: sends planned scenes to a server with DoPut, several
+//! at once, reading each file in strips on a blocking thread while it is
+//! sent, with a progress line (or log lines when stderr is not a terminal).
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_flight::error::FlightError;
+use futures::StreamExt;
+use pixelquery_client::Client;
+use serde::Serialize;
+
+use super::{Failure, ScenePlan};
+
+/// One scene's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct SceneResult {
+    pub scene_id: String,
+    pub files: Vec<String>,
+    pub acquired_at: String,
+    pub time_source: String,
+    pub observations: u64,
+    pub bytes: u64,
+    pub duplicate: bool,
+}
+
+/// The result of ingesting files: the same shape from the CLI and from the
+/// `ingest_path` action.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IngestReport {
+    pub files: usize,
+    pub scenes: Vec<SceneResult>,
+    pub failures: Vec<FailureJson>,
+    pub elapsed_ms: u64,
+    pub megabytes: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureJson {
+    pub path: String,
+    pub reason: String,
+}
+
+impl From<Failure> for FailureJson {
+    fn from(f: Failure) -> Self {
+        Self { path: f.path, reason: f.reason }
+    }
+}
+
+impl SceneResult {
+    pub fn new(plan: &ScenePlan, put: &pixelquery_proto::json::PutSummary) -> Self {
+        Self {
+            scene_id: put.scene_id.clone(),
+            files: plan.files.clone(),
+            acquired_at: crate::wire::format_time(plan.request.acquired_at_ms),
+            time_source: plan.time_source.clone(),
+            observations: put.observations,
+            bytes: plan.bytes,
+            duplicate: put.duplicate,
+        }
+    }
+}
+
+/// Progress shared by the senders and the reporter.
+struct Progress {
+    files_total: usize,
+    bytes_total: u64,
+    files_done: AtomicUsize,
+    bytes_done: AtomicU64,
+    started: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn line(&self) -> String {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let done = self.bytes_done.load(Ordering::Relaxed) as f64;
+        let rate = done / secs;
+        let eta = if rate > 0.0 { (self.bytes_total as f64 - done).max(0.0) / rate } else { f64::NAN };
+        format!(
+            "[{}/{} files] {:.1}/{:.1} MB  {:.1} MB/s  ETA {}",
+            self.files_done.load(Ordering::Relaxed),
+            self.files_total,
+            done / 1e6,
+            self.bytes_total as f64 / 1e6,
+            rate / 1e6,
+            if eta.is_finite() { format!("{eta:.0}s") } else { "-".into() }
+        )
+    }
+}
+
+/// Sends every scene, `jobs` at a time. Failures are collected, not fatal.
+pub async fn send_all(client: &Client, scenes: Vec<ScenePlan>, mut failures: Vec<Failure>, files: usize, jobs: usize) -> IngestReport {
+    let progress = Arc::new(Progress {
+        files_total: scenes.iter().map(|s| s.files.len()).sum(),
+        bytes_total: scenes.iter().map(|s| s.bytes).sum(),
+        files_done: AtomicUsize::new(0),
+        bytes_done: AtomicU64::new(0),
+        started: Instant::now(),
+        tty: std::io::stderr().is_terminal(),
+    });
+    let ticker = progress.tty.then(|| {
+        let p = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                eprint!("\r{}\x1b[K", p.line());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let results: Vec<Result<SceneResult, (ScenePlan, String)>> = futures::stream::iter(scenes)
+        .map(|plan| {
+            let mut c = client.try_clone();
+            let progress = progress.clone();
+            async move {
+                let outcome = send_one(&mut c, &plan, &progress).await;
+                progress.files_done.fetch_add(plan.files.len(), Ordering::Relaxed);
+                match outcome {
+                    Ok(put) => {
+                        let r = SceneResult::new(&plan, &put);
+                        if !progress.tty {
+                            eprintln!(
+                                "{} {} ({} files, {} observations, {:.1} MB) {}",
+                                if r.duplicate { "duplicate" } else { "ingested" },
+                                r.scene_id,
+                                r.files.len(),
+                                r.observations,
+                                r.bytes as f64 / 1e6,
+                                progress.line()
+                            );
+                        }
+                        Ok(r)
+                    }
+                    Err(reason) => Err((plan, reason)),
+                }
+            }
+        })
+        .buffer_unordered(jobs.max(1))
+        .collect()
+        .await;
+    if let Some(t) = ticker {
+        t.abort();
+        eprintln!("\r{}\x1b[K", progress.line());
+    }
+    let mut report = IngestReport { files, ..Default::default() };
+    for r in results {
+        match r {
+            Ok(s) => report.scenes.push(s),
+            Err((plan, reason)) => failures.extend(plan.files.iter().map(|f| Failure { path: f.clone(), reason: reason.clone() })),
+        }
+    }
+    report.scenes.sort_by(|a, b| a.scene_id.cmp(&b.scene_id));
+    report.failures = failures.into_iter().map(Into::into).collect();
+    report.elapsed_ms = progress.started.elapsed().as_millis() as u64;
+    report.megabytes = progress.bytes_done.load(Ordering::Relaxed) as f64 / 1e6;
+    report
+}
+
+/// Reads one scene on a blocking thread into a small channel that DoPut
+/// streams from; the reader stops when the request goes away.
+async fn send_one(client: &mut Client, plan: &ScenePlan, progress: &Arc<Progress>) -> Result<pixelquery_proto::json::PutSummary, String> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<arrow_array::RecordBatch, FlightError>>(2);
+    let reader_plan = plan.clone();
+    let p = progress.clone();
+    let row_bytes = plan.bytes / (plan.request.height as u64).max(1);
+    let reader = tokio::task::spawn_blocking(move || {
+        let res = super::read_scene(&reader_plan, |batch| {
+            p.bytes_done.fetch_add(row_bytes * batch.num_rows() as u64 / (reader_plan.request.width as u64).max(1), Ordering::Relaxed);
+            tx.blocking_send(Ok(batch)).is_ok()
+        });
+        if let Err(e) = res {
+            let msg = e.to_string();
+            let _ = tx.blocking_send(Err(FlightError::ExternalError(Box::new(e))));
+            return Err(msg);
+        }
+        Ok(())
+    });
+    let sent = client.ingest_stream(&plan.request, tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    let read = reader.await.map_err(|e| format!("reader task failed: {e}"))?;
+    read?;
+    sent.map_err(|e| match e.status() {
+        Some(s) => format!("server: {}", s.message()),
+        None => e.to_string(),
+    })
+}
+
+fn client_error(what: &str) -> impl FnOnce(pixelquery_client::ClientError) -> crate::error::Error + '_ {
+    move |e| match e.status() {
+        Some(s) if s.code() == tonic::Code::NotFound => crate::error::Error::not_found(s.message().to_string()),
+        Some(s) if s.code() == tonic::Code::InvalidArgument => crate::error::Error::invalid(what, "", s.message()),
+        _ => crate::error::Error::Internal(format!("{what}: {e}")),
+    }
+}
+
+/// The `pixelquery ingest` command: plans the files, sends the scenes,
+/// prints a summary (and the failures with their reasons).
+pub async fn run_cli(args: crate::cli::IngestArgs) -> crate::error::Result<IngestReport> {
+    use crate::error::Error;
+    let client = Client::connect(&args.server).await.map_err(|e| Error::Internal(format!("cannot reach {}: {e}", args.server)))?;
+    let mut c = client.try_clone();
+    let desc = match c.describe(&args.collection).await {
+        Ok(d) => d,
+        Err(e) if e.status().is_some_and(|s| s.code() == tonic::Code::NotFound) => match &args.profile {
+            Some(p) => c.create_collection(&serde_json::json!({"name": args.collection, "profile": p})).await.map_err(client_error("--profile"))?,
+            None => return Err(Error::not_found(format!("collection {:?} on {} (give --profile to create it)", args.collection, args.server))),
+        },
+        Err(e) => return Err(client_error("--collection")(e)),
+    };
+    let collection_bands: Vec<String> = desc["bands"].as_array().map(|a| a.iter().filter_map(|b| b["name"].as_str().map(String::from)).collect()).unwrap_or_default();
+    let opts = super::CogOptions {
+        collection: args.collection.clone(),
+        collection_bands,
+        band_map: args.bands.as_deref().map(super::parse_band_map).transpose()?.unwrap_or_default(),
+        time_ms: args.time.as_deref().map(|t| crate::wire::parse_time("--time", t)).transpose()?,
+        resampling: args.resampling.clone().unwrap_or_default(),
+    };
+    let paths = args.paths.clone();
+    let (files, scenes, failures) = tokio::task::spawn_blocking(move || {
+        let (files, mut failures) = super::discover(&paths);
+        let (scenes, more) = super::plan(&files, &opts);
+        failures.extend(more);
+        (files, scenes, failures)
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?;
+    let report = send_all(&client, scenes, failures, files.len(), args.jobs).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        let files_ok: usize = report.scenes.iter().map(|s| s.files.len()).sum();
+        let dups = report.scenes.iter().filter(|s| s.duplicate).count();
+        let obs: u64 = report.scenes.iter().map(|s| s.observations).sum();
+        let secs = report.elapsed_ms as f64 / 1e3;
+        println!(
+            "ingested {files_ok} of {} files as {} scenes ({dups} already present): {obs} observations, {:.1} MB in {secs:.2} s ({:.1} MB/s)",
+            report.files,
+            report.scenes.len(),
+            report.megabytes,
+            report.megabytes / secs.max(1e-3)
+        );
+    }
+    if !report.failures.is_empty() {
+        eprintln!("{} file(s) failed:", report.failures.len());
+        for f in &report.failures {
+            eprintln!("  {}: {}", f.path, f.reason);
+        }
+    }
+    Ok(report)
+}

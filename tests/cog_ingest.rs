@@ -1,0 +1,186 @@
+//! `pixelquery ingest` and the `ingest_path` action on COGs made with
+//! `gdal_translate -of COG`: times from tags and names, band mapping from
+//! flags, descriptions and product file names, values, failures, and
+//! idempotent re-runs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{TimestampMillisecondType, UInt16Type};
+use common::*;
+use gdal::raster::Buffer;
+use gdal::{DriverManager, Metadata};
+use pixelquery_client::proto;
+
+const SIZE: usize = 256;
+
+fn four_bands() -> serde_json::Value {
+    ["blue", "green", "red", "nir"].iter().map(|n| serde_json::json!({"name": n, "dtype": "uint16", "nodata": 0})).collect()
+}
+
+/// Writes a COG: `bands` uint16 bands (band b holds `pattern(r, c, 1000 * b)`),
+/// 10 m EPSG:32652 around lon 127.05 lat 37.55, with metadata `tags`.
+fn make_cog(path: &Path, bands: usize, tags: &[(&str, &str)], descriptions: &[&str]) {
+    let tmp = path.with_extension("src.tif");
+    {
+        let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
+        let mut ds = driver.create_with_band_type::<u16, _>(&tmp, SIZE, SIZE, bands).unwrap();
+        ds.set_geo_transform(&utm_geotransform(SIZE)).unwrap();
+        ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32652).unwrap()).unwrap();
+        for (k, v) in tags {
+            ds.set_metadata_item(k, v, "").unwrap();
+        }
+        for b in 0..bands {
+            let mut band = ds.rasterband(b + 1).unwrap();
+            band.set_no_data_value(Some(0.0)).unwrap();
+            if let Some(d) = descriptions.get(b) {
+                band.set_description(d).unwrap();
+            }
+            let values: Vec<u16> = (0..SIZE * SIZE).map(|i| pattern(i / SIZE, i % SIZE, 1000 * b as u16)).collect();
+            band.write((0, 0), (SIZE, SIZE), &mut Buffer::new((SIZE, SIZE), values)).unwrap();
+        }
+    }
+    let ok = Command::new("gdal_translate").args(["-q", "-of", "COG", "-co", "COMPRESS=LZW"]).arg(&tmp).arg(path).status().unwrap().success();
+    assert!(ok, "gdal_translate -of COG");
+    std::fs::remove_file(&tmp).unwrap();
+}
+
+fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pixelquery")).arg("ingest").args(["--server", server]).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// (time, scene, value) of band `band` at the source pixel (row 100, col 60).
+async fn point_series(client: &mut pixelquery_client::Client, collection: &str, band: &str) -> Vec<(i64, String, Option<u16>)> {
+    // The grid pixel whose centre is nearest the source pixel's centre holds
+    // its value (nearest resampling); query at the source pixel centre.
+    let gt = utm_geotransform(SIZE);
+    let (x, y) = (gt[0] + 60.5 * 10.0, gt[3] - 100.5 * 10.0);
+    let q = proto::Query { collection: collection.into(), point: vec![x, y], bbox_crs: "EPSG:32652".into(), bands: vec![band.into()], ..Default::default() };
+    let b = &client.point(&q).await.unwrap()[0];
+    let t = b.column_by_name("time").unwrap().as_primitive::<TimestampMillisecondType>();
+    let s = b.column_by_name("scene_id").unwrap().as_string::<i32>();
+    let v = b.column_by_name(band).unwrap().as_primitive::<UInt16Type>();
+    (0..b.num_rows()).map(|i| (t.value(i), s.value(i).to_string(), (!arrow_array::Array::is_null(v, i)).then(|| v.value(i)))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_ingests_cogs_with_times_bands_failures_and_idempotency() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client
+        .create_collection(&serde_json::json!({
+            "name": "four", "grid": {"resolution": 10},
+            "bands": four_bands()
+        }))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("nested");
+    std::fs::create_dir(&sub).unwrap();
+    // A: time from TIFFTAG_DATETIME, bands in the file's order reversed by --bands.
+    make_cog(&dir.path().join("field_a.tif"), 4, &[("TIFFTAG_DATETIME", "2024:06:15 02:03:04")], &[]);
+    // B: time from the file name only, nested a directory down.
+    make_cog(&sub.join("field_20240701.tif"), 4, &[], &[]);
+    // C: no time anywhere: fails, the others still go in.
+    make_cog(&dir.path().join("field_c.tif"), 4, &[], &[]);
+    let d = dir.path().to_str().unwrap();
+    let (ok, stdout, stderr) = cli(&server.uri, &["--collection", "four", "--bands", "1:nir,2:red,3:green,4:blue", "--jobs", "2", d]);
+    assert!(!ok, "a failed file makes the exit non-zero");
+    assert!(stdout.contains("ingested 2 of 3 files as 2 scenes"), "{stdout}");
+    assert!(stderr.contains("field_c.tif: no acquisition time found; tried --time, GDAL metadata"), "{stderr}");
+    assert!(stderr.contains("ingested field_a"), "plain log lines when not a terminal: {stderr}");
+
+    let series = point_series(&mut client, "four", "nir").await;
+    assert_eq!(series.len(), 2);
+    assert_eq!((series[0].0, series[0].1.as_str()), (1718416984000, "field_a"));
+    assert_eq!((series[1].0, series[1].1.as_str()), (1719792000000, "field_20240701"));
+    // --bands put file band 1 (offset 0) into nir and band 4 (offset 3000) into blue.
+    assert_eq!(series[0].2, Some(pattern(100, 60, 0)));
+    assert_eq!(point_series(&mut client, "four", "blue").await[0].2, Some(pattern(100, 60, 3000)));
+
+    // Re-running adds nothing; --time gives C a time; --json shows the report.
+    let (ok, stdout, _) = cli(&server.uri, &["--collection", "four", "--bands", "1:nir,2:red,3:green,4:blue", "--time", "2024-08-01", "--json", d]);
+    assert!(ok);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let scenes = report["scenes"].as_array().unwrap();
+    assert_eq!(scenes.len(), 3);
+    assert_eq!(scenes.iter().filter(|s| s["duplicate"] == true).count(), 2);
+    let c = scenes.iter().find(|s| s["scene_id"] == "field_c").unwrap();
+    assert_eq!((c["time_source"].as_str(), c["acquired_at"].as_str()), (Some("--time"), Some("2024-08-01T00:00:00.000Z")));
+    assert_eq!(point_series(&mut client, "four", "nir").await.len(), 3);
+
+    // Unknown collection without --profile: a clear error.
+    let (ok, _, stderr) = cli(&server.uri, &["--collection", "nope", d]);
+    assert!(!ok && stderr.contains("give --profile"), "{stderr}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn product_band_files_group_into_one_scene() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A Sentinel-2 scene as one file per band; the collection comes from
+    // the profile; band names from the file names; time from the names.
+    for code in ["B04", "B08"] {
+        make_cog(&dir.path().join(format!("T52SCG_20240615T020304_{code}_10m.tif")), 1, &[], &[]);
+    }
+    // A multi-band file whose band descriptions name the bands.
+    make_cog(&dir.path().join("described_2024-06-20.tif"), 2, &[], &["swir16", "blue"]);
+    let (ok, stdout, stderr) = cli(&server.uri, &["--collection", "s2", "--profile", "sentinel2_l2a", "--resampling", "nearest", dir.path().to_str().unwrap()]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("ingested 3 of 3 files as 2 scenes"), "{stdout}");
+    let mut client = server.client().await;
+    let red = point_series(&mut client, "s2", "red").await;
+    assert_eq!(red, vec![(1718416984000, "T52SCG_20240615T020304".to_string(), Some(pattern(100, 60, 0)))]);
+    assert_eq!(point_series(&mut client, "s2", "nir").await[0].1, "T52SCG_20240615T020304");
+    let swir = point_series(&mut client, "s2", "swir16").await;
+    assert_eq!((swir[0].1.as_str(), swir[0].2), ("described_2024-06-20", Some(pattern(100, 60, 0))));
+    let d = client.describe("s2").await.unwrap();
+    assert_eq!(d["scenes"], 2);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_path_reads_only_under_allowed_roots() {
+    let files = tempfile::tempdir().unwrap();
+    let root: PathBuf = files.path().join("allowed");
+    std::fs::create_dir(&root).unwrap();
+    make_cog(&root.join("field_20240615.tif"), 4, &[], &["blue", "green", "red", "nir"]);
+    make_cog(&files.path().join("secret_20240615.tif"), 4, &[], &[]);
+    std::os::unix::fs::symlink(files.path().join("secret_20240615.tif"), root.join("link_20240615.tif")).unwrap();
+    let roots = vec![root.to_string_lossy().to_string()];
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.ingest_roots = roots).await;
+    let mut client = server.client().await;
+    client
+        .create_collection(&serde_json::json!({"name": "four", "grid": {"resolution": 10},
+            "bands": four_bands()}))
+        .await
+        .unwrap();
+    let before = snapshot(&server.warehouse());
+    for bad in [files.path().join("secret_20240615.tif"), root.join("../secret_20240615.tif"), PathBuf::from("/etc/passwd")] {
+        let err = client.action("ingest_path", &serde_json::json!({"collection": "four", "paths": [bad]})).await.unwrap_err();
+        let status = err.status().unwrap();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        assert!(status.message().contains("paths"), "{}", status.message());
+    }
+    assert_eq!(snapshot(&server.warehouse()), before);
+    // The directory: its own file goes in; the link leading outside does not.
+    let report = client.action("ingest_path", &serde_json::json!({"collection": "four", "paths": [root]})).await.unwrap();
+    assert_eq!(report["scenes"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["scenes"][0]["scene_id"], "field_20240615");
+    assert_eq!(report["failures"][0]["reason"], "outside the server's allowed ingest roots");
+    assert_eq!(point_series(&mut client, "four", "nir").await[0].2, Some(pattern(100, 60, 3000)));
+    server.shutdown().await;
+
+    // No roots configured: disabled.
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    let err = client.action("ingest_path", &serde_json::json!({"collection": "s2", "paths": ["/tmp"]})).await.unwrap_err();
+    assert!(err.status().unwrap().message().contains("disabled"));
+    server.shutdown().await;
+}
