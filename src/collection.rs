@@ -128,7 +128,23 @@ pub struct Band {
     pub scale: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<f64>,
+    /// When the offset applies (products differ by processing version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset_note: Option<String>,
     pub resampling: Resampling,
+}
+
+/// How a QA / cloud band marks clear and cloudy pixels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QaRules {
+    pub band: String,
+    /// `classes`: the lists hold pixel values; `bits`: they hold bit
+    /// positions (0 = least significant) that are set.
+    pub kind: String,
+    pub clear: Vec<u32>,
+    pub cloud: Vec<u32>,
+    pub fill: Vec<u32>,
+    pub description: String,
 }
 
 /// The persisted form of a grid (what `describe` shows and collection.json holds).
@@ -152,6 +168,8 @@ pub struct Collection {
     pub profile: Option<String>,
     pub bands: Vec<Band>,
     pub grid: GridDoc,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qa: Option<QaRules>,
 }
 
 impl Collection {
@@ -204,10 +222,15 @@ pub struct Profile {
     pub name: &'static str,
     pub resolution: f64,
     pub bands: Vec<Band>,
+    pub qa: QaRules,
 }
 
 fn band(name: &str, dtype: DType, nodata: Option<f64>, scale: Option<f64>, offset: Option<f64>, resampling: Resampling) -> Band {
-    Band { name: name.to_string(), dtype, nodata, scale, offset, resampling }
+    Band { name: name.to_string(), dtype, nodata, scale, offset, offset_note: None, resampling }
+}
+
+fn qa(band: &str, kind: &str, clear: &[u32], cloud: &[u32], fill: &[u32], description: &str) -> QaRules {
+    QaRules { band: band.into(), kind: kind.into(), clear: clear.to_vec(), cloud: cloud.to_vec(), fill: fill.to_vec(), description: description.into() }
 }
 
 /// Built-in profiles by name. Reflectance bands resample bilinearly, QA and
@@ -217,30 +240,48 @@ pub fn profile(name: &str) -> Option<Profile> {
     use Resampling::*;
     let refl = |n: &str, scale: f64, offset: Option<f64>| band(n, Uint16, Some(0.0), Some(scale), offset, Bilinear);
     match name {
-        // Sentinel-2 L2A, 10 m. Products from processing baseline 04.00 carry
-        // BOA_ADD_OFFSET = -1000 DN; per-scene offsets arrive with COG ingest.
+        // Sentinel-2 L2A, 10 m: reflectance = DN * 1e-4 + offset.
         "sentinel2_l2a" => {
+            let note = "BOA_ADD_OFFSET -1000 DN (-0.1 reflectance) applies to products of processing baseline 04.00 (from 25 January 2022) and later; older products have no offset (use 0)";
             let mut bands: Vec<Band> = ["coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09", "swir16", "swir22"]
                 .iter()
-                .map(|n| refl(n, 1e-4, None))
+                .map(|n| Band { offset_note: Some(note.into()), ..refl(n, 1e-4, Some(-0.1)) })
                 .collect();
             bands.push(band("scl", Uint8, Some(0.0), None, None, Nearest));
-            Some(Profile { name: "sentinel2_l2a", resolution: 10.0, bands })
+            let qa = qa(
+                "scl",
+                "classes",
+                &[4, 5, 6, 11],
+                &[3, 8, 9, 10],
+                &[0],
+                "Scene Classification: 0 no data, 1 saturated/defective, 2 dark area, 3 cloud shadow, 4 vegetation, 5 not vegetated, 6 water, 7 unclassified, 8 cloud medium probability, 9 cloud high probability, 10 thin cirrus, 11 snow/ice",
+            );
+            Some(Profile { name: "sentinel2_l2a", resolution: 10.0, bands, qa })
         }
-        // Landsat Collection 2 Level-2 surface reflectance, 30 m.
+        // Landsat Collection 2 Level-2 surface reflectance, 30 m:
+        // reflectance = DN * 2.75e-5 - 0.2; temperature = DN * 0.00341802 + 149 K.
         "landsat8_l2" | "landsat9_l2" => {
             let mut bands: Vec<Band> =
                 ["coastal", "blue", "green", "red", "nir08", "swir16", "swir22"].iter().map(|n| refl(n, 2.75e-5, Some(-0.2))).collect();
             bands.push(band("lwir11", Uint16, Some(0.0), Some(0.00341802), Some(149.0), Bilinear));
             bands.push(band("qa_pixel", Uint16, Some(1.0), None, None, Nearest));
+            let qa = qa(
+                "qa_pixel",
+                "bits",
+                &[6],
+                &[1, 2, 3, 4],
+                &[0],
+                "QA_PIXEL bits: 0 fill, 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow, 5 snow, 6 clear, 7 water (8-15: confidence pairs); cloudy if any of bits 1-4 is set, clear if bit 6 is set",
+            );
             let name = if name == "landsat8_l2" { "landsat8_l2" } else { "landsat9_l2" };
-            Some(Profile { name, resolution: 30.0, bands })
+            Some(Profile { name, resolution: 30.0, bands, qa })
         }
-        // PlanetScope surface reflectance, 3 m, with its usable-data mask.
+        // PlanetScope surface reflectance, 3 m, with UDM2's clear map.
         "planet_sr" => {
             let mut bands: Vec<Band> = ["blue", "green", "red", "nir"].iter().map(|n| refl(n, 1e-4, None)).collect();
-            bands.push(band("udm", Uint8, None, None, None, Nearest));
-            Some(Profile { name: "planet_sr", resolution: 3.0, bands })
+            bands.push(band("clear", Uint8, None, None, None, Nearest));
+            let qa = qa("clear", "classes", &[1], &[0], &[], "UDM2 band 1 (clear map): 1 clear, 0 not clear (cloud, shadow, haze or snow)");
+            Some(Profile { name: "planet_sr", resolution: 3.0, bands, qa })
         }
         _ => None,
     }

@@ -179,8 +179,17 @@ async fn multi_band_rasters_with_valid_column_and_aligned_grid() {
     let p = client.create_collection(&serde_json::json!({"name": "l8", "profile": "landsat8_l2"})).await.unwrap();
     assert_eq!(p["grid"]["tile_px"], 86);
     assert!(p["bands"].as_array().unwrap().iter().any(|b| b["name"] == "qa_pixel" && b["resampling"] == "nearest"));
+    assert_eq!((p["qa"]["band"].as_str(), p["qa"]["kind"].as_str()), (Some("qa_pixel"), Some("bits")));
+    assert_eq!(p["qa"]["cloud"], serde_json::json!([1, 2, 3, 4]));
+    assert_eq!(p["bands"][3]["scale"], 2.75e-5);
+    assert_eq!(p["bands"][3]["offset"], -0.2);
     let utm = client.create_collection(&serde_json::json!({"name": "utm", "profile": "sentinel2_l2a", "grid": {"crs": "EPSG:32652", "tile_span": 10240, "resolution": 20}})).await.unwrap();
     assert_eq!(utm["grid"]["tile_px"], 512);
+    assert_eq!(utm["qa"]["band"], "scl");
+    assert_eq!(utm["qa"]["kind"], "classes");
+    assert_eq!(utm["bands"][3]["name"], "red");
+    assert_eq!(utm["bands"][3]["offset"], -0.1);
+    assert!(utm["bands"][3]["offset_note"].as_str().unwrap().contains("04.00"));
     server.shutdown().await;
 }
 

@@ -158,6 +158,19 @@ pub async fn send_all(client: &Client, scenes: Vec<ScenePlan>, mut failures: Vec
     report
 }
 
+/// Sends one planned scene (no progress output).
+pub async fn send_scene(client: &mut Client, plan: &ScenePlan) -> Result<pixelquery_proto::json::PutSummary, String> {
+    let progress = Arc::new(Progress {
+        files_total: plan.files.len(),
+        bytes_total: plan.bytes,
+        files_done: AtomicUsize::new(0),
+        bytes_done: AtomicU64::new(0),
+        started: Instant::now(),
+        tty: false,
+    });
+    send_one(client, plan, &progress).await
+}
+
 /// Reads one scene on a blocking thread into a small channel that DoPut
 /// streams from; the reader stops when the request goes away.
 async fn send_one(client: &mut Client, plan: &ScenePlan, progress: &Arc<Progress>) -> Result<pixelquery_proto::json::PutSummary, String> {

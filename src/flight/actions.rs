@@ -247,15 +247,15 @@ fn describe_tile(c: &CollectionStore, tile: TileId) -> Value {
 pub fn build_collection(req: pb::CreateCollection) -> Result<Collection> {
     collection::validate_collection_name("name", &req.name)?;
     let default_resampling = if req.resampling.is_empty() { None } else { Some(Resampling::try_parse("resampling", &req.resampling)?) };
-    let (profile, mut bands, profile_res) = if req.profile.is_empty() {
-        (None, Vec::new(), None)
+    let (profile, mut bands, profile_res, qa) = if req.profile.is_empty() {
+        (None, Vec::new(), None, None)
     } else {
         let p = collection::profile(&req.profile)
             .ok_or_else(|| Error::invalid("profile", &req.profile, &format!("unknown profile; built-in: {}", PROFILE_NAMES.join(", "))))?;
         if !req.bands.is_empty() {
             return Err(Error::invalid("bands", req.bands.len(), "give either a profile or bands, not both"));
         }
-        (Some(p.name.to_string()), p.bands, Some(p.resolution))
+        (Some(p.name.to_string()), p.bands, Some(p.resolution), Some(p.qa))
     };
     for (i, b) in req.bands.iter().enumerate() {
         let field = format!("bands[{i}]");
@@ -270,7 +270,7 @@ pub fn build_collection(req: pb::CreateCollection) -> Result<Collection> {
             }
         }
         let resampling = if b.resampling.is_empty() { default_resampling.unwrap_or(Resampling::Nearest) } else { Resampling::try_parse(&format!("{field}.resampling"), &b.resampling)? };
-        bands.push(Band { name: b.name.clone(), dtype, nodata: b.nodata, scale: b.scale, offset: b.offset, resampling });
+        bands.push(Band { name: b.name.clone(), dtype, nodata: b.nodata, scale: b.scale, offset: b.offset, offset_note: None, resampling });
     }
     if bands.is_empty() {
         return Err(Error::invalid("bands", "[]", "a collection needs a profile or at least one band"));
@@ -288,5 +288,6 @@ pub fn build_collection(req: pb::CreateCollection) -> Result<Collection> {
         profile,
         bands,
         grid: GridDoc { crs: crs_def, crs_wkt, tile_span: spec.tile_span, resolution, tile_px: spec.tile_px, pixel_size: spec.pixel_size() },
+        qa,
     })
 }

@@ -180,10 +180,14 @@ where
         rx.push(&batch?)?;
     }
     let received = rx.finish()?;
+    tracing::debug!(receive_ms = started.elapsed().as_millis() as u64, "raster received");
     let spec2 = spec.clone();
     let outcome = tokio::task::spawn_blocking(move || -> Result<AppendOutcome> {
+        let t0 = Instant::now();
         let observations = warp_scene(&spec2, &bands, received, &store, &opts)?;
+        let warped = t0.elapsed();
         let outcome = store.append_scene(&spec2.scene_id, spec2.acquired_at_ms, observations)?;
+        tracing::debug!(warp_ms = warped.as_millis() as u64, commit_ms = (t0.elapsed() - warped).as_millis() as u64, "scene timings");
         store.maybe_compact_in_background();
         Ok(outcome)
     })

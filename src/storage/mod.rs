@@ -361,6 +361,8 @@ impl CollectionStore {
         }
         let mut appended: Vec<Appended> = Vec::with_capacity(observations.len());
         let mut files = Vec::with_capacity(observations.len());
+        // Directories that gained entries: fsynced with the files, in parallel.
+        let mut dirs: Vec<PathBuf> = Vec::new();
         let mut outcome = AppendOutcome::default();
         for obs in observations {
             let key = ChunkKey { tile: obs.tile, month, band: obs.band };
@@ -368,7 +370,7 @@ impl CollectionStore {
             let path = self.paths.chunk(&self.meta.name, key.tile, month, &key.band, gen);
             if committed == 0 {
                 if let Some(parent) = path.parent() {
-                    ensure_dir(parent, self.paths.root())?;
+                    create_dirs(parent, self.paths.root(), &mut dirs)?;
                 }
             }
             let band = self.meta.band(&key.band).ok_or_else(|| Error::Internal(format!("band {} vanished", key.band)))?;
@@ -380,7 +382,7 @@ impl CollectionStore {
             // restart cuts off.
             let (len, file) = chunk::append(&path, committed, &batch)?;
             if committed == 0 {
-                sync_dir(path.parent().unwrap_or(self.paths.root()))?;
+                dirs.push(path.parent().unwrap_or(self.paths.root()).to_path_buf());
             }
             outcome.bytes += len - committed;
             outcome.observations += 1;
@@ -389,6 +391,12 @@ impl CollectionStore {
             }
             files.push((path, file));
             appended.push(Appended { chunk: key.to_ref(), gen, len, stats });
+        }
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            let f = File::open(&d).map_err(Error::io(&d))?;
+            files.push((d, f));
         }
         sync_all(files)?;
         self.commit(&mut log, Record::Scene { scene_id: scene_id.to_string(), time_ms, chunks: appended })?;
@@ -561,16 +569,28 @@ pub fn sorted_rows(batches: &[RecordBatch], keep: impl Fn(i64, &str) -> bool) ->
 /// Creates `dir` and any missing parents below `root`, fsyncing each parent
 /// so the new entries survive a crash.
 fn ensure_dir(dir: &Path, root: &Path) -> Result<()> {
+    let mut parents = Vec::new();
+    create_dirs(dir, root, &mut parents)?;
+    parents.iter().try_for_each(|p| sync_dir(p))
+}
+
+/// Creates `dir` and any missing parents below `root`; adds to `to_sync`
+/// the directories whose entries changed (they need an fsync before a
+/// commit that relies on them).
+fn create_dirs(dir: &Path, root: &Path, to_sync: &mut Vec<PathBuf>) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
         if parent != root && parent.starts_with(root) {
-            ensure_dir(parent, root)?;
+            create_dirs(parent, root, to_sync)?;
         }
     }
     match fs::create_dir(dir) {
-        Ok(()) => sync_dir(dir.parent().unwrap_or(root)),
+        Ok(()) => {
+            to_sync.push(dir.parent().unwrap_or(root).to_path_buf());
+            Ok(())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io(dir)(e)),
     }
