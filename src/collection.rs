@@ -98,6 +98,12 @@ macro_rules! with_arrow_type {
 pub enum Resampling {
     Nearest,
     Bilinear,
+    /// Cubic convolution (Keys, a = -0.5) over 4 x 4 source pixels.
+    Cubic,
+    /// Area-weighted mean of the source pixels under the target pixel.
+    Average,
+    /// Most frequent source value under the target pixel (area-weighted).
+    Mode,
 }
 
 impl Resampling {
@@ -105,6 +111,9 @@ impl Resampling {
         match self {
             Resampling::Nearest => "nearest",
             Resampling::Bilinear => "bilinear",
+            Resampling::Cubic => "cubic",
+            Resampling::Average => "average",
+            Resampling::Mode => "mode",
         }
     }
 
@@ -112,8 +121,16 @@ impl Resampling {
         match s {
             "nearest" | "near" => Ok(Resampling::Nearest),
             "bilinear" => Ok(Resampling::Bilinear),
-            _ => Err(Error::invalid(field, s, "expected nearest or bilinear")),
+            "cubic" => Ok(Resampling::Cubic),
+            "average" => Ok(Resampling::Average),
+            "mode" => Ok(Resampling::Mode),
+            _ => Err(Error::invalid(field, s, "expected nearest, bilinear, cubic, average or mode")),
         }
+    }
+
+    /// Whether the kernel needs each target pixel's footprint (its corners).
+    pub fn needs_footprint(self) -> bool {
+        matches!(self, Resampling::Average | Resampling::Mode)
     }
 }
 

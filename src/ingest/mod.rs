@@ -78,26 +78,28 @@ struct Receiver<'a> {
     bands: &'a [PlannedBand],
     columns: Vec<Vec<ArrayRef>>,
     valid: Vec<ArrayRef>,
-    rows: u64,
+    values: u64,
     batches: usize,
 }
 
 impl<'a> Receiver<'a> {
     fn new(spec: &'a IngestSpec, bands: &'a [PlannedBand]) -> Self {
-        Self { spec, bands, columns: vec![Vec::new(); bands.len()], valid: Vec::new(), rows: 0, batches: 0 }
+        Self { spec, bands, columns: vec![Vec::new(); bands.len()], valid: Vec::new(), values: 0, batches: 0 }
     }
 
     fn push(&mut self, batch: &RecordBatch) -> Result<()> {
-        let width = self.spec.width as u64;
+        // Batches should hold whole rows, but Flight encoders may split a
+        // large batch anywhere, so only the running total is checked here.
+        let total = self.spec.width as u64 * self.spec.height as u64;
         let n = batch.num_rows() as u64;
         let field = format!("stream batch {}", self.batches);
         self.batches += 1;
-        if n % width != 0 {
-            return Err(Error::invalid(&field, format!("{n} values"), &format!("each batch must hold whole raster rows: a multiple of width = {width}")));
-        }
-        let rows = n / width;
-        if self.rows + rows > self.spec.height as u64 {
-            return Err(Error::invalid(&field, format!("{} rows so far", self.rows + rows), &format!("more rows than height = {}", self.spec.height)));
+        if self.values + n > total {
+            return Err(Error::invalid(
+                &field,
+                format!("{} values so far", self.values + n),
+                &format!("more values than width x height = {} x {} = {total}", self.spec.width, self.spec.height),
+            ));
         }
         for (i, b) in self.bands.iter().enumerate() {
             let col = batch.column_by_name(&b.name).ok_or_else(|| {
@@ -123,7 +125,7 @@ impl<'a> Receiver<'a> {
         if let Some(extra) = batch.schema().fields().iter().find(|f| f.name() != "valid" && !self.bands.iter().any(|b| &b.name == f.name())) {
             return Err(Error::invalid(&format!("column {}", extra.name()), "", "not a band of this request (list it in bands) nor `valid`"));
         }
-        self.rows += rows;
+        self.values += n;
         Ok(())
     }
 
@@ -131,8 +133,13 @@ impl<'a> Receiver<'a> {
         if self.batches == 0 {
             return Err(Error::invalid("stream", "0 record batches", "the DoPut stream held no raster rows"));
         }
-        if self.rows != self.spec.height as u64 {
-            return Err(Error::invalid("stream", format!("{} rows", self.rows), &format!("expected height = {} rows of width = {}", self.spec.height, self.spec.width)));
+        let width = self.spec.width as u64;
+        if self.values != width * self.spec.height as u64 {
+            return Err(Error::invalid(
+                "stream",
+                format!("{} values ({} rows)", self.values, self.values / width),
+                &format!("expected height = {} rows of width = {}", self.spec.height, self.spec.width),
+            ));
         }
         Ok(Received { columns: self.columns, valid: self.valid })
     }
@@ -248,10 +255,11 @@ fn warp_scene(spec: &IngestSpec, bands: &[PlannedBand], received: Received, stor
                     let src_srs = crs::spatial_ref("crs", &spec.crs)?;
                     let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
                     let to_source = crs::Transformer::new(&grid_srs, &src_srs)?;
+                    let with_corners = bands.iter().any(|b| b.resampling.needs_footprint());
                     loop {
                         let k = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&tile) = tiles.get(k) else { return Ok(()) };
-                        let coords = warp::tile_coords(&grid, tile, &src, &to_source);
+                        let coords = warp::tile_coords(&grid, tile, &src, &to_source, with_corners);
                         if !coords.touches {
                             continue;
                         }

@@ -123,6 +123,11 @@ pub struct TileCoords {
     pub sy: Vec<f64>,
     /// Whether any target pixel maps inside the source raster.
     pub touches: bool,
+    /// Tile edge in pixels.
+    pub n: usize,
+    /// Source positions of the pixel corners, `(n + 1) x (n + 1)` row-major,
+    /// for kernels that read a target pixel's whole footprint.
+    pub corners: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 /// Largest error of the approximated transform, in source pixels (GDAL's
@@ -186,20 +191,25 @@ impl ExactMap<'_> {
 /// row by row through the approximating transform (error below
 /// [`MAX_APPROX_ERROR`] source pixel). `to_source` maps the grid CRS to the
 /// source CRS.
-pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_source: &crs::Transformer) -> TileCoords {
+pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_source: &crs::Transformer, with_corners: bool) -> TileCoords {
     let n = grid.tile_px as usize;
     let map = ExactMap { target_gt: grid.tile_geotransform(tile), src_inverse: src.inverse, to_source };
-    let mut sx = Vec::with_capacity(n * n);
-    let mut sy = Vec::with_capacity(n * n);
-    for row in 0..n {
-        let start = sx.len();
-        sx.extend((0..n).map(|col| col as f64 + 0.5));
-        sy.extend(std::iter::repeat_n(row as f64 + 0.5, n));
-        map.map_row_approx(&mut sx[start..], &mut sy[start..], MAX_APPROX_ERROR);
-    }
+    let grid_points = |count: usize, offset: f64| {
+        let mut sx = Vec::with_capacity(count * count);
+        let mut sy = Vec::with_capacity(count * count);
+        for row in 0..count {
+            let start = sx.len();
+            sx.extend((0..count).map(|col| col as f64 + offset));
+            sy.extend(std::iter::repeat_n(row as f64 + offset, count));
+            map.map_row_approx(&mut sx[start..], &mut sy[start..], MAX_APPROX_ERROR);
+        }
+        (sx, sy)
+    };
+    let (sx, sy) = grid_points(n, 0.5);
+    let corners = with_corners.then(|| grid_points(n + 1, 0.0));
     let (w, h) = (src.width as f64, src.height as f64);
     let touches = sx.iter().zip(&sy).any(|(x, y)| *x >= 0.0 && *x < w && *y >= 0.0 && *y < h);
-    TileCoords { sx, sy, touches }
+    TileCoords { sx, sy, touches, n, corners }
 }
 
 /// One source band as the kernels see it.
@@ -241,15 +251,124 @@ pub fn resample<T: Sample>(src: &SourceBand<'_, T>, coords: &TileCoords, method:
                     mask[k] = true;
                 }
             }
-            Resampling::Bilinear => {
-                if let Some(v) = bilinear(src, x, y) {
+            Resampling::Bilinear | Resampling::Cubic => {
+                let v = if method == Resampling::Bilinear { bilinear(src, x, y) } else { cubic(src, x, y) };
+                if let Some(v) = v {
                     out[k] = T::from_f64(v);
+                    mask[k] = true;
+                }
+            }
+            Resampling::Average | Resampling::Mode => {
+                let Some((cx, cy)) = &coords.corners else { continue };
+                let (r, c, m) = (k / coords.n, k % coords.n, coords.n + 1);
+                let idx = [r * m + c, r * m + c + 1, (r + 1) * m + c, (r + 1) * m + c + 1];
+                let xs = idx.map(|i| cx[i]);
+                let ys = idx.map(|i| cy[i]);
+                if xs.iter().chain(&ys).any(|v| !v.is_finite()) {
+                    continue;
+                }
+                let bx = (xs.iter().copied().fold(f64::INFINITY, f64::min), xs.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+                let by = (ys.iter().copied().fold(f64::INFINITY, f64::min), ys.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+                let v = if method == Resampling::Average { average(src, bx, by) } else { mode(src, bx, by) };
+                if let Some(v) = v {
+                    out[k] = v;
                     mask[k] = true;
                 }
             }
         }
     }
     (out, mask)
+}
+
+/// Keys cubic convolution weight (a = -0.5), as GDAL's cubic.
+#[inline]
+fn cubic_weight(t: f64) -> f64 {
+    let t = t.abs();
+    if t <= 1.0 {
+        (1.5 * t - 2.5) * t * t + 1.0
+    } else if t < 2.0 {
+        ((-0.5 * t + 2.5) * t - 4.0) * t + 2.0
+    } else {
+        0.0
+    }
+}
+
+/// Cubic convolution at `(x, y)` over the valid, in-bounds pixels of the
+/// 4 x 4 neighbourhood, weights renormalised.
+#[inline]
+fn cubic<T: Sample>(src: &SourceBand<'_, T>, x: f64, y: f64) -> Option<f64> {
+    let (fx, fy) = (x - 0.5, y - 0.5);
+    let (x0, y0) = (fx.floor(), fy.floor());
+    let (dx, dy) = (fx - x0, fy - y0);
+    let (x0, y0) = (x0 as i64, y0 as i64);
+    let wx = [cubic_weight(1.0 + dx), cubic_weight(dx), cubic_weight(1.0 - dx), cubic_weight(2.0 - dx)];
+    let wy = [cubic_weight(1.0 + dy), cubic_weight(dy), cubic_weight(1.0 - dy), cubic_weight(2.0 - dy)];
+    let (mut acc, mut wsum) = (0.0, 0.0);
+    for (j, wyj) in wy.iter().enumerate() {
+        let sy = y0 - 1 + j as i64;
+        if sy < 0 || sy >= src.height as i64 || *wyj == 0.0 {
+            continue;
+        }
+        for (i, wxi) in wx.iter().enumerate() {
+            let sx = x0 - 1 + i as i64;
+            if sx < 0 || sx >= src.width as i64 || *wxi == 0.0 {
+                continue;
+            }
+            let idx = sy as usize * src.width + sx as usize;
+            if src.is_valid(idx) {
+                let w = wxi * wyj;
+                acc += w * src.values[idx].to_f64();
+                wsum += w;
+            }
+        }
+    }
+    (wsum.abs() > 1e-5).then(|| acc / wsum)
+}
+
+/// Source pixels overlapping the box `[x0, x1] x [y0, y1]` (source pixel
+/// units) with the overlapped fraction of each.
+fn footprint<T: Sample>(src: &SourceBand<'_, T>, (x0, x1): (f64, f64), (y0, y1): (f64, f64), mut visit: impl FnMut(usize, f64)) {
+    let c0 = (x0 + 1e-10).floor().max(0.0) as usize;
+    let c1 = ((x1 - 1e-10).ceil().min(src.width as f64)).max(0.0) as usize;
+    let r0 = (y0 + 1e-10).floor().max(0.0) as usize;
+    let r1 = ((y1 - 1e-10).ceil().min(src.height as f64)).max(0.0) as usize;
+    for r in r0..r1 {
+        let wy = (y1.min(r as f64 + 1.0) - y0.max(r as f64)).max(0.0);
+        for c in c0..c1 {
+            let wx = (x1.min(c as f64 + 1.0) - x0.max(c as f64)).max(0.0);
+            let idx = r * src.width + c;
+            if wx * wy > 0.0 && src.is_valid(idx) {
+                visit(idx, wx * wy);
+            }
+        }
+    }
+}
+
+/// Area-weighted mean of the valid source pixels under a target pixel.
+fn average<T: Sample>(src: &SourceBand<'_, T>, bx: (f64, f64), by: (f64, f64)) -> Option<T> {
+    let (mut acc, mut wsum) = (0.0, 0.0);
+    footprint(src, bx, by, |i, w| {
+        acc += w * src.values[i].to_f64();
+        wsum += w;
+    });
+    (wsum > 1e-10).then(|| T::from_f64(acc / wsum))
+}
+
+/// The value covering the most area of a target pixel (ties: the smallest
+/// value), among valid source pixels.
+fn mode<T: Sample>(src: &SourceBand<'_, T>, bx: (f64, f64), by: (f64, f64)) -> Option<T> {
+    let mut tally: Vec<(T, f64)> = Vec::new();
+    footprint(src, bx, by, |i, w| {
+        let v = src.values[i];
+        match tally.iter_mut().find(|(t, _)| *t == v) {
+            Some(e) => e.1 += w,
+            None => tally.push((v, w)),
+        }
+    });
+    tally
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1).then_with(|| b.0.to_f64().total_cmp(&a.0.to_f64())))
+        .map(|(v, _)| v)
 }
 
 /// Bilinear interpolation at continuous position `(x, y)` (pixel centres at
@@ -284,7 +403,7 @@ mod tests {
     use super::*;
 
     fn coords(points: &[(f64, f64)]) -> TileCoords {
-        TileCoords { sx: points.iter().map(|p| p.0).collect(), sy: points.iter().map(|p| p.1).collect(), touches: true }
+        TileCoords { sx: points.iter().map(|p| p.0).collect(), sy: points.iter().map(|p| p.1).collect(), touches: true, n: points.len(), corners: None }
     }
 
     #[test]

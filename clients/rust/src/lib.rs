@@ -22,8 +22,9 @@ use serde_json::Value;
 /// gRPC message limit of the client, both directions (the server's default).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// Rows per DoPut batch are chosen so one batch stays near this size.
-pub const TARGET_BATCH_BYTES: usize = 2 << 20;
+/// Rows per DoPut batch are chosen so one batch stays near this size (under
+/// the Flight encoder's 2 MiB message size, so batches keep whole rows).
+pub const TARGET_BATCH_BYTES: usize = 1 << 20;
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 

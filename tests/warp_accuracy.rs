@@ -1,0 +1,187 @@
+//! Resampling kernels against `gdalwarp` on the same input and target grid:
+//! cubic from EPSG:32652 onto the default sinusoidal grid, and average and
+//! mode of a 3 m raster down to a 10 m UTM collection grid, each with a
+//! nodata hole.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{UInt16Type, UInt8Type};
+use arrow_array::{ArrayRef, UInt16Array, UInt8Array};
+use common::*;
+use gdal::raster::{Buffer, GdalType};
+use gdal::DriverManager;
+use pixelquery::grid::{GridSpec, TileId};
+use pixelquery_client::proto;
+
+fn write_tif<T: GdalType + Copy>(path: &Path, values: &[T], w: usize, h: usize, gt: [f64; 6], epsg: u32) {
+    let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
+    let mut ds = driver.create_with_band_type::<T, _>(path, w, h, 1).unwrap();
+    ds.set_geo_transform(&gt).unwrap();
+    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(epsg).unwrap()).unwrap();
+    let mut band = ds.rasterband(1).unwrap();
+    band.set_no_data_value(Some(0.0)).unwrap();
+    band.write((0, 0), (w, h), &mut Buffer::new((w, h), values.to_vec())).unwrap();
+}
+
+fn gdalwarp<T: GdalType + Copy>(src: &Path, out: &Path, method: &str, t_srs: &str, grid: &GridSpec, tile: TileId) -> Vec<T> {
+    let b = grid.tile_bounds(tile);
+    let n = grid.tile_px.to_string();
+    let ok = Command::new("gdalwarp")
+        .args(["-q", "-overwrite", "-r", method, "-t_srs", t_srs, "-srcnodata", "0", "-dstnodata", "0", "-ts", &n, &n, "-te"])
+        .args(b.iter().map(|v| v.to_string()))
+        .arg(src)
+        .arg(out)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let px = grid.tile_px as usize;
+    gdal::Dataset::open(out).unwrap().rasterband(1).unwrap().read_as::<T>((0, 0), (px, px), (px, px), None).unwrap().data().to_vec()
+}
+
+/// Pixels valid in both within 1 DN; masks equal away from mask edges.
+struct Agreement {
+    within_one: usize,
+    both_valid: usize,
+    mask_equal: usize,
+    mask_compared: usize,
+}
+
+fn compare(ours: &[f64], mask: &[bool], gdal: &[f64], n: usize, acc: &mut Agreement) {
+    let gv = |r: usize, c: usize| gdal[r * n + c] != 0.0;
+    for r in 0..n {
+        for c in 0..n {
+            let k = r * n + c;
+            if mask[k] && gv(r, c) {
+                acc.both_valid += 1;
+                if (ours[k] - gdal[k]).abs() <= 1.0 {
+                    acc.within_one += 1;
+                }
+            }
+            // The one-pixel ring around any mask edge (and the tile border)
+            // is where kernels may legitimately disagree.
+            let edge = r == 0 || c == 0 || r + 1 == n || c + 1 == n || [(r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)].iter().any(|&(a, b)| gv(a, b) != gv(r, c));
+            if !edge {
+                acc.mask_compared += 1;
+                if mask[k] == gv(r, c) {
+                    acc.mask_equal += 1;
+                }
+            }
+        }
+    }
+}
+
+async fn run_case<T: GdalType + Copy + Into<f64>>(
+    collection: serde_json::Value,
+    crs: &str,
+    epsg: u32,
+    gt: [f64; 6],
+    size: usize,
+    values: Vec<T>,
+    column: ArrayRef,
+    dtype: &str,
+    method: &str,
+) -> Agreement {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let desc = client.create_collection(&collection).await.unwrap();
+    let grid_crs = desc["grid"]["crs"].as_str().unwrap().to_string();
+    let grid = GridSpec::try_new(grid_crs.clone(), desc["grid"]["tile_span"].as_f64().unwrap(), desc["grid"]["resolution"].as_f64().unwrap()).unwrap();
+    let name = collection["name"].as_str().unwrap().to_string();
+    let req = proto::IngestRequest {
+        collection: name.clone(),
+        scene_id: "s".into(),
+        acquired_at_ms: 0,
+        crs: crs.into(),
+        geotransform: gt.to_vec(),
+        width: size as u32,
+        height: size as u32,
+        bands: vec![proto::BandSpec { name: "v".into(), dtype: dtype.into(), nodata: Some(0.0), ..Default::default() }],
+        resampling: method.into(),
+        resampling_by_band: Default::default(),
+    };
+    let put = client.ingest(&req, pixelquery_client::raster_batches(vec![("v".into(), column)], None, size).unwrap()).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src.tif");
+    write_tif(&src, &values, size, size, gt, epsg);
+    let mut acc = Agreement { within_one: 0, both_valid: 0, mask_equal: 0, mask_compared: 0 };
+    for tile in &put.tiles {
+        let t: TileId = tile.parse().unwrap();
+        let b = &client.query(&proto::Query { collection: name.clone(), tiles: vec![tile.clone()], ..Default::default() }).await.unwrap()[0];
+        let px = b.column_by_name("pixels").unwrap().as_list::<i32>().value(0);
+        let ours: Vec<f64> = match dtype {
+            "uint8" => px.as_primitive::<UInt8Type>().values().iter().map(|v| *v as f64).collect(),
+            _ => px.as_primitive::<UInt16Type>().values().iter().map(|v| *v as f64).collect(),
+        };
+        let mask: Vec<bool> = b.column_by_name("mask").unwrap().as_list::<i32>().value(0).as_boolean().iter().map(|v| v.unwrap()).collect();
+        let gdal: Vec<f64> = gdalwarp::<T>(&src, &work.path().join(format!("{tile}.tif")), method, &grid_crs, &grid, t).into_iter().map(Into::into).collect();
+        compare(&ours, &mask, &gdal, grid.tile_px as usize, &mut acc);
+    }
+    server.shutdown().await;
+    let pct = |a: usize, b: usize| 100.0 * a as f64 / b.max(1) as f64;
+    eprintln!(
+        "{method}: {:.3} % of {} pixels valid in both within 1 DN; masks equal on {:.3} % of {} pixels off the edge ring",
+        pct(acc.within_one, acc.both_valid),
+        acc.both_valid,
+        pct(acc.mask_equal, acc.mask_compared),
+        acc.mask_compared
+    );
+    acc
+}
+
+fn smooth(size: usize, hole: (std::ops::Range<usize>, std::ops::Range<usize>)) -> Vec<u16> {
+    (0..size * size)
+        .map(|i| {
+            let (r, c) = (i / size, i % size);
+            if hole.0.contains(&r) && hole.1.contains(&c) {
+                0
+            } else {
+                (2000.0 + 800.0 * (r as f64 / 23.0).sin() + 600.0 * (c as f64 / 31.0).cos()) as u16
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cubic_from_utm_matches_gdalwarp() {
+    let size = 512;
+    let values = smooth(size, (200..260, 100..180));
+    let column: ArrayRef = std::sync::Arc::new(UInt16Array::from(values.clone()));
+    let coll = serde_json::json!({"name": "c", "bands": [{"name": "v", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}});
+    let a = run_case(coll, "EPSG:32652", 32652, utm_geotransform(size), size, values, column, "uint16", "cubic").await;
+    assert!(a.within_one as f64 >= 0.999 * a.both_valid as f64);
+    assert!(a.mask_equal as f64 >= 0.999 * a.mask_compared as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn average_and_mode_of_3m_down_to_10m_match_gdalwarp() {
+    let size = 1200; // 3.6 km at 3 m
+    let (e, n) = utm52(127.05, 37.55);
+    let gt = [(e / 30.0).floor() * 30.0 + 1.0, 3.0, 0.0, (n / 30.0).floor() * 30.0 + 2.0, 0.0, -3.0];
+    let utm_grid = serde_json::json!({"crs": "EPSG:32652", "tile_span": 2560, "resolution": 10});
+
+    let values = smooth(size, (500..620, 300..400));
+    let column: ArrayRef = std::sync::Arc::new(UInt16Array::from(values.clone()));
+    let coll = serde_json::json!({"name": "a", "bands": [{"name": "v", "dtype": "uint16", "nodata": 0}], "grid": utm_grid});
+    let a = run_case(coll, "EPSG:32652", 32652, gt, size, values, column, "uint16", "average").await;
+    assert!(a.within_one as f64 >= 0.99 * a.both_valid as f64);
+
+    let classes: Vec<u8> = (0..size * size)
+        .map(|i| {
+            let (r, c) = (i / size, i % size);
+            if (500..620).contains(&r) && (300..400).contains(&c) {
+                0
+            } else {
+                ((r / 9 + c / 13) % 5 + 1) as u8
+            }
+        })
+        .collect();
+    let column: ArrayRef = std::sync::Arc::new(UInt8Array::from(classes.clone()));
+    let coll = serde_json::json!({"name": "m", "bands": [{"name": "v", "dtype": "uint8", "nodata": 0}], "grid": utm_grid});
+    let m = run_case(coll, "EPSG:32652", 32652, gt, size, classes, column, "uint8", "mode").await;
+    assert!(m.within_one as f64 >= 0.99 * m.both_valid as f64);
+}
