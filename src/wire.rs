@@ -428,16 +428,10 @@ impl QuerySpec {
 
 const DEFAULT_BBOX_CRS: &str = "EPSG:4326";
 
-fn validate_query_parts(
-    collection: String,
-    tiles: Vec<String>,
-    bbox: Vec<f64>,
-    bbox_crs: String,
-    point: Vec<f64>,
-    start_ms: Option<i64>,
-    end_ms: Option<i64>,
-    bands: Vec<String>,
-) -> Result<QuerySpec> {
+/// Validates a query (ListFlights criteria arrive as a query without tiles
+/// or point); an empty collection is allowed for criteria only.
+fn validate_query(q: pb::Query) -> Result<QuerySpec> {
+    let pb::Query { collection, tiles, bbox, bbox_crs, start_ms, end_ms, bands, point } = q;
     if !collection.is_empty() {
         validate_collection_name("collection", &collection)?;
     }
@@ -483,7 +477,7 @@ fn validate_query_parts(
 pub fn decode_query(field: &str, bytes: &[u8]) -> Result<QuerySpec> {
     let q: pb::Query = decode::<_, QueryJson>(field, bytes)?;
     validate_collection_name("collection", &q.collection)?;
-    validate_query_parts(q.collection, q.tiles, q.bbox, q.bbox_crs, q.point, q.start_ms, q.end_ms, q.bands)
+    validate_query(q)
 }
 
 /// Decodes ListFlights criteria; empty bytes mean everything.
@@ -492,7 +486,7 @@ pub fn decode_criteria(bytes: &[u8]) -> Result<QuerySpec> {
         return Ok(QuerySpec { collection: String::new(), area: Area::All, start_ms: None, end_ms: None, bands: vec![] });
     }
     let c: pb::Criteria = decode::<_, CriteriaJson>("criteria.expression", bytes)?;
-    validate_query_parts(c.collection, vec![], c.bbox, c.bbox_crs, vec![], c.start_ms, c.end_ms, c.bands)
+    validate_query(pb::Query { collection: c.collection, bbox: c.bbox, bbox_crs: c.bbox_crs, start_ms: c.start_ms, end_ms: c.end_ms, bands: c.bands, ..Default::default() })
 }
 
 /// Encodes a query as the JSON ticket of one endpoint.

@@ -75,6 +75,7 @@ fn compare(ours: &[f64], mask: &[bool], gdal: &[f64], n: usize, acc: &mut Agreem
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_case<T: GdalType + Copy + Into<f64>>(
     collection: serde_json::Value,
     crs: &str,

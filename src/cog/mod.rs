@@ -224,13 +224,16 @@ fn acquisition_time(info: &FileInfo, opts: &CogOptions) -> Result<(i64, String),
         .ok_or_else(|| format!("no acquisition time found; tried {}", names::TIME_SOURCES))
 }
 
+/// Files of one scene, each with the bands it contributes.
+type Members = Vec<(FileInfo, Vec<(usize, String)>)>;
+
 /// Inspects `files` and groups them into scenes. Files that cannot be used
 /// are returned as failures with their reason; the others still form scenes.
 /// Blocking (GDAL).
 pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure>) {
     let mut failures = Vec::new();
     // scene key -> files with their bands
-    let mut groups: BTreeMap<String, Vec<(FileInfo, Vec<(usize, String)>)>> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Members> = BTreeMap::new();
     for path in files {
         match inspect(path).and_then(|info| file_bands(&info, opts).map(|(key, bands)| (info, key, bands))) {
             Ok((info, key, bands)) => groups.entry(key).or_default().push((info, bands)),
@@ -241,7 +244,7 @@ pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure
     for (key, members) in groups {
         // Bands on different pixel grids (10 m and 20 m files of one
         // product) cannot share one DoPut: one scene per grid.
-        let mut by_grid: Vec<Vec<(FileInfo, Vec<(usize, String)>)>> = Vec::new();
+        let mut by_grid: Vec<Members> = Vec::new();
         for m in members {
             match by_grid.iter_mut().find(|g| g[0].0.geotransform == m.0.geotransform && (g[0].0.width, g[0].0.height) == (m.0.width, m.0.height) && g[0].0.crs_wkt == m.0.crs_wkt) {
                 Some(g) => g.push(m),

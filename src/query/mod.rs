@@ -212,7 +212,8 @@ impl Plan {
 
     fn read_point(&self, index: usize, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
         // (time, scene) -> per band (value, valid)
-        let mut rows: BTreeMap<(i64, String), Vec<Option<(ArrayRef, bool)>>> = BTreeMap::new();
+        type PerBand = Vec<Option<(ArrayRef, bool)>>;
+        let mut rows: BTreeMap<(i64, String), PerBand> = BTreeMap::new();
         let mut tile = None;
         for (key, entry) in &self.chunks {
             let Some(b) = self.bands.iter().position(|b| b.name == key.band) else { continue };
