@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# cargo test also builds target/debug/pixelquery (the integration tests run it).
 cargo test --workspace
-cargo build --bin pixelquery
 PIXELQUERY_BIN="$PWD/target/debug/pixelquery" .venv/bin/python -m pytest -q tests/python clients/python/tests
