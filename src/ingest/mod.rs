@@ -240,6 +240,8 @@ fn warp_scene(spec: &IngestSpec, bands: &[PlannedBand], received: Received, stor
     let src_srs = crs::spatial_ref("crs", &spec.crs)?;
     let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
     let range = warp::footprint_tiles(&src, &grid, &crs::Transformer::new(&src_srs, &grid_srs)?);
+    // A raster already on the grid's lattice is copied, not resampled.
+    let aligned = warp::grid_alignment(&src, &grid, src_srs == grid_srs);
     if range.len() > opts.max_tiles {
         return Err(Error::invalid("geotransform", spec.geotransform, &format!("the raster touches {} tiles, more than the limit of {}", range.len(), opts.max_tiles)));
     }
@@ -259,7 +261,7 @@ fn warp_scene(spec: &IngestSpec, bands: &[PlannedBand], received: Received, stor
                     loop {
                         let k = next.fetch_add(1, Ordering::Relaxed);
                         let Some(&tile) = tiles.get(k) else { return Ok(()) };
-                        let coords = warp::tile_coords(&grid, tile, &src, &to_source, with_corners);
+                        let coords = warp::tile_coords(&grid, tile, &src, &to_source, with_corners, aligned);
                         if !coords.touches {
                             continue;
                         }

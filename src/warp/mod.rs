@@ -128,6 +128,27 @@ pub struct TileCoords {
     /// Source positions of the pixel corners, `(n + 1) x (n + 1)` row-major,
     /// for kernels that read a target pixel's whole footprint.
     pub corners: Option<(Vec<f64>, Vec<f64>)>,
+    /// When the source already lies on the grid's pixel lattice: the source
+    /// column and row of the tile's first pixel. Pixels are then copied
+    /// (every kernel is the identity there), `sx`/`sy` are empty.
+    pub copy: Option<(i64, i64)>,
+}
+
+/// Where a source already on the grid's pixel lattice sits on it: the
+/// lattice column of its first column and the lattice row (counted upward
+/// from the origin) of its top edge. `None` unless the CRS is the grid's
+/// (`same_crs`), the raster is north-up with the grid's pixel size, and its
+/// origin falls on a lattice corner.
+pub fn grid_alignment(src: &SourceGeometry, grid: &GridSpec, same_crs: bool) -> Option<(i64, i64)> {
+    let gt = &src.geotransform;
+    let p = grid.pixel_size();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * p.max(1.0);
+    if !same_crs || gt[2] != 0.0 || gt[4] != 0.0 || !close(gt[1], p) || !close(gt[5], -p) {
+        return None;
+    }
+    let (cx, cy) = (gt[0] / p, gt[3] / p);
+    let on_lattice = |v: f64| (v - v.round()).abs() < 1e-6;
+    (on_lattice(cx) && on_lattice(cy)).then(|| (cx.round() as i64, cy.round() as i64))
 }
 
 /// Largest error of the approximated transform, in source pixels (GDAL's
@@ -191,8 +212,14 @@ impl ExactMap<'_> {
 /// row by row through the approximating transform (error below
 /// [`MAX_APPROX_ERROR`] source pixel). `to_source` maps the grid CRS to the
 /// source CRS.
-pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_source: &crs::Transformer, with_corners: bool) -> TileCoords {
+pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_source: &crs::Transformer, with_corners: bool, aligned: Option<(i64, i64)>) -> TileCoords {
     let n = grid.tile_px as usize;
+    if let Some((col0, top)) = aligned {
+        let (col_off, row_off) = (tile.ix * n as i64 - col0, top - (tile.iy + 1) * n as i64);
+        let overlaps = |off: i64, len: usize| off < len as i64 && off + n as i64 > 0;
+        let touches = overlaps(col_off, src.width) && overlaps(row_off, src.height);
+        return TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: Some((col_off, row_off)) };
+    }
     let map = ExactMap { target_gt: grid.tile_geotransform(tile), src_inverse: src.inverse, to_source };
     let grid_points = |count: usize, offset: f64| {
         let mut sx = Vec::with_capacity(count * count);
@@ -209,7 +236,7 @@ pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_sourc
     let corners = with_corners.then(|| grid_points(n + 1, 0.0));
     let (w, h) = (src.width as f64, src.height as f64);
     let touches = sx.iter().zip(&sy).any(|(x, y)| *x >= 0.0 && *x < w && *y >= 0.0 && *y < h);
-    TileCoords { sx, sy, touches, n, corners }
+    TileCoords { sx, sy, touches, n, corners, copy: None }
 }
 
 /// One source band as the kernels see it.
@@ -233,6 +260,9 @@ impl<T: Sample> SourceBand<'_, T> {
 /// Resamples one band onto one tile. Returns the pixels (masked ones hold
 /// `fill`) and the mask (true = valid).
 pub fn resample<T: Sample>(src: &SourceBand<'_, T>, coords: &TileCoords, method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
+    if let Some((col_off, row_off)) = coords.copy {
+        return copy(src, coords.n, col_off, row_off, fill);
+    }
     let n = coords.sx.len();
     let mut out = vec![fill; n];
     let mut mask = vec![false; n];
@@ -274,6 +304,29 @@ pub fn resample<T: Sample>(src: &SourceBand<'_, T>, coords: &TileCoords, method:
                     out[k] = v;
                     mask[k] = true;
                 }
+            }
+        }
+    }
+    (out, mask)
+}
+
+/// Copies a tile out of a source on the same pixel lattice.
+fn copy<T: Sample>(src: &SourceBand<'_, T>, n: usize, col_off: i64, row_off: i64, fill: T) -> (Vec<T>, Vec<bool>) {
+    let mut out = vec![fill; n * n];
+    let mut mask = vec![false; n * n];
+    let c0 = (-col_off).max(0) as usize;
+    let c1 = ((src.width as i64 - col_off).min(n as i64)).max(0) as usize;
+    for r in 0..n {
+        let sr = row_off + r as i64;
+        if sr < 0 || sr >= src.height as i64 || c0 >= c1 {
+            continue;
+        }
+        let base = sr as usize * src.width;
+        for c in c0..c1 {
+            let i = base + (col_off + c as i64) as usize;
+            if src.is_valid(i) {
+                out[r * n + c] = src.values[i];
+                mask[r * n + c] = true;
             }
         }
     }
@@ -403,7 +456,32 @@ mod tests {
     use super::*;
 
     fn coords(points: &[(f64, f64)]) -> TileCoords {
-        TileCoords { sx: points.iter().map(|p| p.0).collect(), sy: points.iter().map(|p| p.1).collect(), touches: true, n: points.len(), corners: None }
+        TileCoords { sx: points.iter().map(|p| p.0).collect(), sy: points.iter().map(|p| p.1).collect(), touches: true, n: points.len(), corners: None, copy: None }
+    }
+
+    #[test]
+    fn sources_on_the_grid_lattice_are_copied() {
+        let grid = GridSpec::default_at(10.0).unwrap();
+        let on = SourceGeometry::try_new(3, 2, [2560.0 * 4.0 + 20.0, 10.0, 0.0, 2560.0 * 7.0 - 30.0, 0.0, -10.0]).unwrap();
+        assert_eq!(grid_alignment(&on, &grid, true), Some((4 * 256 + 2, 7 * 256 - 3)));
+        assert_eq!(grid_alignment(&on, &grid, false), None);
+        let half = SourceGeometry::try_new(3, 2, [5.0, 10.0, 0.0, 0.0, 0.0, -10.0]).unwrap();
+        assert_eq!(grid_alignment(&half, &grid, true), None);
+        // Tile x0004_y0006 starts at lattice column 1024, top row 1792; the
+        // source's first pixel is its (row 3, col 2).
+        let values = [1u16, 2, 3, 4, 0, 6];
+        let src = SourceBand { values: &values, nodata: Some(0), valid: None, width: 3, height: 2 };
+        let a = grid_alignment(&on, &grid, true);
+        let tc = tile_coords(&grid, TileId::new(4, 6), &on, &dummy_transformer(), false, a);
+        assert!(tc.touches);
+        let (out, mask) = resample(&src, &tc, Resampling::Bilinear, 0);
+        assert_eq!((out[3 * 256 + 2], out[3 * 256 + 4], out[4 * 256 + 2], mask[4 * 256 + 3]), (1, 3, 4, false));
+        assert_eq!(mask.iter().filter(|m| **m).count(), 5);
+    }
+
+    fn dummy_transformer() -> crs::Transformer {
+        let s = crs::spatial_ref("t", crate::grid::DEFAULT_GRID_CRS).unwrap();
+        crs::Transformer::new(&s, &s).unwrap()
     }
 
     #[test]
