@@ -17,7 +17,7 @@ use arrow_flight::{
 };
 use arrow_ipc::writer::IpcWriteOptions;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::{Error, Result};
@@ -99,6 +99,19 @@ fn from_flight(e: FlightError) -> Status {
     }
 }
 
+/// Runs a handler so that a panic in it becomes `Internal` (logged with the
+/// RPC's name) instead of dropping the connection; the server keeps serving.
+async fn guarded<T>(rpc: &'static str, handler: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            tracing::error!(rpc, panic = %what, "handler panicked");
+            Err(Status::internal(format!("internal error in {rpc} (a bug; the server logged it and keeps serving)")))
+        }
+    }
+}
+
 /// A FlightError from the client's DoPut stream, as a request error.
 fn stream_error(e: FlightError) -> Error {
     match e {
@@ -122,25 +135,31 @@ impl FlightService for Service {
     }
 
     async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let spec = wire::decode_criteria(&request.into_inner().expression)?;
-        let stores = if spec.collection.is_empty() { self.state.warehouse.collections() } else { vec![self.state.warehouse.collection(&spec.collection)?] };
-        let mut infos = Vec::new();
-        for store in stores {
-            let mut s = spec.clone();
-            s.collection = store.meta.name.clone();
-            let p = plan(&self.state, s).await?;
-            for (ticket, one) in p.per_chunk() {
-                infos.push(Ok(flight_info(&one, FlightDescriptor::new_cmd(ticket))?));
+        guarded("ListFlights", async move {
+            let spec = wire::decode_criteria(&request.into_inner().expression)?;
+            let stores = if spec.collection.is_empty() { self.state.warehouse.collections() } else { vec![self.state.warehouse.collection(&spec.collection)?] };
+            let mut infos = Vec::new();
+            for store in stores {
+                let mut s = spec.clone();
+                s.collection = store.meta.name.clone();
+                let p = plan(&self.state, s).await?;
+                for (ticket, one) in p.per_chunk() {
+                    infos.push(Ok(flight_info(&one, FlightDescriptor::new_cmd(ticket))?));
+                }
             }
-        }
-        Ok(Response::new(futures::stream::iter(infos).boxed()))
+            Ok(Response::new(futures::stream::iter(infos).boxed()))
+        })
+        .await
     }
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        let descriptor = request.into_inner();
-        let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
-        let p = plan(&self.state, spec).await?;
-        Ok(Response::new(flight_info(&p, descriptor)?))
+        guarded("GetFlightInfo", async move {
+            let descriptor = request.into_inner();
+            let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
+            let p = plan(&self.state, spec).await?;
+            Ok(Response::new(flight_info(&p, descriptor)?))
+        })
+        .await
     }
 
     async fn poll_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
@@ -148,59 +167,74 @@ impl FlightService for Service {
     }
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
-        let descriptor = request.into_inner();
-        let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
-        let p = plan(&self.state, spec).await?;
-        let schema = p.schema()?;
-        let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
-            .try_into()
-            .map_err(|e: arrow_schema::ArrowError| Error::arrow("encoding a schema")(e))?;
-        Ok(Response::new(result))
+        guarded("GetSchema", async move {
+            let descriptor = request.into_inner();
+            let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
+            let p = plan(&self.state, spec).await?;
+            let schema = p.schema()?;
+            let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+                .try_into()
+                .map_err(|e: arrow_schema::ArrowError| Error::arrow("encoding a schema")(e))?;
+            Ok(Response::new(result))
+        })
+        .await
     }
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        let spec = wire::decode_query("ticket", &request.into_inner().ticket)?;
-        let p = plan(&self.state, spec).await?;
-        let schema = p.schema()?;
-        // A blocking reader feeds a small channel; it stops when the client
-        // goes away (the receiver is dropped and `send` fails).
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<arrow_array::RecordBatch, FlightError>>(4);
-        tokio::task::spawn_blocking(move || {
-            let res = p.read(|batch| tx.blocking_send(Ok(batch)).is_ok());
-            if let Err(e) = res {
-                let _ = tx.blocking_send(Err(to_flight(e)));
-            }
-        });
-        let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
-        let stream = FlightDataEncoderBuilder::new().with_schema(schema).with_max_flight_data_size(MAX_FLIGHT_DATA).build(batches).map_err(from_flight);
-        Ok(Response::new(stream.boxed()))
+        guarded("DoGet", async move {
+            let spec = wire::decode_query("ticket", &request.into_inner().ticket)?;
+            let p = plan(&self.state, spec).await?;
+            let schema = p.schema()?;
+            // A blocking reader feeds a small channel; it stops when the client
+            // goes away (the receiver is dropped and `send` fails).
+            let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<arrow_array::RecordBatch, FlightError>>(4);
+            tokio::task::spawn_blocking(move || {
+                // A panic must end the stream with an error, not look like
+                // its end.
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.read(|batch| tx.blocking_send(Ok(batch)).is_ok())))
+                    .unwrap_or_else(|_| Err(Error::Internal("reading the chunks panicked".into())));
+                if let Err(e) = res {
+                    let _ = tx.blocking_send(Err(to_flight(e)));
+                }
+            });
+            let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+            let stream = FlightDataEncoderBuilder::new().with_schema(schema).with_max_flight_data_size(MAX_FLIGHT_DATA).build(batches).map_err(from_flight);
+            Ok(Response::new(stream.boxed()))
+        })
+        .await
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        let mut stream = request.into_inner();
-        // The descriptor rides on the first message; read it before the rest.
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Error::invalid("stream", "no messages", "DoPut needs a descriptor and raster rows"))?;
-        let descriptor = first.flight_descriptor.clone().ok_or_else(|| Error::invalid("descriptor", "none", "the first DoPut message must carry a FlightDescriptor"))?;
-        let spec = wire::decode_ingest(&command("descriptor", &descriptor)?)?;
-        let data = futures::stream::once(async move { Ok(first) }).chain(stream).map_err(|s| FlightError::Tonic(Box::new(s)));
-        let batches = FlightRecordBatchStream::new_from_flight_data(data).map_err(stream_error);
-        let summary = ingest::ingest(self.state.warehouse.clone(), self.state.ingest.clone(), spec, batches).await?;
-        tracing::info!(scene = %summary.scene_id, observations = summary.observations, bytes = summary.bytes, ms = summary.elapsed_ms, duplicate = summary.duplicate, "ingested");
-        let meta = serde_json::to_vec(&summary).map_err(|e| Error::Internal(e.to_string()))?;
-        let result = PutResult { app_metadata: meta.into() };
-        Ok(Response::new(futures::stream::once(async move { Ok(result) }).boxed()))
+        guarded("DoPut", async move {
+            let mut stream = request.into_inner();
+            // The descriptor rides on the first message; read it before the rest.
+            let first = stream
+                .message()
+                .await?
+                .ok_or_else(|| Error::invalid("stream", "no messages", "DoPut needs a descriptor and raster rows"))?;
+            let descriptor = first.flight_descriptor.clone().ok_or_else(|| Error::invalid("descriptor", "none", "the first DoPut message must carry a FlightDescriptor"))?;
+            let spec = wire::decode_ingest(&command("descriptor", &descriptor)?)?;
+            let data = futures::stream::once(async move { Ok(first) }).chain(stream).map_err(|s| FlightError::Tonic(Box::new(s)));
+            let batches = FlightRecordBatchStream::new_from_flight_data(data).map_err(stream_error);
+            let summary = ingest::ingest(self.state.warehouse.clone(), self.state.ingest.clone(), spec, batches).await?;
+            tracing::info!(scene = %summary.scene_id, observations = summary.observations, bytes = summary.bytes, ms = summary.elapsed_ms, duplicate = summary.duplicate, "ingested");
+            let meta = serde_json::to_vec(&summary).map_err(|e| Error::Internal(e.to_string()))?;
+            let result = PutResult { app_metadata: meta.into() };
+            Ok(Response::new(futures::stream::once(async move { Ok(result) }).boxed()))
+        })
+        .await
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
-        let action = request.into_inner();
-        let state = self.state.clone();
-        let value = blocking(move || actions::run(&state, &action.r#type, &action.body)).await?;
-        let body = serde_json::to_vec(&value).map_err(|e| Error::Internal(e.to_string()))?;
-        let result = arrow_flight::Result { body: body.into() };
-        Ok(Response::new(futures::stream::once(async move { Ok(result) }).boxed()))
+        guarded("DoAction", async move {
+            let action = request.into_inner();
+            let state = self.state.clone();
+            let value = blocking(move || actions::run(&state, &action.r#type, &action.body)).await?;
+            let body = serde_json::to_vec(&value).map_err(|e| Error::Internal(e.to_string()))?;
+            let result = arrow_flight::Result { body: body.into() };
+            Ok(Response::new(futures::stream::once(async move { Ok(result) }).boxed()))
+        })
+        .await
     }
 
     async fn list_actions(&self, _request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
@@ -210,5 +244,26 @@ impl FlightService for Service {
 
     async fn do_exchange(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
         Err(Status::unimplemented("DoExchange is not supported: use DoPut to write and DoGet to read"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_internal() {
+        let ok = guarded("Test", async { Ok::<_, Status>(5) }).await;
+        assert_eq!(ok.unwrap(), 5);
+        let err = guarded("Test", async {
+            if true {
+                panic!("boom");
+            }
+            Ok::<u8, Status>(0)
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Internal);
+        assert!(err.message().contains("Test"));
     }
 }
