@@ -279,3 +279,44 @@ async fn chunks_with_many_batches_are_compacted_in_the_background() {
     assert!(server.warehouse().join("s2/catalog.parquet").is_file());
     server.shutdown().await;
 }
+
+#[test]
+fn a_reader_holding_a_deleted_chunk_cannot_remove_its_successor() {
+    use arrow_array::{BooleanArray, UInt16Array};
+    use pixelquery::grid::TileId;
+    use pixelquery::storage::{Observation, Warehouse};
+
+    let dir = tempfile::tempdir().unwrap();
+    let meta = pixelquery::flight::actions::build_collection(proto::CreateCollection {
+        name: "s2".into(),
+        bands: vec![proto::BandSpec { name: "red".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],
+        grid: Some(proto::GridSpec { resolution: 10.0, ..Default::default() }),
+        ..Default::default()
+    })
+    .unwrap();
+    let obs = |v: u16| Observation {
+        tile: TileId::new(1, 1),
+        band: "red".into(),
+        pixels: std::sync::Arc::new(UInt16Array::from(vec![v; 256 * 256])),
+        mask: BooleanArray::from(vec![true; 256 * 256]),
+    };
+    let scenes_of = |store: &pixelquery::storage::CollectionStore| -> Vec<String> {
+        store.chunks(|_| true).iter().flat_map(|(_, e)| store.read_chunk(e).unwrap()).flat_map(|b| b.column(3).as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>()).collect()
+    };
+    {
+        let wh = Warehouse::open(dir.path()).unwrap();
+        let store = wh.create_collection(meta).unwrap();
+        store.append_scene("a", T0, vec![obs(1)]).unwrap();
+        // A reader plans with the chunk, then the chunk is deleted whole and
+        // a new scene creates it again before the reader lets go.
+        let held = store.chunks(|_| true);
+        let d = store.delete(|_| true, |_, s| s == "a", &[]).unwrap();
+        assert_eq!(d.chunks_removed, 1);
+        store.append_scene("b", T0, vec![obs(2)]).unwrap();
+        drop(held);
+        assert_eq!(scenes_of(&store), vec!["b"]);
+    }
+    // And after a restart.
+    let wh = Warehouse::open(dir.path()).unwrap();
+    assert_eq!(scenes_of(&wh.collection("s2").unwrap()), vec!["b"]);
+}

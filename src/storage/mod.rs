@@ -134,6 +134,11 @@ pub struct RewriteOutcome {
 struct Index {
     chunks: BTreeMap<ChunkKey, ChunkEntry>,
     scenes: HashSet<String>,
+    /// Chunks a delete emptied, with the generation a new chunk of the same
+    /// key must start from: a generation's file name is never reused, so a
+    /// reader still holding a removed generation cannot delete (or read) a
+    /// newer file.
+    retired: HashMap<ChunkKey, u32>,
 }
 
 impl Index {
@@ -165,6 +170,7 @@ impl Index {
                 for r in chunks {
                     let key = ChunkKey::from_ref(&r.chunk)?;
                     let old = if r.len == 0 {
+                        self.retired.insert(key.clone(), r.gen);
                         self.chunks.remove(&key)
                     } else {
                         let entry = ChunkEntry {
@@ -366,7 +372,10 @@ impl CollectionStore {
         let mut outcome = AppendOutcome::default();
         for obs in observations {
             let key = ChunkKey { tile: obs.tile, month, band: obs.band };
-            let (gen, committed) = read(&self.index).chunks.get(&key).map_or((0, 0), |e| (e.file.gen, e.len));
+            let (gen, committed) = {
+                let idx = read(&self.index);
+                idx.chunks.get(&key).map_or_else(|| (idx.retired.get(&key).copied().unwrap_or(0), 0), |e| (e.file.gen, e.len))
+            };
             let path = self.paths.chunk(&self.meta.name, key.tile, month, &key.band, gen);
             if committed == 0 {
                 if let Some(parent) = path.parent() {
@@ -463,21 +472,23 @@ impl CollectionStore {
         let Some(snap) = read(&self.index).chunks.get(key).cloned() else { return Ok(false) };
         let gen = snap.file.gen + 1;
         let path = self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band, gen);
+        // Written under a name no other writer uses (a delete meanwhile may
+        // write generation `gen` itself); renamed once it is known to win.
+        // A crash leaves it to the start-up sweep (it is no chunk name).
+        let tmp = path.with_extension("compacting");
         let (sorted, order) = sorted_rows(&self.read_chunk(&snap)?, |_, _| true)?;
         let Some(sorted) = sorted else { return Ok(false) };
-        let mut len = chunk::write_new(&path, &sorted)?;
+        let mut len = chunk::write_new(&tmp, &sorted)?;
         let mut log = lock(&self.writer);
-        let Some(cur) = read(&self.index).chunks.get(key).cloned() else {
-            let _ = fs::remove_file(&path);
+        let current = read(&self.index).chunks.get(key).cloned().filter(|cur| cur.file.gen == snap.file.gen);
+        let Some(cur) = current else {
+            let _ = fs::remove_file(&tmp);
             return Ok(false);
         };
-        if cur.file.gen != snap.file.gen {
-            let _ = fs::remove_file(&path);
-            return Ok(false);
-        }
         if cur.len > snap.len {
-            len = chunk::copy_tail(&cur.file.path, snap.len, cur.len, &path)?;
+            len = chunk::copy_tail(&cur.file.path, snap.len, cur.len, &tmp)?;
         }
+        fs::rename(&tmp, &path).map_err(Error::io(&path))?;
         sync_dir(path.parent().unwrap_or(self.paths.root()))?;
         let mut rows: Vec<(i64, String)> = order.iter().map(|&i| (snap.times[i], snap.scenes[i].to_string())).collect();
         rows.extend((snap.times.len()..cur.times.len()).map(|i| (cur.times[i], cur.scenes[i].to_string())));
