@@ -527,8 +527,7 @@ impl CollectionStore {
             let path = self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band, gen);
             let len = chunk::write_new(&path, &batch)?;
             written_paths.push(path);
-            let kept: Vec<usize> = (0..entry.times.len()).filter(|&i| !remove(entry.times[i], &entry.scenes[i])).collect();
-            let rows = order.iter().map(|&i| (entry.times[kept[i]], entry.scenes[kept[i]].to_string())).collect();
+            let rows = order.iter().map(|&i| (entry.times[i], entry.scenes[i].to_string())).collect();
             out.chunks_rewritten += 1;
             rewritten.push(Rewritten { chunk: key.to_ref(), gen, len, rows, stats: chunk::batch_stats(&batch, self.meta.grid.tile_px as usize) });
         }
@@ -560,7 +559,7 @@ impl CollectionStore {
 }
 
 /// The rows of a chunk kept by `keep(time, scene)`, ordered by time, as one
-/// batch; with the order (indices into the kept rows).
+/// batch; with the order (the input row index of each output row).
 pub fn sorted_rows(batches: &[RecordBatch], keep: impl Fn(i64, &str) -> bool) -> Result<(Option<RecordBatch>, Vec<usize>)> {
     let Some(first) = batches.first() else { return Ok((None, vec![])) };
     let all = arrow_select::concat::concat_batches(&first.schema(), batches).map_err(Error::arrow("joining chunk batches"))?;
@@ -570,9 +569,9 @@ pub fn sorted_rows(batches: &[RecordBatch], keep: impl Fn(i64, &str) -> bool) ->
     if kept.is_empty() {
         return Ok((None, vec![]));
     }
-    let mut order: Vec<usize> = (0..kept.len()).collect();
-    order.sort_by_key(|&i| times.value(kept[i]));
-    let take = UInt32Array::from(order.iter().map(|&i| kept[i] as u32).collect::<Vec<_>>());
+    let mut order = kept;
+    order.sort_by_key(|&i| times.value(i));
+    let take = UInt32Array::from(order.iter().map(|&i| i as u32).collect::<Vec<_>>());
     let batch = arrow_select::take::take_record_batch(&all, &take).map_err(Error::arrow("ordering chunk rows"))?;
     Ok((Some(batch), order))
 }
