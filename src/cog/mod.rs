@@ -345,6 +345,33 @@ pub fn read_scene(plan: &ScenePlan, mut emit: impl FnMut(RecordBatch) -> bool) -
     Ok(())
 }
 
+/// Reads a planned scene on a blocking thread into a small channel and
+/// returns it as a stream of strips, so a file is sent while it is read, in
+/// bounded memory. `on_batch` sees each strip first. The reader stops when
+/// the stream is dropped; a read error is the stream's last item. Needs a
+/// Tokio runtime context (an async task or a blocking task of the runtime).
+pub fn stream_scene(plan: &ScenePlan, on_batch: impl Fn(&RecordBatch) + Send + 'static) -> tokio_stream::wrappers::ReceiverStream<Result<RecordBatch>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<RecordBatch>>(2);
+    let plan = plan.clone();
+    tokio::task::spawn_blocking(move || {
+        let res = read_scene(&plan, |batch| {
+            on_batch(&batch);
+            tx.blocking_send(Ok(batch)).is_ok()
+        });
+        if let Err(e) = res {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+impl ScenePlan {
+    /// One failure per file of the scene, all for `reason`.
+    pub fn failures<'a>(&'a self, reason: &'a str) -> impl Iterator<Item = Failure> + 'a {
+        self.files.iter().map(move |f| Failure { path: f.clone(), reason: reason.to_string() })
+    }
+}
+
 /// Parses `--bands 1:blue,2:green`.
 pub fn parse_band_map(s: &str) -> Result<Vec<(usize, String)>> {
     s.split(',')

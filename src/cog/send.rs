@@ -148,7 +148,7 @@ pub async fn send_all(client: &Client, scenes: Vec<ScenePlan>, mut failures: Vec
     for r in results {
         match r {
             Ok(s) => report.scenes.push(s),
-            Err((plan, reason)) => failures.extend(plan.files.iter().map(|f| Failure { path: f.clone(), reason: reason.clone() })),
+            Err((plan, reason)) => failures.extend(plan.failures(&reason)),
         }
     }
     report.scenes.sort_by(|a, b| a.scene_id.cmp(&b.scene_id));
@@ -171,28 +171,26 @@ pub async fn send_scene(client: &mut Client, plan: &ScenePlan) -> Result<pixelqu
     send_one(client, plan, &progress).await
 }
 
-/// Reads one scene on a blocking thread into a small channel that DoPut
-/// streams from; the reader stops when the request goes away.
+/// Streams one scene through DoPut while it is read (see
+/// [`super::stream_scene`]); a read error is reported before the server's.
 async fn send_one(client: &mut Client, plan: &ScenePlan, progress: &Arc<Progress>) -> Result<pixelquery_proto::json::PutSummary, String> {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<arrow_array::RecordBatch, FlightError>>(2);
-    let reader_plan = plan.clone();
     let p = progress.clone();
-    let row_bytes = plan.bytes / (plan.request.height as u64).max(1);
-    let reader = tokio::task::spawn_blocking(move || {
-        let res = super::read_scene(&reader_plan, |batch| {
-            p.bytes_done.fetch_add(row_bytes * batch.num_rows() as u64 / (reader_plan.request.width as u64).max(1), Ordering::Relaxed);
-            tx.blocking_send(Ok(batch)).is_ok()
-        });
-        if let Err(e) = res {
-            let msg = e.to_string();
-            let _ = tx.blocking_send(Err(FlightError::ExternalError(Box::new(e))));
-            return Err(msg);
-        }
-        Ok(())
+    let bytes_per_value = plan.bytes / (plan.request.height as u64 * plan.request.width as u64).max(1);
+    let strips = super::stream_scene(plan, move |batch| {
+        p.bytes_done.fetch_add(bytes_per_value * batch.num_rows() as u64, Ordering::Relaxed);
     });
-    let sent = client.ingest_stream(&plan.request, tokio_stream::wrappers::ReceiverStream::new(rx)).await;
-    let read = reader.await.map_err(|e| format!("reader task failed: {e}"))?;
-    read?;
+    let read_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    let seen = read_error.clone();
+    let strips = strips.map(move |r| {
+        r.map_err(|e| {
+            *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            FlightError::ExternalError(Box::new(e))
+        })
+    });
+    let sent = client.ingest_stream(&plan.request, strips).await;
+    if let Some(e) = read_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
     sent.map_err(|e| match e.status() {
         Some(s) => format!("server: {}", s.message()),
         None => e.to_string(),

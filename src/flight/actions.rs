@@ -134,25 +134,17 @@ fn ingest_path(state: &AppState, body: &[u8]) -> Result<crate::cog::send::Ingest
         let spec = match wire::decode_ingest(&prost::Message::encode_to_vec(&plan.request)) {
             Ok(s) => s,
             Err(e) => {
-                failures.extend(plan.files.iter().map(|f| crate::cog::Failure { path: f.clone(), reason: e.to_string() }));
+                failures.extend(plan.failures(&e.to_string()));
                 continue;
             }
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<arrow_array::RecordBatch>>(2);
-        let reader_plan = plan.clone();
-        let reader = std::thread::spawn(move || {
-            if let Err(e) = crate::cog::read_scene(&reader_plan, |batch| tx.blocking_send(Ok(batch)).is_ok()) {
-                let _ = tx.blocking_send(Err(e));
-            }
-        });
-        let put = handle.block_on(crate::ingest::ingest(state.warehouse.clone(), state.ingest.clone(), spec, tokio_stream::wrappers::ReceiverStream::new(rx)));
-        let _ = reader.join();
+        let put = handle.block_on(async { crate::ingest::ingest(state.warehouse.clone(), state.ingest.clone(), spec, crate::cog::stream_scene(&plan, |_| {})).await });
         match put {
             Ok(put) => {
                 report.megabytes += plan.bytes as f64 / 1e6;
                 report.scenes.push(crate::cog::send::SceneResult::new(&plan, &put));
             }
-            Err(e) => failures.extend(plan.files.iter().map(|f| crate::cog::Failure { path: f.clone(), reason: e.to_string() })),
+            Err(e) => failures.extend(plan.failures(&e.to_string())),
         }
     }
     report.failures = failures.into_iter().map(Into::into).collect();
