@@ -350,20 +350,35 @@ fn cubic_weight(t: f64) -> f64 {
 /// 4 x 4 neighbourhood, weights renormalised.
 #[inline]
 fn cubic<T: Sample>(src: &SourceBand<'_, T>, x: f64, y: f64) -> Option<f64> {
-    let (fx, fy) = (x - 0.5, y - 0.5);
-    let (x0, y0) = (fx.floor(), fy.floor());
-    let (dx, dy) = (fx - x0, fy - y0);
-    let (x0, y0) = (x0 as i64, y0 as i64);
+    let (x0, dx) = split(x);
+    let (y0, dy) = split(y);
     let wx = [cubic_weight(1.0 + dx), cubic_weight(dx), cubic_weight(1.0 - dx), cubic_weight(2.0 - dx)];
     let wy = [cubic_weight(1.0 + dy), cubic_weight(dy), cubic_weight(1.0 - dy), cubic_weight(2.0 - dy)];
+    separable(src, x0 - 1, y0 - 1, wx, wy)
+}
+
+/// The pixel whose centre is at or left of `v` (pixel centres at +0.5) and
+/// the fraction of the way to the next centre.
+#[inline]
+fn split(v: f64) -> (i64, f64) {
+    let f = v - 0.5;
+    let i = f.floor();
+    (i as i64, f - i)
+}
+
+/// A separable kernel: taps `wx` x `wy` from pixel `(x0, y0)`, over the
+/// valid, in-bounds pixels only, weights renormalised; `None` when no valid
+/// pixel carries weight.
+#[inline]
+fn separable<T: Sample, const N: usize>(src: &SourceBand<'_, T>, x0: i64, y0: i64, wx: [f64; N], wy: [f64; N]) -> Option<f64> {
     let (mut acc, mut wsum) = (0.0, 0.0);
     for (j, wyj) in wy.iter().enumerate() {
-        let sy = y0 - 1 + j as i64;
+        let sy = y0 + j as i64;
         if sy < 0 || sy >= src.height as i64 || *wyj == 0.0 {
             continue;
         }
         for (i, wxi) in wx.iter().enumerate() {
-            let sx = x0 - 1 + i as i64;
+            let sx = x0 + i as i64;
             if sx < 0 || sx >= src.width as i64 || *wxi == 0.0 {
                 continue;
             }
@@ -375,7 +390,7 @@ fn cubic<T: Sample>(src: &SourceBand<'_, T>, x: f64, y: f64) -> Option<f64> {
             }
         }
     }
-    (wsum.abs() > 1e-5).then(|| acc / wsum)
+    (f64::abs(wsum) > 1e-5).then(|| acc / wsum)
 }
 
 /// Source pixels overlapping the box `[x0, x1] x [y0, y1]` (source pixel
@@ -428,27 +443,9 @@ fn mode<T: Sample>(src: &SourceBand<'_, T>, bx: (f64, f64), by: (f64, f64)) -> O
 /// +0.5), over the valid, in-bounds neighbours only.
 #[inline]
 fn bilinear<T: Sample>(src: &SourceBand<'_, T>, x: f64, y: f64) -> Option<f64> {
-    let (fx, fy) = (x - 0.5, y - 0.5);
-    let (x0, y0) = (fx.floor(), fy.floor());
-    let (dx, dy) = (fx - x0, fy - y0);
-    let (x0, y0) = (x0 as i64, y0 as i64);
-    let mut acc = 0.0;
-    let mut wsum = 0.0;
-    for (oy, wy) in [(0i64, 1.0 - dy), (1, dy)] {
-        for (ox, wx) in [(0i64, 1.0 - dx), (1, dx)] {
-            let (sx, sy) = (x0 + ox, y0 + oy);
-            let wgt = wx * wy;
-            if wgt <= 0.0 || sx < 0 || sy < 0 || sx >= src.width as i64 || sy >= src.height as i64 {
-                continue;
-            }
-            let i = sy as usize * src.width + sx as usize;
-            if src.is_valid(i) {
-                acc += wgt * src.values[i].to_f64();
-                wsum += wgt;
-            }
-        }
-    }
-    (wsum > 1e-5).then(|| acc / wsum)
+    let (x0, dx) = split(x);
+    let (y0, dy) = split(y);
+    separable(src, x0, y0, [1.0 - dx, dx], [1.0 - dy, dy])
 }
 
 #[cfg(test)]
