@@ -158,7 +158,8 @@ struct QueryJson {
     point: Vec<f64>,
 }
 
-fn opt_time(field: &str, v: Option<Value>) -> Result<Option<i64>> {
+/// An optional JSON time (absent or null: `None`).
+pub(crate) fn opt_time(field: &str, v: Option<Value>) -> Result<Option<i64>> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => json_time(field, &v).map(Some),

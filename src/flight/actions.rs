@@ -109,12 +109,7 @@ fn ingest_path(state: &AppState, body: &[u8]) -> Result<crate::cog::send::Ingest
         return Err(Error::invalid("paths", "[]", "give at least one file or directory"));
     }
     let paths = b.paths.iter().map(|p| crate::cog::check_allowed(p, &state.ingest_roots)).collect::<Result<Vec<_>>>()?;
-    let time_ms = match &b.time {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(wire::parse_time("time", s)?),
-        Some(Value::Number(n)) => Some(n.as_i64().ok_or_else(|| Error::invalid("time", n, "expected integer milliseconds"))?),
-        Some(other) => return Err(Error::invalid("time", other, "expected an RFC 3339 string or integer milliseconds")),
-    };
+    let time_ms = wire::opt_time("time", b.time)?;
     let opts = crate::cog::CogOptions {
         collection: b.collection.clone(),
         collection_bands: store.meta.bands.iter().map(|b| b.name.clone()).collect(),
