@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libgdal-dev gdal-bin protobuf-compiler pkg-config python3-venv)
+packages=(libgdal-dev gdal-bin protobuf-compiler pkg-config python3-venv openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{default_threads, Config};
+use crate::auth::Auth;
+use crate::config::{default_threads, Config, Limits, TlsPem};
+use crate::error::{Error, Result};
 use crate::ingest::IngestOptions;
 
 #[derive(Debug, Parser)]
@@ -56,6 +58,13 @@ pub struct IngestArgs {
     /// Print the report as JSON on stdout (the shape `ingest_path` returns).
     #[arg(long)]
     pub json: bool,
+    /// Bearer token for a server with auth (a `write` token).
+    #[arg(long, env = "PIXELQUERY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (for
+    /// `grpc+tls://` servers whose certificate is not publicly trusted).
+    #[arg(long, env = "PIXELQUERY_TLS_ROOT_CERT")]
+    pub tls_root_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,11 +95,49 @@ pub struct ServeArgs {
     /// Seconds calls in flight may take to finish after SIGINT/SIGTERM.
     #[arg(long, env = "PIXELQUERY_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Access file: one `<role> <token>` or `<role> <user>:<password>` per
+    /// line, roles read/write/admin. Turns auth on.
+    #[arg(long, env = "PIXELQUERY_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Serve without auth on a non-loopback address (everyone can write).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// PEM certificate chain; with --tls-key, serve TLS (`grpc+tls://`).
+    #[arg(long, env = "PIXELQUERY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PIXELQUERY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// DoPut calls running at once; more get ResourceExhausted.
+    #[arg(long, env = "PIXELQUERY_MAX_CONCURRENT_PUTS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_puts: u32,
+    /// Seconds a call (a whole DoGet stream included) may run.
+    #[arg(long, env = "PIXELQUERY_REQUEST_TIMEOUT_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+    /// Most stored MiB one DoGet ticket may select.
+    #[arg(long, env = "PIXELQUERY_MAX_QUERY_MB", default_value_t = 8192)]
+    pub max_query_mb: u64,
 }
 
 impl ServeArgs {
-    pub fn into_config(self) -> Config {
-        Config {
+    /// Checks the flags together and reads the files they name.
+    pub fn into_config(self) -> Result<Config> {
+        let auth = match &self.auth_file {
+            Some(path) => Some(std::sync::Arc::new(Auth::from_file(path)?)),
+            None => None,
+        };
+        if auth.is_none() && !self.listen.ip().is_loopback() && !self.insecure_no_auth {
+            return Err(Error::invalid(
+                "--listen",
+                self.listen,
+                "serving beyond loopback without auth lets anyone write and delete: give --auth-file, or --insecure-no-auth if that is really wanted",
+            ));
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsPem { cert: std::fs::read(cert).map_err(Error::io(cert))?, key: std::fs::read(key).map_err(Error::io(key))? }),
+            _ => None,
+        };
+        Ok(Config {
             warehouse: self.warehouse,
             listen: self.listen,
             max_message_bytes: (self.max_message_mb as usize) << 20,
@@ -100,6 +147,13 @@ impl ServeArgs {
                 warp_threads: self.warp_threads.unwrap_or_else(default_threads).max(1),
             },
             ingest_roots: self.ingest_roots,
-        }
+            auth,
+            tls,
+            limits: Limits {
+                max_concurrent_puts: self.max_concurrent_puts as usize,
+                request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
+                max_query_bytes: self.max_query_mb.saturating_mul(1 << 20),
+            },
+        })
     }
 }

@@ -2,7 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::auth::Auth;
 use crate::ingest::IngestOptions;
 
 /// Everything `run` needs to know, already checked.
@@ -16,6 +19,46 @@ pub struct Config {
     pub ingest: IngestOptions,
     /// Where `ingest_path` may read files (empty: nowhere).
     pub ingest_roots: Vec<String>,
+    /// Credentials; `None` serves everyone (allowed on loopback only, unless
+    /// the operator said `--insecure-no-auth`).
+    pub auth: Option<Arc<Auth>>,
+    /// PEM certificate chain and private key; `None` serves plain gRPC.
+    pub tls: Option<TlsPem>,
+    /// Limits on calls (concurrency, time, result size).
+    pub limits: Limits,
+}
+
+/// A server certificate chain and its key, PEM.
+#[derive(Clone)]
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsPem { .. }")
+    }
+}
+
+/// Per-call limits; past them a call fails fast instead of queueing.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// DoPut calls running at once; one more gets `ResourceExhausted`.
+    pub max_concurrent_puts: usize,
+    /// Longest a call may run (a DoGet stream included) before it fails
+    /// with `DeadlineExceeded`. A client's shorter `grpc-timeout` wins.
+    pub request_timeout: Duration,
+    /// Most bytes one DoGet ticket may select (stored chunk bytes); larger
+    /// queries get `ResourceExhausted` and should fetch GetFlightInfo's
+    /// endpoints one by one.
+    pub max_query_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_concurrent_puts: 16, request_timeout: Duration::from_secs(600), max_query_bytes: 8 << 30 }
+    }
 }
 
 impl Config {
@@ -27,6 +70,9 @@ impl Config {
             max_message_bytes: 64 << 20,
             ingest: IngestOptions { max_raster_bytes: 4 << 30, max_tiles: 250_000, warp_threads: default_threads() },
             ingest_roots: Vec::new(),
+            auth: None,
+            tls: None,
+            limits: Limits::default(),
         }
     }
 }

@@ -46,6 +46,16 @@ pub enum Error {
     /// A stored file does not look like what we wrote.
     #[error("corrupt {path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// No valid credentials.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Valid credentials whose role does not allow the call.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// A server limit (concurrency, result size) is reached; retry later or
+    /// ask for less.
+    #[error("{0}")]
+    Exhausted(String),
     /// A background task died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -90,6 +100,9 @@ impl Error {
             Error::Invalid { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Exhausted(_) => Code::ResourceExhausted,
             Error::Io { .. } => Code::Internal,
             Error::Arrow { .. } => Code::Internal,
             Error::Gdal { .. } => Code::Internal,

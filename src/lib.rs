@@ -3,6 +3,7 @@
 //! served back with `DoGet`.
 //!
 //! - [`cli`], [`config`]: command line and validated settings
+//! - [`auth`]: access file, bearer tokens, roles, Handshake
 //! - [`server`]: `run(listener, state, shutdown)`
 //! - [`flight`]: the FlightService, thin; DoAction in `flight::actions`
 //! - [`wire`]: protobuf/JSON requests into validated domain requests
@@ -15,6 +16,7 @@
 //! - [`query`]: query -> chunks -> record batches, point series
 //! - [`error`]: the crate error and its one mapping to `tonic::Status`
 
+pub mod auth;
 pub mod cli;
 pub mod cog;
 pub mod collection;

@@ -18,14 +18,14 @@ async fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
             let grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
-            let config = args.into_config();
+            let config = args.into_config().context("checking the settings")?;
             let cfg = config.clone();
             let state = tokio::task::spawn_blocking(move || server::open_state(&cfg)).await?.context("opening the warehouse")?;
             let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
             let addr = listener.local_addr()?;
             // Tests and scripts read this line to find a port-0 server.
             println!("pixelquery listening on {addr}");
-            tracing::info!(%addr, warehouse = %config.warehouse.display(), "serving");
+            tracing::info!(%addr, warehouse = %config.warehouse.display(), auth = config.auth.is_some(), tls = config.tls.is_some(), "serving");
             // On SIGINT/SIGTERM stop accepting and let calls in flight finish,
             // for at most the grace period.
             let stopping = std::sync::Arc::new(tokio::sync::Notify::new());

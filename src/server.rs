@@ -16,7 +16,7 @@ use crate::storage::Warehouse;
 /// returns the shared state. Blocking.
 pub fn open_state(config: &Config) -> crate::error::Result<Arc<AppState>> {
     let warehouse = Arc::new(Warehouse::open(&config.warehouse)?);
-    Ok(Arc::new(AppState { warehouse, ingest: config.ingest.clone(), ingest_roots: config.ingest_roots.clone() }))
+    Ok(Arc::new(AppState::new(warehouse, config)))
 }
 
 /// Serves until `shutdown` completes; in-flight calls are allowed to finish.
@@ -24,7 +24,12 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
     let svc = FlightServiceServer::new(Service::new(state))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(pem) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(&pem.cert, &pem.key);
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    builder
         .tcp_nodelay(true)
         .add_service(svc)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

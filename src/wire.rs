@@ -429,6 +429,9 @@ impl QuerySpec {
 
 const DEFAULT_BBOX_CRS: &str = "EPSG:4326";
 
+/// Most tile ids one query may list.
+pub const MAX_QUERY_TILES: usize = 10_000;
+
 /// Validates a query (ListFlights criteria arrive as a query without tiles
 /// or point); an empty collection is allowed for criteria only.
 fn validate_query(q: pb::Query) -> Result<QuerySpec> {
@@ -448,6 +451,9 @@ fn validate_query(q: pb::Query) -> Result<QuerySpec> {
     let chosen = [!tiles.is_empty(), !bbox.is_empty(), !point.is_empty()].iter().filter(|b| **b).count();
     if chosen > 1 {
         return Err(Error::invalid("tiles/bbox/point", "several given", "give at most one of tiles, bbox and point"));
+    }
+    if tiles.len() > MAX_QUERY_TILES {
+        return Err(Error::invalid("tiles", format!("{} tile ids", tiles.len()), &format!("a query names at most {MAX_QUERY_TILES} tiles; use a bbox for larger areas")));
     }
     let area = if !tiles.is_empty() {
         let ids = tiles

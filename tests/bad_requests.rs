@@ -28,6 +28,14 @@ enum Call {
     Schema(Bytes),
     List(Bytes),
     Action(&'static str, Bytes),
+    /// The call made by a client with this token (or none).
+    As(Option<&'static str>, Box<Call>),
+    /// A raw FlightData message larger than the server's message limit.
+    Oversized(usize),
+}
+
+fn as_(token: Option<&'static str>, c: Call) -> Call {
+    Call::As(token, Box::new(c))
 }
 
 fn json(v: serde_json::Value) -> Bytes {
@@ -50,9 +58,26 @@ fn red_rows(rows: usize, width: usize) -> Vec<RecordBatch> {
     red_batches((0..rows * width).map(|i| (i % 500 + 1) as u16).collect(), width)
 }
 
-async fn call(client: &mut Client, c: Call) -> Result<(), ClientError> {
+async fn call(server: &TestServer, client: &mut Client, c: Call) -> Result<(), ClientError> {
+    if let Call::As(token, inner) = c {
+        let mut other = match token {
+            Some(t) => server.client_with_token(t).await,
+            None => server.client().await,
+        };
+        return Box::pin(call(server, &mut other, *inner)).await;
+    }
     let f = client.flight();
     match c {
+        Call::As(..) => unreachable!("handled above"),
+        Call::Oversized(n) => {
+            let msg = arrow_flight::FlightData {
+                flight_descriptor: Some(FlightDescriptor::new_cmd(ingest_json(serde_json::json!({})))),
+                data_body: Bytes::from(vec![7u8; n]),
+                ..Default::default()
+            };
+            let _: Vec<_> = f.do_put(futures::stream::iter([Ok(msg)])).await?.try_collect().await?;
+            Ok(())
+        }
         Call::Put(cmd, batches) => client.ingest_raw(cmd, batches).await.map(|_| ()),
         Call::PutNoRows(cmd) => {
             let schema = Arc::new(Schema::new(vec![Field::new("red", DataType::UInt16, false)]));
@@ -82,8 +107,13 @@ async fn call(client: &mut Client, c: Call) -> Result<(), ClientError> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_write_nothing() {
-    let server = TestServer::start().await;
-    let mut client = server.client().await;
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        with_auth(c);
+        c.max_message_bytes = 4 << 20;
+        c.ingest.max_raster_bytes = 1 << 20;
+    })
+    .await;
+    let mut client = server.client_with_token(ADMIN_TOKEN).await;
     create_red_collection(&mut client, "s2").await;
     // One good scene, so "unchanged" covers chunk files too.
     client.ingest(&ingest_request("s2", "good", T, utm_geotransform(64), 64, "nearest"), red_rows(64, 64)).await.unwrap();
@@ -134,10 +164,32 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
         ("existing collection", Call::Action("create_collection", json(serde_json::json!({"name": "s2", "profile": "sentinel2_l2a"}))), Code::AlreadyExists, "s2"),
         ("unknown action", Call::Action("drop_everything", Bytes::new()), Code::InvalidArgument, "action.type"),
         ("describe unknown tile form", Call::Action("describe", json(serde_json::json!({"collection": "s2", "tile": "x1_y1"}))), Code::InvalidArgument, "tile"),
+        // Oversized.
+        ("raster over --max-raster-mb", Call::Put(ingest_json(serde_json::json!({"width": 1024, "height": 1024})), red_rows(1, 64)), Code::InvalidArgument, "exceeds the server limit"),
+        ("message over --max-message-mb", Call::Oversized(5 << 20), Code::OutOfRange, "too large"),
+        ("10 001 tiles in a query", Call::Get(json(serde_json::json!({"collection": "s2", "tiles": vec!["x0001_y0001"; 10_001]}))), Code::InvalidArgument, "at most 10000 tiles"),
+        // Traversal and identifiers.
+        ("collection ..", Call::Info(json(serde_json::json!({"collection": ".."}))), Code::InvalidArgument, "collection"),
+        ("collection with a slash", Call::Put(ingest_json(serde_json::json!({"collection": "s2/../../etc"})), red_rows(64, 64)), Code::InvalidArgument, "collection"),
+        ("absolute collection path", Call::Action("describe", json(serde_json::json!({"collection": "/etc"}))), Code::InvalidArgument, "collection"),
+        ("NUL in a collection name", Call::Action("delete", json(serde_json::json!({"collection": "s2\0x", "scene_id": "a"}))), Code::InvalidArgument, "collection"),
+        ("collection name of 300 chars", Call::Action("create_collection", json(serde_json::json!({"name": "a".repeat(300), "profile": "sentinel2_l2a"}))), Code::InvalidArgument, "name"),
+        ("band name ..", Call::Action("create_collection", json(serde_json::json!({"name": "b", "bands": [{"name": "../x", "dtype": "uint16"}], "grid": {"resolution": 10}}))), Code::InvalidArgument, "bands[0].name"),
+        ("tile id with a path", Call::Action("delete", json(serde_json::json!({"collection": "s2", "tile": "../../x1_y1"}))), Code::InvalidArgument, "tile"),
+        ("scene id with NUL", Call::Put(ingest_json(serde_json::json!({"scene_id": "a\0b"})), red_rows(64, 64)), Code::InvalidArgument, "scene_id"),
+        ("ingest_path outside the roots", Call::Action("ingest_path", json(serde_json::json!({"collection": "s2", "paths": ["/etc/passwd"]}))), Code::InvalidArgument, "ingest"),
+        // Auth and roles.
+        ("no token", as_(None, Call::Info(json(serde_json::json!({"collection": "s2"})))), Code::Unauthenticated, "authorization"),
+        ("unknown token", as_(Some("not-a-token-of-this-server"), Call::Get(json(serde_json::json!({"collection": "s2"})))), Code::Unauthenticated, "invalid"),
+        ("read token DoPut", as_(Some(READ_TOKEN), Call::Put(ingest_json(serde_json::json!({})), red_rows(64, 64))), Code::PermissionDenied, "write role"),
+        ("read token create", as_(Some(READ_TOKEN), Call::Action("create_collection", json(serde_json::json!({"name": "r", "profile": "sentinel2_l2a"})))), Code::PermissionDenied, "write role"),
+        ("read token delete", as_(Some(READ_TOKEN), Call::Action("delete", json(serde_json::json!({"collection": "s2", "scene_id": "good"})))), Code::PermissionDenied, "delete needs the write role"),
+        ("read token compact", as_(Some(READ_TOKEN), Call::Action("compact", json(serde_json::json!({"collection": "s2"})))), Code::PermissionDenied, "write role"),
+        ("write token ingest_path", as_(Some(WRITE_TOKEN), Call::Action("ingest_path", json(serde_json::json!({"collection": "s2", "paths": ["/tmp"]})))), Code::PermissionDenied, "ingest_path needs the admin role"),
     ];
-    assert!(cases.len() >= 15);
+    assert!(cases.len() >= 30);
     for (name, c, code, needle) in cases {
-        let err = call(&mut client, c).await.expect_err(name);
+        let err = call(&server, &mut client, c).await.expect_err(name);
         let status = err.status().unwrap_or_else(|| panic!("{name}: not a status: {err}"));
         assert_eq!(status.code(), code, "{name}: {}", status.message());
         assert!(status.message().contains(needle), "{name}: message {:?} does not name {needle:?}", status.message());

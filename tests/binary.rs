@@ -41,3 +41,31 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+#[test]
+fn binary_refuses_to_serve_beyond_loopback_without_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pixelquery"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--warehouse"])
+        .arg(dir.path().join("wh"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--auth-file") && stderr.contains("0.0.0.0"), "{stderr}");
+    assert!(!dir.path().join("wh").exists(), "nothing is created");
+
+    // A bad access file is refused naming the line, never the secret.
+    let access = dir.path().join("access");
+    std::fs::write(&access, "read tooshort\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pixelquery"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--auth-file"])
+        .arg(&access)
+        .arg("--warehouse")
+        .arg(dir.path().join("wh"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 1") && !stderr.contains("tooshort"), "{stderr}");
+}

@@ -209,7 +209,12 @@ fn client_error(what: &str) -> impl FnOnce(pixelquery_client::ClientError) -> cr
 /// prints a summary (and the failures with their reasons).
 pub async fn run_cli(args: crate::cli::IngestArgs) -> crate::error::Result<IngestReport> {
     use crate::error::Error;
-    let client = Client::connect(&args.server).await.map_err(|e| Error::Internal(format!("cannot reach {}: {e}", args.server)))?;
+    let tls_root_cert = match &args.tls_root_cert {
+        Some(p) => Some(std::fs::read(p).map_err(Error::io(p))?),
+        None => None,
+    };
+    let opts = pixelquery_client::ConnectOptions { token: args.token.clone(), tls_root_cert };
+    let client = Client::connect_with(&args.server, &opts).await.map_err(|e| Error::Internal(format!("cannot reach {}: {e}", args.server)))?;
     let mut c = client.try_clone();
     let desc = match c.describe(&args.collection).await {
         Ok(d) => d,

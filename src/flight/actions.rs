@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::collection::{self, Band, Collection, DType, GridDoc, Resampling, PROFILE_NAMES};
 use crate::flight::AppState;
+use crate::auth::Role;
 use crate::error::{Error, Result};
 use crate::grid::{GridSpec, TileId};
 use crate::storage::{CollectionStore, Warehouse};
@@ -36,6 +37,16 @@ pub const ACTIONS: [(&str, &str); 7] = [
 
 /// Runs one action. Blocking (GDAL for CRS checks, file IO); call it from a
 /// blocking task of the server's runtime (`ingest_path` drives ingests on it).
+/// The role an action needs when auth is on: writes need `write`; making
+/// the server read its own files needs `admin`.
+pub fn required_role(name: &str) -> Role {
+    match name {
+        "create_collection" | "delete" | "compact" => Role::Write,
+        "ingest_path" => Role::Admin,
+        _ => Role::Read,
+    }
+}
+
 pub fn run(state: &AppState, name: &str, body: &[u8]) -> Result<Value> {
     let warehouse: &Warehouse = &state.warehouse;
     match name {

@@ -4,7 +4,9 @@
 
 pub mod actions;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -18,8 +20,12 @@ use arrow_flight::{
 use arrow_ipc::writer::IpcWriteOptions;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
+use crate::auth::{Auth, Role};
+use crate::config::{Config, Limits};
 use crate::error::{Error, Result};
 use crate::ingest::{self, IngestOptions};
 use crate::query::{self, Plan};
@@ -38,6 +44,35 @@ pub struct AppState {
     pub ingest: IngestOptions,
     /// Where `ingest_path` may read files (empty: nowhere).
     pub ingest_roots: Vec<String>,
+    /// Credentials; `None`: every caller may do everything.
+    pub auth: Option<Arc<Auth>>,
+    pub limits: Limits,
+    /// One permit per DoPut (or ingest_path) running.
+    pub put_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(warehouse: Arc<Warehouse>, config: &Config) -> Self {
+        Self {
+            warehouse,
+            ingest: config.ingest.clone(),
+            ingest_roots: config.ingest_roots.clone(),
+            auth: config.auth.clone(),
+            limits: config.limits.clone(),
+            put_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_puts)),
+        }
+    }
+
+    /// A write slot, or `ResourceExhausted` when all are taken (a client
+    /// retries later; the server does not queue without end).
+    pub fn put_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.put_slots.clone().try_acquire_owned().map_err(|_| {
+            Error::Exhausted(format!(
+                "{} writes are already running, the server's limit (--max-concurrent-puts); retry after one finishes",
+                self.limits.max_concurrent_puts
+            ))
+        })
+    }
 }
 
 /// The FlightService implementation.
@@ -99,9 +134,83 @@ fn from_flight(e: FlightError) -> Status {
     }
 }
 
+/// Request ids, unique per server process.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Service {
+    /// The role of the caller, or the status refusing it. With auth off
+    /// every caller is `admin`.
+    fn authorize(&self, rpc: &str, metadata: &MetadataMap, need: Role) -> Result<Role> {
+        let Some(auth) = &self.state.auth else { return Ok(Role::Admin) };
+        let role = auth.check(metadata.get("authorization").map(|v| v.as_bytes()))?;
+        if role < need {
+            return Err(Error::PermissionDenied(format!("{rpc} needs the {} role; this token has {}", need.as_str(), role.as_str())));
+        }
+        Ok(role)
+    }
+
+    /// Runs one call: a request id (on every log line of the call and sent
+    /// back as `x-request-id`), the auth check, the deadline, and a panic
+    /// turned into `Internal` (logged with the RPC; the server keeps serving).
+    async fn call<T>(
+        &self,
+        rpc: &str,
+        metadata: &MetadataMap,
+        need: Role,
+        handler: impl std::future::Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("call", id, rpc);
+        let started = Instant::now();
+        let limit = self.state.limits.request_timeout;
+        let result = async {
+            self.authorize(rpc, metadata, need)?;
+            match tokio::time::timeout(limit, guarded(rpc, handler)).await {
+                Ok(r) => r,
+                Err(_) => Err(deadline_exceeded(limit)),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        let _enter = span.enter();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let id_value = MetadataValue::from(id);
+        match result {
+            Ok(mut response) => {
+                tracing::debug!(ms, "call answered");
+                response.metadata_mut().insert("x-request-id", id_value);
+                Ok(response)
+            }
+            Err(mut status) => {
+                tracing::info!(ms, code = ?status.code(), message = status.message(), "call failed");
+                status.metadata_mut().insert("x-request-id", id_value);
+                Err(status)
+            }
+        }
+    }
+}
+
+fn deadline_exceeded(limit: Duration) -> Status {
+    Status::deadline_exceeded(format!("the call ran longer than the server's request timeout of {} s (--request-timeout-secs)", limit.as_secs()))
+}
+
+/// `stream`, ended with `DeadlineExceeded` if it is still running after
+/// `limit` (a slow reader cannot hold a reader thread for ever).
+fn with_deadline<T: Send + 'static>(stream: BoxStream<'static, Result<T, Status>>, limit: Duration) -> BoxStream<'static, Result<T, Status>> {
+    let sleep = Box::pin(tokio::time::sleep(limit));
+    futures::stream::unfold(Some((stream, sleep)), move |state| async move {
+        let (mut stream, mut sleep) = state?;
+        tokio::select! {
+            item = stream.next() => item.map(|i| (i, Some((stream, sleep)))),
+            _ = &mut sleep => Some((Err(deadline_exceeded(limit)), None)),
+        }
+    })
+    .boxed()
+}
+
 /// Runs a handler so that a panic in it becomes `Internal` (logged with the
 /// RPC's name) instead of dropping the connection; the server keeps serving.
-async fn guarded<T>(rpc: &'static str, handler: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
+async fn guarded<T>(rpc: &str, handler: impl std::future::Future<Output = Result<T, Status>>) -> Result<T, Status> {
     match std::panic::AssertUnwindSafe(handler).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => {
@@ -130,13 +239,27 @@ impl FlightService for Service {
     type ListActionsStream = BoxStream<'static, Result<ActionType, Status>>;
     type DoExchangeStream = BoxStream<'static, Result<FlightData, Status>>;
 
-    async fn handshake(&self, _request: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(Status::unimplemented("authentication is not enabled on this server; call the other RPCs directly"))
+    async fn handshake(&self, request: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+        let Some(auth) = self.state.auth.clone() else {
+            return Err(Status::unimplemented("auth is off on this server: call the other RPCs without a token"));
+        };
+        let metadata = request.metadata().clone();
+        // Handshake is how a caller without a token gets one: no role needed.
+        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        let _span = tracing::info_span!("call", id, rpc = "Handshake").entered();
+        let (token, role) = auth.handshake(metadata.get("authorization").map(|v| v.as_bytes()))?;
+        tracing::info!(role = role.as_str(), "session token issued");
+        let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| Status::internal("token is not ASCII"))?;
+        let answer = HandshakeResponse { protocol_version: 0, payload: token.into_bytes().into() };
+        let mut response = Response::new(futures::stream::once(async move { Ok(answer) }).boxed());
+        response.metadata_mut().insert("authorization", bearer);
+        Ok(response)
     }
 
     async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        guarded("ListFlights", async move {
-            let spec = wire::decode_criteria(&request.into_inner().expression)?;
+        let (metadata, _, criteria) = request.into_parts();
+        self.call("ListFlights", &metadata, Role::Read, async move {
+            let spec = wire::decode_criteria(&criteria.expression)?;
             let stores = if spec.collection.is_empty() { self.state.warehouse.collections() } else { vec![self.state.warehouse.collection(&spec.collection)?] };
             let mut infos = Vec::new();
             for store in stores {
@@ -153,8 +276,8 @@ impl FlightService for Service {
     }
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        guarded("GetFlightInfo", async move {
-            let descriptor = request.into_inner();
+        let (metadata, _, descriptor) = request.into_parts();
+        self.call("GetFlightInfo", &metadata, Role::Read, async move {
             let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
             let p = plan(&self.state, spec).await?;
             Ok(Response::new(flight_info(&p, descriptor)?))
@@ -167,8 +290,8 @@ impl FlightService for Service {
     }
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
-        guarded("GetSchema", async move {
-            let descriptor = request.into_inner();
+        let (metadata, _, descriptor) = request.into_parts();
+        self.call("GetSchema", &metadata, Role::Read, async move {
             let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
             let p = plan(&self.state, spec).await?;
             let schema = p.schema()?;
@@ -181,9 +304,18 @@ impl FlightService for Service {
     }
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        guarded("DoGet", async move {
-            let spec = wire::decode_query("ticket", &request.into_inner().ticket)?;
+        let (metadata, _, ticket) = request.into_parts();
+        self.call("DoGet", &metadata, Role::Read, async move {
+            let spec = wire::decode_query("ticket", &ticket.ticket)?;
             let p = plan(&self.state, spec).await?;
+            let max = self.state.limits.max_query_bytes;
+            if p.total_bytes() > max {
+                return Err(Error::Exhausted(format!(
+                    "the ticket selects {} stored bytes, more than the server's limit of {max} (--max-query-mb): fetch GetFlightInfo's endpoints one by one or narrow the query",
+                    p.total_bytes()
+                ))
+                .into());
+            }
             let schema = p.schema()?;
             // A blocking reader feeds a small channel; it stops when the client
             // goes away (the receiver is dropped and `send` fails).
@@ -199,14 +331,15 @@ impl FlightService for Service {
             });
             let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
             let stream = FlightDataEncoderBuilder::new().with_schema(schema).with_max_flight_data_size(MAX_FLIGHT_DATA).build(batches).map_err(from_flight);
-            Ok(Response::new(stream.boxed()))
+            Ok(Response::new(with_deadline(stream.boxed(), self.state.limits.request_timeout)))
         })
         .await
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        guarded("DoPut", async move {
-            let mut stream = request.into_inner();
+        let (metadata, _, mut stream) = request.into_parts();
+        self.call("DoPut", &metadata, Role::Write, async move {
+            let _slot = self.state.put_slot()?;
             // The descriptor rides on the first message; read it before the rest.
             let first = stream
                 .message()
@@ -226,8 +359,12 @@ impl FlightService for Service {
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
-        guarded("DoAction", async move {
-            let action = request.into_inner();
+        let (metadata, _, action) = request.into_parts();
+        let need = actions::required_role(&action.r#type);
+        // Known action names only: a client's string does not reach the logs.
+        let rpc = actions::ACTIONS.iter().find(|a| a.0 == action.r#type).map(|a| format!("DoAction {}", a.0)).unwrap_or_else(|| "DoAction".into());
+        self.call(&rpc, &metadata, need, async move {
+            let _slot = if action.r#type == "ingest_path" { Some(self.state.put_slot()?) } else { None };
             let state = self.state.clone();
             let value = blocking(move || actions::run(&state, &action.r#type, &action.body)).await?;
             let body = serde_json::to_vec(&value).map_err(|e| Error::Internal(e.to_string()))?;
@@ -237,9 +374,13 @@ impl FlightService for Service {
         .await
     }
 
-    async fn list_actions(&self, _request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
-        let list = actions::ACTIONS.iter().map(|(t, d)| Ok(ActionType { r#type: t.to_string(), description: d.to_string() }));
-        Ok(Response::new(futures::stream::iter(list.collect::<Vec<_>>()).boxed()))
+    async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        let metadata = request.metadata().clone();
+        self.call("ListActions", &metadata, Role::Read, async move {
+            let list = actions::ACTIONS.iter().map(|(t, d)| Ok(ActionType { r#type: t.to_string(), description: d.to_string() }));
+            Ok(Response::new(futures::stream::iter(list.collect::<Vec<_>>()).boxed()))
+        })
+        .await
     }
 
     async fn do_exchange(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {

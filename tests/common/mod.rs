@@ -37,7 +37,9 @@ impl TestServer {
         let cfg = config.clone();
         let state = tokio::task::spawn_blocking(move || server::open_state(&cfg)).await.unwrap().expect("open warehouse");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let uri = format!("grpc://{}", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        // A TLS server's test certificate names `localhost`.
+        let uri = if config.tls.is_some() { format!("grpc+tls://localhost:{port}") } else { format!("grpc://127.0.0.1:{port}") };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             server::run(listener, state, &config, async {
@@ -55,6 +57,12 @@ impl TestServer {
 
     pub async fn client(&self) -> Client {
         Client::connect(&self.uri).await.expect("connect")
+    }
+
+    /// A client sending `token` on every call.
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        let opts = pixelquery_client::ConnectOptions { token: Some(token.into()), tls_root_cert: None };
+        Client::connect_with(&self.uri, &opts).await.expect("connect")
     }
 
     /// Stops the server and returns its (still existing) directory.
@@ -166,4 +174,17 @@ pub async fn create_red_collection(client: &mut Client, name: &str) {
         }))
         .await
         .expect("create collection");
+}
+
+/// Tokens of [`ACCESS_FILE`], one per role.
+pub const READ_TOKEN: &str = "read-token-0123456789abcdef";
+pub const WRITE_TOKEN: &str = "write-token-0123456789abcdef";
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+
+/// An access file with one token per role and the user `alice` (write).
+pub const ACCESS_FILE: &str = "# test access file\nread read-token-0123456789abcdef\nwrite write-token-0123456789abcdef\nadmin admin-token-0123456789abcdef\nwrite alice:alice-password-0123\n";
+
+/// Turns auth on with [`ACCESS_FILE`].
+pub fn with_auth(config: &mut Config) {
+    config.auth = Some(Arc::new(pixelquery::auth::Auth::parse(ACCESS_FILE).unwrap()));
 }

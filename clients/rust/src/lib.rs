@@ -55,24 +55,78 @@ impl ClientError {
 /// The server's answer to a DoPut (PutResult app_metadata).
 pub use pixelquery_proto::json::PutSummary;
 
+/// How to reach a server beyond its URI.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Bearer token sent on every call (servers with auth).
+    pub token: Option<String>,
+    /// PEM of the CA that signed the server's certificate, for `grpc+tls://`
+    /// servers with a private CA; without it the system's roots are used.
+    pub tls_root_cert: Option<Vec<u8>>,
+}
+
 /// A connection to one server.
 pub struct Client {
     inner: FlightClient,
+    token: Option<String>,
 }
 
 impl Client {
-    /// Connects to `grpc://host:port` (or `http://host:port`).
+    /// Connects to `grpc://host:port` (or `http://`, `grpc+tls://`, `https://`).
     pub async fn connect(uri: &str) -> Result<Self> {
-        let http = uri.replacen("grpc+tcp://", "http://", 1).replacen("grpc://", "http://", 1);
-        let endpoint = tonic::transport::Endpoint::from_shared(http).map_err(|_| ClientError::Uri(uri.to_string()))?;
-        let channel = endpoint.tcp_nodelay(true).connect().await?;
+        Self::connect_with(uri, &ConnectOptions::default()).await
+    }
+
+    /// Connects with a token and/or TLS settings.
+    pub async fn connect_with(uri: &str, opts: &ConnectOptions) -> Result<Self> {
+        let bad_uri = || ClientError::Uri(uri.to_string());
+        let (http, tls) = if let Some(rest) = uri.strip_prefix("grpc+tls://").or_else(|| uri.strip_prefix("https://")) {
+            (format!("https://{rest}"), true)
+        } else {
+            (uri.replacen("grpc+tcp://", "http://", 1).replacen("grpc://", "http://", 1), false)
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(http).map_err(|_| bad_uri())?.tcp_nodelay(true);
+        if tls {
+            let mut config = tonic::transport::ClientTlsConfig::new();
+            config = match &opts.tls_root_cert {
+                Some(pem) => config.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                None => config.with_native_roots(),
+            };
+            endpoint = endpoint.tls_config(config)?;
+        }
+        let channel = endpoint.connect().await?;
         let inner = FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Self { inner: FlightClient::new_from_inner(inner) })
+        let mut client = Self { inner: FlightClient::new_from_inner(inner), token: None };
+        if let Some(token) = &opts.token {
+            client.set_token(token)?;
+        }
+        Ok(client)
+    }
+
+    /// Sends `authorization: Bearer <token>` on every following call.
+    pub fn set_token(&mut self, token: &str) -> Result<()> {
+        self.inner.add_header("authorization", &format!("Bearer {token}"))?;
+        self.token = Some(token.to_string());
+        Ok(())
+    }
+
+    /// Flight `Handshake` with a user name and password (the server's access
+    /// file); the session token it returns is used for the following calls
+    /// and returned.
+    pub async fn handshake(&mut self, user: &str, password: &str) -> Result<String> {
+        self.inner.add_header("authorization", &format!("Basic {}", base64_encode(format!("{user}:{password}").as_bytes())))?;
+        let answer = self.inner.handshake(Bytes::new()).await;
+        self.inner.metadata_mut().remove("authorization");
+        let token = String::from_utf8(answer?.to_vec()).map_err(|_| ClientError::Answer("the handshake token is not UTF-8".into()))?;
+        self.set_token(&token)?;
+        Ok(token)
     }
 
     /// A second handle on the same connection (calls run concurrently).
     pub fn try_clone(&self) -> Self {
-        Self { inner: FlightClient::new_from_inner(self.inner.inner().clone()) }
+        let mut inner = FlightClient::new_from_inner(self.inner.inner().clone());
+        *inner.metadata_mut() = self.inner.metadata().clone();
+        Self { inner, token: self.token.clone() }
     }
 
     /// The underlying Flight client, for calls this crate does not wrap.
@@ -182,4 +236,33 @@ pub fn raster_batches(bands: Vec<(String, ArrayRef)>, valid: Option<BooleanArray
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| ClientError::Raster(e.to_string()))?;
     let height = len / width;
     Ok((0..height).step_by(rows_per_batch).map(|r| batch.slice(r * width, rows_per_batch.min(height - r) * width)).collect())
+}
+
+/// Standard base64 with padding (for the Basic header of `handshake`).
+fn base64_encode(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_encode_pads() {
+        assert_eq!(super::base64_encode(b"alice:wrong"), "YWxpY2U6d3Jvbmc=");
+        assert_eq!(super::base64_encode(b"a"), "YQ==");
+        assert_eq!(super::base64_encode(b"abc"), "YWJj");
+        assert_eq!(super::base64_encode(b""), "");
+    }
 }

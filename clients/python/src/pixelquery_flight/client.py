@@ -70,14 +70,28 @@ class Client:
     >>> c.collections()
     """
 
-    def __init__(self, uri: str, token: Optional[str] = None, tls_root_certs: Optional[Union[str, bytes]] = None):
+    def __init__(
+        self,
+        uri: str,
+        token: Optional[str] = None,
+        tls_root_certs: Optional[Union[str, bytes]] = None,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+    ):
+        """``token``: a bearer token of the server's access file; or
+        ``user``/``password``, traded for a session token by Flight
+        Handshake. ``tls_root_certs``: PEM of the CA of a ``grpc+tls://``
+        server with a private certificate."""
         kwargs: dict = {}
         if tls_root_certs is not None:
             kwargs["tls_root_certs"] = tls_root_certs.encode() if isinstance(tls_root_certs, str) else tls_root_certs
         self.uri = uri
         with mapped():
             self._flight = flight.connect(uri, **kwargs)
-        headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
+            if user is not None:
+                headers = [self._flight.authenticate_basic_token(user, password or "")]
+            else:
+                headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
         self._options = flight.FlightCallOptions(headers=headers)
 
     def close(self) -> None:

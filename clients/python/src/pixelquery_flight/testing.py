@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import tempfile
 from typing import Optional, Sequence
 
 _REPO = pathlib.Path(__file__).resolve().parents[4]
@@ -38,18 +39,28 @@ class LocalServer:
 
     def __init__(self, warehouse, extra_args: Sequence[str] = (), binary: Optional[str] = None):
         self.warehouse = pathlib.Path(warehouse)
+        # The server's log goes to a file (a pipe nobody reads would fill up
+        # and stall the server).
+        self.log = tempfile.NamedTemporaryFile(prefix="pixelquery-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [binary or find_binary(), "serve", "--warehouse", str(self.warehouse), "--listen", "127.0.0.1:0", *extra_args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
             text=True,
         )
         line = self.proc.stdout.readline()
         if not line.startswith("pixelquery listening on "):
             self.proc.kill()
-            raise RuntimeError(f"the server did not start: {line!r} {self.proc.stderr.read()}")
-        #: ``grpc://127.0.0.1:<port>``
-        self.uri = "grpc://" + line.rsplit(" ", 1)[1].strip()
+            self.proc.wait()
+            raise RuntimeError(f"the server did not start: {line!r} {self.log_text()}")
+        port = line.rsplit(":", 1)[1].strip()
+        #: ``grpc://127.0.0.1:<port>``, or ``grpc+tls://localhost:<port>`` when
+        #: started with ``--tls-cert`` (test certificates name localhost).
+        self.uri = f"grpc+tls://localhost:{port}" if "--tls-cert" in extra_args else f"grpc://127.0.0.1:{port}"
+
+    def log_text(self) -> str:
+        """What the server logged so far."""
+        return pathlib.Path(self.log.name).read_text(errors="replace")
 
     def stop(self) -> None:
         """Stops the server (SIGTERM, then SIGKILL after 10 s)."""
@@ -60,9 +71,10 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.log.close()
+        pathlib.Path(self.log.name).unlink(missing_ok=True)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

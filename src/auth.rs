@@ -1,0 +1,309 @@
+//! Bearer-token auth: an access file maps credentials to roles; every call
+//! carries `authorization: Bearer <token>`; `Handshake` trades a basic
+//! `user:password` for a session token.
+//!
+//! Access file, one credential per line (`#` starts a comment):
+//!
+//! ```text
+//! # role   credential
+//! read     3c6e0b8a9c15224a8228b9a98ca1531d
+//! write    9f86d081884c7d659a2feaa0c55ad015
+//! admin    alice:correct-horse-battery-staple
+//! ```
+//!
+//! A credential with a `:` is a user and password for `Handshake`; anything
+//! else is a bearer token. Tokens and passwords are compared in constant time
+//! and never logged.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// Shortest accepted bearer token or password (guessing must not pay).
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// How long a token issued by `Handshake` stays valid.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Most live sessions; the oldest is dropped beyond this.
+const MAX_SESSIONS: usize = 10_000;
+
+/// What a caller may do; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Queries, describe, list, health.
+    Read,
+    /// Also DoPut, create_collection, delete, compact.
+    Write,
+    /// Also ingest_path (makes the server read its own files).
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read" => Some(Role::Read),
+            "write" => Some(Role::Write),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+struct User {
+    name: String,
+    password: Vec<u8>,
+    role: Role,
+}
+
+struct Session {
+    token: Vec<u8>,
+    role: Role,
+    expires: Instant,
+}
+
+/// The credentials of a server with auth on.
+pub struct Auth {
+    tokens: Vec<(Vec<u8>, Role)>,
+    users: Vec<User>,
+    sessions: Mutex<Vec<Session>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("Auth").field("tokens", &self.tokens.len()).field("users", &self.users.len()).finish()
+    }
+}
+
+impl Auth {
+    /// Reads an access file (format in the module docs).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(Error::io(path))?;
+        Self::parse(&text).map_err(|reason| Error::Invalid { field: "--auth-file".into(), value: path.display().to_string(), reason })
+    }
+
+    /// Parses access-file text; the error names the line, never the secret.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let mut auth = Auth { tokens: Vec::new(), users: Vec::new(), sessions: Mutex::new(Vec::new()) };
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let n = i + 1;
+            let mut parts = line.split_whitespace();
+            let (Some(role), Some(cred), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(format!("line {n}: expected `<role> <token>` or `<role> <user>:<password>`"));
+            };
+            let role = Role::parse(role).ok_or_else(|| format!("line {n}: role {role:?} is not read, write or admin"))?;
+            match cred.split_once(':') {
+                Some((user, password)) => {
+                    if user.is_empty() || password.len() < MIN_SECRET_LEN {
+                        return Err(format!("line {n}: user must be non-empty and the password at least {MIN_SECRET_LEN} characters"));
+                    }
+                    if auth.users.iter().any(|u| u.name == user) {
+                        return Err(format!("line {n}: user {user:?} appears twice"));
+                    }
+                    auth.users.push(User { name: user.to_string(), password: password.as_bytes().to_vec(), role });
+                }
+                None => {
+                    if cred.len() < MIN_SECRET_LEN {
+                        return Err(format!("line {n}: a token must be at least {MIN_SECRET_LEN} characters"));
+                    }
+                    auth.tokens.push((cred.as_bytes().to_vec(), role));
+                }
+            }
+        }
+        if auth.tokens.is_empty() && auth.users.is_empty() {
+            return Err("no credentials: add lines `<role> <token>` or `<role> <user>:<password>`".into());
+        }
+        Ok(auth)
+    }
+
+    /// The role of the caller whose `authorization` header is `header`.
+    pub fn check(&self, header: Option<&[u8]>) -> Result<Role> {
+        let Some(header) = header else {
+            return Err(Error::Unauthenticated("no `authorization: Bearer <token>` header; use a token from the server's access file or get one with Handshake".into()));
+        };
+        let Some(token) = strip_scheme(header, b"bearer ") else {
+            return Err(Error::Unauthenticated("the authorization header must be `Bearer <token>`".into()));
+        };
+        let mut found: Option<Role> = None;
+        // Every candidate is compared, so timing does not tell which matched.
+        for (t, role) in &self.tokens {
+            if constant_time_eq(t, token) {
+                found = Some(*role);
+            }
+        }
+        let now = Instant::now();
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|s| s.expires > now);
+        for s in sessions.iter() {
+            if constant_time_eq(&s.token, token) {
+                found = Some(s.role);
+            }
+        }
+        found.ok_or_else(|| Error::Unauthenticated("invalid or expired bearer token".into()))
+    }
+
+    /// `Handshake`: checks a `Basic base64(user:password)` header and issues
+    /// a session token for the user's role.
+    pub fn handshake(&self, header: Option<&[u8]>) -> Result<(String, Role)> {
+        let encoded = header
+            .and_then(|h| strip_scheme(h, b"basic "))
+            .ok_or_else(|| Error::Unauthenticated("Handshake needs an `authorization: Basic base64(user:password)` header".into()))?;
+        let decoded = base64_decode(encoded).ok_or_else(|| Error::Unauthenticated("the Basic credentials are not valid base64".into()))?;
+        let (user, password) = match decoded.iter().position(|b| *b == b':') {
+            Some(i) => (&decoded[..i], &decoded[i + 1..]),
+            None => return Err(Error::Unauthenticated("the Basic credentials must be user:password".into())),
+        };
+        let mut role = None;
+        for u in &self.users {
+            let name_ok = constant_time_eq(u.name.as_bytes(), user);
+            let pass_ok = constant_time_eq(&u.password, password);
+            if name_ok & pass_ok {
+                role = Some(u.role);
+            }
+        }
+        let role = role.ok_or_else(|| Error::Unauthenticated("wrong user name or password".into()))?;
+        let token = random_token()?;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.len() >= MAX_SESSIONS {
+            sessions.remove(0);
+        }
+        sessions.push(Session { token: token.as_bytes().to_vec(), role, expires: Instant::now() + SESSION_TTL });
+        Ok((token, role))
+    }
+}
+
+/// `header` without its case-insensitive auth scheme prefix.
+fn strip_scheme<'a>(header: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    if header.len() < scheme.len() || !header[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        return None;
+    }
+    let rest = header[scheme.len()..].trim_ascii();
+    (!rest.is_empty()).then_some(rest)
+}
+
+/// Equality whose time depends only on the lengths, not on where the bytes
+/// differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len().max(b.len());
+    let mut diff = (a.len() != b.len()) as u8;
+    for i in 0..n {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// 32 random bytes from the kernel, hex-encoded.
+fn random_token() -> Result<String> {
+    use std::io::Read;
+    let mut buf = [0u8; 32];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).map_err(Error::io("/dev/urandom"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Standard base64 (with or without padding); `None` on any other byte.
+fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let data: &[u8] = {
+        let mut end = input.len();
+        while end > 0 && input[end - 1] == b'=' {
+            end -= 1;
+        }
+        &input[..end]
+    };
+    if data.len() % 4 == 1 || input.len() - data.len() > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(data.len() * 3 / 4);
+    for chunk in data.chunks(4) {
+        let mut acc = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= value(*c)? << (18 - 6 * i);
+        }
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "# comment\nread  rrrrrrrrrrrrrrrr-read\nwrite wwwwwwwwwwwwwwww-write # trailing\nadmin alice:alice-password-long\n";
+
+    #[test]
+    fn tokens_map_to_their_roles() {
+        let auth = Auth::parse(FILE).unwrap();
+        assert_eq!(auth.check(Some(b"Bearer rrrrrrrrrrrrrrrr-read")).unwrap(), Role::Read);
+        assert_eq!(auth.check(Some(b"bearer wwwwwwwwwwwwwwww-write")).unwrap(), Role::Write);
+        assert!(matches!(auth.check(Some(b"Bearer rrrrrrrrrrrrrrrr-reaX")), Err(Error::Unauthenticated(_))));
+        assert!(matches!(auth.check(Some(b"Bearer rrrrrrrrrrrrrrrr-read2")), Err(Error::Unauthenticated(_))));
+        assert!(matches!(auth.check(None), Err(Error::Unauthenticated(_))));
+        assert!(matches!(auth.check(Some(b"Basic abc")), Err(Error::Unauthenticated(_))));
+    }
+
+    #[test]
+    fn handshake_issues_a_session_token_for_the_users_role() {
+        let auth = Auth::parse(FILE).unwrap();
+        let basic = format!("Basic {}", "YWxpY2U6YWxpY2UtcGFzc3dvcmQtbG9uZw=="); // alice:alice-password-long
+        let (token, role) = auth.handshake(Some(basic.as_bytes())).unwrap();
+        assert_eq!(role, Role::Admin);
+        assert_eq!(token.len(), 64);
+        assert_eq!(auth.check(Some(format!("Bearer {token}").as_bytes())).unwrap(), Role::Admin);
+        let wrong = "Basic YWxpY2U6d3Jvbmc="; // alice:wrong
+        assert!(matches!(auth.handshake(Some(wrong.as_bytes())), Err(Error::Unauthenticated(_))));
+    }
+
+    #[test]
+    fn bad_access_files_name_the_line_not_the_secret() {
+        for (text, needle) in [
+            ("reader abcdefghijklmnopq", "line 1: role"),
+            ("read short", "at least 16"),
+            ("read a b", "line 1: expected"),
+            ("admin bob:short", "at least 16"),
+            ("# only comments\n", "no credentials"),
+        ] {
+            let err = Auth::parse(text).unwrap_err();
+            assert!(err.contains(needle), "{text:?}: {err}");
+            assert!(!err.contains("abcdefghijklmnopq") && !err.contains("short\""), "{err}");
+        }
+    }
+
+    #[test]
+    fn base64_and_constant_time_eq() {
+        assert_eq!(base64_decode(b"YWxpY2U6d3Jvbmc=").unwrap(), b"alice:wrong");
+        assert_eq!(base64_decode(b"YQ").unwrap(), b"a");
+        assert!(base64_decode(b"Y").is_none());
+        assert!(base64_decode(b"Y$==").is_none());
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

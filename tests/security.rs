@@ -1,0 +1,173 @@
+//! Auth (tokens, roles, Handshake), TLS, and the per-call limits, each
+//! against a real server over a real Flight connection.
+
+mod common;
+
+use std::time::Duration;
+
+use arrow_array::RecordBatch;
+use arrow_flight::error::FlightError;
+use common::*;
+use futures::TryStreamExt;
+use pixelquery::config::TlsPem;
+use pixelquery_client::{proto, Client, ConnectOptions};
+use tonic::Code;
+
+const T: i64 = 1718416984000;
+
+fn code_of<T: std::fmt::Debug>(r: Result<T, pixelquery_client::ClientError>) -> (Code, String) {
+    let err = r.expect_err("the call should fail");
+    let status = err.status().unwrap_or_else(|| panic!("not a status: {err}"));
+    (status.code(), status.message().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_trades_a_password_for_a_session_token() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), with_auth).await;
+    let mut admin = server.client_with_token(ADMIN_TOKEN).await;
+    create_red_collection(&mut admin, "s2").await;
+
+    let mut alice = server.client().await;
+    let (code, msg) = code_of(alice.health().await);
+    assert_eq!(code, Code::Unauthenticated, "{msg}");
+    let token = alice.handshake("alice", "alice-password-0123").await.expect("handshake");
+    assert_eq!(token.len(), 64);
+    // alice has the write role: she may ingest but not make the server read files.
+    alice.ingest(&ingest_request("s2", "by-alice", T, utm_geotransform(64), 64, "nearest"), red_batches(raster(64, 0), 64)).await.expect("write role may DoPut");
+    let (code, msg) = code_of(alice.action("ingest_path", &serde_json::json!({"collection": "s2", "paths": ["/tmp"]})).await);
+    assert_eq!(code, Code::PermissionDenied, "{msg}");
+    assert!(msg.contains("admin") && msg.contains("write"), "{msg}");
+    // A second connection can use the session token as a bearer token.
+    let mut again = server.client_with_token(&token).await;
+    assert_eq!(again.health().await.unwrap()["status"], "ok");
+
+    let mut mallory = server.client().await;
+    let (code, msg) = code_of(mallory.handshake("alice", "not-her-password-at-all").await);
+    assert_eq!(code, Code::Unauthenticated);
+    assert!(!msg.contains("not-her-password"), "the password is not echoed: {msg}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_calls_carry_a_request_id() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), with_auth).await;
+    let mut anon = server.client().await;
+    let err = anon.health().await.unwrap_err();
+    let status = err.status().unwrap();
+    let id = status.metadata().get("x-request-id").expect("x-request-id on an error").to_str().unwrap().to_string();
+    assert!(id.parse::<u64>().is_ok(), "{id}");
+    server.shutdown().await;
+}
+
+/// A self-signed certificate for `localhost`, made now.
+fn test_certificate() -> TlsPem {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    TlsPem { cert: ck.cert.pem().into_bytes(), key: ck.signing_key.serialize_pem().into_bytes() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_clients_that_trust_the_certificate_only() {
+    let pem = test_certificate();
+    let cert = pem.cert.clone();
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), move |c| c.tls = Some(pem)).await;
+    assert!(server.uri.starts_with("grpc+tls://"));
+    let opts = ConnectOptions { token: None, tls_root_cert: Some(cert) };
+    let mut client = Client::connect_with(&server.uri, &opts).await.expect("TLS connect");
+    create_red_collection(&mut client, "s2").await;
+    client.ingest(&ingest_request("s2", "tls", T, utm_geotransform(64), 64, "nearest"), red_batches(raster(64, 0), 64)).await.unwrap();
+    let q = proto::Query { collection: "s2".into(), ..Default::default() };
+    let table = client.query(&q).await.unwrap();
+    assert!(table.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
+
+    // Without the CA the handshake fails; plain gRPC to a TLS port fails.
+    let untrusted = async { Client::connect_with(&server.uri, &ConnectOptions::default()).await?.health().await };
+    assert!(untrusted.await.is_err(), "a client that does not trust the certificate must fail");
+    let port = server.uri.rsplit(':').next().unwrap();
+    let plain = async { Client::connect(&format!("grpc://127.0.0.1:{port}")).await?.health().await };
+    assert!(tokio::time::timeout(Duration::from_secs(10), plain).await.map(|r| r.is_err()).unwrap_or(true));
+    server.shutdown().await;
+}
+
+/// A DoPut whose rows are fed by the returned sender; it stays open until
+/// the sender sends the rest or is dropped.
+fn held_put(client: &Client, scene: &str) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<pixelquery_client::Result<pixelquery_client::PutSummary>>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(64);
+    let mut c = client.try_clone();
+    let req = ingest_request("s2", scene, T, utm_geotransform(64), 64, "nearest");
+    let handle = tokio::spawn(async move {
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, FlightError>);
+        c.ingest_stream(&req, stream).await
+    });
+    (tx, handle)
+}
+
+use futures::StreamExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_over_the_concurrency_limit_are_refused_not_queued() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.limits.max_concurrent_puts = 1).await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    let batches = red_batches(raster(64, 0), 64);
+    let (tx, first) = held_put(&client, "first");
+    tx.send(batches[0].clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (code, msg) = code_of(client.ingest(&ingest_request("s2", "second", T, utm_geotransform(64), 64, "nearest"), batches.clone()).await);
+    assert_eq!(code, Code::ResourceExhausted, "{msg}");
+    assert!(msg.contains("--max-concurrent-puts"), "{msg}");
+    let (code, _) = code_of(client.action("ingest_path", &serde_json::json!({"collection": "s2", "paths": ["/nonexistent"]})).await);
+    assert_eq!(code, Code::ResourceExhausted, "ingest_path takes a write slot too");
+
+    for b in &batches[1..] {
+        tx.send(b.clone()).await.unwrap();
+    }
+    drop(tx);
+    assert!(!first.await.unwrap().expect("the first write completes").duplicate);
+    // The slot is free again.
+    client.ingest(&ingest_request("s2", "third", T, utm_geotransform(64), 64, "nearest"), batches).await.expect("after the first finished");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_request_timeout_fails_and_writes_nothing() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.limits.request_timeout = Duration::from_secs(1)).await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    let before = snapshot(&server.warehouse());
+    let batches = red_batches(raster(64, 0), 64);
+    let (tx, stalled) = held_put(&client, "stalled");
+    tx.send(batches[0].clone()).await.unwrap();
+    let started = std::time::Instant::now();
+    let (code, msg) = code_of(tokio::time::timeout(Duration::from_secs(20), stalled).await.expect("the server ends the call").unwrap());
+    assert_eq!(code, Code::DeadlineExceeded, "{msg}");
+    assert!(msg.contains("--request-timeout-secs"), "{msg}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(tx);
+    assert_eq!(snapshot(&server.warehouse()), before, "a timed-out DoPut writes nothing");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_selecting_more_than_the_query_limit_is_refused() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.limits.max_query_bytes = 400_000).await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    // 600 x 600 px at 10 m spans at least 4 tiles of 256 x 256 px.
+    client.ingest(&ingest_request("s2", "big", T, utm_geotransform(600), 600, "nearest"), red_batches(raster(600, 0), 600)).await.unwrap();
+    let q = proto::Query { collection: "s2".into(), ..Default::default() };
+    let info = client.flight_info(&q).await.expect("GetFlightInfo is not limited");
+    assert!(info.total_bytes > 400_000, "{}", info.total_bytes);
+    assert!(info.endpoint.len() >= 4);
+    let mut whole = Vec::new();
+    prost::Message::encode(&q, &mut whole).unwrap();
+    let (code, msg) = code_of(client.flight().do_get(arrow_flight::Ticket::new(whole)).await.map_err(Into::into).map(|_| ()));
+    assert_eq!(code, Code::ResourceExhausted, "{msg}");
+    assert!(msg.contains("--max-query-mb"), "{msg}");
+    // Each endpoint is small enough.
+    for ep in &info.endpoint {
+        let batches: Vec<RecordBatch> = client.flight().do_get(ep.ticket.clone().unwrap()).await.unwrap().try_collect().await.unwrap();
+        assert!(!batches.is_empty());
+    }
+    server.shutdown().await;
+}
