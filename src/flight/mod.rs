@@ -229,6 +229,55 @@ fn stream_error(e: FlightError) -> Error {
     }
 }
 
+/// A DoPut's messages -> one ingested scene: the descriptor rides on the
+/// first message; the rest is the Arrow IPC stream of the raster's rows.
+pub async fn put<S>(state: &AppState, mut stream: S) -> Result<ingest::PutSummary, Status>
+where
+    S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
+{
+    // A transport error (say, a message over the size limit) keeps its status.
+    let first = stream
+        .next()
+        .await
+        .transpose()?
+        .ok_or_else(|| Error::invalid("stream", "no messages", "DoPut needs a descriptor and raster rows"))?;
+    let descriptor = first.flight_descriptor.clone().ok_or_else(|| Error::invalid("descriptor", "none", "the first DoPut message must carry a FlightDescriptor"))?;
+    let spec = wire::decode_ingest(&command("descriptor", &descriptor)?)?;
+    let data = futures::stream::once(async move { Ok(first) })
+        .chain(stream)
+        .and_then(|fd| async move { check_ipc_frame(&fd).map(|()| fd) })
+        .map_err(|s| FlightError::Tonic(Box::new(s)));
+    let batches = FlightRecordBatchStream::new_from_flight_data(data).map_err(stream_error);
+    Ok(ingest::ingest(state.warehouse.clone(), state.ingest.clone(), spec, batches).await?)
+}
+
+/// Checks that an IPC message's body holds what its header says, before the
+/// Arrow decoder slices it (arrow-ipc 60 panics on a body shorter than a
+/// buffer it names; found by `tests/hostile_input.rs`).
+fn check_ipc_frame(fd: &FlightData) -> Result<(), Status> {
+    if fd.data_header.is_empty() {
+        return Ok(());
+    }
+    let bad = |reason: String| Status::from(Error::invalid("stream", "Arrow IPC message", &reason));
+    let msg = arrow_ipc::root_as_message(&fd.data_header).map_err(|e| bad(format!("undecodable message header: {e}")))?;
+    let body = msg.bodyLength();
+    if body < 0 || body as u64 > fd.data_body.len() as u64 {
+        return Err(bad(format!("the header announces a {body}-byte body but {} bytes came", fd.data_body.len())));
+    }
+    let buffers = match (msg.header_as_record_batch(), msg.header_as_dictionary_batch()) {
+        (Some(batch), _) => batch.buffers(),
+        (None, Some(dict)) => dict.data().and_then(|b| b.buffers()),
+        _ => None,
+    };
+    for b in buffers.iter().flatten() {
+        let end = b.offset().checked_add(b.length());
+        if b.offset() < 0 || b.length() < 0 || end.is_none_or(|end| end > body) {
+            return Err(bad(format!("a buffer at offset {} of length {} lies outside the {body}-byte body", b.offset(), b.length())));
+        }
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl FlightService for Service {
     type HandshakeStream = BoxStream<'static, Result<HandshakeResponse, Status>>;
@@ -337,19 +386,10 @@ impl FlightService for Service {
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
-        let (metadata, _, mut stream) = request.into_parts();
+        let (metadata, _, stream) = request.into_parts();
         self.call("DoPut", &metadata, Role::Write, async move {
             let _slot = self.state.put_slot()?;
-            // The descriptor rides on the first message; read it before the rest.
-            let first = stream
-                .message()
-                .await?
-                .ok_or_else(|| Error::invalid("stream", "no messages", "DoPut needs a descriptor and raster rows"))?;
-            let descriptor = first.flight_descriptor.clone().ok_or_else(|| Error::invalid("descriptor", "none", "the first DoPut message must carry a FlightDescriptor"))?;
-            let spec = wire::decode_ingest(&command("descriptor", &descriptor)?)?;
-            let data = futures::stream::once(async move { Ok(first) }).chain(stream).map_err(|s| FlightError::Tonic(Box::new(s)));
-            let batches = FlightRecordBatchStream::new_from_flight_data(data).map_err(stream_error);
-            let summary = ingest::ingest(self.state.warehouse.clone(), self.state.ingest.clone(), spec, batches).await?;
+            let summary = put(&self.state, stream).await?;
             tracing::info!(scene = %summary.scene_id, observations = summary.observations, bytes = summary.bytes, ms = summary.elapsed_ms, duplicate = summary.duplicate, "ingested");
             let meta = serde_json::to_vec(&summary).map_err(|e| Error::Internal(e.to_string()))?;
             let result = PutResult { app_metadata: meta.into() };
