@@ -33,7 +33,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let dir = tempfile::tempdir_in(std::env::var("PIXELQUERY_BENCH_DIR").unwrap_or_else(|_| ".".into())).expect("temp dir");
-    let wh = Warehouse::open_with(dir.path(), false).expect("warehouse");
+    let wh = Warehouse::open(dir.path()).expect("warehouse");
     let meta = build_collection(pb::CreateCollection {
         name: "bench".into(),
         bands: vec![pb::BandSpec { name: "red".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],

@@ -23,6 +23,16 @@ impl DType {
     pub const ALL: [DType; 7] =
         [DType::Uint8, DType::Uint16, DType::Int16, DType::Uint32, DType::Int32, DType::Float32, DType::Float64];
 
+    /// Bytes per pixel.
+    pub fn size(self) -> usize {
+        match self {
+            DType::Uint8 => 1,
+            DType::Uint16 | DType::Int16 => 2,
+            DType::Uint32 | DType::Int32 | DType::Float32 => 4,
+            DType::Float64 => 8,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DType::Uint8 => "uint8",

@@ -32,7 +32,7 @@ pub const ACTIONS: [(&str, &str); 7] = [
         "ingest_path",
         "The server reads GeoTIFF/COG files it can see (local paths, GDAL /vsi... paths) under its --ingest-root directories and ingests them as `pixelquery ingest` does. Body: {\"collection\", \"paths\": [...], \"bands\"?: \"1:blue,...\", \"time\"?, \"resampling\"?}. Returns {\"files\", \"scenes\": [...], \"failures\": [{\"path\", \"reason\"}]}.",
     ),
-    ("compact", "Rewrite chunks holding several appended batches as one time-ordered batch, without blocking readers or writers; rows do not change. Body: {\"collection\", \"tiles\"?}. Returns {\"chunks_rewritten\"}."),
+    ("compact", "Rewrite chunks holding several appended batches in time order (dropping the space of deleted rows), without blocking readers or writers; rows do not change. Never automatic: it reads the whole chunk. Body: {\"collection\", \"tiles\"?}. Returns {\"chunks_rewritten\"}."),
 ];
 
 /// Runs one action. Blocking (GDAL for CRS checks, file IO); call it from a

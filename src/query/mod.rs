@@ -206,17 +206,31 @@ impl Plan {
 
     /// A chunk's rows in the time range, ordered by time, as one batch.
     fn read_sorted(&self, entry: &ChunkEntry) -> Result<Option<RecordBatch>> {
-        let batches = self.store.read_chunk(entry)?;
+        // Only the batches holding rows in the time range are read.
+        let batches = self.store.read_rows(entry, |i| self.spec.time_matches(entry.times[i]))?;
         Ok(storage::sorted_rows(&batches, |t, _| self.spec.time_matches(t))?.0)
     }
 
     fn read_point(&self, index: usize, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
         // (time, scene) -> per band (value, valid)
         type PerBand = Vec<Option<(ArrayRef, bool)>>;
-        let mut rows: BTreeMap<(i64, String), PerBand> = BTreeMap::new();
+        let mut rows_map: BTreeMap<(i64, String), PerBand> = BTreeMap::new();
         let mut tile = None;
+        fn rows_out_slot(map: &mut BTreeMap<(i64, String), PerBand>, key: (i64, String), bands: usize) -> &mut PerBand {
+            map.entry(key).or_insert_with(|| vec![None; bands])
+        }
         for (key, entry) in &self.chunks {
             let Some(b) = self.bands.iter().position(|b| b.name == key.band) else { continue };
+            // Fast path: the one pixel of each row, read from the file at its
+            // offset without decoding the observations.
+            if let Some((rows, values, valid)) = self.store.read_pixel(entry, self.bands[b].dtype, index, |i| self.spec.time_matches(entry.times[i]))? {
+                tile = Some(key.tile);
+                for (k, &r) in rows.iter().enumerate() {
+                    let slot = rows_out_slot(&mut rows_map, (entry.times[r], entry.scenes[r].to_string()), self.bands.len());
+                    slot[b] = Some((values.slice(k, 1), valid[k]));
+                }
+                continue;
+            }
             let Some(batch) = self.read_sorted(entry)? else { continue };
             tile = Some(key.tile);
             let times = batch.column(2).as_primitive::<arrow_array::types::TimestampMillisecondType>();
@@ -230,10 +244,11 @@ impl Plan {
                     return Err(Error::Internal(format!("chunk row holds {} pixels, fewer than the point index {index}", px.len())));
                 }
                 let valid = mk.as_boolean().value(index);
-                let slot = rows.entry((times.value(r), scenes.value(r).to_string())).or_insert_with(|| vec![None; self.bands.len()]);
+                let slot = rows_out_slot(&mut rows_map, (times.value(r), scenes.value(r).to_string()), self.bands.len());
                 slot[b] = Some((px.slice(index, 1), valid));
             }
         }
+        let rows = rows_map;
         let schema = Arc::new(point_schema(&self.bands));
         let tile_id = tile.map(|t| t.to_string()).unwrap_or_default();
         let mut columns: Vec<ArrayRef> = vec![

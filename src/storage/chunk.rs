@@ -91,9 +91,25 @@ pub fn append(path: &Path, committed: u64, batch: &RecordBatch) -> Result<(u64, 
     Ok((committed + body.len() as u64, f))
 }
 
-/// Writes a new chunk file holding `batch` and fsyncs it; returns its length.
+/// Pixel bytes per message when a chunk is written whole (compaction,
+/// delete): small messages let a time-window read skip what it does not
+/// need, as it does for appended observations.
+const MESSAGE_PIXEL_BYTES: usize = 1 << 20;
+
+/// Writes a new chunk file holding `batch` (in messages of about
+/// [`MESSAGE_PIXEL_BYTES`]) and fsyncs it; returns its length.
 pub fn write_new(path: &Path, batch: &RecordBatch) -> Result<u64> {
-    let (_, bytes) = encode(batch)?;
+    let row_bytes = batch.column(4).as_list::<i32>().values().get_array_memory_size() / batch.num_rows().max(1);
+    let per_message = (MESSAGE_PIXEL_BYTES / row_bytes.max(1)).max(1);
+    let mut w = StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(Error::arrow("encoding a chunk schema"))?;
+    for first in (0..batch.num_rows()).step_by(per_message) {
+        // Rows are taken, not sliced, so every message's list offsets start
+        // at 0 (what `read_pixel` relies on).
+        let rows = arrow_array::UInt32Array::from_iter_values(first as u32..(first + per_message).min(batch.num_rows()) as u32);
+        let part = arrow_select::take::take_record_batch(batch, &rows).map_err(Error::arrow("splitting a chunk"))?;
+        w.write(&part).map_err(Error::arrow("encoding observations"))?;
+    }
+    let bytes = std::mem::take(w.get_mut());
     let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(path).map_err(Error::io(path))?;
     f.write_all(&bytes).and_then(|_| f.sync_data()).map_err(Error::io(path))?;
     Ok(bytes.len() as u64)
@@ -130,6 +146,121 @@ pub fn read(path: &Path, len: u64) -> Result<Vec<RecordBatch>> {
     let reader = StreamReader::try_new(std::io::BufReader::with_capacity(1 << 20, f.take(len)), None)
         .map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })?;
     reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })
+}
+
+/// Where one record batch message of a chunk file sits, read from its
+/// header alone (the body is not touched).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLoc {
+    /// First byte of the message and one past its body.
+    pub start: u64,
+    pub end: u64,
+    pub rows: usize,
+    /// File offsets and lengths of the pixel values and the mask bits (the
+    /// list children of `pixels` and `mask`); `None` for a layout this
+    /// server did not write.
+    pub pixels: Option<(u64, u64)>,
+    pub mask: Option<(u64, u64)>,
+}
+
+/// Buffers of one observation batch, in IPC order: tile_id, band (validity,
+/// offsets, data), time (validity, values), scene_id (3), pixels (validity,
+/// offsets, child validity, child values), mask (the same).
+const BATCH_BUFFERS: usize = 19;
+const PIXEL_VALUES: usize = 14;
+const MASK_VALUES: usize = 18;
+
+/// The messages of chunk bytes `[from, to)`: `(end of the schema message
+/// if it lies in the range, batches)`. Reads only message headers.
+pub fn scan(path: &Path, from: u64, to: u64) -> Result<(Option<u64>, Vec<BatchLoc>)> {
+    let mut f = File::open(path).map_err(Error::io(path))?;
+    let corrupt = |reason: String| Error::Corrupt { path: path.into(), reason };
+    let (mut at, mut schema_end, mut out) = (from, None, Vec::new());
+    let mut meta = Vec::new();
+    while at < to {
+        let mut word = [0u8; 4];
+        f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut word)).map_err(Error::io(path))?;
+        let mut prefix = 4u64;
+        let mut meta_len = i32::from_le_bytes(word);
+        if meta_len == -1 {
+            f.read_exact(&mut word).map_err(Error::io(path))?;
+            meta_len = i32::from_le_bytes(word);
+            prefix = 8;
+        }
+        if meta_len <= 0 {
+            return Err(corrupt(format!("message at byte {at} has metadata length {meta_len}")));
+        }
+        meta.resize(meta_len as usize, 0);
+        f.read_exact(&mut meta).map_err(Error::io(path))?;
+        let msg = arrow_ipc::root_as_message(&meta).map_err(|e| corrupt(format!("message header at byte {at}: {e}")))?;
+        let body_at = at + prefix + meta_len as u64;
+        let end = body_at + msg.bodyLength().max(0) as u64;
+        if end > to {
+            return Err(corrupt(format!("message at byte {at} ends at {end}, past the committed length {to}")));
+        }
+        if msg.header_as_schema().is_some() {
+            schema_end = Some(end);
+        } else if let Some(batch) = msg.header_as_record_batch() {
+            let buffers = batch.buffers().filter(|b| b.len() == BATCH_BUFFERS && batch.compression().is_none());
+            let range = |i: usize| buffers.map(|b| (body_at + b.get(i).offset() as u64, b.get(i).length() as u64));
+            out.push(BatchLoc { start: at, end, rows: batch.length().max(0) as usize, pixels: range(PIXEL_VALUES), mask: range(MASK_VALUES) });
+        }
+        at = end;
+    }
+    Ok((schema_end, out))
+}
+
+/// Decodes the batches `locs` of a chunk whose schema message ends at
+/// `schema_end`, reading only their bytes.
+pub fn read_batches(path: &Path, schema_end: u64, locs: &[BatchLoc]) -> Result<Vec<RecordBatch>> {
+    let mut f = File::open(path).map_err(Error::io(path))?;
+    let total = schema_end + locs.iter().map(|l| l.end - l.start).sum::<u64>();
+    let mut bytes = Vec::with_capacity(total as usize);
+    let mut copy = |from: u64, to: u64, bytes: &mut Vec<u8>| -> Result<()> {
+        f.seek(SeekFrom::Start(from)).map_err(Error::io(path))?;
+        (&mut f).take(to - from).read_to_end(bytes).map_err(Error::io(path))?;
+        Ok(())
+    };
+    copy(0, schema_end, &mut bytes)?;
+    // Adjacent batches are read in one go.
+    let mut i = 0;
+    while i < locs.len() {
+        let mut j = i;
+        while j + 1 < locs.len() && locs[j + 1].start == locs[j].end {
+            j += 1;
+        }
+        copy(locs[i].start, locs[j].end, &mut bytes)?;
+        i = j + 1;
+    }
+    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })?;
+    reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })
+}
+
+/// One pixel of every row of the batches `locs`: `(value bytes, valid)` per
+/// row in file order, `size` bytes per value, `n` pixels per row. `None`
+/// when a batch's layout is not the one this server writes (the caller then
+/// decodes).
+pub fn read_pixel(path: &Path, locs: &[BatchLoc], index: usize, n: usize, size: usize) -> Result<Option<(Vec<u8>, Vec<bool>)>> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path).map_err(Error::io(path))?;
+    let rows: usize = locs.iter().map(|l| l.rows).sum();
+    let (mut values, mut valid) = (vec![0u8; rows * size], Vec::with_capacity(rows));
+    let mut r = 0;
+    for loc in locs {
+        let (Some((px_at, px_len)), Some((mk_at, mk_len))) = (loc.pixels, loc.mask) else { return Ok(None) };
+        if px_len < (loc.rows * n * size) as u64 || mk_len < (loc.rows * n).div_ceil(8) as u64 {
+            return Ok(None);
+        }
+        for row in 0..loc.rows {
+            let k = (row * n + index) as u64;
+            f.read_exact_at(&mut values[r * size..(r + 1) * size], px_at + k * size as u64).map_err(Error::io(path))?;
+            let mut bits = [0u8];
+            f.read_exact_at(&mut bits, mk_at + k / 8).map_err(Error::io(path))?;
+            valid.push(bits[0] >> (k % 8) & 1 == 1);
+            r += 1;
+        }
+    }
+    Ok(Some((values, valid)))
 }
 
 /// Statistics of the valid, finite pixels of one observation (`pixels` and `mask`
@@ -184,7 +315,7 @@ mod tests {
     use arrow_array::UInt16Array;
 
     fn batch(schema: &SchemaRef, t: i64, scene: &str) -> RecordBatch {
-        let px: ArrayRef = Arc::new(UInt16Array::from(vec![1u16, 2, 3, 4]));
+        let px: ArrayRef = Arc::new(UInt16Array::from(if t >= 5000 { (0..4).map(|i| (t - 5000) as u16 * 10 + i).collect() } else { vec![1u16, 2, 3, 4] }));
         observation_batch(schema.clone(), "x0001_y0002", "red", t, scene, px, BooleanArray::from(vec![true, false, true, true])).unwrap()
     }
 
@@ -216,5 +347,35 @@ mod tests {
         assert_eq!(read(&path2, l1).unwrap().len(), 2);
         let st = pixel_stats(&batches[0].column(4).as_list::<i32>().value(0), batches[0].column(5).as_list::<i32>().value(0).as_boolean(), 2);
         assert_eq!((st.valid, st.min, st.max, st.sum, st.bbox), (3, 1.0, 4.0, 8.0, [0, 0, 2, 2]));
+    }
+
+    #[test]
+    fn scanned_headers_locate_batches_and_single_pixels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("red.arrow");
+        let schema = Arc::new(schema(DType::Uint16, Default::default()));
+        // A compacted file: one batch of 3 rows, then 2 appended rows.
+        let three: Vec<RecordBatch> = (0..3).map(|i| batch(&schema, 5000 + i, &format!("s{i}"))).collect();
+        let mut len = write_new(&path, &arrow_select::concat::concat_batches(&schema, &three).unwrap()).unwrap();
+        for i in 3..5 {
+            len = append(&path, len, &batch(&schema, 5000 + i, &format!("s{i}"))).unwrap().0;
+        }
+        let (schema_end, locs) = scan(&path, 0, len).unwrap();
+        let schema_end = schema_end.unwrap();
+        assert_eq!(locs.iter().map(|l| l.rows).collect::<Vec<_>>(), vec![3, 1, 1]);
+        assert_eq!(locs[0].start, schema_end);
+        assert_eq!(locs[2].end, len);
+        // Scanning a later part alone finds the same batches.
+        let (none, tail) = scan(&path, locs[1].start, len).unwrap();
+        assert!(none.is_none());
+        assert_eq!(tail.len(), 2);
+        let some = read_batches(&path, schema_end, &locs[1..]).unwrap();
+        assert_eq!(some.iter().map(|b| b.column(3).as_string::<i32>().value(0).to_string()).collect::<Vec<_>>(), vec!["s3", "s4"]);
+        for index in 0..4 {
+            let (values, valid) = read_pixel(&path, &locs, index, 4, 2).unwrap().expect("our layout");
+            let got: Vec<u16> = values.chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+            assert_eq!(got, (0..5).map(|row| row * 10 + index as u16).collect::<Vec<_>>(), "pixel {index}");
+            assert_eq!(valid, vec![index != 1; 5], "pixel {index}");
+        }
     }
 }
