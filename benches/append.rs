@@ -86,4 +86,6 @@ fn main() {
         let ours = results.iter().find(|(h, _)| *h == held).map(|r| r.1).unwrap_or(f64::NAN);
         println!("at {held}: {:.1}x faster than the earlier PixelQuery's {earlier:.0} ms", earlier / ours);
     }
+    // For scripts/bench.sh.
+    println!("RESULT append_ms_0={:.4} append_ms_1000={:.4}", results[0].1, results[3].1);
 }

@@ -1,0 +1,265 @@
+"""The benchmark table: every headline figure beside what a user would pick
+instead, measured in the same run on the same machine (only ratios measured
+together are stable on a shared machine). Run through `scripts/bench.sh`,
+which builds in release mode and runs the Rust benches whose RESULT lines
+this script folds in.
+
+Anchors: a pyarrow in-memory Flight server serving the same bytes, a pyarrow
+Flight DoPut sink keeping batches in memory (both in their own process),
+gdalwarp on the same raster and grid.
+
+    python benches/suite.py --binary target/release/pixelquery [--results FILE...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from pixelquery_flight.testing import LocalServer
+
+SINUSOIDAL = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6378137 +units=m +no_defs"
+# Top-left corner of a block of whole 10 m grid tiles (2560 m) near Seoul.
+GRID_X0, GRID_Y0 = 4380 * 2560.0, 1633 * 2560.0
+
+ANCHOR = r'''
+import sys, pyarrow as pa, pyarrow.flight as flight
+class Anchor(flight.FlightServerBase):
+    """pyarrow in-memory server: tables by ticket; DoPut keeps batches."""
+    def __init__(self, tables):
+        super().__init__("grpc://127.0.0.1:0")
+        self.tables, self.kept = tables, []
+    def do_get(self, context, ticket):
+        return flight.RecordBatchStream(self.tables[ticket.ticket.decode()])
+    def do_put(self, context, descriptor, reader, writer):
+        self.kept = [chunk.data for chunk in reader]
+tables = {}
+for path in sys.argv[1:]:
+    with pa.memory_map(path) as f:
+        tables[path.rsplit("/", 1)[-1]] = pa.ipc.open_stream(f).read_all()
+server = Anchor(tables)
+print(server.port, flush=True)
+server.serve()
+'''
+
+
+def timed(fn, repeat):
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def rss_peak_kib(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_rss_peak(pid: int) -> None:
+    pathlib.Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def action(client, name, body):
+    return json.loads(list(client.do_action(flight.Action(name, json.dumps(body).encode())))[0].body.to_pybytes())
+
+
+def put(client, descriptor: dict, columns: dict, batch_bytes=1 << 20) -> float:
+    """DoPut of whole-row strips of about `batch_bytes`; returns seconds (the
+    answer's metadata is kept in `put.last`)."""
+    height, width = descriptor["height"], descriptor["width"]
+    schema = pa.schema([(n, pa.from_numpy_dtype(a.dtype)) for n, a in columns.items()])
+    row_bytes = sum(a.dtype.itemsize for a in columns.values()) * width
+    rows = max(1, batch_bytes // row_bytes)
+    t = time.perf_counter()
+    writer, reader = client.do_put(flight.FlightDescriptor.for_command(json.dumps(descriptor)), schema)
+    for top in range(0, height, rows):
+        writer.write_batch(pa.record_batch([pa.array(a[top:top + rows].ravel()) for a in columns.values()], schema=schema))
+    writer.done_writing()
+    answer = reader.read()
+    writer.close()
+    elapsed = time.perf_counter() - t
+    put.last = json.loads(answer.to_pybytes()) if answer is not None and answer.size else {}
+    return elapsed
+
+
+def aligned(collection, scene, minute, width, height, bands):
+    """A raster on the 10 m grid's lattice (copied, not resampled), acquired
+    `minute` minutes into 2024-06-01."""
+    return {
+        "collection": collection, "scene_id": scene, "acquired_at": f"2024-06-01T{minute // 60:02d}:{minute % 60:02d}:00Z",
+        "crs": SINUSOIDAL, "geotransform": [GRID_X0, 10.0, 0.0, GRID_Y0, 0.0, -10.0],
+        "width": width, "height": height, "bands": [{"name": b, "dtype": "uint16", "nodata": 0} for b in bands],
+    }
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, n, name, ours, anchor, ratio, goal, met):
+        self.rows.append((n, name, ours, anchor, ratio, goal, met))
+        print(f"  row {n}: {name}: ours {ours}, anchor {anchor}, ratio {ratio}, goal {goal}: {met}", file=sys.stderr, flush=True)
+
+    def markdown(self) -> str:
+        lines = ["| # | figure | ours | anchor | ratio | goal | met |", "|---|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--results", nargs="*", default=[], help="outputs of the Rust benches (RESULT lines)")
+    ap.add_argument("--size", type=int, default=10980, help="side of the reprojected raster (row 3 and 7)")
+    ap.add_argument("--out", help="also write the table (markdown) here")
+    args = ap.parse_args()
+    rust = {}
+    for path in args.results:
+        for m in re.finditer(r"^RESULT (.*)$", pathlib.Path(path).read_text(), re.M):
+            for kv in m.group(1).split():
+                k, v = kv.split("=")
+                rust[k] = float(v)
+
+    work = pathlib.Path(tempfile.mkdtemp(prefix="pixelquery-bench-", dir=os.environ.get("PIXELQUERY_BENCH_DIR", ".")))
+    table = Table()
+    server = LocalServer(work / "warehouse", ["--max-raster-mb", "8192"], binary=args.binary)
+    client = flight.connect(server.uri)
+    try:
+        # ---- 1. DoGet of stored chunks vs a pyarrow in-memory server -----
+        action(client, "create_collection", {"name": "get", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}})
+        rng = np.random.default_rng(1)
+        block = rng.integers(1, 10000, size=(1024, 2048), dtype=np.uint16)  # 4 x 8 tiles
+        for day in range(24):
+            put(client, aligned("get", f"g{day}", day, 2048, 1024, ["red"]), {"red": block})
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps({"collection": "get"})))
+        tickets = [ep.ticket for ep in info.endpoints]
+        files = []
+        total_bytes = 0
+        for i, t in enumerate(tickets):
+            tab = client.do_get(t).read_all()
+            total_bytes += tab.nbytes
+            path = work / f"anchor_{i}.arrows"
+            with pa.OSFile(str(path), "wb") as f, pa.ipc.new_stream(f, tab.schema) as w:
+                w.write_table(tab)
+            files.append(str(path))
+        anchor = subprocess.Popen([sys.executable, "-c", ANCHOR, *files], stdout=subprocess.PIPE, text=True)
+        anchor_client = flight.connect(f"grpc://127.0.0.1:{anchor.stdout.readline().strip()}")
+        anchor_tickets = [flight.Ticket(pathlib.Path(p).name.encode()) for p in files]
+
+        def read_all(c, ts, parallel):
+            if parallel == 1:
+                for t in ts:
+                    c.do_get(t).read_all()
+                return
+            threads = [threading.Thread(target=lambda part: [c.do_get(t).read_all() for t in part], args=(ts[k::parallel],)) for k in range(parallel)]
+            [th.start() for th in threads]
+            [th.join() for th in threads]
+
+        for parallel in (1, 4):
+            ours = min(timed(lambda: read_all(client, tickets, parallel), 5))
+            theirs = min(timed(lambda: read_all(anchor_client, anchor_tickets, parallel), 5))
+            gbs, agbs = total_bytes / ours / 1e9, total_bytes / theirs / 1e9
+            table.add("1" + ("a" if parallel == 1 else "b"), f"DoGet stored chunks, {parallel} stream(s), GB/s ({total_bytes / 1e6:.0f} MB, warm cache)",
+                      f"{gbs:.2f}", f"{agbs:.2f} pyarrow in-memory", f"{gbs / agbs:.2f}x", ">= 1.0x", "met" if gbs >= agbs else "not met")
+
+        # ---- 2. Raw DoPut on the grid (copy path, durable) vs a pyarrow sink
+        action(client, "create_collection", {"name": "raw", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}})
+        raster = rng.integers(1, 10000, size=(2560, 2560), dtype=np.uint16)  # 10 x 10 tiles, 13 MB
+        mb = raster.nbytes / 1e6
+        ours = statistics.median([put(client, aligned("raw", f"r{i}", i, 2560, 2560, ["red"]), {"red": raster}) for i in range(5)])
+        theirs = statistics.median([put(anchor_client, aligned("raw", f"r{i}", i, 2560, 2560, ["red"]), {"red": raster}) for i in range(5)])
+        table.add("2", f"raw DoPut already on the grid ({mb:.0f} MB uint16, durable), MB/s", f"{mb / ours:.0f}", f"{mb / theirs:.0f} pyarrow sink",
+                  f"{theirs / ours:.2f}x", ">= 0.8x", "met" if theirs / ours >= 0.8 else "not met")
+        anchor.kill()
+
+        # ---- 3 + 7. Reprojecting DoPut of a Sentinel-2-sized band vs gdalwarp
+        n = args.size
+        action(client, "create_collection", {"name": "warp", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}, "resampling": "bilinear"})
+        yy, xx = np.mgrid[0:n, 0:n]
+        band = ((yy * 7 + xx * 3) % 20000 + 1).astype(np.uint16)
+        del yy, xx
+        band[n // 3:n // 3 + 200, n // 3:n // 3 + 300] = 0  # a nodata hole
+        gt = [300000.0, 10.0, 0.0, 4200000.0, 0.0, -10.0]
+        descriptor = {"collection": "warp", "scene_id": "s2", "acquired_at": "2024-06-15T02:03:04Z", "crs": "EPSG:32652", "geotransform": gt,
+                      "width": n, "height": n, "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "resampling": "bilinear"}
+        reset_rss_peak(server.proc.pid)
+        base_kib = rss_peak_kib(server.proc.pid)
+        seconds = put(client, descriptor, {"red": band}, batch_bytes=4 << 20)
+        peak_kib = rss_peak_kib(server.proc.pid)
+        out_mpx = put.last["observations"] * 256 * 256 / 1e6
+        tif = work / "s2.tif"
+        src = work / "s2.raw"
+        band.tofile(src)
+        (work / "s2.hdr").write_text(f"ENVI\nsamples = {n}\nlines = {n}\nbands = 1\nheader offset = 0\nfile type = ENVI Standard\ndata type = 12\ninterleave = bsq\nbyte order = 0\n")
+        subprocess.run(["gdal_translate", "-q", "-of", "GTiff", "-a_srs", "EPSG:32652", "-a_ullr", str(gt[0]), str(gt[3]), str(gt[0] + n * 10), str(gt[3] - n * 10),
+                        "-a_nodata", "0", str(src), str(tif)], check=True)
+        src.unlink()
+        warped = work / "warped.tif"
+        t = time.perf_counter()
+        subprocess.run(["gdalwarp", "-q", "-overwrite", "-r", "bilinear", "-multi", "-wo", "NUM_THREADS=2", "-t_srs", SINUSOIDAL, "-tr", "10", "10", "-tap",
+                        "-srcnodata", "0", "-dstnodata", "0", str(tif), str(warped)], check=True)
+        gdal_s = time.perf_counter() - t
+        size = subprocess.run(["gdalinfo", "-json", str(warped)], check=True, capture_output=True, text=True)
+        w, h = json.loads(size.stdout)["size"]
+        gdal_mpx = w * h / 1e6
+        ours_rate, gdal_rate = out_mpx / seconds, gdal_mpx / gdal_s
+        table.add("3", f"reprojecting DoPut {n}x{n} uint16 EPSG:32652 -> grid, bilinear, output Mpx/s", f"{ours_rate:.1f} ({out_mpx:.0f} Mpx in {seconds:.1f} s)",
+                  f"{gdal_rate:.1f} gdalwarp -multi 2 threads ({gdal_mpx:.0f} Mpx in {gdal_s:.1f} s)", f"{ours_rate / gdal_rate:.2f}x", ">= 3x",
+                  "met" if ours_rate >= 3 * gdal_rate else "not met")
+        table.add("7", f"server peak RSS while that {n}x{n} band streams in", f"{peak_kib / 1024:.0f} MiB (idle {base_kib / 1024:.0f} MiB)", "-", "-", "<= 512 MiB",
+                  "met" if peak_kib <= 512 * 1024 else "not met")
+        del band
+
+        # ---- 4. Append cost (cargo bench --bench append) -----------------
+        if "append_ms_0" in rust:
+            r = rust["append_ms_1000"] / rust["append_ms_0"]
+            table.add("4", "durable append at 1000 vs 0 observations (ms)", f"{rust['append_ms_1000']:.2f} / {rust['append_ms_0']:.2f}", "earlier PixelQuery 140 ms at 1000",
+                      f"{r:.2f}", "<= 1.5", "met" if r <= 1.5 else "not met")
+
+        # ---- 5. Point time series, 1000 observations x 4 bands -----------
+        bands4 = ["blue", "green", "red", "nir"]
+        action(client, "create_collection", {"name": "pt", "bands": [{"name": b, "dtype": "uint16", "nodata": 0} for b in bands4], "grid": {"resolution": 10}})
+        tile = {b: rng.integers(1, 10000, size=(256, 256), dtype=np.uint16) for b in bands4}
+        for day in range(1000):
+            put(client, aligned("pt", f"p{day}", day, 256, 256, bands4), tile)
+        point = json.dumps({"collection": "pt", "point": [GRID_X0 + 1285.0, GRID_Y0 - 1285.0], "bbox_crs": SINUSOIDAL}).encode()
+        first = client.do_get(flight.Ticket(point)).read_all()
+        assert first.num_rows == 1000, first.num_rows
+        lat = sorted(timed(lambda: client.do_get(flight.Ticket(point)).read_all(), 200))
+        p50, p99 = lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3
+        table.add("5", "point time series, 1000 obs x 4 bands, p50 / p99 ms", f"{p50:.2f} / {p99:.2f}", "-", "-", "p50 <= 5 ms", "met" if p50 <= 5 else "not met")
+
+        # ---- 6. Per-file COG ingest (cargo bench --bench cog_ingest) -----
+        if "cog_ms" in rust:
+            table.add("6", "per-file COG ingest, 1024x1024x4 uint16 LZW, ms", f"{rust['cog_ms']:.0f}",
+                      f"earlier PixelQuery 270; gdalwarp {rust['cog_gdalwarp_ms']:.0f}", f"{270 / rust['cog_ms']:.1f}x vs earlier", "<= 20 ms",
+                      "met" if rust["cog_ms"] <= 20 else "not met")
+    finally:
+        server.stop()
+        subprocess.run(["rm", "-rf", str(work)])
+    table.rows.sort(key=lambda r: r[0])
+    text = table.markdown()
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The benchmark table (README "Benchmarks"): builds in release mode, runs
+# the Rust benches (append, COG ingest), then benches/suite.py, which starts
+# the server and the anchors (pyarrow in-memory Flight server, pyarrow DoPut
+# sink, gdalwarp) on loopback and prints one table: ours, anchor, ratio, goal.
+# Takes about 5 minutes after the build. SIZE=5490 makes row 3 smaller.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release --bin pixelquery
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+export PIXELQUERY_BENCH_DIR="${PIXELQUERY_BENCH_DIR:-$out}"
+cargo bench --bench append | tee "$out/append.txt"
+cargo bench --bench cog_ingest | tee "$out/cog.txt"
+echo "== $(date -u +%Y-%m-%d) $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(. /etc/os-release && echo "$PRETTY_NAME")"
+.venv/bin/python benches/suite.py --binary target/release/pixelquery --size "${SIZE:-10980}" \
+  --results "$out/append.txt" "$out/cog.txt" --out "${BENCH_TABLE:-benches/latest.md}"
