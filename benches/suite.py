@@ -123,12 +123,71 @@ class Table:
         return "\n".join(lines)
 
 
+def reproject(args, client, server, work, table):
+    """Rows 3 and 7: a reprojecting DoPut of a Sentinel-2-sized band vs gdalwarp, and the server's peak RSS meanwhile."""
+    n = args.size
+    action(client, "create_collection", {"name": "warp", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}, "resampling": "bilinear"})
+    yy, xx = np.mgrid[0:n, 0:n]
+    band = ((yy * 7 + xx * 3) % 20000 + 1).astype(np.uint16)
+    del yy, xx
+    band[n // 3:n // 3 + 200, n // 3:n // 3 + 300] = 0  # a nodata hole
+    gt = [300000.0, 10.0, 0.0, 4200000.0, 0.0, -10.0]
+    descriptor = {"collection": "warp", "scene_id": "s2", "acquired_at": "2024-06-15T02:03:04Z", "crs": "EPSG:32652", "geotransform": gt,
+                  "width": n, "height": n, "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "resampling": "bilinear"}
+    reset_rss_peak(server.proc.pid)
+    base_kib = rss_peak_kib(server.proc.pid)
+    seconds = put(client, descriptor, {"red": band}, batch_bytes=4 << 20)
+    peak_kib = rss_peak_kib(server.proc.pid)
+    out_mpx = put.last["observations"] * 256 * 256 / 1e6
+    tif = work / "s2.tif"
+    src = work / "s2.raw"
+    band.tofile(src)
+    (work / "s2.hdr").write_text(f"ENVI\nsamples = {n}\nlines = {n}\nbands = 1\nheader offset = 0\nfile type = ENVI Standard\ndata type = 12\ninterleave = bsq\nbyte order = 0\n")
+    subprocess.run(["gdal_translate", "-q", "-of", "GTiff", "-a_srs", "EPSG:32652", "-a_ullr", str(gt[0]), str(gt[3]), str(gt[0] + n * 10), str(gt[3] - n * 10),
+                    "-a_nodata", "0", str(src), str(tif)], check=True)
+    src.unlink()
+    warped = work / "warped.tif"
+    t = time.perf_counter()
+    subprocess.run(["gdalwarp", "-q", "-overwrite", "-r", "bilinear", "-multi", "-wo", "NUM_THREADS=2", "-t_srs", SINUSOIDAL, "-tr", "10", "10", "-tap",
+                    "-srcnodata", "0", "-dstnodata", "0", str(tif), str(warped)], check=True)
+    gdal_s = time.perf_counter() - t
+    size = subprocess.run(["gdalinfo", "-json", str(warped)], check=True, capture_output=True, text=True)
+    w, h = json.loads(size.stdout)["size"]
+    gdal_mpx = w * h / 1e6
+    ours_rate, gdal_rate = out_mpx / seconds, gdal_mpx / gdal_s
+    # gdalwarp's output is the bounding box of the sheared footprint (mostly
+    # empty); ours are the tiles touched. Both rates and the wall-time ratio
+    # for the same input are shown; the goal is judged on the rates.
+    table.add("3", f"reprojecting DoPut {n}x{n} uint16 EPSG:32652 -> grid, bilinear, output Mpx/s", f"{ours_rate:.1f} ({out_mpx:.0f} Mpx in {seconds:.1f} s)",
+              f"{gdal_rate:.1f} gdalwarp -multi 2 threads ({gdal_mpx:.0f} Mpx in {gdal_s:.1f} s)",
+              f"{ours_rate / gdal_rate:.2f}x by rate, {gdal_s / seconds:.2f}x by time", ">= 3x", "met" if ours_rate >= 3 * gdal_rate else "not met")
+    table.add("7", f"server peak RSS while that {n}x{n} band streams in", f"{peak_kib / 1024:.0f} MiB (idle {base_kib / 1024:.0f} MiB)", "-", "-", "<= 512 MiB",
+              "met" if peak_kib <= 512 * 1024 else "not met")
+    del band
+
+
+def point_series(client, rng, table):
+    """Row 5: point time-series latency over 1000 observations x 4 bands."""
+    bands4 = ["blue", "green", "red", "nir"]
+    action(client, "create_collection", {"name": "pt", "bands": [{"name": b, "dtype": "uint16", "nodata": 0} for b in bands4], "grid": {"resolution": 10}})
+    tile = {b: rng.integers(1, 10000, size=(256, 256), dtype=np.uint16) for b in bands4}
+    for day in range(1000):
+        put(client, aligned("pt", f"p{day}", day, 256, 256, bands4), tile)
+    point = json.dumps({"collection": "pt", "point": [GRID_X0 + 1285.0, GRID_Y0 - 1285.0], "bbox_crs": SINUSOIDAL}).encode()
+    first = client.do_get(flight.Ticket(point)).read_all()
+    assert first.num_rows == 1000, first.num_rows
+    lat = sorted(timed(lambda: client.do_get(flight.Ticket(point)).read_all(), 200))
+    p50, p99 = lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3
+    table.add("5", "point time series, 1000 obs x 4 bands, p50 / p99 ms", f"{p50:.2f} / {p99:.2f}", "-", "-", "p50 <= 5 ms", "met" if p50 <= 5 else "not met")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--results", nargs="*", default=[], help="outputs of the Rust benches (RESULT lines)")
     ap.add_argument("--size", type=int, default=10980, help="side of the reprojected raster (row 3 and 7)")
     ap.add_argument("--out", help="also write the table (markdown) here")
+    ap.add_argument("--only", default="1234567", help="rows to run, e.g. 15")
     args = ap.parse_args()
     rust = {}
     for path in args.results:
@@ -143,6 +202,7 @@ def main():
     client = flight.connect(server.uri)
     try:
         # ---- 1. DoGet of stored chunks vs a pyarrow in-memory server -----
+        # (the anchor process also serves row 2's sink)
         action(client, "create_collection", {"name": "get", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}})
         rng = np.random.default_rng(1)
         block = rng.integers(1, 10000, size=(1024, 2048), dtype=np.uint16)  # 4 x 8 tiles
@@ -172,7 +232,7 @@ def main():
             [th.start() for th in threads]
             [th.join() for th in threads]
 
-        for parallel in (1, 4):
+        for parallel in (1, 4) if "1" in args.only else ():
             ours = min(timed(lambda: read_all(client, tickets, parallel), 5))
             theirs = min(timed(lambda: read_all(anchor_client, anchor_tickets, parallel), 5))
             gbs, agbs = total_bytes / ours / 1e9, total_bytes / theirs / 1e9
@@ -189,44 +249,8 @@ def main():
                   f"{theirs / ours:.2f}x", ">= 0.8x", "met" if theirs / ours >= 0.8 else "not met")
         anchor.kill()
 
-        # ---- 3 + 7. Reprojecting DoPut of a Sentinel-2-sized band vs gdalwarp
-        n = args.size
-        action(client, "create_collection", {"name": "warp", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}, "resampling": "bilinear"})
-        yy, xx = np.mgrid[0:n, 0:n]
-        band = ((yy * 7 + xx * 3) % 20000 + 1).astype(np.uint16)
-        del yy, xx
-        band[n // 3:n // 3 + 200, n // 3:n // 3 + 300] = 0  # a nodata hole
-        gt = [300000.0, 10.0, 0.0, 4200000.0, 0.0, -10.0]
-        descriptor = {"collection": "warp", "scene_id": "s2", "acquired_at": "2024-06-15T02:03:04Z", "crs": "EPSG:32652", "geotransform": gt,
-                      "width": n, "height": n, "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "resampling": "bilinear"}
-        reset_rss_peak(server.proc.pid)
-        base_kib = rss_peak_kib(server.proc.pid)
-        seconds = put(client, descriptor, {"red": band}, batch_bytes=4 << 20)
-        peak_kib = rss_peak_kib(server.proc.pid)
-        out_mpx = put.last["observations"] * 256 * 256 / 1e6
-        tif = work / "s2.tif"
-        src = work / "s2.raw"
-        band.tofile(src)
-        (work / "s2.hdr").write_text(f"ENVI\nsamples = {n}\nlines = {n}\nbands = 1\nheader offset = 0\nfile type = ENVI Standard\ndata type = 12\ninterleave = bsq\nbyte order = 0\n")
-        subprocess.run(["gdal_translate", "-q", "-of", "GTiff", "-a_srs", "EPSG:32652", "-a_ullr", str(gt[0]), str(gt[3]), str(gt[0] + n * 10), str(gt[3] - n * 10),
-                        "-a_nodata", "0", str(src), str(tif)], check=True)
-        src.unlink()
-        warped = work / "warped.tif"
-        t = time.perf_counter()
-        subprocess.run(["gdalwarp", "-q", "-overwrite", "-r", "bilinear", "-multi", "-wo", "NUM_THREADS=2", "-t_srs", SINUSOIDAL, "-tr", "10", "10", "-tap",
-                        "-srcnodata", "0", "-dstnodata", "0", str(tif), str(warped)], check=True)
-        gdal_s = time.perf_counter() - t
-        size = subprocess.run(["gdalinfo", "-json", str(warped)], check=True, capture_output=True, text=True)
-        w, h = json.loads(size.stdout)["size"]
-        gdal_mpx = w * h / 1e6
-        ours_rate, gdal_rate = out_mpx / seconds, gdal_mpx / gdal_s
-        table.add("3", f"reprojecting DoPut {n}x{n} uint16 EPSG:32652 -> grid, bilinear, output Mpx/s", f"{ours_rate:.1f} ({out_mpx:.0f} Mpx in {seconds:.1f} s)",
-                  f"{gdal_rate:.1f} gdalwarp -multi 2 threads ({gdal_mpx:.0f} Mpx in {gdal_s:.1f} s)", f"{ours_rate / gdal_rate:.2f}x", ">= 3x",
-                  "met" if ours_rate >= 3 * gdal_rate else "not met")
-        table.add("7", f"server peak RSS while that {n}x{n} band streams in", f"{peak_kib / 1024:.0f} MiB (idle {base_kib / 1024:.0f} MiB)", "-", "-", "<= 512 MiB",
-                  "met" if peak_kib <= 512 * 1024 else "not met")
-        del band
-
+        if "3" in args.only or "7" in args.only:
+            reproject(args, client, server, work, table)
         # ---- 4. Append cost (cargo bench --bench append) -----------------
         if "append_ms_0" in rust:
             r = rust["append_ms_1000"] / rust["append_ms_0"]
@@ -234,18 +258,8 @@ def main():
                       f"{r:.2f}", "<= 1.5", "met" if r <= 1.5 else "not met")
 
         # ---- 5. Point time series, 1000 observations x 4 bands -----------
-        bands4 = ["blue", "green", "red", "nir"]
-        action(client, "create_collection", {"name": "pt", "bands": [{"name": b, "dtype": "uint16", "nodata": 0} for b in bands4], "grid": {"resolution": 10}})
-        tile = {b: rng.integers(1, 10000, size=(256, 256), dtype=np.uint16) for b in bands4}
-        for day in range(1000):
-            put(client, aligned("pt", f"p{day}", day, 256, 256, bands4), tile)
-        point = json.dumps({"collection": "pt", "point": [GRID_X0 + 1285.0, GRID_Y0 - 1285.0], "bbox_crs": SINUSOIDAL}).encode()
-        first = client.do_get(flight.Ticket(point)).read_all()
-        assert first.num_rows == 1000, first.num_rows
-        lat = sorted(timed(lambda: client.do_get(flight.Ticket(point)).read_all(), 200))
-        p50, p99 = lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3
-        table.add("5", "point time series, 1000 obs x 4 bands, p50 / p99 ms", f"{p50:.2f} / {p99:.2f}", "-", "-", "p50 <= 5 ms", "met" if p50 <= 5 else "not met")
-
+        if "5" in args.only:
+            point_series(client, rng, table)
         # ---- 6. Per-file COG ingest (cargo bench --bench cog_ingest) -----
         if "cog_ms" in rust:
             table.add("6", "per-file COG ingest, 1024x1024x4 uint16 LZW, ms", f"{rust['cog_ms']:.0f}",

@@ -7,10 +7,14 @@ use std::sync::Arc;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::config::Config;
 use crate::flight::{AppState, Service};
 use crate::storage::Warehouse;
+
+/// HTTP/2 flow-control window per stream (the connection gets twice this).
+pub const STREAM_WINDOW: u32 = 8 << 20;
 
 /// Opens the warehouse named by `config` (rebuilding its catalog) and
 /// returns the shared state. Blocking.
@@ -24,6 +28,17 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
     let svc = FlightServiceServer::new(Service::new(state))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    // The builder's tcp_nodelay only reaches sockets tonic accepts itself;
+    // these come from our listener. Without it, Nagle's algorithm and the
+    // client's delayed ACK held every small answer back ~40 ms.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        }
+        conn
+    });
     let mut builder = tonic::transport::Server::builder();
     if let Some(pem) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(&pem.cert, &pem.key);
@@ -31,7 +46,12 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
     }
     builder
         .tcp_nodelay(true)
+        // HTTP/2's default 64 KiB flow-control windows make a DoPut wait for
+        // a window update every 64 KiB; rasters and chunks move in MiBs.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(2 * STREAM_WINDOW))
+        .max_frame_size(Some(1 << 20))
         .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

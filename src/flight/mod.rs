@@ -365,22 +365,34 @@ impl FlightService for Service {
                 ))
                 .into());
             }
-            let schema = p.schema()?;
-            // A blocking reader feeds a small channel; it stops when the client
-            // goes away (the receiver is dropped and `send` fails).
-            let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<arrow_array::RecordBatch, FlightError>>(4);
-            tokio::task::spawn_blocking(move || {
-                // A panic must end the stream with an error, not look like
-                // its end.
-                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.read(|batch| tx.blocking_send(Ok(batch)).is_ok())))
-                    .unwrap_or_else(|_| Err(Error::Internal("reading the chunks panicked".into())));
-                if let Err(e) = res {
-                    let _ = tx.blocking_send(Err(to_flight(e)));
-                }
-            });
-            let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
-            let stream = FlightDataEncoderBuilder::new().with_schema(schema).with_max_flight_data_size(MAX_FLIGHT_DATA).build(batches).map_err(from_flight);
-            Ok(Response::new(with_deadline(stream.boxed(), self.state.limits.request_timeout)))
+            let stream = if p.point.is_some() {
+                let schema = p.schema()?;
+                // A blocking reader feeds a small channel; it stops when the
+                // client goes away (the receiver is dropped and `send` fails).
+                let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<arrow_array::RecordBatch, FlightError>>(4);
+                tokio::task::spawn_blocking(move || {
+                    // A panic must end the stream with an error, not look like its end.
+                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.read(|batch| tx.blocking_send(Ok(batch)).is_ok())))
+                        .unwrap_or_else(|_| Err(Error::Internal("reading the chunks panicked".into())));
+                    if let Err(e) = res {
+                        let _ = tx.blocking_send(Err(to_flight(e)));
+                    }
+                });
+                let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
+                FlightDataEncoderBuilder::new().with_schema(schema).with_max_flight_data_size(MAX_FLIGHT_DATA).build(batches).map_err(from_flight).boxed()
+            } else {
+                // Chunks: stored messages go out as stored (Plan::read_flight).
+                let (tx, rx) = tokio::sync::mpsc::channel::<Result<FlightData, Status>>(8);
+                tokio::task::spawn_blocking(move || {
+                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.read_flight(|fd| tx.blocking_send(Ok(fd)).is_ok())))
+                        .unwrap_or_else(|_| Err(Error::Internal("reading the chunks panicked".into())));
+                    if let Err(e) = res {
+                        let _ = tx.blocking_send(Err(e.into_status()));
+                    }
+                });
+                tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+            };
+            Ok(Response::new(with_deadline(stream, self.state.limits.request_timeout)))
         })
         .await
     }

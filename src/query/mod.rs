@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow_flight::{FlightData, SchemaAsIpc};
+use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::collection::{Band, DType};
@@ -14,6 +16,9 @@ use crate::grid::{GridSpec, TileId, TileRange};
 use crate::storage::{self, chunk, ChunkEntry, ChunkKey, CollectionStore, Warehouse};
 use crate::warp::crs;
 use crate::wire::{self, Area, QuerySpec};
+
+/// Most bytes of stored messages read at once when serving them as stored.
+const RAW_READ: u64 = 8 << 20;
 
 /// Which tiles a query covers, resolved against the grid.
 enum TileFilter {
@@ -190,6 +195,86 @@ impl Plan {
             Some((_, index)) => self.read_point(index, emit),
             None => self.read_chunks(emit),
         }
+    }
+
+    /// The answer as Flight messages, calling `emit` until it returns false.
+    /// Batches that lie wholly in the time range of a chunk stored in time
+    /// order are sent as the bytes stored, without decoding or re-encoding;
+    /// the rest is decoded, filtered, sorted and encoded. Blocking.
+    pub fn read_flight(&self, mut emit: impl FnMut(FlightData) -> bool) -> Result<()> {
+        if self.point.is_some() {
+            return Err(Error::Internal("read_flight on a point query".into()));
+        }
+        let opts = IpcWriteOptions::default();
+        let schema = self.schema()?;
+        if !emit(SchemaAsIpc::new(&schema, &opts).into()) {
+            return Ok(());
+        }
+        let encoder = IpcDataGenerator::default();
+        let mut tracker = DictionaryTracker::new(false);
+        let mut context = IpcWriteContext::default();
+        // Decoded rows go out in messages of about a MiB, as stored ones do.
+        let mut encode = |batch: &RecordBatch| -> Result<Vec<FlightData>> {
+            let per = chunk::rows_per_message(batch);
+            (0..batch.num_rows())
+                .step_by(per)
+                .map(|first| {
+                    let part = batch.slice(first, per.min(batch.num_rows() - first));
+                    let (_, data) = encoder.encode(&part, &mut tracker, &opts, &mut context).map_err(Error::arrow("encoding a batch"))?;
+                    Ok(data.into())
+                })
+                .collect()
+        };
+        for (_, entry) in &self.chunks {
+            let keep = |i: usize| self.spec.time_matches(entry.times[i]);
+            if !entry.times.is_sorted() {
+                if let Some(batch) = self.read_sorted(entry)? {
+                    let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(Error::arrow("re-labelling a chunk batch"))?;
+                    if !encode(&batch)?.into_iter().all(&mut emit) {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            let (schema_end, picked) = entry.file.batches_with(entry.len, keep)?;
+            let mut i = 0;
+            while i < picked.len() {
+                let (first, loc) = picked[i];
+                if !(first..first + loc.rows).all(keep) {
+                    // A batch straddling the range's edge: decode and cut.
+                    let batches = chunk::read_batches(&entry.file.path, schema_end, &[loc])?;
+                    let (cut, _) = storage::sorted_rows(&batches, |t, _| self.spec.time_matches(t))?;
+                    if let Some(cut) = cut {
+                        let cut = RecordBatch::try_new(schema.clone(), cut.columns().to_vec()).map_err(Error::arrow("re-labelling a chunk batch"))?;
+                        if !encode(&cut)?.into_iter().all(&mut emit) {
+                            return Ok(());
+                        }
+                    }
+                    i += 1;
+                    continue;
+                }
+                // A run of whole, adjacent batches, read in one go (up to
+                // RAW_READ bytes) and sent as stored.
+                let mut j = i;
+                while j + 1 < picked.len() && picked[j + 1].1.start == picked[j].1.end && picked[j + 1].1.end - loc.start <= RAW_READ {
+                    let (f, l) = picked[j + 1];
+                    if !(f..f + l.rows).all(keep) {
+                        break;
+                    }
+                    j += 1;
+                }
+                let bytes = chunk::read_range(&entry.file.path, loc.start, picked[j].1.end)?;
+                for (_, l) in &picked[i..=j] {
+                    let message = bytes.slice((l.start - loc.start) as usize..(l.end - loc.start) as usize);
+                    let (header, body) = chunk::split_message(&message).ok_or_else(|| Error::Corrupt { path: entry.file.path.clone(), reason: format!("message at byte {}", l.start) })?;
+                    if !emit(FlightData { data_header: header, data_body: body, ..Default::default() }) {
+                        return Ok(());
+                    }
+                }
+                i = j + 1;
+            }
+        }
+        Ok(())
     }
 
     fn read_chunks(&self, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {

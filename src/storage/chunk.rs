@@ -96,11 +96,18 @@ pub fn append(path: &Path, committed: u64, batch: &RecordBatch) -> Result<(u64, 
 /// need, as it does for appended observations.
 const MESSAGE_PIXEL_BYTES: usize = 1 << 20;
 
+/// Rows of an observation batch that make about [`MESSAGE_PIXEL_BYTES`] of
+/// pixels (at least one): the size of the messages written and served.
+pub fn rows_per_message(batch: &RecordBatch) -> usize {
+    let pixels = batch.column(4).as_list::<i32>();
+    let row_bytes = pixels.values().len() * pixels.value_type().primitive_width().unwrap_or(8) / batch.num_rows().max(1);
+    (MESSAGE_PIXEL_BYTES / row_bytes.max(1)).max(1)
+}
+
 /// Writes a new chunk file holding `batch` (in messages of about
 /// [`MESSAGE_PIXEL_BYTES`]) and fsyncs it; returns its length.
 pub fn write_new(path: &Path, batch: &RecordBatch) -> Result<u64> {
-    let row_bytes = batch.column(4).as_list::<i32>().values().get_array_memory_size() / batch.num_rows().max(1);
-    let per_message = (MESSAGE_PIXEL_BYTES / row_bytes.max(1)).max(1);
+    let per_message = rows_per_message(batch);
     let mut w = StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(Error::arrow("encoding a chunk schema"))?;
     for first in (0..batch.num_rows()).step_by(per_message) {
         // Rows are taken, not sliced, so every message's list offsets start
@@ -236,31 +243,48 @@ pub fn read_batches(path: &Path, schema_end: u64, locs: &[BatchLoc]) -> Result<V
     reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })
 }
 
-/// One pixel of every row of the batches `locs`: `(value bytes, valid)` per
-/// row in file order, `size` bytes per value, `n` pixels per row. `None`
-/// when a batch's layout is not the one this server writes (the caller then
-/// decodes).
-pub fn read_pixel(path: &Path, locs: &[BatchLoc], index: usize, n: usize, size: usize) -> Result<Option<(Vec<u8>, Vec<bool>)>> {
+/// Bytes `[from, to)` of a chunk file.
+pub fn read_range(path: &Path, from: u64, to: u64) -> Result<bytes::Bytes> {
     use std::os::unix::fs::FileExt;
     let f = File::open(path).map_err(Error::io(path))?;
+    let mut buf = vec![0u8; (to - from) as usize];
+    f.read_exact_at(&mut buf, from).map_err(Error::io(path))?;
+    Ok(buf.into())
+}
+
+/// An encapsulated IPC message (as stored) split into its flatbuffer header
+/// and its body: what a FlightData carries, with no copy.
+pub fn split_message(message: &bytes::Bytes) -> Option<(bytes::Bytes, bytes::Bytes)> {
+    let word = |at: usize| message.get(at..at + 4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let (prefix, len) = match word(0)? {
+        -1 => (8usize, word(4)?),
+        n => (4usize, n),
+    };
+    let body_at = prefix.checked_add(usize::try_from(len).ok()?)?;
+    (body_at <= message.len()).then(|| (message.slice(prefix..body_at), message.slice(body_at..)))
+}
+
+/// One pixel of every row of the batches `locs` of a chunk whose bytes are
+/// `data`: `(value bytes, valid)` per row in file order, `size` bytes per
+/// value, `n` pixels per row. `None` when a batch's layout is not the one
+/// this server writes or lies outside `data` (the caller then decodes).
+pub fn read_pixel(data: &[u8], locs: &[BatchLoc], index: usize, n: usize, size: usize) -> Option<(Vec<u8>, Vec<bool>)> {
     let rows: usize = locs.iter().map(|l| l.rows).sum();
-    let (mut values, mut valid) = (vec![0u8; rows * size], Vec::with_capacity(rows));
-    let mut r = 0;
+    let (mut values, mut valid) = (Vec::with_capacity(rows * size), Vec::with_capacity(rows));
     for loc in locs {
-        let (Some((px_at, px_len)), Some((mk_at, mk_len))) = (loc.pixels, loc.mask) else { return Ok(None) };
+        let (Some((px_at, px_len)), Some((mk_at, mk_len))) = (loc.pixels, loc.mask) else { return None };
         if px_len < (loc.rows * n * size) as u64 || mk_len < (loc.rows * n).div_ceil(8) as u64 {
-            return Ok(None);
+            return None;
         }
         for row in 0..loc.rows {
-            let k = (row * n + index) as u64;
-            f.read_exact_at(&mut values[r * size..(r + 1) * size], px_at + k * size as u64).map_err(Error::io(path))?;
-            let mut bits = [0u8];
-            f.read_exact_at(&mut bits, mk_at + k / 8).map_err(Error::io(path))?;
-            valid.push(bits[0] >> (k % 8) & 1 == 1);
-            r += 1;
+            let k = row * n + index;
+            let at = usize::try_from(px_at).ok()? + k * size;
+            values.extend_from_slice(data.get(at..at + size)?);
+            let bits = *data.get(usize::try_from(mk_at).ok()? + k / 8)?;
+            valid.push(bits >> (k % 8) & 1 == 1);
         }
     }
-    Ok(Some((values, valid)))
+    Some((values, valid))
 }
 
 /// Statistics of the valid, finite pixels of one observation (`pixels` and `mask`
@@ -371,8 +395,9 @@ mod tests {
         assert_eq!(tail.len(), 2);
         let some = read_batches(&path, schema_end, &locs[1..]).unwrap();
         assert_eq!(some.iter().map(|b| b.column(3).as_string::<i32>().value(0).to_string()).collect::<Vec<_>>(), vec!["s3", "s4"]);
+        let data = std::fs::read(&path).unwrap();
         for index in 0..4 {
-            let (values, valid) = read_pixel(&path, &locs, index, 4, 2).unwrap().expect("our layout");
+            let (values, valid) = read_pixel(&data, &locs, index, 4, 2).expect("our layout");
             let got: Vec<u16> = values.chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
             assert_eq!(got, (0..5).map(|row| row * 10 + index as u16).collect::<Vec<_>>(), "pixel {index}");
             assert_eq!(valid, vec![index != 1; 5], "pixel {index}");

@@ -73,6 +73,9 @@ pub struct ChunkFile {
     /// Where its batches sit, scanned from the message headers as far as
     /// readers needed (a generation's committed prefix never changes).
     index: Mutex<FileIndex>,
+    /// The file mapped into memory for point reads (remapped when readers
+    /// need a longer prefix).
+    map: Mutex<Option<Arc<memmap2::Mmap>>>,
 }
 
 #[derive(Debug, Default)]
@@ -84,7 +87,28 @@ struct FileIndex {
 
 impl ChunkFile {
     fn new(path: PathBuf, gen: u32) -> Arc<Self> {
-        Arc::new(Self { path, gen, obsolete: AtomicBool::new(false), index: Mutex::new(FileIndex::default()) })
+        Arc::new(Self { path, gen, obsolete: AtomicBool::new(false), index: Mutex::new(FileIndex::default()), map: Mutex::new(None) })
+    }
+
+    /// The file's first `len` bytes or more, mapped into memory.
+    pub fn mapped(&self, len: u64) -> Result<Arc<memmap2::Mmap>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = map.as_ref().filter(|m| m.len() as u64 >= len) {
+            return Ok(m.clone());
+        }
+        let f = File::open(&self.path).map_err(Error::io(&self.path))?;
+        // SAFETY: only this server writes warehouse files. A generation's
+        // committed prefix is never rewritten or cut while the server runs
+        // (appends go past it, rollbacks cut only past it, rewrites make a
+        // new generation); only `len` committed bytes are mapped.
+        let m = unsafe { memmap2::MmapOptions::new().len(len as usize).map(&f) }.map_err(Error::io(&self.path))?;
+        // Point reads touch one page per observation: no read-ahead.
+        if let Err(e) = m.advise(memmap2::Advice::Random) {
+            tracing::debug!(error = %e, "madvise(MADV_RANDOM) failed");
+        }
+        let m = Arc::new(m);
+        *map = Some(m.clone());
+        Ok(m)
     }
 
     /// The end of the schema message and the batches of the committed
@@ -104,7 +128,7 @@ impl ChunkFile {
 
     /// The batches holding at least one row that `keep` (row index in file
     /// order) selects, with the index of their first row.
-    fn batches_with(&self, len: u64, keep: impl Fn(usize) -> bool) -> Result<(u64, Vec<(usize, chunk::BatchLoc)>)> {
+    pub fn batches_with(&self, len: u64, keep: impl Fn(usize) -> bool) -> Result<(u64, Vec<(usize, chunk::BatchLoc)>)> {
         let (schema_end, all) = self.batches(len)?;
         let mut first = 0;
         let mut out = Vec::new();
@@ -388,7 +412,8 @@ impl CollectionStore {
         let (_, picked) = entry.file.batches_with(entry.len, &keep)?;
         let locs: Vec<chunk::BatchLoc> = picked.iter().map(|(_, b)| *b).collect();
         let n = self.meta.grid.tile_px as usize * self.meta.grid.tile_px as usize;
-        let Some((bytes, valid)) = chunk::read_pixel(&entry.file.path, &locs, index, n, dtype.size())? else { return Ok(None) };
+        let data = entry.file.mapped(entry.len)?;
+        let Some((bytes, valid)) = chunk::read_pixel(&data[..entry.len as usize], &locs, index, n, dtype.size()) else { return Ok(None) };
         let rows: Vec<usize> = picked.iter().flat_map(|(first, b)| *first..*first + b.rows).collect();
         let values: ArrayRef = crate::with_arrow_type!(dtype, T => Arc::new(arrow_array::PrimitiveArray::<T>::new(
             arrow_buffer::ScalarBuffer::new(arrow_buffer::Buffer::from_slice_ref(&bytes), 0, rows.len()),

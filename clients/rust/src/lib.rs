@@ -85,7 +85,12 @@ impl Client {
         } else {
             (uri.replacen("grpc+tcp://", "http://", 1).replacen("grpc://", "http://", 1), false)
         };
-        let mut endpoint = tonic::transport::Endpoint::from_shared(http).map_err(|_| bad_uri())?.tcp_nodelay(true);
+        // Windows of MiBs, not HTTP/2's default 64 KiB (see the server's).
+        let mut endpoint = tonic::transport::Endpoint::from_shared(http)
+            .map_err(|_| bad_uri())?
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20));
         if tls {
             let mut config = tonic::transport::ClientTlsConfig::new();
             config = match &opts.tls_root_cert {
