@@ -69,3 +69,71 @@ fn binary_refuses_to_serve_beyond_loopback_without_auth() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 1") && !stderr.contains("tooshort"), "{stderr}");
 }
+
+/// Starts the binary over `warehouse` on a free port; returns it and its URI.
+fn spawn_server(warehouse: &std::path::Path, grace_secs: &str) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pixelquery"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace-secs", grace_secs, "--warehouse"])
+        .arg(warehouse)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("pixelquery listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    (child, format!("grpc://{addr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_doput_in_flight_at_sigterm_finishes_and_is_kept() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let (mut child, uri) = spawn_server(&wh, "20");
+    let mut client = pixelquery_client::Client::connect(&uri).await.unwrap();
+    client
+        .create_collection(&serde_json::json!({"name": "s2", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}}))
+        .await
+        .unwrap();
+    let request = pixelquery_client::proto::IngestRequest {
+        collection: "s2".into(),
+        scene_id: "in-flight".into(),
+        acquired_at_ms: 1718416984000,
+        crs: "EPSG:32652".into(),
+        geotransform: vec![322000.0, 10.0, 0.0, 4158000.0, 0.0, -10.0],
+        width: 64,
+        height: 64,
+        bands: vec![pixelquery_client::proto::BandSpec { name: "red".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],
+        ..Default::default()
+    };
+    let values: arrow_array::ArrayRef = std::sync::Arc::new(arrow_array::UInt16Array::from_iter_values((0..64 * 64).map(|i| (i % 900 + 1) as u16)));
+    let whole = arrow_array::RecordBatch::try_from_iter([("red", values)]).unwrap();
+    let batches = [whole.slice(0, 32 * 64), whole.slice(32 * 64, 32 * 64)];
+    // Half the rows now, the rest after SIGTERM.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(batches[0].clone()).await.unwrap();
+    let mut writer = client.try_clone();
+    let put = tokio::spawn(async move { writer.ingest_stream(&request, tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc_kill(child.id() as i32, 15) };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for b in &batches[1..] {
+        tx.send(b.clone()).await.unwrap();
+    }
+    drop(tx);
+    let summary = put.await.unwrap().expect("the in-flight DoPut completes within the grace period");
+    assert!(!summary.duplicate && summary.observations > 0);
+    drop(client);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    // Acknowledged means kept: a new server over the same warehouse has it.
+    let (mut again, uri) = spawn_server(&wh, "5");
+    let mut client = pixelquery_client::Client::connect(&uri).await.unwrap();
+    let d = client.describe("s2").await.unwrap();
+    assert_eq!(d["scenes"], 1, "{d}");
+    drop(client);
+    let _ = again.kill();
+    let _ = again.wait();
+}
