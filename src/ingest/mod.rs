@@ -210,6 +210,9 @@ fn summary(spec: &IngestSpec, o: AppendOutcome, started: Instant) -> PutSummary 
 }
 
 fn concat(parts: &[ArrayRef]) -> Result<ArrayRef> {
+    if let [one] = parts {
+        return Ok(one.clone());
+    }
     let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
     arrow_select::concat::concat(&refs).map_err(Error::arrow("joining raster rows"))
 }
@@ -239,8 +242,12 @@ fn warp_pool(threads: usize) -> &'static rayon::ThreadPool {
 
 /// Warps every band onto every touched tile, in parallel over tiles.
 fn warp_scene(spec: &IngestSpec, bands: &[PlannedBand], received: Received, store: &CollectionStore, opts: &IngestOptions) -> Result<Vec<Observation>> {
-    let columns: Vec<ArrayRef> = received.columns.iter().map(|c| concat(c)).collect::<Result<_>>()?;
-    let valid = if received.valid.is_empty() { None } else { Some(concat(&received.valid)?) };
+    // Each band's received parts are let go as soon as they are joined, so
+    // the raster is held once, not twice, while it is warped.
+    let Received { columns: parts, valid: valid_parts } = received;
+    let columns: Vec<ArrayRef> = parts.into_iter().map(|c| concat(&c)).collect::<Result<_>>()?;
+    let valid = if valid_parts.is_empty() { None } else { Some(concat(&valid_parts)?) };
+    drop(valid_parts);
     let valid = valid.as_ref().map(|v| v.as_boolean().clone());
     let validity: Vec<Option<Vec<bool>>> = columns.iter().map(|c| validity(valid.as_ref(), c)).collect();
     let src = SourceGeometry::try_new(spec.width as usize, spec.height as usize, spec.geotransform)
