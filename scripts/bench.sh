@@ -13,6 +13,7 @@ trap 'rm -rf "$out"' EXIT
 export PIXELQUERY_BENCH_DIR="${PIXELQUERY_BENCH_DIR:-$out}"
 cargo bench --bench append | tee "$out/append.txt"
 cargo bench --bench cog_ingest | tee "$out/cog.txt"
+cargo bench --bench warp_kernel | tee "$out/kernel.txt"
 echo "== $(date -u +%Y-%m-%d) $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(. /etc/os-release && echo "$PRETTY_NAME")"
 .venv/bin/python benches/suite.py --binary target/release/pixelquery --size "${SIZE:-10980}" \
-  --results "$out/append.txt" "$out/cog.txt" --out "${BENCH_TABLE:-benches/latest.md}"
+  --results "$out/append.txt" "$out/cog.txt" "$out/kernel.txt" --out "${BENCH_TABLE:-benches/latest.md}"

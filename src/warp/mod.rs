@@ -27,8 +27,10 @@ macro_rules! impl_int_sample {
     ($($t:ty),*) => {$(
         impl Sample for $t {
             const IS_FLOAT: bool = false;
+            #[inline]
             fn to_f64(self) -> f64 { self as f64 }
-            fn from_f64(v: f64) -> Self { (v + 0.5).floor().clamp(<$t>::MIN as f64, <$t>::MAX as f64) as $t }
+            #[inline]
+            fn from_f64(v: f64) -> Self { floor(v + 0.5).clamp(<$t>::MIN as f64, <$t>::MAX as f64) as $t }
         }
     )*};
 }
@@ -36,9 +38,11 @@ impl_int_sample!(u8, u16, i16, u32, i32);
 
 impl Sample for f32 {
     const IS_FLOAT: bool = true;
+    #[inline]
     fn to_f64(self) -> f64 {
         self as f64
     }
+    #[inline]
     fn from_f64(v: f64) -> Self {
         v as f32
     }
@@ -362,8 +366,21 @@ fn cubic<T: Sample>(src: &SourceBand<'_, T>, x: f64, y: f64) -> Option<f64> {
 #[inline]
 fn split(v: f64) -> (i64, f64) {
     let f = v - 0.5;
-    let i = f.floor();
+    let i = floor(f);
     (i as i64, f - i)
+}
+
+/// `f64::floor` without the libm call the baseline x86-64 target makes for
+/// it (a fifth of the bilinear kernel's time). Same result for every finite
+/// value within i64 range; NaN gives 0.
+#[inline]
+fn floor(v: f64) -> f64 {
+    let t = v as i64 as f64;
+    if t > v {
+        t - 1.0
+    } else {
+        t
+    }
 }
 
 /// A separable kernel: taps `wx` x `wy` from pixel `(x0, y0)`, over the
@@ -510,5 +527,20 @@ mod tests {
         assert_eq!((v[5], m[5]), (15, true));
         // Centre of the nodata pixel: weight only there, so masked.
         assert!(!m[1]);
+    }
+
+    #[test]
+    fn fast_floor_matches_std() {
+        for v in [0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 2.999_999, -2.000_001, 1e15 + 0.5, -1e15 - 0.5, 65535.49, 65535.5, f64::EPSILON, -f64::EPSILON] {
+            assert_eq!(floor(v), v.floor(), "{v}");
+        }
+        let mut x = 0.123_f64;
+        for _ in 0..10_000 {
+            x = (x * 7919.0 + 0.37) % 20_000.0 - 10_000.0;
+            assert_eq!(floor(x), x.floor(), "{x}");
+        }
+        assert_eq!(u16::from_f64(f64::NAN), 0);
+        assert_eq!(u16::from_f64(70_000.0), u16::MAX);
+        assert_eq!(i16::from_f64(-2.5), -2);
     }
 }
