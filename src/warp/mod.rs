@@ -326,11 +326,30 @@ fn copy<T: Sample>(src: &SourceBand<'_, T>, n: usize, col_off: i64, row_off: i64
             continue;
         }
         let base = sr as usize * src.width;
-        for c in c0..c1 {
-            let i = base + (col_off + c as i64) as usize;
-            if src.is_valid(i) {
-                out[r * n + c] = src.values[i];
-                mask[r * n + c] = true;
+        let from = base + (col_off + c0 as i64) as usize;
+        let (values, out_row, mask_row) = (&src.values[from..from + (c1 - c0)], &mut out[r * n + c0..r * n + c1], &mut mask[r * n + c0..r * n + c1]);
+        if src.valid.is_none() && !T::IS_FLOAT {
+            match src.nodata {
+                // Every pixel is valid: a plain copy.
+                None => {
+                    out_row.copy_from_slice(values);
+                    mask_row.fill(true);
+                }
+                // Only nodata is invalid: a select the compiler vectorises.
+                Some(nd) => {
+                    for ((v, o), m) in values.iter().zip(out_row.iter_mut()).zip(mask_row.iter_mut()) {
+                        let ok = *v != nd;
+                        *o = if ok { *v } else { fill };
+                        *m = ok;
+                    }
+                }
+            }
+            continue;
+        }
+        for (c, ((v, o), m)) in values.iter().zip(out_row.iter_mut()).zip(mask_row.iter_mut()).enumerate() {
+            if src.is_valid(from + c) {
+                *o = *v;
+                *m = true;
             }
         }
     }
@@ -542,5 +561,28 @@ mod tests {
         assert_eq!(u16::from_f64(f64::NAN), 0);
         assert_eq!(u16::from_f64(70_000.0), u16::MAX);
         assert_eq!(i16::from_f64(-2.5), -2);
+    }
+
+    #[test]
+    fn the_copy_path_masks_nodata_and_invalid_pixels_in_each_of_its_loops() {
+        let values: Vec<u16> = vec![1, 0, 3, 4, 5, 0, 7, 8, 9];
+        let valid = [true, true, true, false, true, true, true, true, true];
+        let coords = TileCoords { sx: Vec::new(), sy: Vec::new(), touches: true, n: 4, corners: None, copy: Some((-1, -1)) };
+        for (nodata, valid) in [(Some(0u16), None), (None, None), (Some(0), Some(&valid[..]))] {
+            let src = SourceBand { values: &values, nodata, valid, width: 3, height: 3 };
+            let (out, mask) = resample(&src, &coords, Resampling::Nearest, 99);
+            for r in 0..4 {
+                for c in 0..4 {
+                    let k = r * 4 + c;
+                    if r == 0 || c == 0 {
+                        assert_eq!((out[k], mask[k]), (99, false), "{nodata:?} {r},{c}");
+                        continue;
+                    }
+                    let i = (r - 1) * 3 + (c - 1);
+                    let ok = nodata.is_none_or(|nd| values[i] != nd) && valid.is_none_or(|m| m[i]);
+                    assert_eq!((out[k], mask[k]), (if ok { values[i] } else { 99 }, ok), "{nodata:?} {r},{c}");
+                }
+            }
+        }
     }
 }
