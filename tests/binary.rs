@@ -137,3 +137,49 @@ async fn a_doput_in_flight_at_sigterm_finishes_and_is_kept() {
     let _ = again.kill();
     let _ = again.wait();
 }
+
+/// A scene touching more chunks than the process may open files at once
+/// (here 400 tiles under a limit of 256 descriptors) is ingested: appended
+/// chunk files are synced and closed as the scene goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scene_touching_more_chunks_than_open_file_limit_is_ingested() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_pixelquery");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -n 256 && exec {bin} serve --listen 127.0.0.1:0 --warehouse {}", dir.path().join("wh").display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("pixelquery listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    let mut client = pixelquery_client::Client::connect(&format!("grpc://{addr}")).await.unwrap();
+    client
+        .create_collection(&serde_json::json!({"name": "big", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}}))
+        .await
+        .unwrap();
+    // 20 x 20 tiles of 256 px on the grid's lattice (copied, not resampled).
+    let size = 20 * 256;
+    let grid = pixelquery::grid::GridSpec::default_at(10.0).unwrap();
+    let gt = grid.tile_geotransform(pixelquery::grid::TileId::new(4380, 1632));
+    let request = pixelquery_client::proto::IngestRequest {
+        collection: "big".into(),
+        scene_id: "many-tiles".into(),
+        acquired_at_ms: 1718416984000,
+        crs: pixelquery::grid::DEFAULT_GRID_CRS.into(),
+        geotransform: gt.to_vec(),
+        width: size as u32,
+        height: size as u32,
+        bands: vec![pixelquery_client::proto::BandSpec { name: "red".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],
+        ..Default::default()
+    };
+    let values: arrow_array::ArrayRef = std::sync::Arc::new(arrow_array::UInt16Array::from_iter_values((0..size * size).map(|i| (i % 999 + 1) as u16)));
+    let batches = pixelquery_client::raster_batches(vec![("red".into(), values)], None, size).unwrap();
+    let summary = client.ingest(&request, batches).await.expect("a 400-tile scene under a 256-descriptor limit");
+    assert_eq!(summary.observations, 400);
+    drop(client);
+    let _ = child.kill();
+    let _ = child.wait();
+}

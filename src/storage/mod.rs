@@ -302,6 +302,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Appended chunk files a scene holds open before syncing and closing them.
+const SYNC_BATCH: usize = 128;
+
 /// fsyncs files on a few threads (the disk, not the CPU, is the limit).
 fn sync_all(files: Vec<(PathBuf, File)>) -> Result<()> {
     const THREADS: usize = 8;
@@ -501,12 +504,21 @@ impl CollectionStore {
             }
             files.push((path, file));
             appended.push(Appended { chunk: key.to_ref(), gen, len, stats });
+            // A large scene touches thousands of chunks: sync and close them
+            // as it goes rather than hold a descriptor for each (the usual
+            // limit is 1024 per process).
+            if files.len() >= SYNC_BATCH {
+                sync_all(std::mem::take(&mut files))?;
+            }
         }
         dirs.sort();
         dirs.dedup();
         for d in dirs {
             let f = File::open(&d).map_err(Error::io(&d))?;
             files.push((d, f));
+            if files.len() >= SYNC_BATCH {
+                sync_all(std::mem::take(&mut files))?;
+            }
         }
         sync_all(files)?;
         self.commit(&mut log, Record::Scene { scene_id: scene_id.to_string(), time_ms, chunks: appended })?;
