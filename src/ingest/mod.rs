@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arrow_array::cast::AsArray;
+use arrow_array::builder::{ArrayBuilder, PrimitiveBuilder};
 use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, BooleanArray, PrimitiveArray, RecordBatch};
 use arrow_buffer::ScalarBuffer;
 use arrow_schema::DataType;
@@ -20,7 +21,7 @@ use futures::{Stream, StreamExt};
 
 use crate::collection::{Collection, DType, Resampling};
 use crate::error::{Error, Result};
-use crate::grid::TileId;
+use crate::grid::{GridSpec, TileId};
 use crate::storage::{AppendOutcome, CollectionStore, Observation, Warehouse};
 use crate::warp::{self, crs, Sample, SourceGeometry};
 use crate::wire::IngestSpec;
@@ -67,11 +68,13 @@ fn plan_bands(spec: &IngestSpec, coll: &Collection) -> Result<Vec<PlannedBand>> 
         .collect()
 }
 
-/// Receives the raster rows, checking every batch as it arrives.
+/// Receives the raster rows, checking every batch as it arrives. Band
+/// values are copied into one growing column per band as they come, so the
+/// stream's messages are let go at once and the raster is held once.
 struct Receiver<'a> {
     spec: &'a IngestSpec,
     bands: &'a [PlannedBand],
-    columns: Vec<Vec<ArrayRef>>,
+    columns: Vec<Box<dyn ArrayBuilder>>,
     valid: Vec<ArrayRef>,
     values: u64,
     batches: usize,
@@ -79,7 +82,9 @@ struct Receiver<'a> {
 
 impl<'a> Receiver<'a> {
     fn new(spec: &'a IngestSpec, bands: &'a [PlannedBand]) -> Self {
-        Self { spec, bands, columns: vec![Vec::new(); bands.len()], valid: Vec::new(), values: 0, batches: 0 }
+        let total = spec.width as usize * spec.height as usize;
+        let columns = bands.iter().map(|b| with_arrow_type!(b.dtype, T => Box::new(PrimitiveBuilder::<T>::with_capacity(total)) as Box<dyn ArrayBuilder>)).collect();
+        Self { spec, bands, columns, valid: Vec::new(), values: 0, batches: 0 }
     }
 
     fn push(&mut self, batch: &RecordBatch) -> Result<()> {
@@ -104,7 +109,10 @@ impl<'a> Receiver<'a> {
             if col.data_type() != &b.dtype.arrow() {
                 return Err(Error::invalid(&format!("column {}", b.name), col.data_type(), &format!("expected {} values as declared in bands", b.dtype.name())));
             }
-            self.columns[i].push(col.clone());
+            with_arrow_type!(b.dtype, T => {
+                let builder = self.columns[i].as_any_mut().downcast_mut::<PrimitiveBuilder<T>>().ok_or_else(|| Error::Internal("band builder of another type".into()))?;
+                builder.append_array(col.as_primitive::<T>());
+            });
         }
         if let Some(v) = batch.column_by_name("valid") {
             if v.data_type() != &DataType::Boolean {
@@ -136,12 +144,13 @@ impl<'a> Receiver<'a> {
                 &format!("expected height = {} rows of width = {}", self.spec.height, self.spec.width),
             ));
         }
-        Ok(Received { columns: self.columns, valid: self.valid })
+        let columns = self.columns.into_iter().map(|mut b| b.finish()).collect();
+        Ok(Received { columns, valid: self.valid })
     }
 }
 
 struct Received {
-    columns: Vec<Vec<ArrayRef>>,
+    columns: Vec<ArrayRef>,
     valid: Vec<ArrayRef>,
 }
 
@@ -186,10 +195,8 @@ where
     let spec2 = spec.clone();
     let outcome = tokio::task::spawn_blocking(move || -> Result<AppendOutcome> {
         let t0 = Instant::now();
-        let observations = warp_scene(&spec2, &bands, received, &store, &opts)?;
-        let warped = t0.elapsed();
-        let outcome = store.append_scene(&spec2.scene_id, spec2.acquired_at_ms, observations)?;
-        tracing::debug!(warp_ms = warped.as_millis() as u64, commit_ms = (t0.elapsed() - warped).as_millis() as u64, "scene timings");
+        let outcome = warp_and_commit(&spec2, &bands, received, &store, &opts)?;
+        tracing::debug!(warp_and_commit_ms = t0.elapsed().as_millis() as u64, "scene committed");
         store.maybe_snapshot_in_background();
         Ok(outcome)
     })
@@ -240,75 +247,115 @@ fn warp_pool(threads: usize) -> &'static rayon::ThreadPool {
     })
 }
 
-/// Warps every band onto every touched tile, in parallel over tiles.
-fn warp_scene(spec: &IngestSpec, bands: &[PlannedBand], received: Received, store: &CollectionStore, opts: &IngestOptions) -> Result<Vec<Observation>> {
-    // Each band's received parts are let go as soon as they are joined, so
-    // the raster is held once, not twice, while it is warped.
-    let Received { columns: parts, valid: valid_parts } = received;
-    let columns: Vec<ArrayRef> = parts.into_iter().map(|c| concat(&c)).collect::<Result<_>>()?;
-    let valid = if valid_parts.is_empty() { None } else { Some(concat(&valid_parts)?) };
-    drop(valid_parts);
-    let valid = valid.as_ref().map(|v| v.as_boolean().clone());
-    let validity: Vec<Option<Vec<bool>>> = columns.iter().map(|c| validity(valid.as_ref(), c)).collect();
-    let src = SourceGeometry::try_new(spec.width as usize, spec.height as usize, spec.geotransform)
-        .ok_or_else(|| Error::invalid("geotransform", spec.geotransform, "not invertible"))?;
-    let grid = store.meta.grid_spec();
+/// Tiles a scene touches at most to be warped whole before its commit;
+/// larger scenes are warped and appended this many tiles at a time, so the
+/// server holds the raster and one group of tiles, not every warped tile.
+pub const TILE_GROUP: usize = 256;
 
-    let src_srs = crs::spatial_ref("crs", &spec.crs)?;
-    let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
-    let range = warp::footprint_tiles(&src, &grid, &crs::Transformer::new(&src_srs, &grid_srs)?);
-    // A raster already on the grid's lattice is copied, not resampled.
-    let aligned = warp::grid_alignment(&src, &grid, src_srs == grid_srs);
-    if range.len() > opts.max_tiles {
-        return Err(Error::invalid("geotransform", spec.geotransform, &format!("the raster touches {} tiles, more than the limit of {}", range.len(), opts.max_tiles)));
-    }
-    let tiles: Vec<TileId> = range.iter().collect();
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, Vec<Observation>)>> = Mutex::new(Vec::new());
-    let threads = opts.warp_threads.clamp(1, tiles.len().max(1));
-    let failures: Mutex<Vec<Error>> = Mutex::new(Vec::new());
-    warp_pool(opts.warp_threads).scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|_| {
-                let work = || -> Result<()> {
-                    // GDAL objects are made and dropped on this thread.
-                    let src_srs = crs::spatial_ref("crs", &spec.crs)?;
-                    let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
-                    let to_source = crs::Transformer::new(&grid_srs, &src_srs)?;
-                    let with_corners = bands.iter().any(|b| b.resampling.needs_footprint());
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(&tile) = tiles.get(k) else { return Ok(()) };
-                        let coords = warp::tile_coords(&grid, tile, &src, &to_source, with_corners, aligned);
-                        if !coords.touches {
-                            continue;
-                        }
-                        let mut obs = Vec::new();
-                        for (b, band) in bands.iter().enumerate() {
-                            let (pixels, mask) = with_arrow_type!(band.dtype, T => {
-                                resample_band::<T>(&columns[b], validity[b].as_deref(), band, &src, &coords)
-                            });
-                            if mask.true_count() > 0 {
-                                obs.push(Observation { tile, band: band.name.clone(), pixels, mask });
-                            }
-                        }
-                        results.lock().unwrap_or_else(|e| e.into_inner()).push((k, obs));
-                    }
-                };
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(e),
-                    Err(_) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(Error::Internal("a warp worker panicked".into())),
-                }
-            });
+/// A received raster, ready to warp: its band columns and validity, its
+/// geometry, and the tiles it touches.
+struct Scene<'a> {
+    spec: &'a IngestSpec,
+    bands: &'a [PlannedBand],
+    columns: Vec<ArrayRef>,
+    validity: Vec<Option<Vec<bool>>>,
+    src: SourceGeometry,
+    grid: GridSpec,
+    aligned: Option<(i64, i64)>,
+    tiles: Vec<TileId>,
+}
+
+impl<'a> Scene<'a> {
+    fn new(spec: &'a IngestSpec, bands: &'a [PlannedBand], received: Received, store: &CollectionStore, opts: &IngestOptions) -> Result<Self> {
+        let Received { columns, valid: valid_parts } = received;
+        let valid = if valid_parts.is_empty() { None } else { Some(concat(&valid_parts)?) };
+        drop(valid_parts);
+        let valid = valid.as_ref().map(|v| v.as_boolean().clone());
+        let validity: Vec<Option<Vec<bool>>> = columns.iter().map(|c| validity(valid.as_ref(), c)).collect();
+        let src = SourceGeometry::try_new(spec.width as usize, spec.height as usize, spec.geotransform)
+            .ok_or_else(|| Error::invalid("geotransform", spec.geotransform, "not invertible"))?;
+        let grid = store.meta.grid_spec();
+        let src_srs = crs::spatial_ref("crs", &spec.crs)?;
+        let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
+        let range = warp::footprint_tiles(&src, &grid, &crs::Transformer::new(&src_srs, &grid_srs)?);
+        // A raster already on the grid's lattice is copied, not resampled.
+        let aligned = warp::grid_alignment(&src, &grid, src_srs == grid_srs);
+        if range.len() > opts.max_tiles {
+            return Err(Error::invalid("geotransform", spec.geotransform, &format!("the raster touches {} tiles, more than the limit of {}", range.len(), opts.max_tiles)));
         }
-    });
-    if let Some(e) = failures.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().next() {
-        return Err(e);
+        Ok(Self { spec, bands, columns, validity, src, grid, aligned, tiles: range.iter().collect() })
     }
-    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-    results.sort_by_key(|(k, _)| *k);
-    Ok(results.into_iter().flat_map(|(_, o)| o).collect())
+
+    /// Warps every band onto `tiles`, in parallel over tiles on the warp
+    /// pool; observations in tile order.
+    fn warp(&self, tiles: &[TileId], opts: &IngestOptions) -> Result<Vec<Observation>> {
+        let (spec, bands, grid, src, aligned) = (self.spec, self.bands, &self.grid, &self.src, self.aligned);
+        let next = AtomicUsize::new(0);
+        let results: Mutex<Vec<(usize, Vec<Observation>)>> = Mutex::new(Vec::new());
+        let threads = opts.warp_threads.clamp(1, tiles.len().max(1));
+        let failures: Mutex<Vec<Error>> = Mutex::new(Vec::new());
+        warp_pool(opts.warp_threads).scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|_| {
+                    let work = || -> Result<()> {
+                        // GDAL objects are made and dropped on this thread.
+                        let src_srs = crs::spatial_ref("crs", &spec.crs)?;
+                        let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
+                        let to_source = crs::Transformer::new(&grid_srs, &src_srs)?;
+                        let with_corners = bands.iter().any(|b| b.resampling.needs_footprint());
+                        loop {
+                            let k = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&tile) = tiles.get(k) else { return Ok(()) };
+                            let coords = warp::tile_coords(grid, tile, src, &to_source, with_corners, aligned);
+                            if !coords.touches {
+                                continue;
+                            }
+                            let mut obs = Vec::new();
+                            for (b, band) in bands.iter().enumerate() {
+                                let (pixels, mask) = with_arrow_type!(band.dtype, T => {
+                                    resample_band::<T>(&self.columns[b], self.validity[b].as_deref(), band, src, &coords)
+                                });
+                                if mask.true_count() > 0 {
+                                    obs.push(Observation { tile, band: band.name.clone(), pixels, mask });
+                                }
+                            }
+                            results.lock().unwrap_or_else(|e| e.into_inner()).push((k, obs));
+                        }
+                    };
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(e),
+                        Err(_) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(Error::Internal("a warp worker panicked".into())),
+                    }
+                });
+            }
+        });
+        if let Some(e) = failures.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().next() {
+            return Err(e);
+        }
+        let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+        results.sort_by_key(|(k, _)| *k);
+        Ok(results.into_iter().flat_map(|(_, o)| o).collect())
+    }
+}
+
+/// Warps and commits a received scene. Up to [`TILE_GROUP`] tiles it is
+/// warped whole and the collection's writer is taken only to append; a
+/// larger scene holds the writer while it is warped and appended group by
+/// group (other writers of the collection wait at their append step).
+fn warp_and_commit(spec: &IngestSpec, bands: &[PlannedBand], received: Received, store: &CollectionStore, opts: &IngestOptions) -> Result<AppendOutcome> {
+    let scene = Scene::new(spec, bands, received, store, opts)?;
+    if scene.tiles.len() <= TILE_GROUP {
+        let observations = scene.warp(&scene.tiles, opts)?;
+        return store.append_scene(&spec.scene_id, spec.acquired_at_ms, observations);
+    }
+    let Some(mut writer) = store.begin_scene(&spec.scene_id, spec.acquired_at_ms)? else {
+        return Ok(AppendOutcome { duplicate: true, ..Default::default() });
+    };
+    for group in scene.tiles.chunks(TILE_GROUP) {
+        writer.append(scene.warp(group, opts)?)?;
+    }
+    writer.commit()
 }
 
 fn resample_band<T: ArrowPrimitiveType>(column: &ArrayRef, valid: Option<&[bool]>, band: &PlannedBand, src: &SourceGeometry, coords: &warp::TileCoords) -> (ArrayRef, BooleanArray)

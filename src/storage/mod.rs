@@ -463,66 +463,37 @@ impl CollectionStore {
     /// Appends one scene durably and atomically (see the module docs). A
     /// scene id already present adds nothing (`duplicate`). Blocking.
     pub fn append_scene(&self, scene_id: &str, time_ms: i64, observations: Vec<Observation>) -> Result<AppendOutcome> {
+        match self.begin_scene(scene_id, time_ms)? {
+            None => Ok(AppendOutcome { duplicate: true, ..Default::default() }),
+            Some(mut scene) => {
+                scene.append(observations)?;
+                scene.commit()
+            }
+        }
+    }
+
+    /// Starts writing a scene whose observations come in parts (so a large
+    /// scene need not be held whole); `None` if the scene is already there.
+    /// Holds the collection's writer until committed or dropped; dropping it
+    /// uncommitted leaves only bytes past the committed lengths, which the
+    /// next append overwrites and a restart cuts. Blocking.
+    pub fn begin_scene(&self, scene_id: &str, time_ms: i64) -> Result<Option<SceneWriter<'_>>> {
         let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
-        let tile_px = self.meta.grid.tile_px as usize;
-        let mut log = lock(&self.writer);
+        let log = lock(&self.writer);
         if self.has_scene(scene_id) {
-            return Ok(AppendOutcome { duplicate: true, ..Default::default() });
+            return Ok(None);
         }
-        let mut appended: Vec<Appended> = Vec::with_capacity(observations.len());
-        let mut files = Vec::with_capacity(observations.len());
-        // Directories that gained entries: fsynced with the files, in parallel.
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        let mut outcome = AppendOutcome::default();
-        for obs in observations {
-            let key = ChunkKey { tile: obs.tile, month, band: obs.band };
-            let (gen, committed) = {
-                let idx = read(&self.index);
-                idx.chunks.get(&key).map_or_else(|| (idx.retired.get(&key).copied().unwrap_or(0), 0), |e| (e.file.gen, e.len))
-            };
-            let path = self.paths.chunk(&self.meta.name, key.tile, month, &key.band, gen);
-            if committed == 0 {
-                if let Some(parent) = path.parent() {
-                    create_dirs(parent, self.paths.root(), &mut dirs)?;
-                }
-            }
-            let band = self.meta.band(&key.band).ok_or_else(|| Error::Internal(format!("band {} vanished", key.band)))?;
-            let schema: SchemaRef = Arc::new(chunk::schema(band.dtype, self.chunk_metadata(key.tile, &key.band)));
-            let stats = chunk::pixel_stats(&obs.pixels, &obs.mask, tile_px);
-            let batch = chunk::observation_batch(schema, &key.tile.to_string(), &key.band, time_ms, scene_id, obs.pixels, obs.mask)?;
-            // Nothing is committed yet: a failure here leaves bytes past the
-            // committed lengths, which the next append overwrites and a
-            // restart cuts off.
-            let (len, file) = chunk::append(&path, committed, &batch)?;
-            if committed == 0 {
-                dirs.push(path.parent().unwrap_or(self.paths.root()).to_path_buf());
-            }
-            outcome.bytes += len - committed;
-            outcome.observations += 1;
-            if !outcome.tiles.contains(&key.tile) {
-                outcome.tiles.push(key.tile);
-            }
-            files.push((path, file));
-            appended.push(Appended { chunk: key.to_ref(), gen, len, stats });
-            // A large scene touches thousands of chunks: sync and close them
-            // as it goes rather than hold a descriptor for each (the usual
-            // limit is 1024 per process).
-            if files.len() >= SYNC_BATCH {
-                sync_all(std::mem::take(&mut files))?;
-            }
-        }
-        dirs.sort();
-        dirs.dedup();
-        for d in dirs {
-            let f = File::open(&d).map_err(Error::io(&d))?;
-            files.push((d, f));
-            if files.len() >= SYNC_BATCH {
-                sync_all(std::mem::take(&mut files))?;
-            }
-        }
-        sync_all(files)?;
-        self.commit(&mut log, Record::Scene { scene_id: scene_id.to_string(), time_ms, chunks: appended })?;
-        Ok(outcome)
+        Ok(Some(SceneWriter {
+            store: self,
+            log,
+            scene_id: scene_id.to_string(),
+            time_ms,
+            month,
+            appended: Vec::new(),
+            files: Vec::new(),
+            dirs: Vec::new(),
+            outcome: AppendOutcome::default(),
+        }))
     }
 
     /// Chunks that would profit from compaction (more than one batch).
@@ -723,6 +694,91 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::io::Write::write_all(&mut f, bytes).and_then(|_| f.sync_all()).map_err(Error::io(&tmp))?;
     fs::rename(&tmp, path).map_err(Error::io(path))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+
+/// A scene being written: observations are appended (uncommitted) as they
+/// come, then [`SceneWriter::commit`] syncs everything and writes the one
+/// log record that makes the scene visible.
+pub struct SceneWriter<'a> {
+    store: &'a CollectionStore,
+    log: std::sync::MutexGuard<'a, CatalogLog>,
+    scene_id: String,
+    time_ms: i64,
+    month: Month,
+    appended: Vec<Appended>,
+    /// Appended files not synced yet.
+    files: Vec<(PathBuf, File)>,
+    /// Directories that gained entries: synced at the commit.
+    dirs: Vec<PathBuf>,
+    outcome: AppendOutcome,
+}
+
+impl SceneWriter<'_> {
+    /// Appends observations past the chunks' committed lengths (a scene has
+    /// at most one observation per chunk).
+    pub fn append(&mut self, observations: Vec<Observation>) -> Result<()> {
+        let store = self.store;
+        let tile_px = store.meta.grid.tile_px as usize;
+        for obs in observations {
+            let key = ChunkKey { tile: obs.tile, month: self.month, band: obs.band };
+            let (gen, committed) = {
+                let idx = read(&store.index);
+                idx.chunks.get(&key).map_or_else(|| (idx.retired.get(&key).copied().unwrap_or(0), 0), |e| (e.file.gen, e.len))
+            };
+            let path = store.paths.chunk(&store.meta.name, key.tile, self.month, &key.band, gen);
+            if committed == 0 {
+                if let Some(parent) = path.parent() {
+                    create_dirs(parent, store.paths.root(), &mut self.dirs)?;
+                }
+            }
+            let band = store.meta.band(&key.band).ok_or_else(|| Error::Internal(format!("band {} vanished", key.band)))?;
+            let schema: SchemaRef = Arc::new(chunk::schema(band.dtype, store.chunk_metadata(key.tile, &key.band)));
+            let stats = chunk::pixel_stats(&obs.pixels, &obs.mask, tile_px);
+            let batch = chunk::observation_batch(schema, &key.tile.to_string(), &key.band, self.time_ms, &self.scene_id, obs.pixels, obs.mask)?;
+            // Nothing is committed yet: a failure here leaves bytes past the
+            // committed lengths, which the next append overwrites and a
+            // restart cuts off.
+            let (len, file) = chunk::append(&path, committed, &batch)?;
+            if committed == 0 {
+                self.dirs.push(path.parent().unwrap_or(store.paths.root()).to_path_buf());
+            }
+            self.outcome.bytes += len - committed;
+            self.outcome.observations += 1;
+            if !self.outcome.tiles.contains(&key.tile) {
+                self.outcome.tiles.push(key.tile);
+            }
+            self.files.push((path, file));
+            self.appended.push(Appended { chunk: key.to_ref(), gen, len, stats });
+            // A large scene touches thousands of chunks: sync and close them
+            // as it goes rather than hold a descriptor for each (the usual
+            // limit is 1024 per process).
+            if self.files.len() >= SYNC_BATCH {
+                sync_all(std::mem::take(&mut self.files))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs what is left and the new directories, then writes the scene's
+    /// log record and publishes it (readers see all of it or none).
+    pub fn commit(mut self) -> Result<AppendOutcome> {
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort();
+        dirs.dedup();
+        let mut files = std::mem::take(&mut self.files);
+        for d in dirs {
+            let f = File::open(&d).map_err(Error::io(&d))?;
+            files.push((d, f));
+            if files.len() >= SYNC_BATCH {
+                sync_all(std::mem::take(&mut files))?;
+            }
+        }
+        sync_all(files)?;
+        let record = Record::Scene { scene_id: std::mem::take(&mut self.scene_id), time_ms: self.time_ms, chunks: std::mem::take(&mut self.appended) };
+        self.store.commit(&mut self.log, record)?;
+        Ok(std::mem::take(&mut self.outcome))
+    }
 }
 
 /// All collections of one warehouse directory.
