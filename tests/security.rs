@@ -8,7 +8,7 @@ use std::time::Duration;
 use arrow_array::RecordBatch;
 use arrow_flight::error::FlightError;
 use common::*;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use pixelquery::config::TlsPem;
 use pixelquery_client::{proto, Client, ConnectOptions};
 use tonic::Code;
@@ -100,8 +100,6 @@ fn held_put(client: &Client, scene: &str) -> (tokio::sync::mpsc::Sender<RecordBa
     });
     (tx, handle)
 }
-
-use futures::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_over_the_concurrency_limit_are_refused_not_queued() {
