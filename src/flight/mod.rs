@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::flight_service_server::FlightService;
@@ -31,10 +30,6 @@ use crate::ingest::{self, IngestOptions};
 use crate::query::{self, Plan};
 use crate::storage::Warehouse;
 use crate::wire::{self, QuerySpec};
-
-/// Largest FlightData message the server sends (arrow-flight splits bigger
-/// batches); well under the gRPC message limit.
-const MAX_FLIGHT_DATA: usize = 4 << 20;
 
 /// Shared state of every handler.
 pub struct AppState {
@@ -123,30 +118,19 @@ fn flight_info(plan: &Plan, descriptor: FlightDescriptor) -> Result<FlightInfo> 
     Ok(info)
 }
 
-fn to_flight(e: Error) -> FlightError {
-    FlightError::Tonic(Box::new(e.into_status()))
-}
-
-fn from_flight(e: FlightError) -> Status {
-    match e {
-        FlightError::Tonic(s) => *s,
-        other => Status::internal(other.to_string()),
-    }
-}
-
 /// Request ids, unique per server process.
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Service {
-    /// The role of the caller, or the status refusing it. With auth off
-    /// every caller is `admin`.
-    fn authorize(&self, rpc: &str, metadata: &MetadataMap, need: Role) -> Result<Role> {
-        let Some(auth) = &self.state.auth else { return Ok(Role::Admin) };
-        let role = auth.check(metadata.get("authorization").map(|v| v.as_bytes()))?;
+    /// Refuses a caller whose token does not carry the role `need` (`None`:
+    /// no token needed, as for Handshake). With auth off every caller passes.
+    fn authorize(&self, rpc: &str, metadata: &MetadataMap, need: Option<Role>) -> Result<()> {
+        let (Some(auth), Some(need)) = (&self.state.auth, need) else { return Ok(()) };
+        let role = auth.check(authorization(metadata))?;
         if role < need {
             return Err(Error::PermissionDenied(format!("{rpc} needs the {} role; this token has {}", need.as_str(), role.as_str())));
         }
-        Ok(role)
+        Ok(())
     }
 
     /// Runs one call: a request id (on every log line of the call and sent
@@ -156,7 +140,7 @@ impl Service {
         &self,
         rpc: &str,
         metadata: &MetadataMap,
-        need: Role,
+        need: Option<Role>,
         handler: impl std::future::Future<Output = Result<Response<T>, Status>>,
     ) -> Result<Response<T>, Status> {
         let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +172,11 @@ impl Service {
             }
         }
     }
+}
+
+/// The `authorization` header's bytes, if any.
+fn authorization(metadata: &MetadataMap) -> Option<&[u8]> {
+    metadata.get("authorization").map(|v| v.as_bytes())
 }
 
 fn deadline_exceeded(limit: Duration) -> Status {
@@ -294,20 +283,21 @@ impl FlightService for Service {
         };
         let metadata = request.metadata().clone();
         // Handshake is how a caller without a token gets one: no role needed.
-        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
-        let _span = tracing::info_span!("call", id, rpc = "Handshake").entered();
-        let (token, role) = auth.handshake(metadata.get("authorization").map(|v| v.as_bytes()))?;
-        tracing::info!(role = role.as_str(), "session token issued");
-        let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| Status::internal("token is not ASCII"))?;
-        let answer = HandshakeResponse { protocol_version: 0, payload: token.into_bytes().into() };
-        let mut response = Response::new(futures::stream::once(async move { Ok(answer) }).boxed());
-        response.metadata_mut().insert("authorization", bearer);
-        Ok(response)
+        self.call("Handshake", &metadata, None, async {
+            let (token, role) = auth.handshake(authorization(&metadata))?;
+            tracing::info!(role = role.as_str(), "session token issued");
+            let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| Status::internal("token is not ASCII"))?;
+            let answer = HandshakeResponse { protocol_version: 0, payload: token.into_bytes().into() };
+            let mut response = Response::new(futures::stream::once(async move { Ok(answer) }).boxed());
+            response.metadata_mut().insert("authorization", bearer);
+            Ok(response)
+        })
+        .await
     }
 
     async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
         let (metadata, _, criteria) = request.into_parts();
-        self.call("ListFlights", &metadata, Role::Read, async move {
+        self.call("ListFlights", &metadata, Some(Role::Read), async move {
             let spec = wire::decode_criteria(&criteria.expression)?;
             let stores = if spec.collection.is_empty() { self.state.warehouse.collections() } else { vec![self.state.warehouse.collection(&spec.collection)?] };
             let mut infos = Vec::new();
@@ -326,7 +316,7 @@ impl FlightService for Service {
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         let (metadata, _, descriptor) = request.into_parts();
-        self.call("GetFlightInfo", &metadata, Role::Read, async move {
+        self.call("GetFlightInfo", &metadata, Some(Role::Read), async move {
             let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
             let p = plan(&self.state, spec).await?;
             Ok(Response::new(flight_info(&p, descriptor)?))
@@ -340,7 +330,7 @@ impl FlightService for Service {
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let (metadata, _, descriptor) = request.into_parts();
-        self.call("GetSchema", &metadata, Role::Read, async move {
+        self.call("GetSchema", &metadata, Some(Role::Read), async move {
             let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
             let p = plan(&self.state, spec).await?;
             let schema = p.schema()?;
@@ -354,7 +344,7 @@ impl FlightService for Service {
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let (metadata, _, ticket) = request.into_parts();
-        self.call("DoGet", &metadata, Role::Read, async move {
+        self.call("DoGet", &metadata, Some(Role::Read), async move {
             let spec = wire::decode_query("ticket", &ticket.ticket)?;
             let p = plan(&self.state, spec).await?;
             let max = self.state.limits.max_query_bytes;
@@ -365,33 +355,18 @@ impl FlightService for Service {
                 ))
                 .into());
             }
-            let stream = if p.point.is_some() {
-                let schema = p.schema()?;
-                // A blocking reader feeds a small channel; it stops when the
-                // client goes away (the receiver is dropped and `send` fails).
-                let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<arrow_array::RecordBatch, FlightError>>(4);
-                tokio::task::spawn_blocking(move || {
-                    // A panic must end the stream with an error, not look like its end.
-                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.read(|batch| tx.blocking_send(Ok(batch)).is_ok())))
-                        .unwrap_or_else(|_| Err(Error::Internal("reading the chunks panicked".into())));
-                    if let Err(e) = res {
-                        let _ = tx.blocking_send(Err(to_flight(e)));
-                    }
-                });
-                let batches = tokio_stream::wrappers::ReceiverStream::new(rx);
-                FlightDataEncoderBuilder::new().with_schema(schema).with_max_flight_data_size(MAX_FLIGHT_DATA).build(batches).map_err(from_flight).boxed()
-            } else {
-                // Chunks: stored messages go out as stored (Plan::read_flight).
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<FlightData, Status>>(8);
-                tokio::task::spawn_blocking(move || {
-                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.read_flight(|fd| tx.blocking_send(Ok(fd)).is_ok())))
-                        .unwrap_or_else(|_| Err(Error::Internal("reading the chunks panicked".into())));
-                    if let Err(e) = res {
-                        let _ = tx.blocking_send(Err(e.into_status()));
-                    }
-                });
-                tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
-            };
+            // A blocking reader feeds a small channel; it stops when the client
+            // goes away (the receiver is dropped and `send` fails).
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<FlightData, Status>>(8);
+            tokio::task::spawn_blocking(move || {
+                // A panic must end the stream with an error, not look like its end.
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.read_flight(|fd| tx.blocking_send(Ok(fd)).is_ok())))
+                    .unwrap_or_else(|_| Err(Error::Internal("reading the chunks panicked".into())));
+                if let Err(e) = res {
+                    let _ = tx.blocking_send(Err(e.into_status()));
+                }
+            });
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
             Ok(Response::new(with_deadline(stream, self.state.limits.request_timeout)))
         })
         .await
@@ -399,7 +374,7 @@ impl FlightService for Service {
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
         let (metadata, _, stream) = request.into_parts();
-        self.call("DoPut", &metadata, Role::Write, async move {
+        self.call("DoPut", &metadata, Some(Role::Write), async move {
             let _slot = self.state.put_slot()?;
             let summary = put(&self.state, stream).await?;
             tracing::info!(scene = %summary.scene_id, observations = summary.observations, bytes = summary.bytes, ms = summary.elapsed_ms, duplicate = summary.duplicate, "ingested");
@@ -415,7 +390,7 @@ impl FlightService for Service {
         let need = actions::required_role(&action.r#type);
         // Known action names only: a client's string does not reach the logs.
         let rpc = actions::ACTIONS.iter().find(|a| a.0 == action.r#type).map(|a| format!("DoAction {}", a.0)).unwrap_or_else(|| "DoAction".into());
-        self.call(&rpc, &metadata, need, async move {
+        self.call(&rpc, &metadata, Some(need), async move {
             let _slot = if action.r#type == "ingest_path" { Some(self.state.put_slot()?) } else { None };
             let state = self.state.clone();
             let value = blocking(move || actions::run(&state, &action.r#type, &action.body)).await?;
@@ -427,8 +402,8 @@ impl FlightService for Service {
     }
 
     async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
-        let metadata = request.metadata().clone();
-        self.call("ListActions", &metadata, Role::Read, async move {
+        let (metadata, _, _) = request.into_parts();
+        self.call("ListActions", &metadata, Some(Role::Read), async move {
             let list = actions::ACTIONS.iter().map(|(t, d)| Ok(ActionType { r#type: t.to_string(), description: d.to_string() }));
             Ok(Response::new(futures::stream::iter(list.collect::<Vec<_>>()).boxed()))
         })

@@ -20,6 +20,9 @@ use crate::wire::{self, Area, QuerySpec};
 /// Most bytes of stored messages read at once when serving them as stored.
 const RAW_READ: u64 = 8 << 20;
 
+/// About the most bytes of a point series in one Flight message.
+const SERIES_MESSAGE_BYTES: usize = 4 << 20;
+
 /// Which tiles a query covers, resolved against the grid.
 enum TileFilter {
     All,
@@ -188,23 +191,12 @@ impl Plan {
             .collect()
     }
 
-    /// Reads the answer, calling `emit` per batch until it returns false.
-    /// Blocking (file IO).
-    pub fn read(&self, emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
-        match self.point {
-            Some((_, index)) => self.read_point(index, emit),
-            None => self.read_chunks(emit),
-        }
-    }
-
-    /// The answer as Flight messages, calling `emit` until it returns false.
-    /// Batches that lie wholly in the time range of a chunk stored in time
-    /// order are sent as the bytes stored, without decoding or re-encoding;
-    /// the rest is decoded, filtered, sorted and encoded. Blocking.
+    /// The answer as Flight messages (the schema first), calling `emit`
+    /// until it returns false. Batches that lie wholly in the time range of
+    /// a chunk stored in time order are sent as the bytes stored, without
+    /// decoding or re-encoding; the rest, and a point series, is decoded,
+    /// filtered, sorted and encoded. Blocking (file IO).
     pub fn read_flight(&self, mut emit: impl FnMut(FlightData) -> bool) -> Result<()> {
-        if self.point.is_some() {
-            return Err(Error::Internal("read_flight on a point query".into()));
-        }
         let opts = IpcWriteOptions::default();
         let schema = self.schema()?;
         if !emit(SchemaAsIpc::new(&schema, &opts).into()) {
@@ -213,10 +205,9 @@ impl Plan {
         let encoder = IpcDataGenerator::default();
         let mut tracker = DictionaryTracker::new(false);
         let mut context = IpcWriteContext::default();
-        // Decoded rows go out in messages of about a MiB, as stored ones do.
-        let mut encode = |batch: &RecordBatch| -> Result<Vec<FlightData>> {
-            let per = chunk::rows_per_message(batch);
-            (0..batch.num_rows())
+        // Encoded rows go out `per` rows to a message (an empty batch as one).
+        let mut encode_rows = |batch: &RecordBatch, per: usize| -> Result<Vec<FlightData>> {
+            (0..batch.num_rows().max(1))
                 .step_by(per)
                 .map(|first| {
                     let part = batch.slice(first, per.min(batch.num_rows() - first));
@@ -225,6 +216,14 @@ impl Plan {
                 })
                 .collect()
         };
+        if let Some((_, index)) = self.point {
+            let series = self.point_series(index)?;
+            let row_bytes = series.get_array_memory_size() / series.num_rows().max(1);
+            encode_rows(&series, (SERIES_MESSAGE_BYTES / row_bytes.max(1)).max(1))?.into_iter().all(&mut emit);
+            return Ok(());
+        }
+        // Decoded chunk rows go out in messages of about a MiB, as stored ones do.
+        let mut encode = |batch: &RecordBatch| encode_rows(batch, chunk::rows_per_message(batch));
         for (_, entry) in &self.chunks {
             let keep = |i: usize| self.spec.time_matches(entry.times[i]);
             if !entry.times.is_sorted() {
@@ -277,18 +276,6 @@ impl Plan {
         Ok(())
     }
 
-    fn read_chunks(&self, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
-        let schema = self.schema()?;
-        for (_, entry) in &self.chunks {
-            let Some(batch) = self.read_sorted(entry)? else { continue };
-            let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(Error::arrow("re-labelling a chunk batch"))?;
-            if !emit(batch) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
     /// A chunk's rows in the time range, ordered by time, as one batch.
     fn read_sorted(&self, entry: &ChunkEntry) -> Result<Option<RecordBatch>> {
         // Only the batches holding rows in the time range are read.
@@ -296,22 +283,22 @@ impl Plan {
         Ok(storage::sorted_rows(&batches, |t, _| self.spec.time_matches(t))?.0)
     }
 
-    fn read_point(&self, index: usize, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
+    /// One location's series: a row per (time, scene), a value and its
+    /// validity per band.
+    fn point_series(&self, index: usize) -> Result<RecordBatch> {
         // (time, scene) -> per band (value, valid)
         type PerBand = Vec<Option<(ArrayRef, bool)>>;
-        let mut rows_map: BTreeMap<(i64, String), PerBand> = BTreeMap::new();
+        let mut rows: BTreeMap<(i64, String), PerBand> = BTreeMap::new();
         let mut tile = None;
-        fn rows_out_slot(map: &mut BTreeMap<(i64, String), PerBand>, key: (i64, String), bands: usize) -> &mut PerBand {
-            map.entry(key).or_insert_with(|| vec![None; bands])
-        }
+        let no_band = || vec![None; self.bands.len()];
         for (key, entry) in &self.chunks {
             let Some(b) = self.bands.iter().position(|b| b.name == key.band) else { continue };
             // Fast path: the one pixel of each row, read from the file at its
             // offset without decoding the observations.
-            if let Some((rows, values, valid)) = self.store.read_pixel(entry, self.bands[b].dtype, index, |i| self.spec.time_matches(entry.times[i]))? {
+            if let Some((picked, values, valid)) = self.store.read_pixel(entry, self.bands[b].dtype, index, |i| self.spec.time_matches(entry.times[i]))? {
                 tile = Some(key.tile);
-                for (k, &r) in rows.iter().enumerate() {
-                    let slot = rows_out_slot(&mut rows_map, (entry.times[r], entry.scenes[r].to_string()), self.bands.len());
+                for (k, &r) in picked.iter().enumerate() {
+                    let slot = rows.entry((entry.times[r], entry.scenes[r].to_string())).or_insert_with(no_band);
                     slot[b] = Some((values.slice(k, 1), valid[k]));
                 }
                 continue;
@@ -329,11 +316,10 @@ impl Plan {
                     return Err(Error::Internal(format!("chunk row holds {} pixels, fewer than the point index {index}", px.len())));
                 }
                 let valid = mk.as_boolean().value(index);
-                let slot = rows_out_slot(&mut rows_map, (times.value(r), scenes.value(r).to_string()), self.bands.len());
+                let slot = rows.entry((times.value(r), scenes.value(r).to_string())).or_insert_with(no_band);
                 slot[b] = Some((px.slice(index, 1), valid));
             }
         }
-        let rows = rows_map;
         let schema = Arc::new(point_schema(&self.bands));
         let tile_id = tile.map(|t| t.to_string()).unwrap_or_default();
         let mut columns: Vec<ArrayRef> = vec![
@@ -353,9 +339,7 @@ impl Plan {
             columns.push(values);
             columns.push(Arc::new(BooleanArray::from(rows.values().map(|v| matches!(&v[b], Some((_, true)))).collect::<Vec<_>>())));
         }
-        let batch = RecordBatch::try_new(schema, columns).map_err(Error::arrow("building the point series"))?;
-        emit(batch);
-        Ok(())
+        RecordBatch::try_new(schema, columns).map_err(Error::arrow("building the point series"))
     }
 }
 
