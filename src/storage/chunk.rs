@@ -170,6 +170,17 @@ pub struct BatchLoc {
     pub mask: Option<(u64, u64)>,
 }
 
+/// The framing of an encapsulated IPC message from its first bytes:
+/// `(prefix length, metadata length)`. Stream messages start with
+/// 0xFFFFFFFF and the length; older writers wrote the length alone.
+fn message_prefix(head: &[u8]) -> Option<(usize, i32)> {
+    let word = |at: usize| head.get(at..at + 4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    match word(0)? {
+        -1 => Some((8, word(4)?)),
+        n => Some((4, n)),
+    }
+}
+
 /// Buffers of one observation batch, in IPC order: tile_id, band (validity,
 /// offsets, data), time (validity, values), scene_id (3), pixels (validity,
 /// offsets, child validity, child values), mask (the same).
@@ -185,22 +196,17 @@ pub fn scan(path: &Path, from: u64, to: u64) -> Result<(Option<u64>, Vec<BatchLo
     let (mut at, mut schema_end, mut out) = (from, None, Vec::new());
     let mut meta = Vec::new();
     while at < to {
-        let mut word = [0u8; 4];
-        f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut word)).map_err(Error::io(path))?;
-        let mut prefix = 4u64;
-        let mut meta_len = i32::from_le_bytes(word);
-        if meta_len == -1 {
-            f.read_exact(&mut word).map_err(Error::io(path))?;
-            meta_len = i32::from_le_bytes(word);
-            prefix = 8;
-        }
+        let mut head = [0u8; 8];
+        let n = (to - at).min(8) as usize;
+        f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut head[..n])).map_err(Error::io(path))?;
+        let (prefix, meta_len) = message_prefix(&head[..n]).ok_or_else(|| corrupt(format!("message at byte {at} is cut short")))?;
         if meta_len <= 0 {
             return Err(corrupt(format!("message at byte {at} has metadata length {meta_len}")));
         }
         meta.resize(meta_len as usize, 0);
-        f.read_exact(&mut meta).map_err(Error::io(path))?;
+        f.seek(SeekFrom::Start(at + prefix as u64)).and_then(|_| f.read_exact(&mut meta)).map_err(Error::io(path))?;
         let msg = arrow_ipc::root_as_message(&meta).map_err(|e| corrupt(format!("message header at byte {at}: {e}")))?;
-        let body_at = at + prefix + meta_len as u64;
+        let body_at = at + prefix as u64 + meta_len as u64;
         let end = body_at + msg.bodyLength().max(0) as u64;
         if end > to {
             return Err(corrupt(format!("message at byte {at} ends at {end}, past the committed length {to}")));
@@ -255,11 +261,7 @@ pub fn read_range(path: &Path, from: u64, to: u64) -> Result<bytes::Bytes> {
 /// An encapsulated IPC message (as stored) split into its flatbuffer header
 /// and its body: what a FlightData carries, with no copy.
 pub fn split_message(message: &bytes::Bytes) -> Option<(bytes::Bytes, bytes::Bytes)> {
-    let word = |at: usize| message.get(at..at + 4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let (prefix, len) = match word(0)? {
-        -1 => (8usize, word(4)?),
-        n => (4usize, n),
-    };
+    let (prefix, len) = message_prefix(message)?;
     let body_at = prefix.checked_add(usize::try_from(len).ok()?)?;
     (body_at <= message.len()).then(|| (message.slice(prefix..body_at), message.slice(body_at..)))
 }

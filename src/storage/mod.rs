@@ -696,7 +696,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
-
 /// A scene being written: observations are appended (uncommitted) as they
 /// come, then [`SceneWriter::commit`] syncs everything and writes the one
 /// log record that makes the scene visible.
