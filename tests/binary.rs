@@ -1,23 +1,17 @@
 //! The `pixelquery` binary itself: starts on port 0, prints its address,
 //! answers over Flight, and stops on SIGINT.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
+
+use common::{serve_command, spawn_server};
 
 #[tokio::test]
 async fn binary_serves_on_a_free_port_and_stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pixelquery"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace-secs", "5", "--warehouse"])
-        .arg(dir.path().join("wh"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("pixelquery listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    let mut client = pixelquery_client::Client::connect(&format!("grpc://{addr}")).await.unwrap();
+    let (mut child, uri) = spawn_server(serve_command(&dir.path().join("wh")).args(["--shutdown-grace-secs", "5"]));
+    let mut client = pixelquery_client::Client::connect(&uri).await.unwrap();
     assert_eq!(client.health().await.unwrap()["status"], "ok");
     assert!(dir.path().join("wh").is_dir(), "the warehouse is created");
     drop(client);
@@ -70,27 +64,12 @@ fn binary_refuses_to_serve_beyond_loopback_without_auth() {
     assert!(stderr.contains("line 1") && !stderr.contains("tooshort"), "{stderr}");
 }
 
-/// Starts the binary over `warehouse` on a free port; returns it and its URI.
-fn spawn_server(warehouse: &std::path::Path, grace_secs: &str) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pixelquery"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--shutdown-grace-secs", grace_secs, "--warehouse"])
-        .arg(warehouse)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("pixelquery listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
-    (child, format!("grpc://{addr}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_doput_in_flight_at_sigterm_finishes_and_is_kept() {
     use futures::StreamExt;
     let dir = tempfile::tempdir().unwrap();
     let wh = dir.path().join("wh");
-    let (mut child, uri) = spawn_server(&wh, "20");
+    let (mut child, uri) = spawn_server(serve_command(&wh).args(["--shutdown-grace-secs", "20"]));
     let mut client = pixelquery_client::Client::connect(&uri).await.unwrap();
     client
         .create_collection(&serde_json::json!({"name": "s2", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}}))
@@ -129,7 +108,7 @@ async fn a_doput_in_flight_at_sigterm_finishes_and_is_kept() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
     // Acknowledged means kept: a new server over the same warehouse has it.
-    let (mut again, uri) = spawn_server(&wh, "5");
+    let (mut again, uri) = spawn_server(&mut serve_command(&wh));
     let mut client = pixelquery_client::Client::connect(&uri).await.unwrap();
     let d = client.describe("s2").await.unwrap();
     assert_eq!(d["scenes"], 1, "{d}");
@@ -145,17 +124,9 @@ async fn a_doput_in_flight_at_sigterm_finishes_and_is_kept() {
 async fn a_scene_touching_more_chunks_than_open_file_limit_is_ingested() {
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_pixelquery");
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n 256 && exec {bin} serve --listen 127.0.0.1:0 --warehouse {}", dir.path().join("wh").display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("pixelquery listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
-    let mut client = pixelquery_client::Client::connect(&format!("grpc://{addr}")).await.unwrap();
+    let (mut child, uri) =
+        spawn_server(Command::new("sh").arg("-c").arg(format!("ulimit -n 256 && exec {bin} serve --listen 127.0.0.1:0 --warehouse {}", dir.path().join("wh").display())));
+    let mut client = pixelquery_client::Client::connect(&uri).await.unwrap();
     client
         .create_collection(&serde_json::json!({"name": "big", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}}))
         .await

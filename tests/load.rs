@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,17 +46,7 @@ async fn thirty_two_clients_for_a_minute_without_an_error() {
     let secs = env("PIXELQUERY_LOAD_SECS", 60);
     let (writers, readers) = (env("PIXELQUERY_LOAD_WRITERS", 8) as usize, env("PIXELQUERY_LOAD_READERS", 24) as usize);
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pixelquery"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--warehouse"])
-        .arg(dir.path().join("wh"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let uri = format!("grpc://{}", line.trim().strip_prefix("pixelquery listening on ").expect("address line"));
+    let (mut child, uri) = spawn_server(serve_command(&dir.path().join("wh")).env("RUST_LOG", "warn"));
     let pid = child.id();
 
     let mut admin = Client::connect(&uri).await.unwrap();

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch, UInt16Array};
@@ -187,4 +189,22 @@ pub const ACCESS_FILE: &str = "# test access file\nread read-token-0123456789abc
 /// Turns auth on with [`ACCESS_FILE`].
 pub fn with_auth(config: &mut Config) {
     config.auth = Some(Arc::new(pixelquery::auth::Auth::parse(ACCESS_FILE).unwrap()));
+}
+
+/// `pixelquery serve` over `warehouse` on a free loopback port; add flags,
+/// then start it with [`spawn_server`].
+pub fn serve_command(warehouse: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pixelquery"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--warehouse"]).arg(warehouse);
+    cmd
+}
+
+/// Starts a server command (the binary, or a shell that execs it) and reads
+/// the address it prints first: the child and its `grpc://` URI.
+pub fn spawn_server(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start the server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read the address line");
+    let addr = line.trim().strip_prefix("pixelquery listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
+    (child, format!("grpc://{addr}"))
 }
