@@ -497,8 +497,8 @@ impl CollectionStore {
     }
 
     /// Chunks that would profit from compaction (more than one batch).
-    pub fn needs_compaction(&self, min_appends: u32) -> Vec<ChunkKey> {
-        read(&self.index).chunks.iter().filter(|(_, e)| e.appends >= min_appends && e.appends > 1).map(|(k, _)| k.clone()).collect()
+    pub fn needs_compaction(&self) -> Vec<ChunkKey> {
+        read(&self.index).chunks.iter().filter(|(_, e)| e.appends > 1).map(|(k, _)| k.clone()).collect()
     }
 
     /// Rewrites the catalog snapshot in a background thread every
@@ -522,7 +522,7 @@ impl CollectionStore {
     /// each becomes one batch ordered by time. Rows do not change. Then
     /// writes the catalog snapshot.
     pub fn compact(&self, tiles: Option<&HashSet<TileId>>) -> Result<RewriteOutcome> {
-        let keys: Vec<ChunkKey> = self.needs_compaction(2).into_iter().filter(|k| tiles.is_none_or(|t| t.contains(&k.tile))).collect();
+        let keys: Vec<ChunkKey> = self.needs_compaction().into_iter().filter(|k| tiles.is_none_or(|t| t.contains(&k.tile))).collect();
         let mut out = RewriteOutcome::default();
         for key in keys {
             if self.compact_chunk(&key)? {

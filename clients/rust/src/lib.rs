@@ -68,7 +68,6 @@ pub struct ConnectOptions {
 /// A connection to one server.
 pub struct Client {
     inner: FlightClient,
-    token: Option<String>,
 }
 
 impl Client {
@@ -101,7 +100,7 @@ impl Client {
         }
         let channel = endpoint.connect().await?;
         let inner = FlightServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let mut client = Self { inner: FlightClient::new_from_inner(inner), token: None };
+        let mut client = Self { inner: FlightClient::new_from_inner(inner) };
         if let Some(token) = &opts.token {
             client.set_token(token)?;
         }
@@ -111,7 +110,6 @@ impl Client {
     /// Sends `authorization: Bearer <token>` on every following call.
     pub fn set_token(&mut self, token: &str) -> Result<()> {
         self.inner.add_header("authorization", &format!("Bearer {token}"))?;
-        self.token = Some(token.to_string());
         Ok(())
     }
 
@@ -127,11 +125,12 @@ impl Client {
         Ok(token)
     }
 
-    /// A second handle on the same connection (calls run concurrently).
+    /// A second handle on the same connection (calls run concurrently),
+    /// sending the same headers (the token).
     pub fn try_clone(&self) -> Self {
         let mut inner = FlightClient::new_from_inner(self.inner.inner().clone());
         *inner.metadata_mut() = self.inner.metadata().clone();
-        Self { inner, token: self.token.clone() }
+        Self { inner }
     }
 
     /// The underlying Flight client, for calls this crate does not wrap.
