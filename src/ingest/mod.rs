@@ -261,7 +261,7 @@ struct Scene<'a> {
     validity: Vec<Option<Vec<bool>>>,
     src: SourceGeometry,
     grid: GridSpec,
-    aligned: Option<(i64, i64)>,
+    placement: warp::Placement,
     tiles: Vec<TileId>,
 }
 
@@ -278,18 +278,19 @@ impl<'a> Scene<'a> {
         let src_srs = crs::spatial_ref("crs", &spec.crs)?;
         let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
         let range = warp::footprint_tiles(&src, &grid, &crs::Transformer::new(&src_srs, &grid_srs)?);
-        // A raster already on the grid's lattice is copied, not resampled.
-        let aligned = warp::grid_alignment(&src, &grid, src_srs == grid_srs);
+        // A raster on the grid's lattice is copied; one in the grid's CRS is
+        // resampled separably.
+        let placement = warp::placement(&src, &grid, src_srs == grid_srs);
         if range.len() > opts.max_tiles {
             return Err(Error::invalid("geotransform", spec.geotransform, &format!("the raster touches {} tiles, more than the limit of {}", range.len(), opts.max_tiles)));
         }
-        Ok(Self { spec, bands, columns, validity, src, grid, aligned, tiles: range.iter().collect() })
+        Ok(Self { spec, bands, columns, validity, src, grid, placement, tiles: range.iter().collect() })
     }
 
     /// Warps every band onto `tiles`, in parallel over tiles on the warp
     /// pool; observations in tile order.
     fn warp(&self, tiles: &[TileId], opts: &IngestOptions) -> Result<Vec<Observation>> {
-        let (spec, bands, grid, src, aligned) = (self.spec, self.bands, &self.grid, &self.src, self.aligned);
+        let (spec, bands, grid, src, placement) = (self.spec, self.bands, &self.grid, &self.src, self.placement);
         let next = AtomicUsize::new(0);
         let results: Mutex<Vec<(usize, Vec<Observation>)>> = Mutex::new(Vec::new());
         let threads = opts.warp_threads.clamp(1, tiles.len().max(1));
@@ -306,7 +307,7 @@ impl<'a> Scene<'a> {
                         loop {
                             let k = next.fetch_add(1, Ordering::Relaxed);
                             let Some(&tile) = tiles.get(k) else { return Ok(()) };
-                            let coords = warp::tile_coords(grid, tile, src, &to_source, with_corners, aligned);
+                            let coords = warp::tile_coords(grid, tile, src, &to_source, with_corners, placement);
                             if !coords.touches {
                                 continue;
                             }
