@@ -366,6 +366,12 @@ impl<T: Sample> SourceBand<'_, T> {
         let v = self.values[i];
         self.valid.is_none_or(|m| m[i]) && self.nodata.is_none_or(|nd| v != nd) && (!T::IS_FLOAT || !v.to_f64().is_nan())
     }
+
+    /// Whether pixels `i` and `i + 1` are both valid.
+    #[inline]
+    fn all_valid(&self, i: usize) -> bool {
+        self.is_valid(i) && self.is_valid(i + 1)
+    }
 }
 
 /// Resamples one band onto one tile. Returns the pixels (masked ones hold
@@ -610,6 +616,17 @@ fn mode<T: Sample>(src: &SourceBand<'_, T>, bx: (f64, f64), by: (f64, f64)) -> O
 fn bilinear<T: Sample>(src: &SourceBand<'_, T>, x: f64, y: f64) -> Option<f64> {
     let (x0, dx) = split(x);
     let (y0, dy) = split(y);
+    // The common case first: all four neighbours inside and valid.
+    if x0 >= 0 && y0 >= 0 && ((x0 + 1) as usize) < src.width && ((y0 + 1) as usize) < src.height {
+        let i = y0 as usize * src.width + x0 as usize;
+        let (w, v) = (src.width, src.values);
+        if src.all_valid(i) && src.all_valid(i + w) {
+            let (a, b, c, d) = (v[i].to_f64(), v[i + 1].to_f64(), v[i + w].to_f64(), v[i + w + 1].to_f64());
+            let top = a + dx * (b - a);
+            let bottom = c + dx * (d - c);
+            return Some(top + dy * (bottom - top));
+        }
+    }
     separable(src, x0, y0, [1.0 - dx, dx], [1.0 - dy, dy])
 }
 
