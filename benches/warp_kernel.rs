@@ -35,7 +35,7 @@ fn main() {
     let placement = warp::placement(&src, &grid, true);
     assert_eq!(placement, warp::Placement::Axes);
     let time = |placement: warp::Placement| {
-        let coords = warp::tile_coords(&grid, tile, &src, &to_source, false, placement);
+        let coords = warp::tile_coords(&grid, tile, &src, &to_source, false, placement, (1.0, 1.0));
         assert!(coords.touches);
         let (mut kernel, mut total) = (Vec::with_capacity(RUNS), Vec::with_capacity(RUNS));
         let mut checksum = 0u64;
@@ -45,7 +45,7 @@ fn main() {
             kernel.push(t.elapsed().as_secs_f64() * 1e3);
             checksum += out[1000] as u64 + mask[1000] as u64;
             let t = Instant::now();
-            let c = warp::tile_coords(&grid, tile, &src, &to_source, false, placement);
+            let c = warp::tile_coords(&grid, tile, &src, &to_source, false, placement, (1.0, 1.0));
             let (out, _) = warp::resample(&band, &c, Resampling::Bilinear, 0);
             total.push(t.elapsed().as_secs_f64() * 1e3);
             checksum += out[2000] as u64;

@@ -1,7 +1,14 @@
 //! Resampling kernels against `gdalwarp` on the same input and target grid:
-//! cubic from EPSG:32652 onto the default sinusoidal grid, and average and
-//! mode of a 3 m raster down to a 10 m UTM collection grid, each with a
-//! nodata hole.
+//! cubic from EPSG:32652 onto the default sinusoidal grid, bilinear and
+//! cubic from EPSG:4326 onto it and from EPSG:3857 onto a UTM collection
+//! grid, and average and mode of a 3 m raster down to a 10 m UTM collection
+//! grid, each with a nodata hole.
+//!
+//! gdalwarp widens bilinear and cubic when downsampling by a scale it
+//! derives per warp chunk from the chunk's window (clipped at the raster's
+//! edges), so a tile only partly covered gets another kernel than a full
+//! one. The server uses one scale per scene (`warp::scene_scale`, seamless
+//! tiles); the reference runs are given that scale (`-wo XSCALE/YSCALE`).
 
 mod common;
 
@@ -27,11 +34,21 @@ fn write_tif<T: GdalType + Copy>(path: &Path, values: &[T], w: usize, h: usize, 
     band.write((0, 0), (w, h), &mut Buffer::new((w, h), values.to_vec())).unwrap();
 }
 
-fn gdalwarp<T: GdalType + Copy>(src: &Path, out: &Path, method: &str, t_srs: &str, grid: &GridSpec, tile: TileId) -> Vec<T> {
+/// The kernel scale the server uses for a scene (see the module docs).
+fn scene_scale(crs: &str, gt: [f64; 6], size: usize, grid: &GridSpec) -> (f64, f64) {
+    use pixelquery::warp::{self, crs::spatial_ref, crs::Transformer};
+    let (from, to) = (spatial_ref("t", crs).unwrap(), spatial_ref("t", &grid.crs).unwrap());
+    let src = warp::SourceGeometry::try_new(size, size, gt).unwrap();
+    let placement = warp::placement(&src, grid, from == to);
+    warp::scene_scale(grid, &src, &Transformer::new(&from, &to).unwrap(), &Transformer::new(&to, &from).unwrap(), placement)
+}
+
+fn gdalwarp<T: GdalType + Copy>(src: &Path, out: &Path, method: &str, t_srs: &str, grid: &GridSpec, tile: TileId, scale: (f64, f64)) -> Vec<T> {
     let b = grid.tile_bounds(tile);
     let n = grid.tile_px.to_string();
+    let (xscale, yscale) = (format!("XSCALE={}", scale.0), format!("YSCALE={}", scale.1));
     let ok = Command::new("gdalwarp")
-        .args(["-q", "-overwrite", "-r", method, "-t_srs", t_srs, "-srcnodata", "0", "-dstnodata", "0", "-ts", &n, &n, "-te"])
+        .args(["-q", "-overwrite", "-r", method, "-t_srs", t_srs, "-srcnodata", "0", "-dstnodata", "0", "-wo", &xscale, "-wo", &yscale, "-ts", &n, &n, "-te"])
         .args(b.iter().map(|v| v.to_string()))
         .arg(src)
         .arg(out)
@@ -109,6 +126,8 @@ async fn run_case<T: GdalType + Copy + Into<f64>>(
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src.tif");
     write_tif(&src, &values, size, size, gt, epsg);
+    let scale = scene_scale(crs, gt, size, &grid);
+    eprintln!("{method} from {crs}: scene kernel scale {scale:?}");
     let mut acc = Agreement { within_one: 0, both_valid: 0, mask_equal: 0, mask_compared: 0 };
     for tile in &put.tiles {
         let t: TileId = tile.parse().unwrap();
@@ -119,7 +138,7 @@ async fn run_case<T: GdalType + Copy + Into<f64>>(
             _ => px.as_primitive::<UInt16Type>().values().iter().map(|v| *v as f64).collect(),
         };
         let mask: Vec<bool> = b.column_by_name("mask").unwrap().as_list::<i32>().value(0).as_boolean().iter().map(|v| v.unwrap()).collect();
-        let gdal: Vec<f64> = gdalwarp::<T>(&src, &work.path().join(format!("{tile}.tif")), method, &grid_crs, &grid, t).into_iter().map(Into::into).collect();
+        let gdal: Vec<f64> = gdalwarp::<T>(&src, &work.path().join(format!("{tile}.tif")), method, &grid_crs, &grid, t, scale).into_iter().map(Into::into).collect();
         compare(&ours, &mask, &gdal, grid.tile_px as usize, &mut acc);
     }
     server.shutdown().await;
@@ -213,8 +232,10 @@ async fn adjacent_tiles_have_no_seam() {
     let [x0, y0, _, y1] = grid.tile_bounds(west);
     let x1 = grid.tile_bounds(east)[2];
     let out = work.path().join("both.tif");
+    let scale = scene_scale("EPSG:32652", gt, size, &grid);
+    let (xscale, yscale) = (format!("XSCALE={}", scale.0), format!("YSCALE={}", scale.1));
     let ok = Command::new("gdalwarp")
-        .args(["-q", "-et", "0", "-r", "bilinear", "-t_srs", pixelquery::grid::DEFAULT_GRID_CRS, "-srcnodata", "0", "-dstnodata", "0", "-ts", "512", "256", "-te"])
+        .args(["-q", "-et", "0", "-r", "bilinear", "-t_srs", pixelquery::grid::DEFAULT_GRID_CRS, "-srcnodata", "0", "-dstnodata", "0", "-wo", &xscale, "-wo", &yscale, "-ts", "512", "256", "-te"])
         .args([x0, y0, x1, y1].iter().map(|v| v.to_string()))
         .arg(&src)
         .arg(&out)
@@ -235,4 +256,42 @@ async fn adjacent_tiles_have_no_seam() {
     eprintln!("seam: {equal} of {compared} edge pixels within 1 DN of one warp over both tiles");
     assert!(compared > 300, "the raster covers the seam ({compared} pixels)");
     assert!(equal as f64 >= 0.999 * compared as f64);
+}
+
+/// A geotransform in `epsg` whose top-left corner is at lon 127.02, lat 37.57.
+fn corner_geotransform(epsg: u32, pixel: f64) -> [f64; 6] {
+    let from = pixelquery::warp::crs::spatial_ref("t", "EPSG:4326").unwrap();
+    let to = pixelquery::warp::crs::spatial_ref("t", &format!("EPSG:{epsg}")).unwrap();
+    let (mut x, mut y) = ([127.02], [37.57]);
+    pixelquery::warp::crs::Transformer::new(&from, &to).unwrap().transform(&mut x, &mut y);
+    [x[0], pixel, 0.0, y[0], 0.0, -pixel]
+}
+
+async fn smooth_case(name: &str, epsg: u32, pixel: f64, grid: serde_json::Value, method: &str) -> Agreement {
+    let size = 512;
+    let values = smooth(size, (200..260, 100..180));
+    let column: ArrayRef = std::sync::Arc::new(UInt16Array::from(values.clone()));
+    let coll = serde_json::json!({"name": name, "bands": [{"name": "v", "dtype": "uint16", "nodata": 0}], "grid": grid});
+    run_case(coll, &format!("EPSG:{epsg}"), epsg, corner_geotransform(epsg, pixel), size, values, column, "uint16", method).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bilinear_and_cubic_from_lon_lat_match_gdalwarp() {
+    // 0.0001 degree pixels: about 8.8 m east-west and 11.1 m north-south.
+    for method in ["bilinear", "cubic"] {
+        let a = smooth_case("g", 4326, 0.0001, serde_json::json!({"resolution": 10}), method).await;
+        assert!(a.within_one as f64 >= 0.999 * a.both_valid as f64, "{method}");
+        assert!(a.mask_equal as f64 >= 0.999 * a.mask_compared as f64, "{method}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bilinear_and_cubic_from_web_mercator_to_a_utm_grid_match_gdalwarp() {
+    // 12 m Web Mercator pixels are about 9.5 m on the ground at 37.5 N.
+    let utm_grid = serde_json::json!({"crs": "EPSG:32652", "tile_span": 2560, "resolution": 10});
+    for method in ["bilinear", "cubic"] {
+        let a = smooth_case("m", 3857, 12.0, utm_grid.clone(), method).await;
+        assert!(a.within_one as f64 >= 0.999 * a.both_valid as f64, "{method}");
+        assert!(a.mask_equal as f64 >= 0.999 * a.mask_compared as f64, "{method}");
+    }
 }

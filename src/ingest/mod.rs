@@ -262,6 +262,8 @@ struct Scene<'a> {
     src: SourceGeometry,
     grid: GridSpec,
     placement: warp::Placement,
+    /// Bilinear and cubic kernel scales, one for the whole scene.
+    scale: (f64, f64),
     tiles: Vec<TileId>,
 }
 
@@ -277,20 +279,23 @@ impl<'a> Scene<'a> {
         let grid = store.meta.grid_spec();
         let src_srs = crs::spatial_ref("crs", &spec.crs)?;
         let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
-        let range = warp::footprint_tiles(&src, &grid, &crs::Transformer::new(&src_srs, &grid_srs)?);
+        let to_grid = crs::Transformer::new(&src_srs, &grid_srs)?;
+        let range = warp::footprint_tiles(&src, &grid, &to_grid);
         // A raster on the grid's lattice is copied; one in the grid's CRS is
         // resampled separably.
         let placement = warp::placement(&src, &grid, src_srs == grid_srs);
         if range.len() > opts.max_tiles {
             return Err(Error::invalid("geotransform", spec.geotransform, &format!("the raster touches {} tiles, more than the limit of {}", range.len(), opts.max_tiles)));
         }
-        Ok(Self { spec, bands, columns, validity, src, grid, placement, tiles: range.iter().collect() })
+        let tiles: Vec<TileId> = range.iter().collect();
+        let scale = warp::scene_scale(&grid, &src, &to_grid, &crs::Transformer::new(&grid_srs, &src_srs)?, placement);
+        Ok(Self { spec, bands, columns, validity, src, grid, placement, scale, tiles })
     }
 
     /// Warps every band onto `tiles`, in parallel over tiles on the warp
     /// pool; observations in tile order.
     fn warp(&self, tiles: &[TileId], opts: &IngestOptions) -> Result<Vec<Observation>> {
-        let (spec, bands, grid, src, placement) = (self.spec, self.bands, &self.grid, &self.src, self.placement);
+        let (spec, bands, grid, src, placement, scale) = (self.spec, self.bands, &self.grid, &self.src, self.placement, self.scale);
         let next = AtomicUsize::new(0);
         let results: Mutex<Vec<(usize, Vec<Observation>)>> = Mutex::new(Vec::new());
         let threads = opts.warp_threads.clamp(1, tiles.len().max(1));
@@ -307,7 +312,7 @@ impl<'a> Scene<'a> {
                         loop {
                             let k = next.fetch_add(1, Ordering::Relaxed);
                             let Some(&tile) = tiles.get(k) else { return Ok(()) };
-                            let coords = warp::tile_coords(grid, tile, src, &to_source, with_corners, placement);
+                            let coords = warp::tile_coords(grid, tile, src, &to_source, with_corners, placement, scale);
                             if !coords.touches {
                                 continue;
                             }

@@ -224,6 +224,8 @@ pub struct TileCoords {
     pub copy: Option<(i64, i64)>,
     /// [`Placement::Axes`]: source positions per target column and row.
     pub axes: Option<Axes>,
+    /// Bilinear and cubic kernel scales along x and y ([`kernel_scale`]).
+    pub scale: (f64, f64),
 }
 
 /// Source positions of a tile's columns and rows when the axes align.
@@ -305,8 +307,9 @@ impl ExactMap<'_> {
 /// Maps every pixel centre of `tile` to continuous source pixel coordinates.
 /// For [`Placement::General`], row by row through the approximating
 /// transform (error below [`MAX_APPROX_ERROR`] source pixel); `to_source`
-/// maps the grid CRS to the source CRS.
-pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_source: &crs::Transformer, with_corners: bool, placement: Placement) -> TileCoords {
+/// maps the grid CRS to the source CRS; `scale` is the scene's
+/// [`scene_scale`].
+pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_source: &crs::Transformer, with_corners: bool, placement: Placement, scale: (f64, f64)) -> TileCoords {
     let n = grid.tile_px as usize;
     let target_gt = grid.tile_geotransform(tile);
     let (w, h) = (src.width as f64, src.height as f64);
@@ -315,7 +318,7 @@ pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_sourc
             let (col_off, row_off) = (tile.ix * n as i64 - col0, top - (tile.iy + 1) * n as i64);
             let overlaps = |off: i64, len: usize| off < len as i64 && off + n as i64 > 0;
             let touches = overlaps(col_off, src.width) && overlaps(row_off, src.height);
-            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: Some((col_off, row_off)), axes: None }
+            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: Some((col_off, row_off)), axes: None, scale: (1.0, 1.0) }
         }
         Placement::Axes => {
             let inv = &src.inverse;
@@ -327,7 +330,7 @@ pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_sourc
                 y_edges: along(n + 1, 0.0, target_gt[3], target_gt[5], inv[3], inv[5]),
             };
             let touches = axes.xs.iter().any(|x| *x >= 0.0 && *x < w) && axes.ys.iter().any(|y| *y >= 0.0 && *y < h);
-            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: None, axes: Some(axes) }
+            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: None, axes: Some(axes), scale }
         }
         Placement::General => {
             let map = ExactMap { target_gt, src_inverse: src.inverse, to_source };
@@ -345,7 +348,7 @@ pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_sourc
             let (sx, sy) = grid_points(n, 0.5);
             let corners = with_corners.then(|| grid_points(n + 1, 0.0));
             let touches = sx.iter().zip(&sy).any(|(x, y)| *x >= 0.0 && *x < w && *y >= 0.0 && *y < h);
-            TileCoords { sx, sy, touches, n, corners, copy: None, axes: None }
+            TileCoords { sx, sy, touches, n, corners, copy: None, axes: None, scale }
         }
     }
 }
@@ -384,24 +387,28 @@ pub fn resample<T: Sample>(src: &SourceBand<'_, T>, coords: &TileCoords, method:
         if method != Resampling::Mode {
             // Cubic's negative lobes and renormalisation over holes lose
             // too much in f32 (0.2 % of pixels off by one in a unit test).
-            return if T::NARROW && method != Resampling::Cubic { resample_axes::<T, f32>(src, axes, method, fill) } else { resample_axes::<T, f64>(src, axes, method, fill) };
+            return if T::NARROW && method != Resampling::Cubic { resample_axes::<T, f32>(src, axes, coords.scale, method, fill) } else { resample_axes::<T, f64>(src, axes, coords.scale, method, fill) };
         }
         // Mode is not separable: per pixel, as in the general case.
         let (sx, sy, corners) = axes.points();
-        return resample_points(src, &sx, &sy, Some(&corners), coords.n, method, fill);
+        return resample_points(src, &sx, &sy, Some(&corners), coords.n, coords.scale, method, fill);
     }
-    resample_points(src, &coords.sx, &coords.sy, coords.corners.as_ref(), coords.n, method, fill)
+    resample_points(src, &coords.sx, &coords.sy, coords.corners.as_ref(), coords.n, coords.scale, method, fill)
 }
 
-fn resample_axes<T: Sample, A: separable::Acc>(src: &SourceBand<'_, T>, axes: &Axes, method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
-    let xt = separable::Taps::<A>::new(method, &axes.xs, &axes.x_edges, src.width);
-    let yt = separable::Taps::<A>::new(method, &axes.ys, &axes.y_edges, src.height);
+fn resample_axes<T: Sample, A: separable::Acc>(src: &SourceBand<'_, T>, axes: &Axes, scale: (f64, f64), method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
+    let xt = separable::Taps::<A>::new(method, scale.0, &axes.xs, &axes.x_edges, src.width);
+    let yt = separable::Taps::<A>::new(method, scale.1, &axes.ys, &axes.y_edges, src.height);
     separable::resample(src, method, &xt, &yt, fill)
 }
 
 /// The per-pixel kernels: `sx`/`sy` hold each target pixel centre's source
-/// position, `corners` its `(n + 1) x (n + 1)` pixel corners.
-fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], corners: Option<&Positions>, tile_n: usize, method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
+/// position, `corners` its `(n + 1) x (n + 1)` pixel corners, `scale` the
+/// bilinear and cubic kernel scales.
+#[allow(clippy::too_many_arguments)]
+fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], corners: Option<&Positions>, tile_n: usize, scale: (f64, f64), method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
+    let widened = scale != (1.0, 1.0);
+    let (mut wx, mut wy) = (Vec::new(), Vec::new());
     let n = sx.len();
     let mut out = vec![fill; n];
     let mut mask = vec![false; n];
@@ -421,7 +428,14 @@ fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], c
                 }
             }
             Resampling::Bilinear | Resampling::Cubic => {
-                let v = if method == Resampling::Bilinear { bilinear(src, x, y) } else { cubic(src, x, y) };
+                let v = if widened {
+                    let (x0, y0) = (kernel_taps(method, scale.0, x, &mut wx), kernel_taps(method, scale.1, y, &mut wy));
+                    separable(src, x0, y0, &wx, &wy)
+                } else if method == Resampling::Bilinear {
+                    bilinear(src, x, y)
+                } else {
+                    cubic(src, x, y)
+                };
                 if let Some(v) = v {
                     out[k] = T::from_f64(v);
                     mask[k] = true;
@@ -491,6 +505,110 @@ fn copy<T: Sample>(src: &SourceBand<'_, T>, n: usize, col_off: i64, row_off: i64
     (out, mask)
 }
 
+/// Taps of bilinear or cubic along one axis at continuous position `x`,
+/// widened when downsampling as gdalwarp does: for `scale` below 1 the
+/// kernel covers `radius / scale` source pixels each side and its weights
+/// are taken at `(i - dx) * scale`. Writes the weights into `w` and returns
+/// the first tap's source index.
+pub(crate) fn kernel_taps(method: Resampling, scale: f64, x: f64, w: &mut Vec<f64>) -> i64 {
+    w.clear();
+    let (x0, dx) = split(x);
+    let (radius, weight): (i64, fn(f64) -> f64) = if method == Resampling::Cubic { (2, cubic_weight) } else { (1, bilinear_weight) };
+    if scale >= 1.0 {
+        if method == Resampling::Cubic {
+            w.extend([cubic_weight(1.0 + dx), cubic_weight(dx), cubic_weight(1.0 - dx), cubic_weight(2.0 - dx)]);
+            return x0 - 1;
+        }
+        w.extend([1.0 - dx, dx]);
+        return x0;
+    }
+    let reach = (radius as f64 / scale).ceil() as i64;
+    // gdalwarp's window: from `(radius + 1) % 2 - reach` to `reach`.
+    let first = (radius + 1) % 2 - reach;
+    w.extend((first..=reach).map(|i| weight((i as f64 - dx) * scale)));
+    x0 + first
+}
+
+#[inline]
+fn bilinear_weight(t: f64) -> f64 {
+    (1.0 - t.abs()).max(0.0)
+}
+
+/// gdalwarp's resampling scale along one axis for a target window of `dst`
+/// pixels whose outline spans `extent` source pixels, snapped to `1 / k`
+/// when within 0.05 of an integer ratio `k`. Below 1 means downsampling.
+pub fn axis_scale(dst: usize, extent: f64) -> f64 {
+    if !extent.is_finite() || extent <= 0.0 {
+        return 1.0;
+    }
+    let scale = dst as f64 / extent;
+    if scale < 1.0 {
+        let ratio = 1.0 / scale;
+        let k = (ratio + 0.5).floor();
+        if (ratio - k).abs() < 0.05 {
+            return 1.0 / k;
+        }
+    }
+    scale
+}
+
+/// The bilinear and cubic kernel scales of a scene, from the outline of
+/// the tile holding the source's centre mapped into the source the way
+/// gdalwarp measures a warp chunk: 21 points along each edge, exactly
+/// transformed, their bounding box against the tile's size. gdalwarp
+/// derives the scale per chunk and clips the box at the raster's far edges,
+/// so its kernel changes between partly and fully covered chunks; one scale
+/// for the whole scene keeps tiles seamless. `to_grid` maps the source CRS
+/// to the grid's, `to_source` back.
+pub fn scene_scale(grid: &GridSpec, src: &SourceGeometry, to_grid: &crs::Transformer, to_source: &crs::Transformer, placement: Placement) -> (f64, f64) {
+    if let Placement::Lattice(..) = placement {
+        return (1.0, 1.0);
+    }
+    let (cx, cy) = apply(&src.geotransform, src.width as f64 / 2.0, src.height as f64 / 2.0);
+    let (mut gx, mut gy) = ([cx], [cy]);
+    to_grid.transform(&mut gx, &mut gy);
+    if !(gx[0].is_finite() && gy[0].is_finite()) {
+        return (1.0, 1.0);
+    }
+    let tile = grid.tile_of(gx[0], gy[0]);
+    const STEPS: usize = 20;
+    let n = grid.tile_px as usize;
+    let (mut xs, mut ys) = (Vec::with_capacity(4 * STEPS + 4), Vec::with_capacity(4 * STEPS + 4));
+    for k in 0..=STEPS {
+        let f = (k * n) as f64 / STEPS as f64;
+        for (x, y) in [(f, 0.0), (f, n as f64), (0.0, f), (n as f64, f)] {
+            xs.push(x);
+            ys.push(y);
+        }
+    }
+    let map = ExactMap { target_gt: grid.tile_geotransform(tile), src_inverse: src.inverse, to_source };
+    match placement {
+        Placement::Axes => {
+            for (x, y) in xs.iter_mut().zip(ys.iter_mut()) {
+                let (gx, gy) = apply(&map.target_gt, *x, *y);
+                (*x, *y) = apply(&src.inverse, gx, gy);
+            }
+        }
+        _ => map.map(&mut xs, &mut ys),
+    }
+    let extent = |v: &[f64]| {
+        let (lo, hi) = v.iter().filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        hi - lo
+    };
+    kernel_scale(axis_scale(n, extent(&xs)), axis_scale(n, extent(&ys)))
+}
+
+/// The scales the bilinear and cubic kernels use on a tile: gdalwarp keeps
+/// the plain 2 x 2 / 4 x 4 kernels unless an axis scale is below 0.95, and
+/// then widens only the axes below 1.
+pub fn kernel_scale(x: f64, y: f64) -> (f64, f64) {
+    if x >= 0.95 && y >= 0.95 {
+        (1.0, 1.0)
+    } else {
+        (x.min(1.0), y.min(1.0))
+    }
+}
+
 /// Keys cubic convolution weight (a = -0.5), as GDAL's cubic.
 #[inline]
 fn cubic_weight(t: f64) -> f64 {
@@ -512,7 +630,7 @@ fn cubic<T: Sample>(src: &SourceBand<'_, T>, x: f64, y: f64) -> Option<f64> {
     let (y0, dy) = split(y);
     let wx = [cubic_weight(1.0 + dx), cubic_weight(dx), cubic_weight(1.0 - dx), cubic_weight(2.0 - dx)];
     let wy = [cubic_weight(1.0 + dy), cubic_weight(dy), cubic_weight(1.0 - dy), cubic_weight(2.0 - dy)];
-    separable(src, x0 - 1, y0 - 1, wx, wy)
+    separable(src, x0 - 1, y0 - 1, &wx, &wy)
 }
 
 /// The pixel whose centre is at or left of `v` (pixel centres at +0.5) and
@@ -541,7 +659,7 @@ fn floor(v: f64) -> f64 {
 /// valid, in-bounds pixels only, weights renormalised; `None` when no valid
 /// pixel carries weight.
 #[inline]
-fn separable<T: Sample, const N: usize>(src: &SourceBand<'_, T>, x0: i64, y0: i64, wx: [f64; N], wy: [f64; N]) -> Option<f64> {
+fn separable<T: Sample>(src: &SourceBand<'_, T>, x0: i64, y0: i64, wx: &[f64], wy: &[f64]) -> Option<f64> {
     let (mut acc, mut wsum) = (0.0, 0.0);
     for (j, wyj) in wy.iter().enumerate() {
         let sy = y0 + j as i64;
@@ -627,7 +745,7 @@ fn bilinear<T: Sample>(src: &SourceBand<'_, T>, x: f64, y: f64) -> Option<f64> {
             return Some(top + dy * (bottom - top));
         }
     }
-    separable(src, x0, y0, [1.0 - dx, dx], [1.0 - dy, dy])
+    separable(src, x0, y0, &[1.0 - dx, dx], &[1.0 - dy, dy])
 }
 
 #[cfg(test)]
@@ -635,7 +753,7 @@ mod tests {
     use super::*;
 
     fn coords(points: &[(f64, f64)]) -> TileCoords {
-        TileCoords { sx: points.iter().map(|p| p.0).collect(), sy: points.iter().map(|p| p.1).collect(), touches: true, n: points.len(), corners: None, copy: None, axes: None }
+        TileCoords { sx: points.iter().map(|p| p.0).collect(), sy: points.iter().map(|p| p.1).collect(), touches: true, n: points.len(), corners: None, copy: None, axes: None, scale: (1.0, 1.0) }
     }
 
     #[test]
@@ -651,7 +769,7 @@ mod tests {
         let values = [1u16, 2, 3, 4, 0, 6];
         let src = SourceBand { values: &values, nodata: Some(0), valid: None, width: 3, height: 2 };
         let a = placement(&on, &grid, true);
-        let tc = tile_coords(&grid, TileId::new(4, 6), &on, &dummy_transformer(), false, a);
+        let tc = tile_coords(&grid, TileId::new(4, 6), &on, &dummy_transformer(), false, a, (1.0, 1.0));
         assert!(tc.touches);
         let (out, mask) = resample(&src, &tc, Resampling::Bilinear, 0);
         assert_eq!((out[3 * 256 + 2], out[3 * 256 + 4], out[4 * 256 + 2], mask[4 * 256 + 3]), (1, 3, 4, false));
@@ -710,6 +828,25 @@ mod tests {
     }
 
     #[test]
+    fn kernels_widen_below_scale_one_as_gdalwarp() {
+        // Window ratios near an integer snap to it; others do not.
+        assert_eq!(axis_scale(256, 512.0 * 0.99), 0.5);
+        assert!((axis_scale(256, 853.0) - 256.0 / 853.0).abs() < 1e-12);
+        assert_eq!(axis_scale(256, 100.0), 2.56);
+        assert_eq!(kernel_scale(0.96, 2.0), (1.0, 1.0));
+        assert_eq!(kernel_scale(0.9, 2.0), (0.9, 1.0));
+        let mut w = Vec::new();
+        // Plain: the two (four) neighbours of x = 10.75.
+        assert_eq!((kernel_taps(Resampling::Bilinear, 1.0, 10.75, &mut w), w.clone()), (10, vec![0.75, 0.25]));
+        assert_eq!((kernel_taps(Resampling::Cubic, 1.0, 10.5, &mut w), w.len()), (9, 4));
+        // Half scale: bilinear reaches 2 pixels each side, tent of half slope.
+        assert_eq!((kernel_taps(Resampling::Bilinear, 0.5, 10.5, &mut w), w.clone()), (8, vec![0.0, 0.5, 1.0, 0.5, 0.0]));
+        // Cubic at half scale: 4 each side, window from 1 - 4 to 4.
+        assert_eq!((kernel_taps(Resampling::Cubic, 0.5, 10.5, &mut w), w.len()), (7, 8));
+        assert_eq!(w[3], 1.0);
+    }
+
+    #[test]
     fn rounding_from_f32_matches_rounding_from_f64() {
         let mut vs = vec![-1e9_f32, -32769.0, -32768.6, -32768.5, -32768.4, -2.5, -1.5, -0.5, -0.49, 0.0, 0.49, 0.5, 1.5, 254.5, 255.4, 255.5, 300.0, 32767.4, 32767.5, 65534.5, 65535.4, 65535.5, 1e9];
         vs.extend((0..20_000).map(|i| i as f32 * 3.77 - 40_000.0));
@@ -725,7 +862,7 @@ mod tests {
     fn the_copy_path_masks_nodata_and_invalid_pixels_in_each_of_its_loops() {
         let values: Vec<u16> = vec![1, 0, 3, 4, 5, 0, 7, 8, 9];
         let valid = [true, true, true, false, true, true, true, true, true];
-        let coords = TileCoords { sx: Vec::new(), sy: Vec::new(), touches: true, n: 4, corners: None, copy: Some((-1, -1)), axes: None };
+        let coords = TileCoords { sx: Vec::new(), sy: Vec::new(), touches: true, n: 4, corners: None, copy: Some((-1, -1)), axes: None, scale: (1.0, 1.0) };
         for (nodata, valid) in [(Some(0u16), None), (None, None), (Some(0), Some(&valid[..]))] {
             let src = SourceBand { values: &values, nodata, valid, width: 3, height: 3 };
             let (out, mask) = resample(&src, &coords, Resampling::Nearest, 99);

@@ -11,7 +11,7 @@
 
 use std::ops::{Add, Div, Mul};
 
-use super::{cubic_weight, split, Sample, SourceBand};
+use super::{Sample, SourceBand};
 use crate::collection::Resampling;
 
 /// The accumulator of the passes: `f32` for integer samples of at most 16
@@ -73,8 +73,9 @@ pub struct Taps<A> {
 
 impl<A: Acc> Taps<A> {
     /// `centres` are the continuous source positions of the target pixel
-    /// centres; `corners` (one more) those of their edges, used by average.
-    pub fn new(method: Resampling, centres: &[f64], corners: &[f64], len: usize) -> Self {
+    /// centres; `corners` (one more) those of their edges, used by average;
+    /// `scale` widens bilinear and cubic ([`super::kernel_taps`]).
+    pub fn new(method: Resampling, scale: f64, centres: &[f64], corners: &[f64], len: usize) -> Self {
         // The first tap of position `p`; its weights go into `w`.
         let weights = |p: usize, w: &mut Vec<f64>| -> i64 {
             w.clear();
@@ -84,16 +85,7 @@ impl<A: Acc> Taps<A> {
                     w.push(1.0);
                     super::floor(x) as i64
                 }
-                Resampling::Bilinear => {
-                    let (x0, dx) = split(x);
-                    w.extend([1.0 - dx, dx]);
-                    x0
-                }
-                Resampling::Cubic => {
-                    let (x0, dx) = split(x);
-                    w.extend([cubic_weight(1.0 + dx), cubic_weight(dx), cubic_weight(1.0 - dx), cubic_weight(2.0 - dx)]);
-                    x0 - 1
-                }
+                Resampling::Bilinear | Resampling::Cubic => super::kernel_taps(method, scale, x, w),
                 Resampling::Average => {
                     let (a, b) = (corners[p].min(corners[p + 1]), corners[p].max(corners[p + 1]));
                     let (first, last) = (super::floor(a + 1e-10) as i64, (b - 1e-10).ceil() as i64);
@@ -106,9 +98,9 @@ impl<A: Acc> Taps<A> {
         let mut w = Vec::new();
         let k = match method {
             Resampling::Nearest | Resampling::Mode => 1,
-            Resampling::Bilinear => 2,
-            Resampling::Cubic => 4,
-            Resampling::Average => (0..n)
+            Resampling::Bilinear if scale >= 1.0 => 2,
+            Resampling::Cubic if scale >= 1.0 => 4,
+            _ => (0..n)
                 .map(|p| {
                     weights(p, &mut w);
                     w.len()
@@ -318,7 +310,8 @@ mod tests {
         };
         for (pixel, dx, dy, size) in [(25.6, 0.0, 0.0, 100), (3.0, 7.3, -4.1, 900), (20.0, -13.0, 11.0, 140), (9.7, 31.0, 25.0, 300)] {
             let src = SourceGeometry::try_new(size, size, [t[0] + dx, pixel, 0.0, t[3] + dy, 0.0, -pixel]).unwrap();
-            let coords = tile_coords(&grid, tile, &src, &to_source, true, Placement::Axes);
+            let scale = scene_scale(&grid, &src, &to_source, &to_source, Placement::Axes);
+            let coords = tile_coords(&grid, tile, &src, &to_source, true, Placement::Axes, scale);
             let axes = coords.axes.as_ref().unwrap();
             let (sx, sy, corners) = axes.points();
             let values: Vec<u16> = (0..size * size).map(|i| if (i / size) % 37 == 5 && i % 11 < 4 { 0 } else { (i * 7919 % 60_000) as u16 + 1 }).collect();
@@ -328,11 +321,11 @@ mod tests {
                 for mask in [None, Some(&valid[..])] {
                     let band = SourceBand { values: &values, nodata: Some(0u16), valid: mask, width: size, height: size };
                     let (a, am) = resample(&band, &coords, method, 0);
-                    let (b, bm) = resample_points(&band, &sx, &sy, Some(&corners), coords.n, method, 0);
+                    let (b, bm) = resample_points(&band, &sx, &sy, Some(&corners), coords.n, scale, method, 0);
                     agree(&a, &am, &b, &bm, method, pixel);
                     let band = SourceBand { values: &wide, nodata: Some(-4_999_000), valid: mask, width: size, height: size };
                     let (a, am) = resample(&band, &coords, method, 0);
-                    let (b, bm) = resample_points(&band, &sx, &sy, Some(&corners), coords.n, method, 0);
+                    let (b, bm) = resample_points(&band, &sx, &sy, Some(&corners), coords.n, scale, method, 0);
                     agree(&a, &am, &b, &bm, method, pixel);
                 }
             }
