@@ -407,8 +407,21 @@ fn resample_axes<T: Sample, A: separable::Acc>(src: &SourceBand<'_, T>, axes: &A
 /// bilinear and cubic kernel scales.
 #[allow(clippy::too_many_arguments)]
 fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], corners: Option<&Positions>, tile_n: usize, scale: (f64, f64), method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
-    let widened = scale != (1.0, 1.0);
+    let widened = scale != (1.0, 1.0) && matches!(method, Resampling::Bilinear | Resampling::Cubic);
     let (mut wx, mut wy) = (Vec::new(), Vec::new());
+    // Whether every source pixel a widened kernel may read is valid (then
+    // its taps need no checks).
+    let clean = widened && {
+        let reach = |s: f64| (if method == Resampling::Cubic { 2.0 } else { 1.0 } / s).ceil() + 1.0;
+        let span = |v: &[f64], len: usize, r: f64| {
+            let (lo, hi) = v.iter().filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+            (lo.is_finite() && len > 0).then(|| (((lo - r).floor().max(0.0) as usize).min(len - 1), ((hi + r).ceil().max(0.0) as usize).min(len - 1)))
+        };
+        match (span(sx, src.width, reach(scale.0)), span(sy, src.height, reach(scale.1))) {
+            (Some(cols), Some(rows)) => separable::window_is_valid(src, cols, rows),
+            _ => false,
+        }
+    };
     let n = sx.len();
     let mut out = vec![fill; n];
     let mut mask = vec![false; n];
@@ -430,7 +443,7 @@ fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], c
             Resampling::Bilinear | Resampling::Cubic => {
                 let v = if widened {
                     let (x0, y0) = (kernel_taps(method, scale.0, x, &mut wx), kernel_taps(method, scale.1, y, &mut wy));
-                    separable(src, x0, y0, &wx, &wy)
+                    clean_taps(src, clean, x0, y0, &wx, &wy).unwrap_or_else(|| separable(src, x0, y0, &wx, &wy))
                 } else if method == Resampling::Bilinear {
                     bilinear(src, x, y)
                 } else {
@@ -513,9 +526,10 @@ fn copy<T: Sample>(src: &SourceBand<'_, T>, n: usize, col_off: i64, row_off: i64
 pub(crate) fn kernel_taps(method: Resampling, scale: f64, x: f64, w: &mut Vec<f64>) -> i64 {
     w.clear();
     let (x0, dx) = split(x);
-    let (radius, weight): (i64, fn(f64) -> f64) = if method == Resampling::Cubic { (2, cubic_weight) } else { (1, bilinear_weight) };
+    let cubic = method == Resampling::Cubic;
+    let radius = if cubic { 2 } else { 1 };
     if scale >= 1.0 {
-        if method == Resampling::Cubic {
+        if cubic {
             w.extend([cubic_weight(1.0 + dx), cubic_weight(dx), cubic_weight(1.0 - dx), cubic_weight(2.0 - dx)]);
             return x0 - 1;
         }
@@ -525,7 +539,12 @@ pub(crate) fn kernel_taps(method: Resampling, scale: f64, x: f64, w: &mut Vec<f6
     let reach = (radius as f64 / scale).ceil() as i64;
     // gdalwarp's window: from `(radius + 1) % 2 - reach` to `reach`.
     let first = (radius + 1) % 2 - reach;
-    w.extend((first..=reach).map(|i| weight((i as f64 - dx) * scale)));
+    let t = |i: i64| (i as f64 - dx) * scale;
+    if cubic {
+        w.extend((first..=reach).map(|i| cubic_weight(t(i))));
+    } else {
+        w.extend((first..=reach).map(|i| bilinear_weight(t(i))));
+    }
     x0 + first
 }
 
@@ -653,6 +672,24 @@ fn floor(v: f64) -> f64 {
     } else {
         t
     }
+}
+
+/// A separable kernel over a window known to be all valid (`clean`) and
+/// lying inside the source: no per-tap checks. `None` when it does not
+/// apply (the caller falls back to [`separable`]).
+#[inline]
+fn clean_taps<T: Sample>(src: &SourceBand<'_, T>, clean: bool, x0: i64, y0: i64, wx: &[f64], wy: &[f64]) -> Option<Option<f64>> {
+    if !clean || x0 < 0 || y0 < 0 || x0 as usize + wx.len() > src.width || y0 as usize + wy.len() > src.height {
+        return None;
+    }
+    let (x0, y0) = (x0 as usize, y0 as usize);
+    let mut acc = 0.0;
+    for (j, wyj) in wy.iter().enumerate() {
+        let row = &src.values[(y0 + j) * src.width + x0..][..wx.len()];
+        acc += wyj * row.iter().zip(wx).map(|(v, w)| v.to_f64() * w).sum::<f64>();
+    }
+    let norm = wx.iter().sum::<f64>() * wy.iter().sum::<f64>();
+    Some((norm.abs() > 1e-5).then(|| acc / norm))
 }
 
 /// A separable kernel: taps `wx` x `wy` from pixel `(x0, y0)`, over the

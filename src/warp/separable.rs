@@ -119,13 +119,15 @@ impl<A: Acc> Taps<A> {
                 continue;
             }
             taps.inside[p] = true;
-            for (i, wi) in w.iter().enumerate() {
-                let s = (start + i as i64).clamp(0, last.max(0)) as usize;
+            // Padding taps (average's count varies) repeat the last index
+            // with weight 0, so one position's taps stay consecutive.
+            for i in 0..k {
+                let s = (start + i.min(w.len() - 1) as i64).clamp(0, last.max(0)) as usize;
                 taps.idx[p * k + i] = s as u32;
                 taps.lo = taps.lo.min(s);
                 taps.hi = taps.hi.max(s);
-                if in_bounds(i) {
-                    taps.w[p * k + i] = A::of(wi / sum);
+                if i < w.len() && in_bounds(i) {
+                    taps.w[p * k + i] = A::of(w[i] / sum);
                 }
             }
         }
@@ -278,7 +280,7 @@ fn horizontal<T: Sample, A: Acc>(src: &SourceBand<'_, T>, s: usize, xt: &Taps<A>
 }
 
 /// Whether every source pixel in the window (inclusive bounds) is valid.
-fn window_is_valid<T: Sample>(src: &SourceBand<'_, T>, (c0, c1): (usize, usize), (r0, r1): (usize, usize)) -> bool {
+pub(super) fn window_is_valid<T: Sample>(src: &SourceBand<'_, T>, (c0, c1): (usize, usize), (r0, r1): (usize, usize)) -> bool {
     if src.valid.is_none() && src.nodata.is_none() && !T::IS_FLOAT {
         return true;
     }
@@ -318,12 +320,12 @@ mod tests {
             let valid: Vec<bool> = (0..size * size).map(|i| i % 97 != 3).collect();
             let wide: Vec<i32> = values.iter().map(|v| *v as i32 * 1000 - 5_000_000).collect();
             for method in [Resampling::Nearest, Resampling::Bilinear, Resampling::Cubic, Resampling::Average] {
-                for mask in [None, Some(&valid[..])] {
-                    let band = SourceBand { values: &values, nodata: Some(0u16), valid: mask, width: size, height: size };
+                for (nodata, mask) in [(Some(0u16), None), (Some(0), Some(&valid[..])), (None, None)] {
+                    let band = SourceBand { values: &values, nodata, valid: mask, width: size, height: size };
                     let (a, am) = resample(&band, &coords, method, 0);
                     let (b, bm) = resample_points(&band, &sx, &sy, Some(&corners), coords.n, scale, method, 0);
                     agree(&a, &am, &b, &bm, method, pixel);
-                    let band = SourceBand { values: &wide, nodata: Some(-4_999_000), valid: mask, width: size, height: size };
+                    let band = SourceBand { values: &wide, nodata: nodata.map(|_| -4_999_000), valid: mask, width: size, height: size };
                     let (a, am) = resample(&band, &coords, method, 0);
                     let (b, bm) = resample_points(&band, &sx, &sy, Some(&corners), coords.n, scale, method, 0);
                     agree(&a, &am, &b, &bm, method, pixel);
