@@ -31,6 +31,9 @@ use crate::query::{self, Plan};
 use crate::storage::Warehouse;
 use crate::wire::{self, QuerySpec};
 
+/// Bytes of messages a DoGet reader hands to the response stream at once.
+const READER_RUN: usize = 4 << 20;
+
 /// Shared state of every handler.
 pub struct AppState {
     /// The one warehouse this server serves.
@@ -355,18 +358,38 @@ impl FlightService for Service {
                 ))
                 .into());
             }
-            // A blocking reader feeds a small channel; it stops when the client
-            // goes away (the receiver is dropped and `send` fails).
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<FlightData, Status>>(8);
+            // A blocking reader feeds a small channel with runs of messages
+            // (one hand-off per READER_RUN bytes, not per message); it stops
+            // when the client goes away (the receiver is dropped and `send`
+            // fails).
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<FlightData>, Status>>(2);
             tokio::task::spawn_blocking(move || {
+                let (mut run, mut run_bytes) = (Vec::new(), 0);
+                let mut emit = |fd: FlightData| {
+                    run_bytes += fd.data_body.len() + fd.data_header.len();
+                    run.push(fd);
+                    if run_bytes < READER_RUN {
+                        return true;
+                    }
+                    run_bytes = 0;
+                    tx.blocking_send(Ok(std::mem::take(&mut run))).is_ok()
+                };
                 // A panic must end the stream with an error, not look like its end.
-                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.read_flight(|fd| tx.blocking_send(Ok(fd)).is_ok())))
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.read_flight(&mut emit)))
                     .unwrap_or_else(|_| Err(Error::Internal("reading the chunks panicked".into())));
+                if !run.is_empty() && tx.blocking_send(Ok(run)).is_err() {
+                    return;
+                }
                 if let Err(e) = res {
                     let _ = tx.blocking_send(Err(e.into_status()));
                 }
             });
-            let stream = tokio_stream::wrappers::ReceiverStream::new(rx).boxed();
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+                .flat_map(|run| futures::stream::iter(match run {
+                    Ok(run) => run.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(e) => vec![Err(e)],
+                }))
+                .boxed();
             Ok(Response::new(with_deadline(stream, self.state.limits.request_timeout)))
         })
         .await

@@ -262,7 +262,7 @@ impl Plan {
                     }
                     j += 1;
                 }
-                let bytes = chunk::read_range(&entry.file.path, loc.start, picked[j].1.end)?;
+                let bytes = entry.file.range(entry.len, loc.start, picked[j].1.end)?;
                 for (_, l) in &picked[i..=j] {
                     let message = bytes.slice((l.start - loc.start) as usize..(l.end - loc.start) as usize);
                     let (header, body) = chunk::split_message(&message).ok_or_else(|| Error::Corrupt { path: entry.file.path.clone(), reason: format!("message at byte {}", l.start) })?;

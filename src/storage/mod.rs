@@ -111,6 +111,26 @@ impl ChunkFile {
         Ok(m)
     }
 
+    /// Bytes `from..to` of the committed prefix `len`, served from the
+    /// mapping (no read copy); the kernel is asked to read the range ahead.
+    pub fn range(&self, len: u64, from: u64, to: u64) -> Result<bytes::Bytes> {
+        struct Mapped(Arc<memmap2::Mmap>, std::ops::Range<usize>);
+        impl AsRef<[u8]> for Mapped {
+            fn as_ref(&self) -> &[u8] {
+                &self.0[self.1.clone()]
+            }
+        }
+        if from > to || to > len {
+            return Err(Error::Corrupt { path: self.path.clone(), reason: format!("range {from}..{to} past the committed {len} bytes") });
+        }
+        let map = self.mapped(len)?;
+        let (from, to) = (from as usize, to as usize);
+        if let Err(e) = map.advise_range(memmap2::Advice::WillNeed, from, to - from) {
+            tracing::debug!(error = %e, "madvise(MADV_WILLNEED) failed");
+        }
+        Ok(bytes::Bytes::from_owner(Mapped(map, from..to)))
+    }
+
     /// The end of the schema message and the batches of the committed
     /// prefix `len`; only bytes not scanned before are scanned.
     pub fn batches(&self, len: u64) -> Result<(u64, Vec<chunk::BatchLoc>)> {
