@@ -409,6 +409,13 @@ fn resample_axes<T: Sample, A: separable::Acc>(src: &SourceBand<'_, T>, axes: &A
 fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], corners: Option<&Positions>, tile_n: usize, scale: (f64, f64), method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
     let widened = scale != (1.0, 1.0) && matches!(method, Resampling::Bilinear | Resampling::Cubic);
     let (mut wx, mut wy) = (Vec::new(), Vec::new());
+    // Widened windows that fit on the stack (kernel_taps's layout, per axis;
+    // an axis at scale 1 keeps its plain taps).
+    const STACK_TAPS: usize = 32;
+    let (mut wxa, mut wya) = ([0.0; STACK_TAPS], [0.0; STACK_TAPS]);
+    let plain = |method: Resampling| if method == Resampling::Cubic { (-1, 4) } else { (0, 2) };
+    let window = |s: f64| if s >= 1.0 { plain(method) } else { widened_window(method, s) };
+    let windows = widened.then(|| (window(scale.0), window(scale.1))).filter(|((_, nx), (_, ny))| *nx <= STACK_TAPS && *ny <= STACK_TAPS);
     // Whether every source pixel a widened kernel may read is valid (then
     // its taps need no checks).
     let clean = widened && {
@@ -441,7 +448,16 @@ fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], c
                 }
             }
             Resampling::Bilinear | Resampling::Cubic => {
-                let v = if widened {
+                let v = if let Some(((fx, nx), (fy, ny))) = windows {
+                    // Widened, within the stack arrays: weights per pixel,
+                    // windows per tile.
+                    let ((x0, dx), (y0, dy)) = (split(x), split(y));
+                    let cubic = method == Resampling::Cubic;
+                    widened_weights(cubic, scale.0, fx, dx, &mut wxa[..nx]);
+                    widened_weights(cubic, scale.1, fy, dy, &mut wya[..ny]);
+                    let (x0, y0, wx, wy) = (x0 + fx, y0 + fy, &wxa[..nx], &wya[..ny]);
+                    clean_taps(src, clean, x0, y0, wx, wy).unwrap_or_else(|| separable(src, x0, y0, wx, wy))
+                } else if widened {
                     let (x0, y0) = (kernel_taps(method, scale.0, x, &mut wx), kernel_taps(method, scale.1, y, &mut wy));
                     clean_taps(src, clean, x0, y0, &wx, &wy).unwrap_or_else(|| separable(src, x0, y0, &wx, &wy))
                 } else if method == Resampling::Bilinear {
@@ -527,7 +543,6 @@ pub(crate) fn kernel_taps(method: Resampling, scale: f64, x: f64, w: &mut Vec<f6
     w.clear();
     let (x0, dx) = split(x);
     let cubic = method == Resampling::Cubic;
-    let radius = if cubic { 2 } else { 1 };
     if scale >= 1.0 {
         if cubic {
             w.extend([cubic_weight(1.0 + dx), cubic_weight(dx), cubic_weight(1.0 - dx), cubic_weight(2.0 - dx)]);
@@ -536,16 +551,31 @@ pub(crate) fn kernel_taps(method: Resampling, scale: f64, x: f64, w: &mut Vec<f6
         w.extend([1.0 - dx, dx]);
         return x0;
     }
-    let reach = (radius as f64 / scale).ceil() as i64;
-    // gdalwarp's window: from `(radius + 1) % 2 - reach` to `reach`.
-    let first = (radius + 1) % 2 - reach;
-    let t = |i: i64| (i as f64 - dx) * scale;
-    if cubic {
-        w.extend((first..=reach).map(|i| cubic_weight(t(i))));
-    } else {
-        w.extend((first..=reach).map(|i| bilinear_weight(t(i))));
-    }
+    let (first, count) = widened_window(method, scale);
+    w.resize(count, 0.0);
+    widened_weights(cubic, scale, first, dx, w);
     x0 + first
+}
+
+/// The taps of a kernel widened to `scale` (below 1), as gdalwarp lays
+/// them out: offsets `(radius + 1) % 2 - reach ..= reach` from the pixel at
+/// or left of the position, `reach = ceil(radius / scale)`. Returns the
+/// first offset and the count.
+fn widened_window(method: Resampling, scale: f64) -> (i64, usize) {
+    let radius = if method == Resampling::Cubic { 2 } else { 1 };
+    let reach = (radius as f64 / scale).ceil() as i64;
+    let first = (radius + 1) % 2 - reach;
+    (first, (reach - first + 1) as usize)
+}
+
+/// Weights of the widened taps from offset `first`, for a position `dx`
+/// past its pixel's centre.
+#[inline]
+fn widened_weights(cubic: bool, scale: f64, first: i64, dx: f64, out: &mut [f64]) {
+    for (k, o) in out.iter_mut().enumerate() {
+        let t = ((first + k as i64) as f64 - dx) * scale;
+        *o = if cubic { cubic_weight(t) } else { bilinear_weight(t) };
+    }
 }
 
 #[inline]
