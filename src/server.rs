@@ -10,6 +10,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::config::Config;
+use crate::flight::direct_get::DirectGet;
 use crate::flight::{AppState, Service};
 use crate::storage::Warehouse;
 
@@ -25,9 +26,12 @@ pub fn open_state(config: &Config) -> crate::error::Result<Arc<AppState>> {
 
 /// Serves until `shutdown` completes; in-flight calls are allowed to finish.
 pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
-    let svc = FlightServiceServer::new(Service::new(state))
+    let service = Arc::new(Service::new(state));
+    let generated = FlightServiceServer::from_arc(service.clone())
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+    // DoGet bodies go out without tonic's encode copy (see `direct_get`).
+    let svc = DirectGet::new(generated, service, config.max_message_bytes);
     // The builder's tcp_nodelay only reaches sockets tonic accepts itself;
     // these come from our listener. Without it, Nagle's algorithm and the
     // client's delayed ACK held every small answer back ~40 ms.

@@ -3,6 +3,7 @@
 //! [`Error::into_status`] only.
 
 pub mod actions;
+pub mod direct_get;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
