@@ -111,10 +111,12 @@ impl ChunkFile {
         Ok(m)
     }
 
-    /// Bytes `from..to` of the committed prefix `len`, served from the
-    /// mapping (no read copy); the kernel is asked to read the range ahead.
+    /// Bytes `from..to` of the committed prefix `len`, served from a
+    /// mapping of just that range (no read copy) that lives as long as the
+    /// bytes do, so pages a DoGet touched leave the server's resident set
+    /// with the response; the kernel is asked to read the range ahead.
     pub fn range(&self, len: u64, from: u64, to: u64) -> Result<bytes::Bytes> {
-        struct Mapped(Arc<memmap2::Mmap>, std::ops::Range<usize>);
+        struct Mapped(memmap2::Mmap, std::ops::Range<usize>);
         impl AsRef<[u8]> for Mapped {
             fn as_ref(&self) -> &[u8] {
                 &self.0[self.1.clone()]
@@ -123,12 +125,20 @@ impl ChunkFile {
         if from > to || to > len {
             return Err(Error::Corrupt { path: self.path.clone(), reason: format!("range {from}..{to} past the committed {len} bytes") });
         }
-        let map = self.mapped(len)?;
-        let (from, to) = (from as usize, to as usize);
-        if let Err(e) = map.advise_range(memmap2::Advice::WillNeed, from, to - from) {
+        if from == to {
+            return Ok(bytes::Bytes::new());
+        }
+        const PAGE: u64 = 4096;
+        let start = from / PAGE * PAGE;
+        let f = File::open(&self.path).map_err(Error::io(&self.path))?;
+        // SAFETY: as in `mapped`: only committed bytes, which nothing
+        // rewrites or cuts while the server runs, are mapped.
+        let map = unsafe { memmap2::MmapOptions::new().offset(start).len((to - start) as usize).map(&f) }.map_err(Error::io(&self.path))?;
+        if let Err(e) = map.advise(memmap2::Advice::WillNeed) {
             tracing::debug!(error = %e, "madvise(MADV_WILLNEED) failed");
         }
-        Ok(bytes::Bytes::from_owner(Mapped(map, from..to)))
+        let at = (from - start) as usize;
+        Ok(bytes::Bytes::from_owner(Mapped(map, at..at + (to - from) as usize)))
     }
 
     /// The end of the schema message and the batches of the committed
