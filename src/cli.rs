@@ -61,6 +61,12 @@ pub struct IngestArgs {
     /// Bearer token for a server with auth (a `write` token).
     #[arg(long, env = "PIXELQUERY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// User of the server's access file: the ingest first trades
+    /// `--user`/`--password` for a session token (Flight Handshake).
+    #[arg(long, env = "PIXELQUERY_USER", conflicts_with = "token", requires = "password")]
+    pub user: Option<String>,
+    #[arg(long, env = "PIXELQUERY_PASSWORD", hide_env_values = true, requires = "user")]
+    pub password: Option<String>,
     /// PEM file of the CA that signed the server's certificate (for
     /// `grpc+tls://` servers whose certificate is not publicly trusted).
     #[arg(long, env = "PIXELQUERY_TLS_ROOT_CERT")]

@@ -184,3 +184,26 @@ async fn ingest_path_reads_only_under_allowed_roots() {
     assert!(err.status().unwrap().message().contains("disabled"));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_signs_in_with_a_token_or_a_user_and_password() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), with_auth).await;
+    let mut client = server.client().await;
+    client.set_token(WRITE_TOKEN).unwrap();
+    client.create_collection(&serde_json::json!({"name": "four", "grid": {"resolution": 10}, "bands": four_bands()})).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    make_cog(&dir.path().join("field_20240601.tif"), 4, &[], &[]);
+    make_cog(&dir.path().join("field_20240602.tif"), 4, &[], &[]);
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (ok, _, stderr) = cli(&server.uri, &["--collection", "four", &file("field_20240601.tif")]);
+    assert!(!ok && stderr.contains("unauthenticated"), "{stderr}");
+    let (ok, _, stderr) = cli(&server.uri, &["--collection", "four", "--user", "alice", "--password", "wrong-password-0123", &file("field_20240601.tif")]);
+    assert!(!ok && stderr.contains("--user/--password"), "{stderr}");
+    assert!(!stderr.contains("wrong-password-0123"), "the password is never printed: {stderr}");
+    let (ok, stdout, stderr) = cli(&server.uri, &["--collection", "four", "--user", "alice", "--password", "alice-password-0123", &file("field_20240601.tif")]);
+    assert!(ok, "{stdout}{stderr}");
+    let (ok, stdout, stderr) = cli(&server.uri, &["--collection", "four", "--token", WRITE_TOKEN, &file("field_20240602.tif")]);
+    assert!(ok, "{stdout}{stderr}");
+    assert_eq!(point_series(&mut client, "four", "nir").await.len(), 2);
+    server.shutdown().await;
+}

@@ -214,7 +214,10 @@ pub async fn run_cli(args: crate::cli::IngestArgs) -> crate::error::Result<Inges
         None => None,
     };
     let opts = pixelquery_client::ConnectOptions { token: args.token.clone(), tls_root_cert };
-    let client = Client::connect_with(&args.server, &opts).await.map_err(|e| Error::Internal(format!("cannot reach {}: {e}", args.server)))?;
+    let mut client = Client::connect_with(&args.server, &opts).await.map_err(|e| Error::Internal(format!("cannot reach {}: {e}", args.server)))?;
+    if let (Some(user), Some(password)) = (&args.user, &args.password) {
+        client.handshake(user, password).await.map_err(client_error("--user/--password"))?;
+    }
     let mut c = client.try_clone();
     let desc = match c.describe(&args.collection).await {
         Ok(d) => d,
