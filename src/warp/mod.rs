@@ -421,8 +421,8 @@ fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], c
     let clean = widened && {
         let reach = |s: f64| (if method == Resampling::Cubic { 2.0 } else { 1.0 } / s).ceil() + 1.0;
         let span = |v: &[f64], len: usize, r: f64| {
-            let (lo, hi) = v.iter().filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-            (lo.is_finite() && len > 0).then(|| (((lo - r).floor().max(0.0) as usize).min(len - 1), ((hi + r).ceil().max(0.0) as usize).min(len - 1)))
+            let (lo, hi) = finite_range(v)?;
+            (len > 0).then(|| (((lo - r).floor().max(0.0) as usize).min(len - 1), ((hi + r).ceil().max(0.0) as usize).min(len - 1)))
         };
         match (span(sx, src.width, reach(scale.0)), span(sy, src.height, reach(scale.1))) {
             (Some(cols), Some(rows)) => separable::window_is_valid(src, cols, rows),
@@ -583,6 +583,11 @@ fn bilinear_weight(t: f64) -> f64 {
     (1.0 - t.abs()).max(0.0)
 }
 
+/// The smallest and largest finite value, if any.
+fn finite_range(v: &[f64]) -> Option<(f64, f64)> {
+    v.iter().filter(|v| v.is_finite()).fold(None, |r, v| Some(r.map_or((*v, *v), |(lo, hi): (f64, f64)| (lo.min(*v), hi.max(*v)))))
+}
+
 /// gdalwarp's resampling scale along one axis for a target window of `dst`
 /// pixels whose outline spans `extent` source pixels, snapped to `1 / k`
 /// when within 0.05 of an integer ratio `k`. Below 1 means downsampling.
@@ -640,10 +645,7 @@ pub fn scene_scale(grid: &GridSpec, src: &SourceGeometry, to_grid: &crs::Transfo
         }
         _ => map.map(&mut xs, &mut ys),
     }
-    let extent = |v: &[f64]| {
-        let (lo, hi) = v.iter().filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-        hi - lo
-    };
+    let extent = |v: &[f64]| finite_range(v).map_or(0.0, |(lo, hi)| hi - lo);
     kernel_scale(axis_scale(n, extent(&xs)), axis_scale(n, extent(&ys)))
 }
 
