@@ -5,10 +5,14 @@
 //! a continuous source position; the kernel samples the source there. Pixels
 //! whose position falls outside the source, or whose support holds no valid
 //! source pixel, are masked. Nodata and invalid pixels never contribute:
-//! bilinear renormalises its weights over the valid neighbours.
+//! bilinear and cubic renormalise their weights over the valid neighbours.
 //!
-//! This is the plain kernel of the trunk: it reads from a whole source raster
-//! held in memory.
+//! How a scene's pixels relate to the grid's is decided once
+//! ([`Placement`]): on the grid's lattice they are copied, in the grid's CRS
+//! and north-up they are resampled separably (`separable`), otherwise per
+//! pixel. Bilinear and cubic widen when downsampling as gdalwarp's do, with
+//! one scale per scene ([`scene_scale`]). The kernels read from the whole
+//! source raster held in memory.
 
 pub mod crs;
 mod separable;
