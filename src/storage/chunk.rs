@@ -96,7 +96,7 @@ pub fn append(path: &Path, committed: u64, batch: &RecordBatch) -> Result<(u64, 
 /// need, as it does for appended observations.
 const MESSAGE_PIXEL_BYTES: usize = 1 << 20;
 
-/// Rows of an observation batch that make about [`MESSAGE_PIXEL_BYTES`] of
+/// Rows of an observation batch that make about `MESSAGE_PIXEL_BYTES` of
 /// pixels (at least one): the size of the messages written and served.
 pub fn rows_per_message(batch: &RecordBatch) -> usize {
     let pixels = batch.column(4).as_list::<i32>();
@@ -105,7 +105,7 @@ pub fn rows_per_message(batch: &RecordBatch) -> usize {
 }
 
 /// Writes a new chunk file holding `batch` (in messages of about
-/// [`MESSAGE_PIXEL_BYTES`]) and fsyncs it; returns its length.
+/// `MESSAGE_PIXEL_BYTES`) and fsyncs it; returns its length.
 pub fn write_new(path: &Path, batch: &RecordBatch) -> Result<u64> {
     let per_message = rows_per_message(batch);
     let mut w = StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(Error::arrow("encoding a chunk schema"))?;
