@@ -232,3 +232,25 @@ async fn every_data_type_round_trips() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_file_cut_behind_the_servers_back_is_an_error_not_a_crash() {
+    // DoGet serves chunk bytes from a mapping; reading a mapping past the
+    // end of its file would kill the process (SIGBUS).
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    client.ingest(&ingest_request("s2", "a", JUN, utm_geotransform(64), 64, "nearest"), red_batches(raster(64, 0), 64)).await.unwrap();
+    let chunk = walk(&server.warehouse()).into_iter().find(|p| p.to_string_lossy().ends_with(pixelquery::storage::paths::CHUNK_SUFFIX)).expect("a chunk file");
+    let len = std::fs::metadata(&chunk).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&chunk).unwrap().set_len(len / 2).unwrap();
+    let err = client.query(&proto::Query { collection: "s2".into(), ..Default::default() }).await.unwrap_err();
+    assert!(err.to_string().contains("committed"), "{err}");
+    // The server still answers.
+    client.describe("s2").await.unwrap();
+    server.shutdown().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir).unwrap().flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
+}

@@ -90,13 +90,25 @@ impl ChunkFile {
         Arc::new(Self { path, gen, obsolete: AtomicBool::new(false), index: Mutex::new(FileIndex::default()), map: Mutex::new(None) })
     }
 
+    /// The file, opened for mapping its first `len` bytes: a file found
+    /// shorter (cut by something else than this server) is an error here,
+    /// not a SIGBUS when the mapping is read.
+    fn open_at_least(&self, len: u64) -> Result<File> {
+        let f = File::open(&self.path).map_err(Error::io(&self.path))?;
+        let size = f.metadata().map_err(Error::io(&self.path))?.len();
+        if size < len {
+            return Err(Error::Corrupt { path: self.path.clone(), reason: format!("{size} bytes on disk, {len} committed") });
+        }
+        Ok(f)
+    }
+
     /// The file's first `len` bytes or more, mapped into memory.
     pub fn mapped(&self, len: u64) -> Result<Arc<memmap2::Mmap>> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = map.as_ref().filter(|m| m.len() as u64 >= len) {
             return Ok(m.clone());
         }
-        let f = File::open(&self.path).map_err(Error::io(&self.path))?;
+        let f = self.open_at_least(len)?;
         // SAFETY: only this server writes warehouse files. A generation's
         // committed prefix is never rewritten or cut while the server runs
         // (appends go past it, rollbacks cut only past it, rewrites make a
@@ -130,7 +142,7 @@ impl ChunkFile {
         }
         const PAGE: u64 = 4096;
         let start = from / PAGE * PAGE;
-        let f = File::open(&self.path).map_err(Error::io(&self.path))?;
+        let f = self.open_at_least(len)?;
         // SAFETY: as in `mapped`: only committed bytes, which nothing
         // rewrites or cuts while the server runs, are mapped.
         let map = unsafe { memmap2::MmapOptions::new().offset(start).len((to - start) as usize).map(&f) }.map_err(Error::io(&self.path))?;
