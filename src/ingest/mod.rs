@@ -1,19 +1,28 @@
 //! DoPut ingest: decode the raster stream -> validate -> warp onto every tile
 //! the raster touches -> append the scene (DESIGN §3).
 //!
-//! The async side moves record batches and checks them as they arrive; the
-//! warp and the file IO run in one blocking task, which spreads tiles over a
-//! bounded number of threads (each with its own GDAL objects).
+//! The scene is planned from its geometry before any pixel arrives: the
+//! tiles it touches, each with the source rows it needs. The async side
+//! checks each record batch and copies its rows into the raster buffer
+//! ([`rows`]); as soon as a tile's rows are all in, the tile is warped on
+//! the bounded warp pool while later rows still stream, and one blocking
+//! task appends the warped tiles and commits the scene once the stream has
+//! ended cleanly. A failed or cut stream commits nothing.
 //!
-//! The trunk keeps the whole source raster in memory until the stream ends;
-//! the row-streaming warp that bounds memory by a few tile rows comes later.
+//! The raster buffer holds the whole raster (rows are not let go once every
+//! tile that reads them is warped); it is bounded by `max_raster_bytes`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+mod rows;
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use arrow_array::cast::AsArray;
-use arrow_array::builder::{ArrayBuilder, PrimitiveBuilder};
 use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, BooleanArray, PrimitiveArray, RecordBatch};
 use arrow_buffer::ScalarBuffer;
 use arrow_schema::DataType;
@@ -22,10 +31,11 @@ use futures::{Stream, StreamExt};
 use crate::collection::{Collection, DType, Resampling};
 use crate::error::{Error, Result};
 use crate::grid::{GridSpec, TileId};
-use crate::storage::{AppendOutcome, CollectionStore, Observation, Warehouse};
+use crate::storage::{AppendOutcome, CollectionStore, Observation, SceneWriter, Warehouse};
 use crate::warp::{self, crs, Sample, SourceGeometry};
 use crate::wire::IngestSpec;
 use crate::with_arrow_type;
+use rows::{Rows, RowsWriter};
 
 /// Limits and resources for ingest.
 #[derive(Debug, Clone)]
@@ -36,6 +46,15 @@ pub struct IngestOptions {
     pub max_tiles: u64,
     /// Threads warping the tiles of one scene.
     pub warp_threads: usize,
+}
+
+/// Ingest activity since the server started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Tiles warped (all bands of a tile count once).
+    pub tiles_warped: AtomicU64,
+    /// Of those, tiles warped while their raster was still streaming in.
+    pub tiles_warped_while_streaming: AtomicU64,
 }
 
 /// The answer to a DoPut (PutResult app_metadata, DESIGN §4a).
@@ -68,14 +87,42 @@ fn plan_bands(spec: &IngestSpec, coll: &Collection) -> Result<Vec<PlannedBand>> 
         .collect()
 }
 
-/// Receives the raster rows, checking every batch as it arrives. Band
-/// values are copied into one growing column per band as they come, so the
-/// stream's messages are let go at once and the raster is held once.
+/// The raster as it streams in, shared with the warp jobs.
+struct Raster {
+    width: usize,
+    /// One `Rows<T::Native>` per band, in the request's band order.
+    bands: Vec<Arc<dyn Any + Send + Sync>>,
+    /// Per band, validity from the `valid` column and the band's nulls:
+    /// made at the first batch that has either (earlier rows are valid).
+    valid: Vec<OnceLock<Arc<Rows<bool>>>>,
+    /// Whether the stream has ended whole, and the tiles put aside because
+    /// their rows were not all in when they ran (see [`run_tile`]).
+    late: Mutex<(bool, Vec<usize>)>,
+    /// Set when the scene will not be committed: jobs not started skip.
+    stop: AtomicBool,
+    /// Values received in every band, stored after the band buffers.
+    published: AtomicUsize,
+}
+
+impl Raster {
+    /// Whole rows received so far (every band's values and validity).
+    fn rows(&self) -> usize {
+        self.published.load(Ordering::Acquire) / self.width.max(1)
+    }
+}
+
+/// Receives the raster rows, checking every batch as it arrives and
+/// copying its values into the [`Raster`], so the stream's messages are let
+/// go at once and the raster is held once.
 struct Receiver<'a> {
     spec: &'a IngestSpec,
     bands: &'a [PlannedBand],
-    columns: Vec<Box<dyn ArrayBuilder>>,
-    valid: Vec<ArrayRef>,
+    raster: Arc<Raster>,
+    /// One `RowsWriter<T::Native>` per band.
+    writers: Vec<Box<dyn Any + Send>>,
+    valid_writers: Vec<Option<RowsWriter<bool>>>,
+    /// Whether the batches carry a `valid` column (decided by the first).
+    valid_column: Option<bool>,
     values: u64,
     batches: usize,
 }
@@ -83,17 +130,26 @@ struct Receiver<'a> {
 impl<'a> Receiver<'a> {
     fn new(spec: &'a IngestSpec, bands: &'a [PlannedBand]) -> Self {
         let total = spec.width as usize * spec.height as usize;
-        let columns = bands.iter().map(|b| with_arrow_type!(b.dtype, T => Box::new(PrimitiveBuilder::<T>::with_capacity(total)) as Box<dyn ArrayBuilder>)).collect();
-        Self { spec, bands, columns, valid: Vec::new(), values: 0, batches: 0 }
+        let mut columns: Vec<Arc<dyn Any + Send + Sync>> = Vec::new();
+        let mut writers: Vec<Box<dyn Any + Send>> = Vec::new();
+        for b in bands {
+            with_arrow_type!(b.dtype, T => {
+                let (rows, writer) = Rows::<<T as ArrowPrimitiveType>::Native>::with_capacity(total);
+                columns.push(rows);
+                writers.push(Box::new(writer));
+            });
+        }
+        let raster = Raster { width: spec.width as usize, bands: columns, valid: bands.iter().map(|_| OnceLock::new()).collect(), late: Mutex::new((false, Vec::new())), stop: AtomicBool::new(false), published: AtomicUsize::new(0) };
+        Self { spec, bands, raster: Arc::new(raster), writers, valid_writers: bands.iter().map(|_| None).collect(), valid_column: None, values: 0, batches: 0 }
     }
 
+    /// Checks a batch whole, then appends its rows.
     fn push(&mut self, batch: &RecordBatch) -> Result<()> {
         // Batches should hold whole rows, but Flight encoders may split a
         // large batch anywhere, so only the running total is checked here.
         let total = self.spec.width as u64 * self.spec.height as u64;
         let n = batch.num_rows() as u64;
         let field = format!("stream batch {}", self.batches);
-        self.batches += 1;
         if self.values + n > total {
             return Err(Error::invalid(
                 &field,
@@ -101,7 +157,8 @@ impl<'a> Receiver<'a> {
                 &format!("more values than width x height = {} x {} = {total}", self.spec.width, self.spec.height),
             ));
         }
-        for (i, b) in self.bands.iter().enumerate() {
+        let mut columns = Vec::with_capacity(self.bands.len());
+        for b in self.bands {
             let col = batch.column_by_name(&b.name).ok_or_else(|| {
                 let have: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
                 Error::invalid(&format!("column {}", b.name), have.join(", "), "missing band column: one column per band, named as the band")
@@ -109,30 +166,51 @@ impl<'a> Receiver<'a> {
             if col.data_type() != &b.dtype.arrow() {
                 return Err(Error::invalid(&format!("column {}", b.name), col.data_type(), &format!("expected {} values as declared in bands", b.dtype.name())));
             }
-            with_arrow_type!(b.dtype, T => {
-                let builder = self.columns[i].as_any_mut().downcast_mut::<PrimitiveBuilder<T>>().ok_or_else(|| Error::Internal("band builder of another type".into()))?;
-                builder.append_array(col.as_primitive::<T>());
-            });
+            columns.push(col);
         }
-        if let Some(v) = batch.column_by_name("valid") {
-            if v.data_type() != &DataType::Boolean {
-                return Err(Error::invalid("column valid", v.data_type(), "expected a boolean column"));
-            }
-            self.valid.push(v.clone());
-        } else if !self.valid.is_empty() {
-            return Err(Error::invalid("column valid", &field, "present in earlier batches but missing here"));
-        }
-        if !self.valid.is_empty() && self.valid.len() != self.batches {
-            return Err(Error::invalid("column valid", &field, "missing in earlier batches"));
+        let valid = match batch.column_by_name("valid") {
+            Some(v) if v.data_type() != &DataType::Boolean => return Err(Error::invalid("column valid", v.data_type(), "expected a boolean column")),
+            Some(v) => Some(v.as_boolean()),
+            None => None,
+        };
+        match (self.valid_column, valid.is_some()) {
+            (Some(true), false) => return Err(Error::invalid("column valid", &field, "present in earlier batches but missing here")),
+            (Some(false), true) => return Err(Error::invalid("column valid", &field, "missing in earlier batches")),
+            _ => self.valid_column = Some(valid.is_some()),
         }
         if let Some(extra) = batch.schema().fields().iter().find(|f| f.name() != "valid" && !self.bands.iter().any(|b| &b.name == f.name())) {
             return Err(Error::invalid(&format!("column {}", extra.name()), "", "not a band of this request (list it in bands) nor `valid`"));
         }
+        self.batches += 1;
+        let capacity = total as usize;
+        let before = self.values as usize;
+        for (i, (b, col)) in self.bands.iter().zip(columns).enumerate() {
+            // Validity first: a tile's job reads it once the band's values
+            // for its rows are in.
+            if self.valid_writers[i].is_none() && (valid.is_some() || col.null_count() > 0) {
+                let (rows, mut writer) = Rows::<bool>::with_capacity(capacity);
+                writer.fill(true, before);
+                let _ = self.raster.valid[i].set(rows);
+                self.valid_writers[i] = Some(writer);
+            }
+            if let Some(w) = &mut self.valid_writers[i] {
+                let flags: Vec<bool> = (0..col.len()).map(|j| valid.is_none_or(|v| v.is_valid(j) && v.value(j)) && col.is_valid(j)).collect();
+                w.extend(&flags);
+            }
+            with_arrow_type!(b.dtype, T => {
+                let writer = self.writers[i].downcast_mut::<RowsWriter<<T as ArrowPrimitiveType>::Native>>().ok_or_else(|| Error::Internal("band buffer of another type".into()))?;
+                if !writer.extend(col.as_primitive::<T>().values()) {
+                    return Err(Error::Internal("raster buffer overflow".into()));
+                }
+            });
+        }
         self.values += n;
+        self.raster.published.store(self.values as usize, Ordering::Release);
         Ok(())
     }
 
-    fn finish(self) -> Result<Received> {
+    /// Checks that the stream held exactly the declared rows.
+    fn finish(&self) -> Result<()> {
         if self.batches == 0 {
             return Err(Error::invalid("stream", "0 record batches", "the DoPut stream held no raster rows"));
         }
@@ -144,14 +222,8 @@ impl<'a> Receiver<'a> {
                 &format!("expected height = {} rows of width = {}", self.spec.height, self.spec.width),
             ));
         }
-        let columns = self.columns.into_iter().map(|mut b| b.finish()).collect();
-        Ok(Received { columns, valid: self.valid })
+        Ok(())
     }
-}
-
-struct Received {
-    columns: Vec<ArrayRef>,
-    valid: Vec<ArrayRef>,
 }
 
 /// Runs a whole DoPut: `stream` yields the raster's record batches.
@@ -166,43 +238,73 @@ where
     if raster_bytes > opts.max_raster_bytes {
         return Err(Error::invalid("width/height", (spec.width, spec.height), &format!("raster of {raster_bytes} bytes exceeds the server limit of {} bytes", opts.max_raster_bytes)));
     }
-    // Resolve the CRS before reading any pixels, so a bad CRS fails fast.
-    let crs_def = spec.crs.clone();
-    let grid_wkt = store.meta.grid.crs_wkt.clone();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let src = crs::spatial_ref("crs", &crs_def)?;
-        let dst = crs::spatial_ref("grid.crs", &grid_wkt)?;
-        crs::Transformer::new(&src, &dst).map(|_| ())
-    })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))??;
-
     if store.has_scene(&spec.scene_id) {
         // A retry of an acknowledged scene: read the stream to its end so the
-        // client's writes complete, keep nothing.
+        // client's writes complete, keep nothing (the CRS is still checked).
+        let (crs_def, grid_wkt) = (spec.crs.clone(), store.meta.grid.crs_wkt.clone());
+        tokio::task::spawn_blocking(move || crs::Transformer::new(&crs::spatial_ref("crs", &crs_def)?, &crs::spatial_ref("grid.crs", &grid_wkt)?).map(|_| ()))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
         while let Some(b) = stream.next().await {
             b?;
         }
         return Ok(summary(&spec, AppendOutcome { duplicate: true, ..Default::default() }, started));
     }
-
+    // Plan from the geometry before reading any pixel, so a bad CRS or
+    // geotransform fails fast.
+    let plan = {
+        let (spec, bands, store, opts, counters) = (spec.clone(), bands.clone(), store.clone(), opts.clone(), warehouse.counters.clone());
+        tokio::task::spawn_blocking(move || Plan::new(spec, bands, &store, &opts, counters)).await.map_err(|e| Error::Internal(e.to_string()))??
+    };
+    let plan = Arc::new(plan);
     let mut rx = Receiver::new(&spec, &bands);
-    while let Some(batch) = stream.next().await {
-        rx.push(&batch?)?;
+    let (tx, results) = mpsc::sync_channel(TILE_GROUP);
+    let commit = {
+        let (plan, store, raster) = (plan.clone(), store.clone(), rx.raster.clone());
+        tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let outcome = commit_as_warped(&plan, &raster, results, &store);
+            tracing::debug!(commit_ms = t0.elapsed().as_millis() as u64, "scene warped and committed after the last row");
+            store.maybe_snapshot_in_background();
+            outcome
+        })
+    };
+    let mut dispatch = Dispatch { plan: plan.clone(), raster: rx.raster.clone(), tx: Some(tx), next: 0, pool: warp_pool(opts.warp_threads) };
+    // Ok(true): the commit task ended before the stream did.
+    let streamed: Result<bool> = async {
+        while let Some(batch) = stream.next().await {
+            rx.push(&batch?)?;
+            dispatch.ready(rx.raster.rows());
+            if commit.is_finished() {
+                return Ok(true);
+            }
+        }
+        rx.finish().map(|_| false)
     }
-    let received = rx.finish()?;
+    .await;
     tracing::debug!(receive_ms = started.elapsed().as_millis() as u64, "raster received");
-    let spec2 = spec.clone();
-    let outcome = tokio::task::spawn_blocking(move || -> Result<AppendOutcome> {
-        let t0 = Instant::now();
-        let outcome = warp_and_commit(&spec2, &bands, received, &store, &opts)?;
-        tracing::debug!(warp_and_commit_ms = t0.elapsed().as_millis() as u64, "scene committed");
-        store.maybe_snapshot_in_background();
-        Ok(outcome)
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("ingest task failed: {e}")))??;
-    Ok(summary(&spec, outcome, started))
+    let joined = |r: std::result::Result<Result<AppendOutcome>, tokio::task::JoinError>| r.map_err(|e| Error::Internal(format!("ingest task failed: {e}")))?;
+    match streamed {
+        Err(e) => {
+            drop(dispatch);
+            let _ = commit.await;
+            Err(e)
+        }
+        Ok(true) => {
+            // An error, or the scene was committed by another stream
+            // meanwhile: then read this one to its end, keeping nothing.
+            drop(dispatch);
+            let outcome = joined(commit.await)?;
+            while let Some(b) = stream.next().await {
+                b?;
+            }
+            Ok(summary(&spec, outcome, started))
+        }
+        Ok(false) => {
+            dispatch.finish();
+            Ok(summary(&spec, joined(commit.await)?, started))
+        }
+    }
 }
 
 fn summary(spec: &IngestSpec, o: AppendOutcome, started: Instant) -> PutSummary {
@@ -214,22 +316,6 @@ fn summary(spec: &IngestSpec, o: AppendOutcome, started: Instant) -> PutSummary 
         elapsed_ms: started.elapsed().as_millis() as u64,
         duplicate: o.duplicate,
     }
-}
-
-fn concat(parts: &[ArrayRef]) -> Result<ArrayRef> {
-    if let [one] = parts {
-        return Ok(one.clone());
-    }
-    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-    arrow_select::concat::concat(&refs).map_err(Error::arrow("joining raster rows"))
-}
-
-/// Validity of every source pixel from the `valid` column and a band's nulls.
-fn validity(valid: Option<&BooleanArray>, band: &ArrayRef) -> Option<Vec<bool>> {
-    if valid.is_none() && band.null_count() == 0 {
-        return None;
-    }
-    Some((0..band.len()).map(|i| valid.is_none_or(|v| v.is_valid(i) && v.value(i)) && band.is_valid(i)).collect())
 }
 
 /// The warp threads: made once and kept, so the per-thread PROJ state GDAL
@@ -248,38 +334,37 @@ fn warp_pool(threads: usize) -> &'static rayon::ThreadPool {
 }
 
 /// Tiles a scene touches at most to be warped whole before its commit;
-/// larger scenes are warped and appended this many tiles at a time, so the
-/// server holds the raster and one group of tiles, not every warped tile.
+/// larger scenes are appended this many tiles at a time as they are warped,
+/// so the server holds the raster and one group of tiles, not every warped
+/// tile.
 pub const TILE_GROUP: usize = 256;
 
-/// A received raster, ready to warp: its band columns and validity, its
-/// geometry, and the tiles it touches.
-struct Scene<'a> {
-    spec: &'a IngestSpec,
-    bands: &'a [PlannedBand],
-    columns: Vec<ArrayRef>,
-    validity: Vec<Option<Vec<bool>>>,
+/// A scene planned from its request alone: its geometry and the tiles it
+/// touches, with the source rows each needs.
+struct Plan {
+    spec: IngestSpec,
+    bands: Vec<PlannedBand>,
     src: SourceGeometry,
     grid: GridSpec,
     placement: warp::Placement,
     /// Bilinear and cubic kernel scales, one for the whole scene.
     scale: (f64, f64),
     tiles: Vec<TileId>,
+    /// Indexes into `tiles`, by the rows they need (estimated).
+    order: Vec<usize>,
+    rows_estimate: Vec<usize>,
+    counters: Arc<Counters>,
 }
 
-impl<'a> Scene<'a> {
-    fn new(spec: &'a IngestSpec, bands: &'a [PlannedBand], received: Received, store: &CollectionStore, opts: &IngestOptions) -> Result<Self> {
-        let Received { columns, valid: valid_parts } = received;
-        let valid = if valid_parts.is_empty() { None } else { Some(concat(&valid_parts)?) };
-        drop(valid_parts);
-        let valid = valid.as_ref().map(|v| v.as_boolean().clone());
-        let validity: Vec<Option<Vec<bool>>> = columns.iter().map(|c| validity(valid.as_ref(), c)).collect();
+impl Plan {
+    fn new(spec: IngestSpec, bands: Vec<PlannedBand>, store: &CollectionStore, opts: &IngestOptions, counters: Arc<Counters>) -> Result<Self> {
         let src = SourceGeometry::try_new(spec.width as usize, spec.height as usize, spec.geotransform)
             .ok_or_else(|| Error::invalid("geotransform", spec.geotransform, "not invertible"))?;
         let grid = store.meta.grid_spec();
         let src_srs = crs::spatial_ref("crs", &spec.crs)?;
         let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
         let to_grid = crs::Transformer::new(&src_srs, &grid_srs)?;
+        let to_source = crs::Transformer::new(&grid_srs, &src_srs)?;
         let range = warp::footprint_tiles(&src, &grid, &to_grid);
         // A raster on the grid's lattice is copied; one in the grid's CRS is
         // resampled separably.
@@ -288,87 +373,215 @@ impl<'a> Scene<'a> {
             return Err(Error::invalid("geotransform", spec.geotransform, &format!("the raster touches {} tiles, more than the limit of {}", range.len(), opts.max_tiles)));
         }
         let tiles: Vec<TileId> = range.iter().collect();
-        let scale = warp::scene_scale(&grid, &src, &to_grid, &crs::Transformer::new(&grid_srs, &src_srs)?, placement);
-        Ok(Self { spec, bands, columns, validity, src, grid, placement, scale, tiles })
+        let scale = warp::scene_scale(&grid, &src, &to_grid, &to_source, placement);
+        let rows_estimate = warp::tile_rows_estimate(&grid, &tiles, &src, &to_source, scale);
+        let mut order: Vec<usize> = (0..tiles.len()).collect();
+        order.sort_by_key(|&k| rows_estimate[k]);
+        Ok(Self { spec, bands, src, grid, placement, scale, tiles, order, rows_estimate, counters })
+    }
+}
+
+/// One warped tile: its index in the plan and its observations (none when
+/// the tile holds no valid pixel).
+type Warped = Result<(usize, Vec<Observation>)>;
+
+/// What the commit task receives: warped tiles, and once the stream has
+/// ended whole, the word that it may commit.
+enum Progress {
+    Tile(Warped),
+    StreamEnded,
+}
+
+/// Hands tiles to the warp pool as their rows arrive.
+struct Dispatch {
+    plan: Arc<Plan>,
+    raster: Arc<Raster>,
+    /// Dropped when no more tiles will be sent, so the commit task sees the
+    /// channel close if tiles are missing.
+    tx: Option<mpsc::SyncSender<Progress>>,
+    /// Next position in `plan.order`.
+    next: usize,
+    pool: &'static rayon::ThreadPool,
+}
+
+impl Dispatch {
+    /// Sends every tile whose estimated rows are within the first `rows`.
+    fn ready(&mut self, rows: usize) {
+        while let Some(&k) = self.plan.order.get(self.next) {
+            if self.plan.rows_estimate[k] > rows {
+                break;
+            }
+            self.next += 1;
+            self.spawn(k);
+        }
     }
 
-    /// Warps every band onto `tiles`, in parallel over tiles on the warp
-    /// pool; observations in tile order.
-    fn warp(&self, tiles: &[TileId], opts: &IngestOptions) -> Result<Vec<Observation>> {
-        let (spec, bands, grid, src, placement, scale) = (self.spec, self.bands, &self.grid, &self.src, self.placement, self.scale);
-        let next = AtomicUsize::new(0);
-        let results: Mutex<Vec<(usize, Vec<Observation>)>> = Mutex::new(Vec::new());
-        let threads = opts.warp_threads.clamp(1, tiles.len().max(1));
-        let failures: Mutex<Vec<Error>> = Mutex::new(Vec::new());
-        warp_pool(opts.warp_threads).scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|_| {
-                    let work = || -> Result<()> {
-                        // GDAL objects are made and dropped on this thread.
-                        let src_srs = crs::spatial_ref("crs", &spec.crs)?;
-                        let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
-                        let to_source = crs::Transformer::new(&grid_srs, &src_srs)?;
-                        let with_corners = bands.iter().any(|b| b.resampling.needs_footprint());
-                        loop {
-                            let k = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(&tile) = tiles.get(k) else { return Ok(()) };
-                            let coords = warp::tile_coords(grid, tile, src, &to_source, with_corners, placement, scale);
-                            if !coords.touches {
-                                continue;
-                            }
-                            let mut obs = Vec::new();
-                            for (b, band) in bands.iter().enumerate() {
-                                let (pixels, mask) = with_arrow_type!(band.dtype, T => {
-                                    resample_band::<T>(&self.columns[b], self.validity[b].as_deref(), band, src, &coords)
-                                });
-                                if mask.true_count() > 0 {
-                                    obs.push(Observation { tile, band: band.name.clone(), pixels, mask });
-                                }
-                            }
-                            results.lock().unwrap_or_else(|e| e.into_inner()).push((k, obs));
-                        }
-                    };
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(e),
-                        Err(_) => failures.lock().unwrap_or_else(|e| e.into_inner()).push(Error::Internal("a warp worker panicked".into())),
-                    }
-                });
+    fn spawn(&self, k: usize) {
+        let Some(tx) = self.tx.clone() else { return };
+        let (plan, raster) = (self.plan.clone(), self.raster.clone());
+        self.pool.spawn(move || {
+            if let Some(warped) = run_tile(&plan, &raster, k) {
+                // The commit task has stopped listening only after an error.
+                let _ = tx.send(Progress::Tile(warped));
             }
         });
-        if let Some(e) = failures.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().next() {
-            return Err(e);
+    }
+
+    /// The stream ended whole: sends every remaining tile and those put
+    /// aside as late.
+    fn finish(mut self) {
+        self.ready(usize::MAX);
+        let late = {
+            let mut late = self.raster.late.lock().unwrap_or_else(|e| e.into_inner());
+            late.0 = true;
+            std::mem::take(&mut late.1)
+        };
+        for k in late {
+            self.spawn(k);
         }
-        let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-        results.sort_by_key(|(k, _)| *k);
-        Ok(results.into_iter().flat_map(|(_, o)| o).collect())
+        // From a pool thread: the send may wait for the commit task.
+        if let Some(tx) = self.tx.take() {
+            self.pool.spawn(move || {
+                let _ = tx.send(Progress::StreamEnded);
+            });
+        }
     }
 }
 
-/// Warps and commits a received scene. Up to [`TILE_GROUP`] tiles it is
-/// warped whole and the collection's writer is taken only to append; a
-/// larger scene holds the writer while it is warped and appended group by
-/// group (other writers of the collection wait at their append step).
-fn warp_and_commit(spec: &IngestSpec, bands: &[PlannedBand], received: Received, store: &CollectionStore, opts: &IngestOptions) -> Result<AppendOutcome> {
-    let scene = Scene::new(spec, bands, received, store, opts)?;
-    if scene.tiles.len() <= TILE_GROUP {
-        let observations = scene.warp(&scene.tiles, opts)?;
-        return store.append_scene(&spec.scene_id, spec.acquired_at_ms, observations);
+impl Drop for Dispatch {
+    fn drop(&mut self) {
+        let ended = self.raster.late.lock().unwrap_or_else(|e| e.into_inner()).0;
+        if !ended {
+            // Cut or failed stream: tiles queued but not started skip.
+            self.raster.stop.store(true, Ordering::Release);
+        }
+        self.tx = None;
     }
-    let Some(mut writer) = store.begin_scene(&spec.scene_id, spec.acquired_at_ms)? else {
-        return Ok(AppendOutcome { duplicate: true, ..Default::default() });
+}
+
+thread_local! {
+    /// This warp thread's grid -> source transform for the last CRS pair
+    /// (GDAL objects stay on the thread that made them).
+    static TO_SOURCE: RefCell<Option<(String, String, crs::Transformer)>> = const { RefCell::new(None) };
+}
+
+/// Warps every band of tile `k`. `None` when the scene is stopping, or when
+/// the tile's rows are not all in yet (its outline's estimate fell short):
+/// the tile is then put aside and sent again once the stream has ended.
+fn run_tile(plan: &Plan, raster: &Raster, k: usize) -> Option<Warped> {
+    if raster.stop.load(Ordering::Acquire) {
+        return None;
+    }
+    let work = || -> Result<Option<Vec<Observation>>> {
+        let (spec, grid) = (&plan.spec, &plan.grid);
+        let with_corners = plan.bands.iter().any(|b| b.resampling.needs_footprint());
+        let coords = TO_SOURCE.with(|cell| -> Result<warp::TileCoords> {
+            let mut cached = cell.borrow_mut();
+            if !matches!(&*cached, Some((s, g, _)) if *s == spec.crs && *g == grid.crs) {
+                *cached = None;
+                let to_source = crs::Transformer::new(&crs::spatial_ref("grid.crs", &grid.crs)?, &crs::spatial_ref("crs", &spec.crs)?)?;
+                *cached = Some((spec.crs.clone(), grid.crs.clone(), to_source));
+            }
+            let (_, _, to_source) = cached.as_ref().ok_or_else(|| Error::Internal("no transform".into()))?;
+            Ok(warp::tile_coords(grid, plan.tiles[k], &plan.src, to_source, with_corners, plan.placement, plan.scale))
+        })?;
+        if !coords.touches {
+            return Ok(Some(Vec::new()));
+        }
+        let streaming = !raster.late.lock().unwrap_or_else(|e| e.into_inner()).0;
+        if coords.rows_needed(plan.src.height) > raster.rows() {
+            let mut late = raster.late.lock().unwrap_or_else(|e| e.into_inner());
+            if !late.0 {
+                late.1.push(k);
+                return Ok(None);
+            }
+        }
+        let mut obs = Vec::new();
+        for (b, band) in plan.bands.iter().enumerate() {
+            let valid = raster.valid[b].get().map(|v| v.filled());
+            let (pixels, mask) = with_arrow_type!(band.dtype, T => {
+                let rows = raster.bands[b].downcast_ref::<Rows<<T as ArrowPrimitiveType>::Native>>().ok_or_else(|| Error::Internal("band buffer of another type".into()))?;
+                resample_band::<T>(rows.filled(), valid, band, &plan.src, &coords)
+            });
+            if mask.true_count() > 0 {
+                obs.push(Observation { tile: plan.tiles[k], band: band.name.clone(), pixels, mask });
+            }
+        }
+        plan.counters.tiles_warped.fetch_add(1, Ordering::Relaxed);
+        if streaming {
+            plan.counters.tiles_warped_while_streaming.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Some(obs))
     };
-    for group in scene.tiles.chunks(TILE_GROUP) {
-        writer.append(scene.warp(group, opts)?)?;
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(Ok(Some(obs))) => Some(Ok((k, obs))),
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => Some(Err(e)),
+        Err(_) => Some(Err(Error::Internal("a warp job panicked".into()))),
     }
-    writer.commit()
 }
 
-fn resample_band<T: ArrowPrimitiveType>(column: &ArrayRef, valid: Option<&[bool]>, band: &PlannedBand, src: &SourceGeometry, coords: &warp::TileCoords) -> (ArrayRef, BooleanArray)
+/// Receives the warped tiles and appends them. Up to [`TILE_GROUP`] tiles
+/// the scene is appended whole after the last one, and the collection's
+/// writer is taken only for that; a larger scene takes the writer at its
+/// first full group and appends group by group (other writers of the
+/// collection wait at their append step). Commits only once the stream has
+/// ended whole and every tile came back.
+fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progress>, store: &CollectionStore) -> Result<AppendOutcome> {
+    let stop = |e: Error| {
+        raster.stop.store(true, Ordering::Release);
+        e
+    };
+    let spec = &plan.spec;
+    let total = plan.tiles.len();
+    let mut pending: Vec<(usize, Vec<Observation>)> = Vec::new();
+    let mut writer: Option<SceneWriter<'_>> = None;
+    /// Appends the pending tiles in plan order; false if the scene turned
+    /// out to be committed already.
+    fn flush<'s>(store: &'s CollectionStore, spec: &IngestSpec, pending: &mut Vec<(usize, Vec<Observation>)>, writer: &mut Option<SceneWriter<'s>>) -> Result<bool> {
+        pending.sort_by_key(|(k, _)| *k);
+        let observations: Vec<Observation> = pending.drain(..).flat_map(|(_, o)| o).collect();
+        if writer.is_none() {
+            match store.begin_scene(&spec.scene_id, spec.acquired_at_ms)? {
+                Some(w) => *writer = Some(w),
+                None => return Ok(false),
+            }
+        }
+        match writer {
+            Some(w) => w.append(observations).map(|_| true),
+            None => Ok(false),
+        }
+    }
+    let (mut tiles, mut ended) = (0, false);
+    while tiles < total || !ended {
+        let warped = match results.recv() {
+            Ok(Progress::Tile(warped)) => warped,
+            Ok(Progress::StreamEnded) => {
+                ended = true;
+                continue;
+            }
+            Err(_) => return Err(stop(Error::Internal("the raster stream ended before its last row".into()))),
+        };
+        tiles += 1;
+        pending.push(warped.map_err(stop)?);
+        if total > TILE_GROUP && pending.len() >= TILE_GROUP && !flush(store, spec, &mut pending, &mut writer).map_err(stop)? {
+            raster.stop.store(true, Ordering::Release);
+            return Ok(AppendOutcome { duplicate: true, ..Default::default() });
+        }
+    }
+    if !flush(store, spec, &mut pending, &mut writer).map_err(stop)? {
+        return Ok(AppendOutcome { duplicate: true, ..Default::default() });
+    }
+    let mut outcome = writer.ok_or_else(|| Error::Internal("no scene writer".into()))?.commit()?;
+    let position: HashMap<TileId, usize> = plan.tiles.iter().enumerate().map(|(k, t)| (*t, k)).collect();
+    outcome.tiles.sort_by_key(|t| position.get(t).copied().unwrap_or(usize::MAX));
+    Ok(outcome)
+}
+
+fn resample_band<T: ArrowPrimitiveType>(values: &[T::Native], valid: Option<&[bool]>, band: &PlannedBand, src: &SourceGeometry, coords: &warp::TileCoords) -> (ArrayRef, BooleanArray)
 where
     T::Native: Sample,
 {
-    let values = column.as_primitive::<T>().values();
     let nodata = band.nodata.map(T::Native::from_f64);
     let source = warp::SourceBand { values, nodata, valid, width: src.width, height: src.height };
     let fill = nodata.unwrap_or_else(|| T::Native::from_f64(0.0));

@@ -828,6 +828,8 @@ pub struct Warehouse {
     collections: RwLock<BTreeMap<String, Arc<CollectionStore>>>,
     /// Serialises collection creation (check-then-create).
     create: Mutex<()>,
+    /// Ingest activity since start (the health action reports it).
+    pub counters: Arc<crate::ingest::Counters>,
 }
 
 impl Warehouse {
@@ -850,7 +852,7 @@ impl Warehouse {
             tracing::info!(collection = %name, chunks = read(&store.index).chunks.len(), scenes = store.scene_count(), "opened collection");
             collections.insert(name, Arc::new(store));
         }
-        Ok(Self { paths, collections: RwLock::new(collections), create: Mutex::new(()) })
+        Ok(Self { paths, collections: RwLock::new(collections), create: Mutex::new(()), counters: Arc::default() })
     }
 
     pub fn root(&self) -> &Path {

@@ -357,6 +357,64 @@ pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_sourc
     }
 }
 
+impl TileCoords {
+    /// Source rows `0..r` hold every pixel any kernel may read for this
+    /// tile, for kernels widened to the tile's scale; `height` caps it.
+    pub fn rows_needed(&self, height: usize) -> usize {
+        if let Some((_, row_off)) = self.copy {
+            return (row_off + self.n as i64).clamp(0, height as i64) as usize;
+        }
+        let last = match &self.axes {
+            Some(axes) => finite_range(&axes.y_edges).into_iter().chain(finite_range(&axes.ys)).map(|r| r.1).fold(f64::NEG_INFINITY, f64::max),
+            None => finite_range(&self.sy).into_iter().chain(self.corners.as_ref().and_then(|c| finite_range(&c.1))).map(|r| r.1).fold(f64::NEG_INFINITY, f64::max),
+        };
+        rows_through(last, self.scale.1, height)
+    }
+}
+
+/// Rows `0..r` of a source `height` rows tall that hold every tap of any
+/// kernel (widened to `scale_y`) at source rows up to `last_y`.
+fn rows_through(last_y: f64, scale_y: f64, height: usize) -> usize {
+    if last_y == f64::NEG_INFINITY {
+        return 0;
+    }
+    if !last_y.is_finite() {
+        return height;
+    }
+    let reach = (2.0 / scale_y.min(1.0)).ceil() + 2.0;
+    (last_y.floor() + reach + 1.0).clamp(0.0, height as f64) as usize
+}
+
+/// For each tile, an estimate of [`TileCoords::rows_needed`] from its
+/// outline (8 points per edge through the exact transform), made before
+/// any pixel arrives so tiles can be warped in the order the rows stream
+/// in. `to_source` maps the grid CRS to the source's; tiles whose outline
+/// does not transform get `src.height`.
+pub fn tile_rows_estimate(grid: &GridSpec, tiles: &[TileId], src: &SourceGeometry, to_source: &crs::Transformer, scale: (f64, f64)) -> Vec<usize> {
+    const STEPS: usize = 8;
+    let n = grid.tile_px as f64;
+    tiles
+        .iter()
+        .map(|&tile| {
+            let (mut xs, mut ys) = (Vec::with_capacity(4 * STEPS + 5), Vec::with_capacity(4 * STEPS + 5));
+            for k in 0..=STEPS {
+                let f = k as f64 * n / STEPS as f64;
+                for (x, y) in [(f, 0.0), (f, n), (0.0, f), (n, f)] {
+                    xs.push(x);
+                    ys.push(y);
+                }
+            }
+            xs.push(n / 2.0);
+            ys.push(n / 2.0);
+            ExactMap { target_gt: grid.tile_geotransform(tile), src_inverse: src.inverse, to_source }.map(&mut xs, &mut ys);
+            if ys.iter().any(|y| !y.is_finite()) {
+                return src.height;
+            }
+            rows_through(finite_range(&ys).map_or(f64::NEG_INFINITY, |r| r.1), scale.1, src.height)
+        })
+        .collect()
+}
+
 /// One source band as the kernels see it.
 pub struct SourceBand<'a, T> {
     pub values: &'a [T],
@@ -852,6 +910,49 @@ mod tests {
     fn dummy_transformer() -> crs::Transformer {
         let s = crs::spatial_ref("t", crate::grid::DEFAULT_GRID_CRS).unwrap();
         crs::Transformer::new(&s, &s).unwrap()
+    }
+
+    /// Every tile of a source through `method`: the rows a tile says it
+    /// needs give the same output as the whole raster, and the estimate
+    /// made from the tile's outline is not below them.
+    fn check_rows_needed(crs: &str, gt: [f64; 6], size: usize, resolution: f64, method: Resampling) {
+        let grid = GridSpec::default_at(resolution).unwrap();
+        let src = SourceGeometry::try_new(size, size, gt).unwrap();
+        let (from, to) = (crs::spatial_ref("crs", crs).unwrap(), crs::spatial_ref("grid", &grid.crs).unwrap());
+        let (to_grid, to_source) = (crs::Transformer::new(&from, &to).unwrap(), crs::Transformer::new(&to, &from).unwrap());
+        let place = placement(&src, &grid, from == to);
+        let scale = scene_scale(&grid, &src, &to_grid, &to_source, place);
+        let values: Vec<u16> = (0..size * size).map(|i| if (i / size) % 37 == 5 { 0 } else { (i * 7 % 5000) as u16 + 1 }).collect();
+        let tiles: Vec<TileId> = footprint_tiles(&src, &grid, &to_grid).iter().collect();
+        let estimates = tile_rows_estimate(&grid, &tiles, &src, &to_source, scale);
+        let mut partial = 0;
+        for (tile, estimate) in tiles.iter().zip(estimates) {
+            let tc = tile_coords(&grid, *tile, &src, &to_source, method.needs_footprint(), place, scale);
+            if !tc.touches {
+                continue;
+            }
+            let need = tc.rows_needed(size);
+            assert!(estimate >= need, "{crs} {method:?} tile {tile}: estimate {estimate} < needed {need}");
+            partial += usize::from(need < size);
+            let whole = SourceBand { values: &values, nodata: Some(0), valid: None, width: size, height: size };
+            let prefix = SourceBand { values: &values[..need * size], ..whole };
+            assert!(resample(&whole, &tc, method, 0) == resample(&prefix, &tc, method, 0), "{crs} {method:?} tile {tile}");
+        }
+        assert!(partial > 0, "{crs}: some tile needs only part of the rows");
+    }
+
+    #[test]
+    fn a_tile_needs_only_the_rows_it_says() {
+        let utm = [316_000.0, 10.0, 0.0, 4_160_000.0, 0.0, -10.0];
+        check_rows_needed("EPSG:32652", utm, 600, 10.0, Resampling::Bilinear);
+        check_rows_needed("EPSG:32652", utm, 600, 10.0, Resampling::Cubic);
+        check_rows_needed("EPSG:32652", utm, 600, 10.0, Resampling::Average);
+        check_rows_needed("EPSG:4326", [127.0, 0.0001, 0.0, 37.6, 0.0, -0.0001], 600, 10.0, Resampling::Bilinear);
+        let sinu = |off: f64, px: f64| [1_000_000.0 + off, px, 0.0, 4_000_000.0 - off, 0.0, -px];
+        check_rows_needed(crate::grid::DEFAULT_GRID_CRS, sinu(1.5, 3.0), 900, 10.0, Resampling::Average);
+        check_rows_needed(crate::grid::DEFAULT_GRID_CRS, sinu(1.5, 3.0), 900, 10.0, Resampling::Mode);
+        check_rows_needed(crate::grid::DEFAULT_GRID_CRS, sinu(0.0, 10.0), 600, 10.0, Resampling::Nearest);
+        check_rows_needed(crate::grid::DEFAULT_GRID_CRS, sinu(4.0, 10.0), 600, 10.0, Resampling::Cubic);
     }
 
     #[test]

@@ -1,0 +1,103 @@
+//! A DoPut is warped while it streams: tiles whose source rows have all
+//! arrived are warped before the last row comes, nothing is visible until
+//! the stream ends whole, and the result equals the same raster sent at
+//! once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::UInt16Type;
+use arrow_array::RecordBatch;
+use common::*;
+use futures::StreamExt;
+use arrow_flight::error::FlightError;
+use pixelquery_client::{proto, Client};
+
+const SIZE: usize = 1024;
+const T: i64 = 1718416984000;
+
+/// Each tile's pixels and mask in `collection`.
+async fn tiles(client: &mut Client, collection: &str, tiles: &[String]) -> Vec<(Vec<u16>, Vec<bool>)> {
+    let mut out = Vec::new();
+    for tile in tiles {
+        let q = proto::Query { collection: collection.into(), tiles: vec![tile.clone()], ..Default::default() };
+        let batches = client.query(&q).await.unwrap();
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1, "{collection} {tile}");
+        let b = &batches[0];
+        let pixels = b.column_by_name("pixels").unwrap().as_list::<i32>().value(0).as_primitive::<UInt16Type>().values().to_vec();
+        let mask = b.column_by_name("mask").unwrap().as_list::<i32>().value(0).as_boolean().iter().map(|v| v.unwrap()).collect();
+        out.push((pixels, mask));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiles_are_warped_while_rows_stream_and_equal_a_raster_sent_at_once() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "streamed").await;
+    create_red_collection(&mut client, "at_once").await;
+    let gt = utm_geotransform(SIZE);
+    let values = raster(SIZE, 0);
+    // Strips of 32 rows; the last one is held back.
+    let mut strips: Vec<RecordBatch> = values.chunks(32 * SIZE).flat_map(|c| red_batches(c.to_vec(), SIZE)).collect();
+    let last = strips.pop().unwrap();
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(64);
+    let put = {
+        let mut c = client.try_clone();
+        let req = ingest_request("streamed", "s", T, gt, SIZE, "bilinear");
+        tokio::spawn(async move { c.ingest_stream(&req, tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, FlightError>)).await })
+    };
+    for b in strips {
+        tx.send(b).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let warped = loop {
+        let health = client.health().await.unwrap();
+        let n = health["ingest"]["tiles_warped_while_streaming"].as_u64().expect("health reports ingest counters");
+        if n > 0 {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no tile was warped before the last row: {health}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let listed = client.list_collections().await.unwrap();
+    let streamed_entry = listed.as_array().unwrap().iter().find(|c| c["name"] == "streamed").unwrap().clone();
+    assert_eq!(streamed_entry["scenes"], 0, "nothing is visible before the stream ends: {streamed_entry}");
+    tx.send(last).await.unwrap();
+    drop(tx);
+    let streamed = put.await.unwrap().expect("the streamed put commits");
+    assert!((warped as usize) < streamed.tiles.len(), "tiles needing the last rows wait for them");
+
+    let at_once = client.ingest(&ingest_request("at_once", "s", T, gt, SIZE, "bilinear"), red_batches(values, SIZE)).await.unwrap();
+    assert_eq!(streamed.tiles, at_once.tiles);
+    assert_eq!(streamed.observations, at_once.observations);
+    let a = tiles(&mut client, "streamed", &streamed.tiles).await;
+    let b = tiles(&mut client, "at_once", &at_once.tiles).await;
+    for (k, tile) in streamed.tiles.iter().enumerate() {
+        assert!(a[k] == b[k], "tile {tile} differs between the streamed and the at-once put");
+    }
+    assert!(a.iter().any(|(_, m)| m.iter().any(|v| !v)) && a.iter().any(|(_, m)| m.iter().any(|v| *v)));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_past_the_declared_height_fail_even_after_every_tile_was_warped() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    let before = snapshot(&server.warehouse());
+    let mut batches = red_batches(raster(256, 0), 256);
+    batches.push(batches[0].slice(0, 256));
+    let (code, msg) = match client.ingest(&ingest_request("s2", "s", T, utm_geotransform(256), 256, "bilinear"), batches).await {
+        Err(e) => (e.status().map(|s| s.code()), e.to_string()),
+        Ok(p) => panic!("accepted {p:?}"),
+    };
+    assert_eq!(code, Some(tonic::Code::InvalidArgument), "{msg}");
+    assert!(msg.contains("more values than width x height"), "{msg}");
+    assert_eq!(snapshot(&server.warehouse()), before, "a rejected put writes nothing");
+    server.shutdown().await;
+}
