@@ -298,19 +298,46 @@ pub fn pixel_stats(pixels: &ArrayRef, mask: &BooleanArray, tile_px: usize) -> Pi
     {
         use crate::warp::Sample;
         let values = pixels.as_primitive::<T>().values();
+        let bits = mask.values();
         let mut s = PixelStats { valid: 0, min: f64::INFINITY, max: f64::NEG_INFINITY, sum: 0.0, bbox: [0; 4] };
         let (mut c0, mut r0, mut c1, mut r1) = (usize::MAX, usize::MAX, 0usize, 0usize);
-        for (i, valid) in mask.values().iter().enumerate() {
-            let v = values[i].to_f64();
-            if !valid || !v.is_finite() {
+        let n = tile_px.max(1);
+        for (r, row) in values.chunks(n).enumerate() {
+            let row_mask = bits.slice(r * n, row.len());
+            let count = row_mask.count_set_bits();
+            if count == 0 {
                 continue;
             }
-            s.valid += 1;
-            s.min = s.min.min(v);
-            s.max = s.max.max(v);
-            s.sum += v;
-            let (r, c) = (i / tile_px.max(1), i % tile_px.max(1));
-            (c0, r0, c1, r1) = (c0.min(c), r0.min(r), c1.max(c + 1), r1.max(r + 1));
+            let (before, mut first, mut last) = (s.valid, usize::MAX, 0);
+            if count == row.len() && !T::Native::IS_FLOAT {
+                // A whole valid row of integers: four partial sums (exact:
+                // integer sums far below 2^53) and no per-pixel tests.
+                let mut sums = [0.0f64; 4];
+                for (k, v) in row.iter().enumerate() {
+                    let v = v.to_f64();
+                    s.min = s.min.min(v);
+                    s.max = s.max.max(v);
+                    sums[k % 4] += v;
+                }
+                s.sum += sums.iter().sum::<f64>();
+                s.valid += row.len() as u64;
+                (first, last) = (0, row.len());
+            } else {
+                for c in row_mask.set_indices() {
+                    let v = row[c].to_f64();
+                    if !v.is_finite() {
+                        continue;
+                    }
+                    s.valid += 1;
+                    s.min = s.min.min(v);
+                    s.max = s.max.max(v);
+                    s.sum += v;
+                    (first, last) = (first.min(c), c + 1);
+                }
+            }
+            if s.valid > before {
+                (c0, r0, c1, r1) = (c0.min(first), r0.min(r), c1.max(last), r + 1);
+            }
         }
         if s.valid == 0 {
             return PixelStats::default();
@@ -373,6 +400,37 @@ mod tests {
         assert_eq!(read(&path2, l1).unwrap().len(), 2);
         let st = pixel_stats(&batches[0].column(4).as_list::<i32>().value(0), batches[0].column(5).as_list::<i32>().value(0).as_boolean(), 2);
         assert_eq!((st.valid, st.min, st.max, st.sum, st.bbox), (3, 1.0, 4.0, 8.0, [0, 0, 2, 2]));
+    }
+
+    #[test]
+    fn pixel_stats_match_a_pixel_by_pixel_reference() {
+        // Rows of 5: whole valid rows, partly masked rows, an empty row; an
+        // offset slice; floats with NaN and infinity under valid bits.
+        let n = 5;
+        let ints: Vec<u32> = (0..30).map(|i| (i * 7919 % 1000) as u32).collect();
+        let mask: Vec<bool> = (0..30).map(|i| !(10..15).contains(&i) && i != 3 && i != 27).collect();
+        let floats: Vec<f32> = (0..30).map(|i| if i == 6 { f32::NAN } else if i == 21 { f32::INFINITY } else { i as f32 * 0.5 - 3.0 }).collect();
+        let reference = |v: &[f64], m: &[bool]| {
+            let valid: Vec<(usize, f64)> = v.iter().zip(m).enumerate().filter(|(_, (x, ok))| **ok && x.is_finite()).map(|(i, (x, _))| (i, *x)).collect();
+            let (cols, rows): (Vec<usize>, Vec<usize>) = valid.iter().map(|(i, _)| (i % n, i / n)).unzip();
+            (
+                valid.len() as u64,
+                valid.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
+                valid.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+                valid.iter().map(|p| p.1).sum::<f64>(),
+                [*cols.iter().min().unwrap() as u32, *rows.iter().min().unwrap() as u32, *cols.iter().max().unwrap() as u32 + 1, *rows.iter().max().unwrap() as u32 + 1],
+            )
+        };
+        let check = |px: ArrayRef, v: Vec<f64>, offset: usize| {
+            let m = BooleanArray::from(mask.clone());
+            let (px, m) = (px.slice(offset, 30 - offset), m.slice(offset, 30 - offset));
+            let st = pixel_stats(&px, &m, n);
+            assert_eq!((st.valid, st.min, st.max, st.sum, st.bbox), reference(&v[offset..], &mask[offset..]), "offset {offset}");
+        };
+        for offset in [0, 5] {
+            check(Arc::new(arrow_array::UInt32Array::from(ints.clone())), ints.iter().map(|v| *v as f64).collect(), offset);
+            check(Arc::new(arrow_array::Float32Array::from(floats.clone())), floats.iter().map(|v| *v as f64).collect(), offset);
+        }
     }
 
     #[test]

@@ -365,11 +365,33 @@ impl TileCoords {
             return (row_off + self.n as i64).clamp(0, height as i64) as usize;
         }
         let last = match &self.axes {
-            Some(axes) => finite_range(&axes.y_edges).into_iter().chain(finite_range(&axes.ys)).map(|r| r.1).fold(f64::NEG_INFINITY, f64::max),
-            None => finite_range(&self.sy).into_iter().chain(self.corners.as_ref().and_then(|c| finite_range(&c.1))).map(|r| r.1).fold(f64::NEG_INFINITY, f64::max),
+            Some(axes) => finite_max(&axes.y_edges).max(finite_max(&axes.ys)),
+            None => finite_max(&self.sy).max(self.corners.as_ref().map_or(f64::NEG_INFINITY, |c| finite_max(&c.1))),
         };
         rows_through(last, self.scale.1, height)
     }
+}
+
+/// The largest finite value (NaN and infinities skipped), or -inf if none;
+/// eight running maxima, so it vectorises.
+fn finite_max(v: &[f64]) -> f64 {
+    let mut m = [f64::NEG_INFINITY; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, x) in m.iter_mut().zip(c) {
+            // False for NaN; infinities are dropped below.
+            if *x > *m && x.is_finite() {
+                *m = *x;
+            }
+        }
+    }
+    for x in rest {
+        if *x > m[0] && x.is_finite() {
+            m[0] = *x;
+        }
+    }
+    m.into_iter().fold(f64::NEG_INFINITY, f64::max)
 }
 
 /// Rows `0..r` of a source `height` rows tall that hold every tap of any
@@ -377,9 +399,6 @@ impl TileCoords {
 fn rows_through(last_y: f64, scale_y: f64, height: usize) -> usize {
     if last_y == f64::NEG_INFINITY {
         return 0;
-    }
-    if !last_y.is_finite() {
-        return height;
     }
     let reach = (2.0 / scale_y.min(1.0)).ceil() + 2.0;
     (last_y.floor() + reach + 1.0).clamp(0.0, height as f64) as usize
@@ -410,7 +429,7 @@ pub fn tile_rows_estimate(grid: &GridSpec, tiles: &[TileId], src: &SourceGeometr
             if ys.iter().any(|y| !y.is_finite()) {
                 return src.height;
             }
-            rows_through(finite_range(&ys).map_or(f64::NEG_INFINITY, |r| r.1), scale.1, src.height)
+            rows_through(finite_max(&ys), scale.1, src.height)
         })
         .collect()
 }
@@ -491,6 +510,12 @@ fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], c
             _ => false,
         }
     };
+    // Widened bilinear over a valid window on 8/16-bit integers: f32 lanes
+    // of a fixed width (see `clean_bilinear_f32`).
+    let lanes = match windows {
+        Some(((_, nx), _)) if clean && T::NARROW && method == Resampling::Bilinear => [4, 8, 16].into_iter().find(|l| nx <= *l),
+        _ => None,
+    };
     let n = sx.len();
     let mut out = vec![fill; n];
     let mut mask = vec![false; n];
@@ -500,6 +525,20 @@ fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], c
         // NaN fails these comparisons too.
         if !(x >= 0.0 && x < w && y >= 0.0 && y < h) {
             continue;
+        }
+        if let (Some(lanes), Some((wx, wy))) = (lanes, windows) {
+            let quick = match lanes {
+                4 => clean_bilinear_f32::<T, 4>(src, x, y, scale, wx, wy),
+                8 => clean_bilinear_f32::<T, 8>(src, x, y, scale, wx, wy),
+                _ => clean_bilinear_f32::<T, 16>(src, x, y, scale, wx, wy),
+            };
+            if let Some(v) = quick {
+                if let Some(v) = v {
+                    out[k] = T::from_f32(v);
+                    mask[k] = true;
+                }
+                continue;
+            }
         }
         match method {
             Resampling::Nearest => {
@@ -784,6 +823,57 @@ fn clean_taps<T: Sample>(src: &SourceBand<'_, T>, clean: bool, x0: i64, y0: i64,
     }
     let norm = wx.iter().sum::<f64>() * wy.iter().sum::<f64>();
     Some((norm.abs() > 1e-5).then(|| acc / norm))
+}
+
+/// Widened bilinear at `(x, y)` on 8/16-bit integer samples whose window
+/// (`(first, count)` taps per axis, see [`widened_window`]) is known valid:
+/// weights and sums in f32, `NX` lanes per row with the taps past `count`
+/// weighted zero, so the row sums vectorise. `None` when the padded window
+/// leaves the raster (the caller takes the general path); else the value,
+/// `None` inside if the weights vanish.
+#[inline(always)]
+fn clean_bilinear_f32<T: Sample, const NX: usize>(src: &SourceBand<'_, T>, x: f64, y: f64, scale: (f64, f64), (fx, nx): (i64, usize), (fy, ny): (i64, usize)) -> Option<Option<f32>> {
+    let ((x0, dx), (y0, dy)) = (split(x), split(y));
+    let (x0, y0) = (x0 + fx, y0 + fy);
+    if x0 < 0 || y0 < 0 || x0 as usize + NX > src.width || y0 as usize + ny > src.height {
+        return None;
+    }
+    let (x0, y0) = (x0 as usize, y0 as usize);
+    let (sx, dxf) = (scale.0 as f32, dx as f32);
+    let mut wx = [0f32; NX];
+    for (i, w) in wx.iter_mut().enumerate() {
+        let t = ((fx + i as i64) as f32 - dxf) * sx;
+        *w = if i < nx { (1.0 - t.abs()).max(0.0) } else { 0.0 };
+    }
+    let mut lanes = [0f32; NX];
+    let mut wy_sum = 0f32;
+    for j in 0..ny {
+        let wyj = bilinear_weight(((fy + j as i64) as f64 - dy) * scale.1) as f32;
+        wy_sum += wyj;
+        let row: &[T] = &src.values[(y0 + j) * src.width + x0..][..NX];
+        for (l, v) in lanes.iter_mut().zip(row) {
+            *l += wyj * v.to_f32();
+        }
+    }
+    for (l, w) in lanes.iter_mut().zip(&wx) {
+        *l *= w;
+    }
+    let (acc, norm) = (lane_sum(lanes), lane_sum(wx) * wy_sum);
+    Some((norm.abs() > 1e-5).then(|| acc / norm))
+}
+
+/// Sum of `N` (a power of two) lanes by halving, which vectorises where a
+/// running sum would wait on each add.
+#[inline(always)]
+fn lane_sum<const N: usize>(mut v: [f32; N]) -> f32 {
+    let mut n = N;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            v[i] += v[i + n];
+        }
+    }
+    v[0]
 }
 
 /// A separable kernel: taps `wx` x `wy` from pixel `(x0, y0)`, over the
