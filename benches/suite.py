@@ -151,16 +151,18 @@ def reproject(args, client, server, work, table):
     subprocess.run(["gdalwarp", "-q", "-overwrite", "-r", "bilinear", "-multi", "-wo", "NUM_THREADS=2", "-t_srs", SINUSOIDAL, "-tr", "10", "10", "-tap",
                     "-srcnodata", "0", "-dstnodata", "0", str(tif), str(warped)], check=True)
     gdal_s = time.perf_counter() - t
-    size = subprocess.run(["gdalinfo", "-json", str(warped)], check=True, capture_output=True, text=True)
-    w, h = json.loads(size.stdout)["size"]
+    info = json.loads(subprocess.run(["gdalinfo", "-json", "-stats", str(warped)], check=True, capture_output=True, text=True).stdout)
+    w, h = info["size"]
     gdal_mpx = w * h / 1e6
-    ours_rate, gdal_rate = out_mpx / seconds, gdal_mpx / gdal_s
-    # gdalwarp's output is the bounding box of the sheared footprint (mostly
-    # empty); ours are the tiles touched. Both rates and the wall-time ratio
-    # for the same input are shown; the goal is judged on the rates.
-    table.add("3", f"reprojecting DoPut {n}x{n} uint16 EPSG:32652 -> grid, bilinear, output Mpx/s", f"{ours_rate:.1f} ({out_mpx:.0f} Mpx in {seconds:.1f} s)",
-              f"{gdal_rate:.1f} gdalwarp -multi 2 threads ({gdal_mpx:.0f} Mpx in {gdal_s:.1f} s)",
-              f"{ours_rate / gdal_rate:.2f}x by rate, {gdal_s / seconds:.2f}x by time", ">= 3x", "met" if ours_rate >= 3 * gdal_rate else "not met")
+    valid_mpx = gdal_mpx * float(info["bands"][0]["metadata"][""]["STATISTICS_VALID_PERCENT"]) / 100
+    # gdalwarp writes the bounding box of the sheared footprint (mostly
+    # empty, which it skips cheaply); ours are the whole tiles touched. Both
+    # rates count the same pixels: those with data in gdalwarp's output (the
+    # footprint is the same on both sides), so the ratio is the time ratio.
+    ours_rate, gdal_rate = valid_mpx / seconds, valid_mpx / gdal_s
+    table.add("3", f"reprojecting DoPut {n}x{n} uint16 EPSG:32652 -> grid, bilinear, output Mpx with data per s", f"{ours_rate:.1f} ({valid_mpx:.0f} Mpx in {seconds:.1f} s; {out_mpx:.0f} Mpx of tiles)",
+              f"{gdal_rate:.1f} gdalwarp -multi 2 threads ({valid_mpx:.0f} of {gdal_mpx:.0f} Mpx in {gdal_s:.1f} s)",
+              f"{ours_rate / gdal_rate:.2f}x", ">= 3x", "met" if ours_rate >= 3 * gdal_rate else "not met")
     table.add("7", f"server peak RSS while that {n}x{n} band streams in", f"{peak_kib / 1024:.0f} MiB (idle {base_kib / 1024:.0f} MiB)", "-", "-", "<= 512 MiB",
               "met" if peak_kib <= 512 * 1024 else "not met")
     del band

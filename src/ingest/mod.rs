@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, ArrowPrimitiveType, BooleanArray, PrimitiveArray, RecordBatch};
-use arrow_buffer::ScalarBuffer;
+use arrow_buffer::{BooleanBuffer, ScalarBuffer};
 use arrow_schema::DataType;
 use futures::{Stream, StreamExt};
 
@@ -587,5 +587,6 @@ where
     let fill = nodata.unwrap_or_else(|| T::Native::from_f64(0.0));
     let (out, mask) = warp::resample(&source, coords, band.resampling, fill);
     let pixels: ArrayRef = Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(out), None));
-    (pixels, BooleanArray::from(mask))
+    // Packed 64 flags at a time.
+    (pixels, BooleanArray::new(BooleanBuffer::collect_bool(mask.len(), |i| mask[i]), None))
 }

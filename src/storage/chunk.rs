@@ -310,15 +310,28 @@ pub fn pixel_stats(pixels: &ArrayRef, mask: &BooleanArray, tile_px: usize) -> Pi
             }
             let (before, mut first, mut last) = (s.valid, usize::MAX, 0);
             if count == row.len() && !T::Native::IS_FLOAT {
-                // A whole valid row of integers: four partial sums (exact:
-                // integer sums far below 2^53) and no per-pixel tests.
-                let mut sums = [0.0f64; 4];
-                for (k, v) in row.iter().enumerate() {
-                    let v = v.to_f64();
-                    s.min = s.min.min(v);
-                    s.max = s.max.max(v);
-                    sums[k % 4] += v;
+                // A whole valid row of integers: eight lanes of minima,
+                // maxima and sums (exact: integer sums far below 2^53), no
+                // per-pixel tests, so it vectorises.
+                let (mut lo, mut hi, mut sums) = ([f64::INFINITY; 8], [f64::NEG_INFINITY; 8], [0.0f64; 8]);
+                let chunks = row.chunks_exact(8);
+                let rest = chunks.remainder();
+                for c in chunks {
+                    for k in 0..8 {
+                        let v = c[k].to_f64();
+                        lo[k] = if v < lo[k] { v } else { lo[k] };
+                        hi[k] = if v > hi[k] { v } else { hi[k] };
+                        sums[k] += v;
+                    }
                 }
+                for (k, v) in rest.iter().enumerate() {
+                    let v = v.to_f64();
+                    lo[k] = lo[k].min(v);
+                    hi[k] = hi[k].max(v);
+                    sums[k] += v;
+                }
+                s.min = lo.into_iter().fold(s.min, f64::min);
+                s.max = hi.into_iter().fold(s.max, f64::max);
                 s.sum += sums.iter().sum::<f64>();
                 s.valid += row.len() as u64;
                 (first, last) = (0, row.len());
