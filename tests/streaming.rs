@@ -101,3 +101,31 @@ async fn rows_past_the_declared_height_fail_even_after_every_tile_was_warped() {
     assert_eq!(snapshot(&server.warehouse()), before, "a rejected put writes nothing");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_scenes_of_more_than_256_tiles_into_one_collection_both_commit() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "big").await;
+    // 25 x 25 tiles on the grid's lattice (copied), written side by side:
+    // each takes the collection's writer after its first 256 warped tiles.
+    let size = 25 * 256;
+    let values: Vec<u16> = (0..size * size).map(|i| (i % 977) as u16 + 1).collect();
+    let batches = red_batches(values, size);
+    let puts: Vec<_> = (0..2)
+        .map(|k| {
+            let mut c = client.try_clone();
+            let mut req = ingest_request("big", &format!("s{k}"), T + k, [2560.0 * 3.0, 10.0, 0.0, 2560.0 * 40.0, 0.0, -10.0], size, "nearest");
+            req.crs = pixelquery::grid::DEFAULT_GRID_CRS.into();
+            let batches = batches.clone();
+            tokio::spawn(async move { c.ingest(&req, batches).await })
+        })
+        .collect();
+    for put in puts {
+        let summary = tokio::time::timeout(Duration::from_secs(120), put).await.expect("both puts finish").unwrap().expect("commits (a bounded result channel deadlocked here)");
+        assert_eq!(summary.observations, 25 * 25);
+    }
+    let listed = client.list_collections().await.unwrap();
+    assert_eq!(listed[0]["scenes"], 2, "{listed}");
+    server.shutdown().await;
+}

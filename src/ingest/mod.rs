@@ -258,7 +258,12 @@ where
     };
     let plan = Arc::new(plan);
     let mut rx = Receiver::new(&spec, &bands);
-    let (tx, results) = mpsc::sync_channel(TILE_GROUP);
+    // Unbounded: a warp job never waits on the commit task. (A bounded
+    // channel could fill while its commit task waits for the collection's
+    // writer held by another large scene, whose tiles then could not be
+    // warped by the blocked pool threads.) The commit task drains it as the
+    // tiles come; it grows only while the task waits for the writer.
+    let (tx, results) = mpsc::channel();
     let commit = {
         let (plan, store, raster) = (plan.clone(), store.clone(), rx.raster.clone());
         tokio::task::spawn_blocking(move || {
@@ -398,7 +403,7 @@ struct Dispatch {
     raster: Arc<Raster>,
     /// Dropped when no more tiles will be sent, so the commit task sees the
     /// channel close if tiles are missing.
-    tx: Option<mpsc::SyncSender<Progress>>,
+    tx: Option<mpsc::Sender<Progress>>,
     /// Next position in `plan.order`.
     next: usize,
     pool: &'static rayon::ThreadPool,
@@ -421,7 +426,7 @@ impl Dispatch {
         let (plan, raster) = (self.plan.clone(), self.raster.clone());
         self.pool.spawn(move || {
             if let Some(warped) = run_tile(&plan, &raster, k) {
-                // The commit task has stopped listening only after an error.
+                // The commit task stops listening only after an error.
                 let _ = tx.send(Progress::Tile(warped));
             }
         });
@@ -439,11 +444,8 @@ impl Dispatch {
         for k in late {
             self.spawn(k);
         }
-        // From a pool thread: the send may wait for the commit task.
         if let Some(tx) = self.tx.take() {
-            self.pool.spawn(move || {
-                let _ = tx.send(Progress::StreamEnded);
-            });
+            let _ = tx.send(Progress::StreamEnded);
         }
     }
 }
