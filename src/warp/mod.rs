@@ -839,10 +839,11 @@ fn clean_bilinear_f32<T: Sample, const NX: usize>(src: &SourceBand<'_, T>, x: f6
         return None;
     }
     let (x0, y0) = (x0 as usize, y0 as usize);
-    let (sx, dxf) = (scale.0 as f32, dx as f32);
+    let (sx, first) = (scale.0 as f32, fx as f32 - dx as f32);
     let mut wx = [0f32; NX];
     for (i, w) in wx.iter_mut().enumerate() {
-        let t = ((fx + i as i64) as f32 - dxf) * sx;
+        // `i as f32` is a constant once the loop is unrolled.
+        let t = (first + i as f32) * sx;
         *w = if i < nx { (1.0 - t.abs()).max(0.0) } else { 0.0 };
     }
     let mut lanes = [0f32; NX];
