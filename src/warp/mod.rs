@@ -372,26 +372,9 @@ impl TileCoords {
     }
 }
 
-/// The largest finite value (NaN and infinities skipped), or -inf if none;
-/// eight running maxima, so it vectorises.
+/// The largest finite value, or -inf if none.
 fn finite_max(v: &[f64]) -> f64 {
-    let mut m = [f64::NEG_INFINITY; 8];
-    let chunks = v.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (m, x) in m.iter_mut().zip(c) {
-            // False for NaN; infinities are dropped below.
-            if *x > *m && x.is_finite() {
-                *m = *x;
-            }
-        }
-    }
-    for x in rest {
-        if *x > m[0] && x.is_finite() {
-            m[0] = *x;
-        }
-    }
-    m.into_iter().fold(f64::NEG_INFINITY, f64::max)
+    finite_range(v).map_or(f64::NEG_INFINITY, |r| r.1)
 }
 
 /// Rows `0..r` of a source `height` rows tall that hold every tap of any
@@ -684,9 +667,26 @@ fn bilinear_weight(t: f64) -> f64 {
     (1.0 - t.abs()).max(0.0)
 }
 
-/// The smallest and largest finite value, if any.
+/// The smallest and largest finite value, if any (eight lanes each, so it
+/// vectorises; the kernels take it over every pixel position of a tile).
 fn finite_range(v: &[f64]) -> Option<(f64, f64)> {
-    v.iter().filter(|v| v.is_finite()).fold(None, |r, v| Some(r.map_or((*v, *v), |(lo, hi): (f64, f64)| (lo.min(*v), hi.max(*v)))))
+    let (mut lo, mut hi) = ([f64::INFINITY; 8], [f64::NEG_INFINITY; 8]);
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for k in 0..8 {
+            let x = if c[k].is_finite() { c[k] } else { f64::NAN };
+            // Comparisons with NaN are false: non-finite values drop out.
+            lo[k] = if x < lo[k] { x } else { lo[k] };
+            hi[k] = if x > hi[k] { x } else { hi[k] };
+        }
+    }
+    for x in rest.iter().filter(|x| x.is_finite()) {
+        lo[0] = lo[0].min(*x);
+        hi[0] = hi[0].max(*x);
+    }
+    let (lo, hi) = (lo.into_iter().fold(f64::INFINITY, f64::min), hi.into_iter().fold(f64::NEG_INFINITY, f64::max));
+    (lo <= hi).then_some((lo, hi))
 }
 
 /// gdalwarp's resampling scale along one axis for a target window of `dst`
@@ -1044,6 +1044,20 @@ mod tests {
         check_rows_needed(crate::grid::DEFAULT_GRID_CRS, sinu(1.5, 3.0), 900, 10.0, Resampling::Mode);
         check_rows_needed(crate::grid::DEFAULT_GRID_CRS, sinu(0.0, 10.0), 600, 10.0, Resampling::Nearest);
         check_rows_needed(crate::grid::DEFAULT_GRID_CRS, sinu(4.0, 10.0), 600, 10.0, Resampling::Cubic);
+    }
+
+    #[test]
+    fn finite_range_skips_nan_and_infinities() {
+        let reference = |v: &[f64]| v.iter().filter(|x| x.is_finite()).fold(None, |r: Option<(f64, f64)>, x| Some(r.map_or((*x, *x), |(lo, hi)| (lo.min(*x), hi.max(*x)))));
+        let mut v: Vec<f64> = (0..29).map(|i| ((i * 37) % 11) as f64 - 5.5).collect();
+        v[3] = f64::NAN;
+        v[9] = f64::INFINITY;
+        v[27] = f64::NEG_INFINITY;
+        for len in [0, 1, 7, 8, 9, 16, 29] {
+            assert_eq!(finite_range(&v[..len]), reference(&v[..len]), "len {len}");
+        }
+        assert_eq!(finite_range(&[f64::NAN; 12]), None);
+        assert_eq!(finite_max(&[f64::NAN, f64::INFINITY]), f64::NEG_INFINITY);
     }
 
     #[test]
