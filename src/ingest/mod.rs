@@ -55,6 +55,9 @@ pub struct Counters {
     pub tiles_warped: AtomicU64,
     /// Of those, tiles warped while their raster was still streaming in.
     pub tiles_warped_while_streaming: AtomicU64,
+    /// Tiles that ran before all their rows were in (the estimate from
+    /// their outline fell short) and were warped again after the stream.
+    pub tiles_put_aside: AtomicU64,
 }
 
 /// The answer to a DoPut (PutResult app_metadata, DESIGN §4a).
@@ -380,6 +383,8 @@ impl Plan {
         let tiles: Vec<TileId> = range.iter().collect();
         let scale = warp::scene_scale(&grid, &src, &to_grid, &to_source, placement);
         let rows_estimate = warp::tile_rows_estimate(&grid, &tiles, &src, &to_source, scale);
+        #[cfg(test)]
+        let rows_estimate = if spec.collection == tests::SENT_EARLY { vec![0; rows_estimate.len()] } else { rows_estimate };
         let mut order: Vec<usize> = (0..tiles.len()).collect();
         order.sort_by_key(|&k| rows_estimate[k]);
         Ok(Self { spec, bands, src, grid, placement, scale, tiles, order, rows_estimate, counters })
@@ -495,6 +500,7 @@ fn run_tile(plan: &Plan, raster: &Raster, k: usize) -> Option<Warped> {
             let mut late = raster.late.lock().unwrap_or_else(|e| e.into_inner());
             if !late.0 {
                 late.1.push(k);
+                plan.counters.tiles_put_aside.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
         }
@@ -591,4 +597,72 @@ where
     let pixels: ArrayRef = Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(out), None));
     // Packed 64 flags at a time.
     (pixels, BooleanArray::new(BooleanBuffer::collect_bool(mask.len(), |i| mask[i]), None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::UInt16Array;
+
+    /// A collection whose tiles are all sent to the warp pool before any
+    /// row arrives, so each is put aside and warped after the stream.
+    pub(super) const SENT_EARLY: &str = "sent_early_test";
+
+    /// Every chunk of `collection`, by path below its tiles directory:
+    /// the pixels and mask columns.
+    fn chunks(root: &std::path::Path, collection: &str) -> std::collections::BTreeMap<std::path::PathBuf, Vec<(ArrayRef, ArrayRef)>> {
+        let tiles = root.join(collection).join("tiles");
+        let mut out = std::collections::BTreeMap::new();
+        let mut stack = vec![tiles.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let reader = arrow_ipc::reader::StreamReader::try_new(std::fs::File::open(&path).unwrap(), None).unwrap();
+                let cols = reader.map(|b| b.unwrap()).map(|b| (b.column_by_name("pixels").unwrap().clone(), b.column_by_name("mask").unwrap().clone())).collect();
+                out.insert(path.strip_prefix(&tiles).unwrap().to_path_buf(), cols);
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tiles_sent_before_their_rows_are_put_aside_and_warped_after_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let warehouse = Arc::new(Warehouse::open(dir.path()).unwrap());
+        for name in [SENT_EARLY, "sent_on_time"] {
+            let req = format!(r#"{{"name": "{name}", "bands": [{{"name": "red", "dtype": "uint16", "nodata": 0}}], "grid": {{"resolution": 10}}}}"#);
+            let meta = crate::flight::actions::build_collection(crate::wire::decode_create_collection(req.as_bytes()).unwrap()).unwrap();
+            warehouse.create_collection(meta).unwrap();
+        }
+        let size = 600;
+        let values: Vec<u16> = (0..size * size).map(|i| if (i / size) % 41 == 7 { 0 } else { (i * 13 % 3000) as u16 + 1 }).collect();
+        let opts = IngestOptions { max_raster_bytes: 1 << 30, max_tiles: 10_000, warp_threads: 2 };
+        for name in [SENT_EARLY, "sent_on_time"] {
+            let req = format!(
+                r#"{{"collection": "{name}", "scene_id": "s", "acquired_at": "2024-06-15T02:03:04Z", "crs": "EPSG:32652", "geotransform": [316000, 10, 0, 4160000, 0, -10], "width": {size}, "height": {size}, "bands": [{{"name": "red", "dtype": "uint16", "nodata": 0}}], "resampling": "bilinear"}}"#
+            );
+            let spec = crate::wire::decode_ingest(req.as_bytes()).unwrap();
+            let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new("red", DataType::UInt16, false)]));
+            let batches: Vec<Result<RecordBatch>> = values
+                .chunks(50 * size)
+                .map(|c| Ok(RecordBatch::try_new(schema.clone(), vec![Arc::new(UInt16Array::from(c.to_vec())) as ArrayRef]).unwrap()))
+                .collect();
+            // Rows come slower than the tiles are sent.
+            let slow = Box::pin(futures::stream::iter(batches).then(|b| async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                b
+            }));
+            let put = ingest(warehouse.clone(), opts.clone(), spec, slow).await.unwrap();
+            assert!(put.observations > 4, "{put:?}");
+        }
+        let aside = warehouse.counters.tiles_put_aside.load(Ordering::Relaxed);
+        assert!(aside > 0, "the early collection's tiles were put aside");
+        let (early, on_time) = (chunks(dir.path(), SENT_EARLY), chunks(dir.path(), "sent_on_time"));
+        assert_eq!(early.keys().collect::<Vec<_>>(), on_time.keys().collect::<Vec<_>>());
+        assert!(early == on_time, "the same pixels either way");
+    }
 }
