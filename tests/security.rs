@@ -15,12 +15,6 @@ use tonic::Code;
 
 const T: i64 = 1718416984000;
 
-fn code_of<T: std::fmt::Debug>(r: Result<T, pixelquery_client::ClientError>) -> (Code, String) {
-    let err = r.expect_err("the call should fail");
-    let status = err.status().unwrap_or_else(|| panic!("not a status: {err}"));
-    (status.code(), status.message().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_trades_a_password_for_a_session_token() {
     let server = TestServer::start_with(tempfile::tempdir().unwrap(), with_auth).await;

@@ -98,16 +98,26 @@ struct Raster {
     /// Per band, validity from the `valid` column and the band's nulls:
     /// made at the first batch that has either (earlier rows are valid).
     valid: Vec<OnceLock<Arc<Rows<bool>>>>,
-    /// Whether the stream has ended whole, and the tiles put aside because
-    /// their rows were not all in when they ran (see [`run_tile`]).
-    late: Mutex<(bool, Vec<usize>)>,
+    late: Mutex<Late>,
     /// Set when the scene will not be committed: jobs not started skip.
     stop: AtomicBool,
     /// Values received in every band, stored after the band buffers.
     published: AtomicUsize,
 }
 
+/// Whether the stream has ended whole, and the tiles put aside because
+/// their rows were not all in when they ran (see [`run_tile`]).
+#[derive(Default)]
+struct Late {
+    ended: bool,
+    tiles: Vec<usize>,
+}
+
 impl Raster {
+    fn late(&self) -> std::sync::MutexGuard<'_, Late> {
+        self.late.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whole rows received so far (every band's values and validity).
     fn rows(&self) -> usize {
         self.published.load(Ordering::Acquire) / self.width.max(1)
@@ -142,7 +152,7 @@ impl<'a> Receiver<'a> {
                 writers.push(Box::new(writer));
             });
         }
-        let raster = Raster { width: spec.width as usize, bands: columns, valid: bands.iter().map(|_| OnceLock::new()).collect(), late: Mutex::new((false, Vec::new())), stop: AtomicBool::new(false), published: AtomicUsize::new(0) };
+        let raster = Raster { width: spec.width as usize, bands: columns, valid: bands.iter().map(|_| OnceLock::new()).collect(), late: Mutex::default(), stop: AtomicBool::new(false), published: AtomicUsize::new(0) };
         Self { spec, bands, raster: Arc::new(raster), writers, valid_writers: bands.iter().map(|_| None).collect(), valid_column: None, values: 0, batches: 0 }
     }
 
@@ -442,9 +452,9 @@ impl Dispatch {
     fn finish(mut self) {
         self.ready(usize::MAX);
         let late = {
-            let mut late = self.raster.late.lock().unwrap_or_else(|e| e.into_inner());
-            late.0 = true;
-            std::mem::take(&mut late.1)
+            let mut late = self.raster.late();
+            late.ended = true;
+            std::mem::take(&mut late.tiles)
         };
         for k in late {
             self.spawn(k);
@@ -457,8 +467,7 @@ impl Dispatch {
 
 impl Drop for Dispatch {
     fn drop(&mut self) {
-        let ended = self.raster.late.lock().unwrap_or_else(|e| e.into_inner()).0;
-        if !ended {
+        if !self.raster.late().ended {
             // Cut or failed stream: tiles queued but not started skip.
             self.raster.stop.store(true, Ordering::Release);
         }
@@ -495,15 +504,17 @@ fn run_tile(plan: &Plan, raster: &Raster, k: usize) -> Option<Warped> {
         if !coords.touches {
             return Ok(Some(Vec::new()));
         }
-        let streaming = !raster.late.lock().unwrap_or_else(|e| e.into_inner()).0;
-        if coords.rows_needed(plan.src.height) > raster.rows() {
-            let mut late = raster.late.lock().unwrap_or_else(|e| e.into_inner());
-            if !late.0 {
-                late.1.push(k);
+        let needed = coords.rows_needed(plan.src.height);
+        let streaming = {
+            let mut late = raster.late();
+            // Once the stream has ended every row is in.
+            if !late.ended && needed > raster.rows() {
+                late.tiles.push(k);
                 plan.counters.tiles_put_aside.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
-        }
+            !late.ended
+        };
         let mut obs = Vec::new();
         for (b, band) in plan.bands.iter().enumerate() {
             let valid = raster.valid[b].get().map(|v| v.filled());
@@ -549,16 +560,15 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
     fn flush<'s>(store: &'s CollectionStore, spec: &IngestSpec, pending: &mut Vec<(usize, Vec<Observation>)>, writer: &mut Option<SceneWriter<'s>>) -> Result<bool> {
         pending.sort_by_key(|(k, _)| *k);
         let observations: Vec<Observation> = pending.drain(..).flat_map(|(_, o)| o).collect();
-        if writer.is_none() {
-            match store.begin_scene(&spec.scene_id, spec.acquired_at_ms)? {
-                Some(w) => *writer = Some(w),
+        let w = match writer {
+            Some(w) => w,
+            None => match store.begin_scene(&spec.scene_id, spec.acquired_at_ms)? {
+                Some(w) => writer.insert(w),
                 None => return Ok(false),
-            }
-        }
-        match writer {
-            Some(w) => w.append(observations).map(|_| true),
-            None => Ok(false),
-        }
+            },
+        };
+        w.append(observations)?;
+        Ok(true)
     }
     let (mut tiles, mut ended) = (0, false);
     while tiles < total || !ended {

@@ -387,27 +387,34 @@ fn rows_through(last_y: f64, scale_y: f64, height: usize) -> usize {
     (last_y.floor() + reach + 1.0).clamp(0.0, height as f64) as usize
 }
 
+/// Points along the four edges of an `n` x `n` pixel tile, `steps + 1` per
+/// edge (corners repeated), in tile pixel coordinates.
+fn tile_outline(n: usize, steps: usize) -> Positions {
+    let (mut xs, mut ys) = (Vec::with_capacity(4 * steps + 5), Vec::with_capacity(4 * steps + 5));
+    let n_f = n as f64;
+    for k in 0..=steps {
+        let f = (k * n) as f64 / steps as f64;
+        for (x, y) in [(f, 0.0), (f, n_f), (0.0, f), (n_f, f)] {
+            xs.push(x);
+            ys.push(y);
+        }
+    }
+    (xs, ys)
+}
+
 /// For each tile, an estimate of [`TileCoords::rows_needed`] from its
 /// outline (8 points per edge through the exact transform), made before
 /// any pixel arrives so tiles can be warped in the order the rows stream
 /// in. `to_source` maps the grid CRS to the source's; tiles whose outline
 /// does not transform get `src.height`.
 pub fn tile_rows_estimate(grid: &GridSpec, tiles: &[TileId], src: &SourceGeometry, to_source: &crs::Transformer, scale: (f64, f64)) -> Vec<usize> {
-    const STEPS: usize = 8;
-    let n = grid.tile_px as f64;
+    let n = grid.tile_px as usize;
     tiles
         .iter()
         .map(|&tile| {
-            let (mut xs, mut ys) = (Vec::with_capacity(4 * STEPS + 5), Vec::with_capacity(4 * STEPS + 5));
-            for k in 0..=STEPS {
-                let f = k as f64 * n / STEPS as f64;
-                for (x, y) in [(f, 0.0), (f, n), (0.0, f), (n, f)] {
-                    xs.push(x);
-                    ys.push(y);
-                }
-            }
-            xs.push(n / 2.0);
-            ys.push(n / 2.0);
+            let (mut xs, mut ys) = tile_outline(n, 8);
+            xs.push(n as f64 / 2.0);
+            ys.push(n as f64 / 2.0);
             ExactMap { target_gt: grid.tile_geotransform(tile), src_inverse: src.inverse, to_source }.map(&mut xs, &mut ys);
             if ys.iter().any(|y| !y.is_finite()) {
                 return src.height;
@@ -726,16 +733,8 @@ pub fn scene_scale(grid: &GridSpec, src: &SourceGeometry, to_grid: &crs::Transfo
         return (1.0, 1.0);
     }
     let tile = grid.tile_of(gx[0], gy[0]);
-    const STEPS: usize = 20;
     let n = grid.tile_px as usize;
-    let (mut xs, mut ys) = (Vec::with_capacity(4 * STEPS + 4), Vec::with_capacity(4 * STEPS + 4));
-    for k in 0..=STEPS {
-        let f = (k * n) as f64 / STEPS as f64;
-        for (x, y) in [(f, 0.0), (f, n as f64), (0.0, f), (n as f64, f)] {
-            xs.push(x);
-            ys.push(y);
-        }
-    }
+    let (mut xs, mut ys) = tile_outline(n, 20);
     let map = ExactMap { target_gt: grid.tile_geotransform(tile), src_inverse: src.inverse, to_source };
     match placement {
         Placement::Axes => {

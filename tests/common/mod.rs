@@ -208,3 +208,10 @@ pub fn spawn_server(cmd: &mut Command) -> (Child, String) {
     let addr = line.trim().strip_prefix("pixelquery listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
     (child, format!("grpc://{addr}"))
 }
+
+/// The status code and message of a call that must fail.
+pub fn code_of<T: std::fmt::Debug>(r: Result<T, pixelquery_client::ClientError>) -> (tonic::Code, String) {
+    let err = r.expect_err("the call should fail");
+    let status = err.status().unwrap_or_else(|| panic!("not a status: {err}"));
+    (status.code(), status.message().to_string())
+}
