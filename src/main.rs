@@ -8,9 +8,39 @@ use clap::Parser;
 use pixelquery::cli::{Cli, Command};
 use pixelquery::server;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+fn main() -> anyhow::Result<ExitCode> {
+    // Before any thread exists: a thread takes its malloc arena at its
+    // first allocation.
+    cap_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?.block_on(run(Cli::parse()))
+}
+
+/// glibc gives each thread that meets a locked arena a new one, up to eight
+/// per core, and keeps what is freed in them. The server runs tens of
+/// blocking threads (one per call in flight); under the 32-client load test
+/// heaptrack saw a 33 MB live heap at peak while resident anonymous memory
+/// sat at 300-430 MiB in 16 arenas and rose whenever a late burst opened
+/// another. One arena per core (the tcache still keeps small allocations
+/// thread-local) held it at 160-200 MiB, flat. `MALLOC_ARENA_MAX` or a
+/// `GLIBC_TUNABLES` arena setting in the environment wins.
+fn cap_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let tuned = std::env::var_os("MALLOC_ARENA_MAX").is_some() || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
+        if !tuned {
+            extern "C" {
+                fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+            }
+            const M_ARENA_MAX: std::ffi::c_int = -8;
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 64);
+            // SAFETY: mallopt only sets a glibc malloc parameter; called
+            // before any other thread runs.
+            unsafe { mallopt(M_ARENA_MAX, cores as std::ffi::c_int) };
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
