@@ -15,7 +15,6 @@
 mod rows;
 
 use std::any::Any;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -255,7 +254,7 @@ where
         // A retry of an acknowledged scene: read the stream to its end so the
         // client's writes complete, keep nothing (the CRS is still checked).
         let (crs_def, grid_wkt) = (spec.crs.clone(), store.meta.grid.crs_wkt.clone());
-        tokio::task::spawn_blocking(move || crs::Transformer::new(&crs::spatial_ref("crs", &crs_def)?, &crs::spatial_ref("grid.crs", &grid_wkt)?).map(|_| ()))
+        tokio::task::spawn_blocking(move || crs::cached(("crs", &crs_def), ("grid.crs", &grid_wkt)).map(|_| ()))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
         while let Some(b) = stream.next().await {
@@ -379,20 +378,19 @@ impl Plan {
         let src = SourceGeometry::try_new(spec.width as usize, spec.height as usize, spec.geotransform)
             .ok_or_else(|| Error::invalid("geotransform", spec.geotransform, "not invertible"))?;
         let grid = store.meta.grid_spec();
-        let src_srs = crs::spatial_ref("crs", &spec.crs)?;
-        let grid_srs = crs::spatial_ref("grid.crs", &grid.crs)?;
-        let to_grid = crs::Transformer::new(&src_srs, &grid_srs)?;
-        let to_source = crs::Transformer::new(&grid_srs, &src_srs)?;
-        let range = warp::footprint_tiles(&src, &grid, &to_grid);
+        let forward = crs::cached(("crs", &spec.crs), ("grid.crs", &grid.crs))?;
+        let back = crs::cached(("grid.crs", &grid.crs), ("crs", &spec.crs))?;
+        let (to_grid, same_crs, to_source) = (&forward.transformer, forward.same_crs, &back.transformer);
+        let range = warp::footprint_tiles(&src, &grid, to_grid);
         // A raster on the grid's lattice is copied; one in the grid's CRS is
         // resampled separably.
-        let placement = warp::placement(&src, &grid, src_srs == grid_srs);
+        let placement = warp::placement(&src, &grid, same_crs);
         if range.len() > opts.max_tiles {
             return Err(Error::invalid("geotransform", spec.geotransform, &format!("the raster touches {} tiles, more than the limit of {}", range.len(), opts.max_tiles)));
         }
         let tiles: Vec<TileId> = range.iter().collect();
-        let scale = warp::scene_scale(&grid, &src, &to_grid, &to_source, placement);
-        let rows_estimate = warp::tile_rows_estimate(&grid, &tiles, &src, &to_source, scale);
+        let scale = warp::scene_scale(&grid, &src, to_grid, to_source, placement);
+        let rows_estimate = warp::tile_rows_estimate(&grid, &tiles, &src, to_source, scale);
         #[cfg(test)]
         let rows_estimate = if spec.collection == tests::SENT_EARLY { vec![0; rows_estimate.len()] } else { rows_estimate };
         let mut order: Vec<usize> = (0..tiles.len()).collect();
@@ -475,12 +473,6 @@ impl Drop for Dispatch {
     }
 }
 
-thread_local! {
-    /// This warp thread's grid -> source transform for the last CRS pair
-    /// (GDAL objects stay on the thread that made them).
-    static TO_SOURCE: RefCell<Option<(String, String, crs::Transformer)>> = const { RefCell::new(None) };
-}
-
 /// Warps every band of tile `k`. `None` when the scene is stopping, or when
 /// the tile's rows are not all in yet (its outline's estimate fell short):
 /// the tile is then put aside and sent again once the stream has ended.
@@ -491,16 +483,8 @@ fn run_tile(plan: &Plan, raster: &Raster, k: usize) -> Option<Warped> {
     let work = || -> Result<Option<Vec<Observation>>> {
         let (spec, grid) = (&plan.spec, &plan.grid);
         let with_corners = plan.bands.iter().any(|b| b.resampling.needs_footprint());
-        let coords = TO_SOURCE.with(|cell| -> Result<warp::TileCoords> {
-            let mut cached = cell.borrow_mut();
-            if !matches!(&*cached, Some((s, g, _)) if *s == spec.crs && *g == grid.crs) {
-                *cached = None;
-                let to_source = crs::Transformer::new(&crs::spatial_ref("grid.crs", &grid.crs)?, &crs::spatial_ref("crs", &spec.crs)?)?;
-                *cached = Some((spec.crs.clone(), grid.crs.clone(), to_source));
-            }
-            let (_, _, to_source) = cached.as_ref().ok_or_else(|| Error::Internal("no transform".into()))?;
-            Ok(warp::tile_coords(grid, plan.tiles[k], &plan.src, to_source, with_corners, plan.placement, plan.scale))
-        })?;
+        let to_source = crs::cached(("grid.crs", &grid.crs), ("crs", &spec.crs))?;
+        let coords = warp::tile_coords(grid, plan.tiles[k], &plan.src, &to_source.transformer, with_corners, plan.placement, plan.scale);
         if !coords.touches {
             return Ok(Some(Vec::new()));
         }

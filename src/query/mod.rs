@@ -43,9 +43,7 @@ impl TileFilter {
 /// Transforms a rectangle from `crs_def` to the grid CRS (edges densified,
 /// so the result covers the rectangle's curved image). Blocking (GDAL).
 fn bbox_to_grid(grid: &GridSpec, bbox: [f64; 4], crs_def: &str) -> Result<[f64; 4]> {
-    let from = crs::spatial_ref("bbox_crs", crs_def)?;
-    let to = crs::spatial_ref("grid.crs", &grid.crs)?;
-    let t = crs::Transformer::new(&from, &to)?;
+    let t = crs::cached(("bbox_crs", crs_def), ("grid.crs", &grid.crs))?;
     const STEPS: usize = 32;
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for k in 0..=STEPS {
@@ -57,7 +55,7 @@ fn bbox_to_grid(grid: &GridSpec, bbox: [f64; 4], crs_def: &str) -> Result<[f64; 
             ys.push(py);
         }
     }
-    t.transform(&mut xs, &mut ys);
+    t.transformer.transform(&mut xs, &mut ys);
     let mut b = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
     for (x, y) in xs.iter().zip(&ys).filter(|(x, y)| x.is_finite() && y.is_finite()) {
         b = [b[0].min(*x), b[1].min(*y), b[2].max(*x), b[3].max(*y)];
@@ -70,10 +68,8 @@ fn bbox_to_grid(grid: &GridSpec, bbox: [f64; 4], crs_def: &str) -> Result<[f64; 
 
 /// Transforms one point to the grid CRS. Blocking (GDAL).
 fn point_to_grid(grid: &GridSpec, xy: [f64; 2], crs_def: &str) -> Result<(f64, f64)> {
-    let from = crs::spatial_ref("bbox_crs", crs_def)?;
-    let to = crs::spatial_ref("grid.crs", &grid.crs)?;
     let (mut x, mut y) = ([xy[0]], [xy[1]]);
-    crs::Transformer::new(&from, &to)?.transform(&mut x, &mut y);
+    crs::cached(("bbox_crs", crs_def), ("grid.crs", &grid.crs))?.transformer.transform(&mut x, &mut y);
     if !(x[0].is_finite() && y[0].is_finite()) {
         return Err(Error::invalid("point", xy, &format!("cannot be transformed from {crs_def} to the grid's CRS")));
     }
