@@ -21,11 +21,11 @@ pub mod log;
 pub mod paths;
 pub mod snapshot;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use arrow_array::cast::AsArray;
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch, UInt32Array};
@@ -74,8 +74,44 @@ pub struct ChunkFile {
     /// readers needed (a generation's committed prefix never changes).
     index: Mutex<FileIndex>,
     /// The file mapped into memory for point reads (remapped when readers
-    /// need a longer prefix).
-    map: Mutex<Option<Arc<memmap2::Mmap>>>,
+    /// need a longer prefix); let go when [`KEPT_MAPS`] newer ones are kept.
+    map: Arc<MapSlot>,
+}
+
+type MapSlot = Mutex<Option<Arc<memmap2::Mmap>>>;
+
+/// Chunk-file mappings kept between point reads, across the server. Each
+/// mapping is one kernel memory area and a process gets 65 530 of them
+/// (`vm.max_map_count`), while a warehouse easily holds more chunk files
+/// (1 000 tiles x 12 months x 6 bands): kept for ever, mappings would make
+/// every later mmap fail once point reads had touched that many files.
+const KEPT_MAPS: usize = 4096;
+
+static KEPT: Mutex<KeptMaps> = Mutex::new(KeptMaps::new(KEPT_MAPS));
+
+/// Slots holding a mapping, oldest first; past `limit` the oldest slot is
+/// emptied (readers that hold its mapping keep it until they finish, and
+/// the next read maps the file again).
+struct KeptMaps {
+    limit: usize,
+    slots: VecDeque<Weak<MapSlot>>,
+}
+
+impl KeptMaps {
+    const fn new(limit: usize) -> Self {
+        Self { limit, slots: VecDeque::new() }
+    }
+
+    /// Counts `slot`, which has just been given a mapping. Called with no
+    /// slot locked (it locks the slots it empties).
+    fn keep(&mut self, slot: &Arc<MapSlot>) {
+        self.slots.push_back(Arc::downgrade(slot));
+        while self.slots.len() > self.limit {
+            if let Some(old) = self.slots.pop_front().and_then(|w| w.upgrade()) {
+                *old.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -87,7 +123,7 @@ struct FileIndex {
 
 impl ChunkFile {
     fn new(path: PathBuf, gen: u32) -> Arc<Self> {
-        Arc::new(Self { path, gen, obsolete: AtomicBool::new(false), index: Mutex::new(FileIndex::default()), map: Mutex::new(None) })
+        Arc::new(Self { path, gen, obsolete: AtomicBool::new(false), index: Mutex::new(FileIndex::default()), map: Arc::default() })
     }
 
     /// The file, opened for mapping its first `len` bytes: a file found
@@ -108,6 +144,7 @@ impl ChunkFile {
         if let Some(m) = map.as_ref().filter(|m| m.len() as u64 >= len) {
             return Ok(m.clone());
         }
+        let counted = map.is_some();
         let f = self.open_at_least(len)?;
         // SAFETY: only this server writes warehouse files. A generation's
         // committed prefix is never rewritten or cut while the server runs
@@ -120,6 +157,11 @@ impl ChunkFile {
         }
         let m = Arc::new(m);
         *map = Some(m.clone());
+        drop(map);
+        // A longer remap takes the place its shorter one was counted in.
+        if !counted {
+            KEPT.lock().unwrap_or_else(|p| p.into_inner()).keep(&self.map);
+        }
         Ok(m)
     }
 
@@ -880,5 +922,37 @@ impl Warehouse {
         let store = Arc::new(CollectionStore::open(&self.paths, meta)?);
         write(&self.collections).insert(store.meta.name.clone(), store.clone());
         Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_limit_the_oldest_kept_mapping_is_let_go_and_its_readers_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let map_file = |i: u8| {
+            let path = dir.path().join(format!("f{i}"));
+            fs::write(&path, [i; 64]).unwrap();
+            // SAFETY: a test file nothing else writes.
+            Arc::new(unsafe { memmap2::Mmap::map(&File::open(&path).unwrap()) }.unwrap())
+        };
+        let mut kept = KeptMaps::new(2);
+        let slots: Vec<Arc<MapSlot>> = (0..3).map(|_| Arc::default()).collect();
+        let reader = map_file(0);
+        for (i, slot) in slots.iter().enumerate() {
+            *slot.lock().unwrap() = Some(if i == 0 { reader.clone() } else { map_file(i as u8) });
+            kept.keep(slot);
+        }
+        let held = |i: usize| slots[i].lock().unwrap().is_some();
+        assert!(!held(0) && held(1) && held(2));
+        assert_eq!(reader[63], 0, "a reader's mapping outlives its slot");
+        // A slot dropped with its file counts until it leaves the queue.
+        drop(slots);
+        let fresh: Arc<MapSlot> = Arc::new(Mutex::new(Some(map_file(9))));
+        kept.keep(&fresh);
+        assert_eq!(kept.slots.len(), 2);
+        assert!(fresh.lock().unwrap().is_some());
     }
 }
