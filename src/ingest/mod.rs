@@ -30,7 +30,7 @@ use futures::{Stream, StreamExt};
 use crate::collection::{Collection, DType, Resampling};
 use crate::error::{Error, Result};
 use crate::grid::{GridSpec, TileId};
-use crate::storage::{AppendOutcome, CollectionStore, Observation, SceneWriter, Warehouse};
+use crate::storage::{AppendOutcome, CollectionStore, Encoded, Observation, SceneWriter, Warehouse};
 use crate::warp::{self, crs, Sample, SourceGeometry};
 use crate::wire::IngestSpec;
 use crate::with_arrow_type;
@@ -371,6 +371,8 @@ struct Plan {
     order: Vec<usize>,
     rows_estimate: Vec<usize>,
     counters: Arc<Counters>,
+    /// The collection, for encoding the warped tiles' chunk bytes.
+    meta: crate::collection::Collection,
 }
 
 impl Plan {
@@ -395,13 +397,13 @@ impl Plan {
         let rows_estimate = if spec.collection == tests::SENT_EARLY { vec![0; rows_estimate.len()] } else { rows_estimate };
         let mut order: Vec<usize> = (0..tiles.len()).collect();
         order.sort_by_key(|&k| rows_estimate[k]);
-        Ok(Self { spec, bands, src, grid, placement, scale, tiles, order, rows_estimate, counters })
+        Ok(Self { spec, bands, src, grid, placement, scale, tiles, order, rows_estimate, counters, meta: store.meta.clone() })
     }
 }
 
 /// One warped tile: its index in the plan and its observations (none when
 /// the tile holds no valid pixel).
-type Warped = Result<(usize, Vec<Observation>)>;
+type Warped = Result<(usize, Vec<Encoded>)>;
 
 /// What the commit task receives: warped tiles, and once the stream has
 /// ended whole, the word that it may commit.
@@ -480,7 +482,7 @@ fn run_tile(plan: &Plan, raster: &Raster, k: usize) -> Option<Warped> {
     if raster.stop.load(Ordering::Acquire) {
         return None;
     }
-    let work = || -> Result<Option<Vec<Observation>>> {
+    let work = || -> Result<Option<Vec<Encoded>>> {
         let (spec, grid) = (&plan.spec, &plan.grid);
         let with_corners = plan.bands.iter().any(|b| b.resampling.needs_footprint());
         let to_source = crs::cached(("grid.crs", &grid.crs), ("crs", &spec.crs))?;
@@ -507,7 +509,10 @@ fn run_tile(plan: &Plan, raster: &Raster, k: usize) -> Option<Warped> {
                 resample_band::<T>(rows.filled(), valid, band, &plan.src, &coords)
             });
             if mask.true_count() > 0 {
-                obs.push(Observation { tile: plan.tiles[k], band: band.name.clone(), pixels, mask });
+                // Encoded here, off the collection's writer and while rows
+                // still stream in, so the commit only writes and syncs.
+                let observation = Observation { tile: plan.tiles[k], band: band.name.clone(), pixels, mask };
+                obs.push(Encoded::new(&plan.meta, &spec.scene_id, spec.acquired_at_ms, observation)?);
             }
         }
         plan.counters.tiles_warped.fetch_add(1, Ordering::Relaxed);
@@ -537,13 +542,13 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
     };
     let spec = &plan.spec;
     let total = plan.tiles.len();
-    let mut pending: Vec<(usize, Vec<Observation>)> = Vec::new();
+    let mut pending: Vec<(usize, Vec<Encoded>)> = Vec::new();
     let mut writer: Option<SceneWriter<'_>> = None;
     /// Appends the pending tiles in plan order; false if the scene turned
     /// out to be committed already.
-    fn flush<'s>(store: &'s CollectionStore, spec: &IngestSpec, pending: &mut Vec<(usize, Vec<Observation>)>, writer: &mut Option<SceneWriter<'s>>) -> Result<bool> {
+    fn flush<'s>(store: &'s CollectionStore, spec: &IngestSpec, pending: &mut Vec<(usize, Vec<Encoded>)>, writer: &mut Option<SceneWriter<'s>>) -> Result<bool> {
         pending.sort_by_key(|(k, _)| *k);
-        let observations: Vec<Observation> = pending.drain(..).flat_map(|(_, o)| o).collect();
+        let observations: Vec<Encoded> = pending.drain(..).flat_map(|(_, o)| o).collect();
         let w = match writer {
             Some(w) => w,
             None => match store.begin_scene(&spec.scene_id, spec.acquired_at_ms)? {

@@ -67,8 +67,10 @@ pub fn observation_batch(schema: SchemaRef, tile_id: &str, band: &str, time_ms: 
 /// Encodes `batch` as IPC stream bytes: `(schema message length, bytes)`.
 /// The bytes start with the schema message; an append to an existing file
 /// writes only `bytes[schema_len..]`.
-fn encode(batch: &RecordBatch) -> Result<(usize, Vec<u8>)> {
-    let mut w = StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(Error::arrow("encoding a chunk schema"))?;
+pub fn encode(batch: &RecordBatch) -> Result<(usize, Vec<u8>)> {
+    // Sized up front: growing by doubling would copy the pixels several times.
+    let room = batch.get_array_memory_size() + 4096;
+    let mut w = StreamWriter::try_new(Vec::with_capacity(room), &batch.schema()).map_err(Error::arrow("encoding a chunk schema"))?;
     let schema_len = w.get_ref().len();
     w.write(batch).map_err(Error::arrow("encoding an observation"))?;
     // Take the bytes rather than `into_inner`, which would add an
@@ -76,15 +78,15 @@ fn encode(batch: &RecordBatch) -> Result<(usize, Vec<u8>)> {
     Ok((schema_len, std::mem::take(w.get_mut())))
 }
 
-/// Appends `batch` to the chunk at `path` whose committed length is
-/// `committed` (0 = new chunk) and returns the new length with the open file.
-/// Bytes past `committed` (a torn or rolled-back write) are overwritten. The
-/// caller fsyncs the file (a scene syncs all its chunks together).
-pub fn append(path: &Path, committed: u64, batch: &RecordBatch) -> Result<(u64, File)> {
-    let (schema_len, bytes) = encode(batch)?;
+/// Appends an [`encode`]d batch to the chunk at `path` whose committed
+/// length is `committed` (0 = new chunk: with its schema message) and
+/// returns the new length with the open file. Bytes past `committed` (a
+/// torn or rolled-back write) are overwritten. The caller fsyncs the file
+/// (a scene syncs all its chunks together).
+pub fn append(path: &Path, committed: u64, (schema_len, bytes): &(usize, Vec<u8>)) -> Result<(u64, File)> {
     let io = || Error::io(path);
     let mut f = OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(io())?;
-    let body = if committed == 0 { &bytes[..] } else { &bytes[schema_len..] };
+    let body = if committed == 0 { &bytes[..] } else { &bytes[*schema_len..] };
     f.set_len(committed).map_err(io())?;
     f.seek(SeekFrom::Start(committed)).map_err(io())?;
     f.write_all(body).map_err(io())?;
@@ -392,14 +394,14 @@ mod tests {
         let schema = Arc::new(schema(DType::Uint16, [("band".to_string(), "red".to_string())].into()));
         let mut len = 0;
         for i in 0..3 {
-            len = append(&path, len, &batch(&schema, 1000 + i, &format!("s{i}"))).unwrap().0;
+            len = append(&path, len, &encode(&batch(&schema, 1000 + i, &format!("s{i}"))).unwrap()).unwrap().0;
         }
         let rows: usize = read(&path, len).unwrap().iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 3);
         // An uncommitted append leaves bytes past `len`; the next one overwrites them.
-        append(&path, len, &batch(&schema, 2000, "torn")).unwrap();
+        append(&path, len, &encode(&batch(&schema, 2000, "torn")).unwrap()).unwrap();
         OpenOptions::new().append(true).open(&path).unwrap().write_all(b"junk").unwrap();
-        let len2 = append(&path, len, &batch(&schema, 3000, "s4")).unwrap().0;
+        let len2 = append(&path, len, &encode(&batch(&schema, 3000, "s4")).unwrap()).unwrap().0;
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len2);
         let batches = read(&path, len2).unwrap();
         assert_eq!(batches.len(), 4);
@@ -455,7 +457,7 @@ mod tests {
         let three: Vec<RecordBatch> = (0..3).map(|i| batch(&schema, 5000 + i, &format!("s{i}"))).collect();
         let mut len = write_new(&path, &arrow_select::concat::concat_batches(&schema, &three).unwrap()).unwrap();
         for i in 3..5 {
-            len = append(&path, len, &batch(&schema, 5000 + i, &format!("s{i}"))).unwrap().0;
+            len = append(&path, len, &encode(&batch(&schema, 5000 + i, &format!("s{i}"))).unwrap()).unwrap().0;
         }
         let (schema_end, locs) = scan(&path, 0, len).unwrap();
         let schema_end = schema_end.unwrap();

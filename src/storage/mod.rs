@@ -264,6 +264,53 @@ pub struct Observation {
     pub mask: BooleanArray,
 }
 
+/// An observation as the bytes its chunk gets (IPC stream: the schema
+/// message, then the observation's) and its statistics: the costly part of
+/// an append, done before the collection's writer is taken (ingest does it
+/// on the warp pool while the rows still stream in).
+pub struct Encoded {
+    pub tile: TileId,
+    pub band: String,
+    scene_id: String,
+    time_ms: i64,
+    stats: PixelStats,
+    /// Schema message length and the bytes ([`chunk::encode`]).
+    bytes: (usize, Vec<u8>),
+}
+
+impl Encoded {
+    /// Encodes `obs` of scene `scene_id`, acquired at `time_ms`, for a chunk of collection `meta`.
+    pub fn new(meta: &Collection, scene_id: &str, time_ms: i64, obs: Observation) -> Result<Self> {
+        let band = meta.band(&obs.band).ok_or_else(|| Error::Internal(format!("band {} vanished", obs.band)))?;
+        let schema: SchemaRef = Arc::new(chunk::schema(band.dtype, chunk_metadata(meta, obs.tile, &obs.band)));
+        let stats = chunk::pixel_stats(&obs.pixels, &obs.mask, meta.grid.tile_px as usize);
+        let batch = chunk::observation_batch(schema, &obs.tile.to_string(), &obs.band, time_ms, scene_id, obs.pixels, obs.mask)?;
+        let bytes = chunk::encode(&batch)?;
+        Ok(Self { tile: obs.tile, band: obs.band, scene_id: scene_id.to_string(), time_ms, stats, bytes })
+    }
+}
+
+/// Schema metadata of a chunk file: where its pixels sit.
+pub fn chunk_metadata(meta: &Collection, tile: TileId, band: &str) -> HashMap<String, String> {
+    let grid = meta.grid_spec();
+    let b = meta.band(band);
+    let mut m = HashMap::from([
+        ("collection".to_string(), meta.name.clone()),
+        ("tile_id".to_string(), tile.to_string()),
+        ("band".to_string(), band.to_string()),
+        ("crs".to_string(), meta.grid.crs_wkt.clone()),
+        ("geotransform".to_string(), serde_json::to_string(&grid.tile_geotransform(tile)).unwrap_or_default()),
+        ("tile_px".to_string(), grid.tile_px.to_string()),
+    ]);
+    if let Some(nd) = b.and_then(|b| b.nodata) {
+        m.insert("nodata".to_string(), nd.to_string());
+    }
+    if let Some(b) = b {
+        m.insert("dtype".to_string(), b.dtype.name().to_string());
+    }
+    m
+}
+
 /// One pixel of chosen chunk rows: row indices (file order), their values
 /// as one array, and their validity.
 pub type PixelRows = (Vec<usize>, ArrayRef, Vec<bool>);
@@ -513,27 +560,6 @@ impl CollectionStore {
         Ok(Some((chosen.iter().map(|&i| rows[i]).collect(), values, chosen.iter().map(|&i| valid[i]).collect())))
     }
 
-    /// Schema metadata of a chunk file: where its pixels sit.
-    pub fn chunk_metadata(&self, tile: TileId, band: &str) -> HashMap<String, String> {
-        let grid = self.meta.grid_spec();
-        let b = self.meta.band(band);
-        let mut m = HashMap::from([
-            ("collection".to_string(), self.meta.name.clone()),
-            ("tile_id".to_string(), tile.to_string()),
-            ("band".to_string(), band.to_string()),
-            ("crs".to_string(), self.meta.grid.crs_wkt.clone()),
-            ("geotransform".to_string(), serde_json::to_string(&grid.tile_geotransform(tile)).unwrap_or_default()),
-            ("tile_px".to_string(), grid.tile_px.to_string()),
-        ]);
-        if let Some(nd) = b.and_then(|b| b.nodata) {
-            m.insert("nodata".to_string(), nd.to_string());
-        }
-        if let Some(b) = b {
-            m.insert("dtype".to_string(), b.dtype.name().to_string());
-        }
-        m
-    }
-
     /// Commits `record` (log append + fsync) and publishes it to readers.
     fn commit(&self, log: &mut CatalogLog, record: Record) -> Result<()> {
         log.append(&record)?;
@@ -550,7 +576,8 @@ impl CollectionStore {
         match self.begin_scene(scene_id, time_ms)? {
             None => Ok(AppendOutcome { duplicate: true, ..Default::default() }),
             Some(mut scene) => {
-                scene.append(observations)?;
+                let encoded = observations.into_iter().map(|o| Encoded::new(&self.meta, scene_id, time_ms, o)).collect::<Result<Vec<_>>>()?;
+                scene.append(encoded)?;
                 scene.commit()
             }
         }
@@ -798,12 +825,14 @@ pub struct SceneWriter<'a> {
 }
 
 impl SceneWriter<'_> {
-    /// Appends observations past the chunks' committed lengths (a scene has
-    /// at most one observation per chunk).
-    pub fn append(&mut self, observations: Vec<Observation>) -> Result<()> {
+    /// Appends encoded observations past the chunks' committed lengths (a
+    /// scene has at most one observation per chunk).
+    pub fn append(&mut self, observations: Vec<Encoded>) -> Result<()> {
         let store = self.store;
-        let tile_px = store.meta.grid.tile_px as usize;
         for obs in observations {
+            if obs.scene_id != self.scene_id || obs.time_ms != self.time_ms {
+                return Err(Error::Internal(format!("an observation of scene {} ({}) appended to scene {} ({})", obs.scene_id, obs.time_ms, self.scene_id, self.time_ms)));
+            }
             let key = ChunkKey { tile: obs.tile, month: self.month, band: obs.band };
             let (gen, committed) = {
                 let idx = read(&store.index);
@@ -815,14 +844,10 @@ impl SceneWriter<'_> {
                     create_dirs(parent, store.paths.root(), &mut self.dirs)?;
                 }
             }
-            let band = store.meta.band(&key.band).ok_or_else(|| Error::Internal(format!("band {} vanished", key.band)))?;
-            let schema: SchemaRef = Arc::new(chunk::schema(band.dtype, store.chunk_metadata(key.tile, &key.band)));
-            let stats = chunk::pixel_stats(&obs.pixels, &obs.mask, tile_px);
-            let batch = chunk::observation_batch(schema, &key.tile.to_string(), &key.band, self.time_ms, &self.scene_id, obs.pixels, obs.mask)?;
             // Nothing is committed yet: a failure here leaves bytes past the
             // committed lengths, which the next append overwrites and a
             // restart cuts off.
-            let (len, file) = chunk::append(&path, committed, &batch)?;
+            let (len, file) = chunk::append(&path, committed, &obs.bytes)?;
             if committed == 0 {
                 self.dirs.push(path.parent().unwrap_or(store.paths.root()).to_path_buf());
             }
@@ -832,7 +857,7 @@ impl SceneWriter<'_> {
                 self.outcome.tiles.push(key.tile);
             }
             self.files.push((path, file));
-            self.appended.push(Appended { chunk: key.to_ref(), gen, len, stats });
+            self.appended.push(Appended { chunk: key.to_ref(), gen, len, stats: obs.stats });
             // A large scene touches thousands of chunks: sync and close them
             // as it goes rather than hold a descriptor for each (the usual
             // limit is 1024 per process).
