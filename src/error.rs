@@ -56,6 +56,9 @@ pub enum Error {
     /// ask for less.
     #[error("{0}")]
     Exhausted(String),
+    /// The call ran past the server's request timeout.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A background task died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -103,6 +106,7 @@ impl Error {
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Exhausted(_) => Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Io { .. } => Code::Internal,
             Error::Arrow { .. } => Code::Internal,
             Error::Gdal { .. } => Code::Internal,

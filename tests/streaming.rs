@@ -18,11 +18,11 @@ use pixelquery_client::{proto, Client};
 const SIZE: usize = 1024;
 const T: i64 = 1718416984000;
 
-/// Each tile's pixels and mask in `collection`.
-async fn tiles(client: &mut Client, collection: &str, tiles: &[String]) -> Vec<(Vec<u16>, Vec<bool>)> {
+/// Each tile's pixels and mask in `collection` (its one observation at `at`, or its only one).
+async fn tiles(client: &mut Client, collection: &str, tiles: &[String], at: Option<i64>) -> Vec<(Vec<u16>, Vec<bool>)> {
     let mut out = Vec::new();
     for tile in tiles {
-        let q = proto::Query { collection: collection.into(), tiles: vec![tile.clone()], ..Default::default() };
+        let q = proto::Query { collection: collection.into(), tiles: vec![tile.clone()], start_ms: at, end_ms: at.map(|t| t + 1), ..Default::default() };
         let batches = client.query(&q).await.unwrap();
         assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1, "{collection} {tile}");
         let b = &batches[0];
@@ -75,8 +75,8 @@ async fn tiles_are_warped_while_rows_stream_and_equal_a_raster_sent_at_once() {
     let at_once = client.ingest(&ingest_request("at_once", "s", T, gt, SIZE, "bilinear"), red_batches(values, SIZE)).await.unwrap();
     assert_eq!(streamed.tiles, at_once.tiles);
     assert_eq!(streamed.observations, at_once.observations);
-    let a = tiles(&mut client, "streamed", &streamed.tiles).await;
-    let b = tiles(&mut client, "at_once", &at_once.tiles).await;
+    let a = tiles(&mut client, "streamed", &streamed.tiles, None).await;
+    let b = tiles(&mut client, "at_once", &at_once.tiles, None).await;
     for (k, tile) in streamed.tiles.iter().enumerate() {
         assert!(a[k] == b[k], "tile {tile} differs between the streamed and the at-once put");
     }
@@ -124,5 +124,58 @@ async fn two_scenes_of_more_than_256_tiles_into_one_collection_both_commit() {
     }
     let listed = client.list_collections().await.unwrap();
     assert_eq!(listed[0]["scenes"], 2, "{listed}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scene_writing_while_it_streams_lets_another_writer_go_first() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "shared").await;
+    create_red_collection(&mut client, "alone").await;
+    let gt = utm_geotransform(SIZE);
+    let values = raster(SIZE, 0);
+    let mut strips: Vec<RecordBatch> = values.chunks(32 * SIZE).flat_map(|c| red_batches(c.to_vec(), SIZE)).collect();
+    let last = strips.pop().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(64);
+    let first = {
+        let mut c = client.try_clone();
+        let req = ingest_request("shared", "a", T, gt, SIZE, "bilinear");
+        tokio::spawn(async move { c.ingest_stream(&req, tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, FlightError>)).await })
+    };
+    for b in strips {
+        tx.send(b).await.unwrap();
+    }
+    // The writer was free: the first scene's tiles are appended while its
+    // last rows are held back (its chunk directories appear).
+    let tiles_dir = server.warehouse().join("shared").join("tiles");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tiles_dir.is_dir() {
+        assert!(Instant::now() < deadline, "no tile was appended while the stream was held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another writer of the collection goes first instead of waiting for the stalled stream.
+    let other = ingest_request("shared", "b", T + 1, gt, SIZE, "bilinear");
+    let second = tokio::time::timeout(Duration::from_secs(60), client.ingest(&other, red_batches(raster(SIZE, 7), SIZE)))
+        .await
+        .expect("the second writer is not held up by a stalled stream")
+        .unwrap();
+    let health = client.health().await.unwrap();
+    assert_eq!(health["ingest"]["early_writers_yielded"], 1, "{health}");
+    tx.send(last).await.unwrap();
+    drop(tx);
+    let first = first.await.unwrap().expect("the first scene commits after all");
+    let listed = client.list_collections().await.unwrap();
+    let shared = listed.as_array().unwrap().iter().find(|c| c["name"] == "shared").unwrap().clone();
+    assert_eq!(shared["scenes"], 2, "{shared}");
+    // Each scene whole: the same pixels as each raster put on its own.
+    let alone = client.ingest(&ingest_request("alone", "a", T, gt, SIZE, "bilinear"), red_batches(values, SIZE)).await.unwrap();
+    let alone_b = client.ingest(&ingest_request("alone", "b", T + 1, gt, SIZE, "bilinear"), red_batches(raster(SIZE, 7), SIZE)).await.unwrap();
+    assert_eq!((&first.tiles, &second.tiles), (&alone.tiles, &alone_b.tiles));
+    for (scene, at) in [(&first, T), (&second, T + 1)] {
+        let got = tiles(&mut client, "shared", &scene.tiles, Some(at)).await;
+        let want = tiles(&mut client, "alone", &scene.tiles, Some(at)).await;
+        assert!(got == want, "scene at {at} differs from the same raster put alone");
+    }
     server.shutdown().await;
 }

@@ -17,7 +17,7 @@ use pixelquery_proto::v1 as pb;
 
 /// Every action: name and description (what `ListActions` returns).
 pub const ACTIONS: [(&str, &str); 7] = [
-    ("health", "Server status: {\"status\": \"ok\", \"version\", \"collections\", \"ingest\": {\"tiles_warped\", \"tiles_warped_while_streaming\", \"tiles_put_aside\"}}. Body: empty."),
+    ("health", "Server status: {\"status\": \"ok\", \"version\", \"collections\", \"ingest\": {\"tiles_warped\", \"tiles_warped_while_streaming\", \"tiles_put_aside\", \"early_writers_yielded\"}}. Body: empty."),
     ("list_collections", "All collections with their bands, tile and scene counts. Body: empty."),
     (
         "create_collection",
@@ -58,6 +58,7 @@ pub fn run(state: &AppState, name: &str, body: &[u8]) -> Result<Value> {
                 "tiles_warped": warehouse.counters.tiles_warped.load(std::sync::atomic::Ordering::Relaxed),
                 "tiles_warped_while_streaming": warehouse.counters.tiles_warped_while_streaming.load(std::sync::atomic::Ordering::Relaxed),
                 "tiles_put_aside": warehouse.counters.tiles_put_aside.load(std::sync::atomic::Ordering::Relaxed),
+                "early_writers_yielded": warehouse.counters.early_writers_yielded.load(std::sync::atomic::Ordering::Relaxed),
             },
         })),
         "list_collections" => Ok(Value::Array(warehouse.collections().iter().map(|c| summary(c)).collect())),

@@ -147,10 +147,21 @@ impl Service {
         need: Option<Role>,
         handler: impl std::future::Future<Output = Result<Response<T>, Status>>,
     ) -> Result<Response<T>, Status> {
+        self.call_within(self.state.limits.request_timeout, rpc, metadata, need, handler).await
+    }
+
+    /// [`Service::call`] with its own deadline.
+    async fn call_within<T>(
+        &self,
+        limit: Duration,
+        rpc: &str,
+        metadata: &MetadataMap,
+        need: Option<Role>,
+        handler: impl std::future::Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
         let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("call", id, rpc);
         let started = Instant::now();
-        let limit = self.state.limits.request_timeout;
         let result = async {
             self.authorize(rpc, metadata, need)?;
             match tokio::time::timeout(limit, guarded(rpc, handler)).await {
@@ -182,6 +193,10 @@ impl Service {
 fn authorization(metadata: &MetadataMap) -> Option<&[u8]> {
     metadata.get("authorization").map(|v| v.as_bytes())
 }
+
+/// How much longer than its deadline a DoPut call may take to undo what it
+/// appended before answering.
+const PUT_UNDO_GRACE: Duration = Duration::from_secs(5);
 
 fn deadline_exceeded(limit: Duration) -> Status {
     Status::deadline_exceeded(format!("the call ran longer than the server's request timeout of {} s (--request-timeout-secs)", limit.as_secs()))
@@ -217,6 +232,7 @@ async fn guarded<T>(rpc: &str, handler: impl std::future::Future<Output = Result
 /// A FlightError from the client's DoPut stream, as a request error.
 fn stream_error(e: FlightError) -> Error {
     match e {
+        FlightError::Tonic(s) if s.code() == tonic::Code::DeadlineExceeded => Error::DeadlineExceeded(s.message().to_string()),
         FlightError::Tonic(s) => Error::invalid("stream", s.code().description(), s.message()),
         other => Error::invalid("stream", "", &format!("malformed Arrow IPC stream: {other}")),
     }
@@ -398,7 +414,13 @@ impl FlightService for Service {
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
         let (metadata, _, stream) = request.into_parts();
-        self.call("DoPut", &metadata, Some(Role::Write), async move {
+        // The deadline ends the incoming stream, so the put fails through
+        // its own error path, which waits for the scene's uncommitted
+        // appends to be undone before answering ("writes nothing"); the
+        // call's deadline, a little later, only backs it up.
+        let limit = self.state.limits.request_timeout;
+        let stream = with_deadline(stream.boxed(), limit);
+        self.call_within(limit + PUT_UNDO_GRACE, "DoPut", &metadata, Some(Role::Write), async move {
             let _slot = self.state.put_slot()?;
             let summary = put(&self.state, stream).await?;
             tracing::info!(scene = %summary.scene_id, observations = summary.observations, bytes = summary.bytes, ms = summary.elapsed_ms, duplicate = summary.duplicate, "ingested");

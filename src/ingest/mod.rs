@@ -57,6 +57,9 @@ pub struct Counters {
     /// Tiles that ran before all their rows were in (the estimate from
     /// their outline fell short) and were warped again after the stream.
     pub tiles_put_aside: AtomicU64,
+    /// Scenes that took the collection's writer while streaming and let go
+    /// of it for another writer (they append again after the stream).
+    pub early_writers_yielded: AtomicU64,
 }
 
 /// The answer to a DoPut (PutResult app_metadata, DESIGN §4a).
@@ -529,12 +532,23 @@ fn run_tile(plan: &Plan, raster: &Raster, k: usize) -> Option<Warped> {
     }
 }
 
-/// Receives the warped tiles and appends them. Up to [`TILE_GROUP`] tiles
-/// the scene is appended whole after the last one, and the collection's
-/// writer is taken only for that; a larger scene takes the writer at its
-/// first full group and appends group by group (other writers of the
-/// collection wait at their append step). Commits only once the stream has
-/// ended whole and every tile came back.
+/// How often a scene holding the collection's writer while its rows stream
+/// in checks whether another writer waits for it (a stalled client sends
+/// no tiles to wake it).
+const YIELD_CHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Receives the warped tiles and appends them; commits only once the stream
+/// has ended whole and every tile came back.
+///
+/// A scene of up to [`TILE_GROUP`] tiles keeps them all. If the collection's
+/// writer is free it takes it at once and appends (and starts syncing) each
+/// tile as it comes, so the disk works while rows still arrive; when
+/// another writer waits (checked at least every [`YIELD_CHECK`]) it lets go
+/// for good, and once the stream has ended takes the writer again and
+/// appends everything anew (bytes past the committed lengths are
+/// overwritten by whoever appends next). A larger scene takes the writer at
+/// its first full group and appends group by group (other writers of the
+/// collection wait at their append step).
 fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progress>, store: &CollectionStore) -> Result<AppendOutcome> {
     let stop = |e: Error| {
         raster.stop.store(true, Ordering::Release);
@@ -542,7 +556,12 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
     };
     let spec = &plan.spec;
     let total = plan.tiles.len();
+    let small = total <= TILE_GROUP;
+    // Warped tiles: all of a small scene; a large one's next group.
     let mut pending: Vec<(usize, Vec<Encoded>)> = Vec::new();
+    // A small scene's writer taken early, and how many of `pending` it has
+    // appended; once it let go it is not taken early again.
+    let (mut early, mut appended, mut yielded): (Option<SceneWriter<'_>>, usize, bool) = (None, 0, false);
     let mut writer: Option<SceneWriter<'_>> = None;
     /// Appends the pending tiles in plan order; false if the scene turned
     /// out to be committed already.
@@ -556,30 +575,68 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
                 None => return Ok(false),
             },
         };
-        w.append(observations)?;
+        w.append(&observations)?;
         Ok(true)
     }
     let (mut tiles, mut ended) = (0, false);
     while tiles < total || !ended {
-        let warped = match results.recv() {
-            Ok(Progress::Tile(warped)) => warped,
-            Ok(Progress::StreamEnded) => {
-                ended = true;
+        let next = if early.is_some() {
+            match results.recv_timeout(YIELD_CHECK) {
+                Ok(p) => Some(p),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(stop(Error::Internal("the raster stream ended before its last row".into()))),
+            }
+        } else {
+            Some(results.recv().map_err(|_| stop(Error::Internal("the raster stream ended before its last row".into())))?)
+        };
+        match next {
+            Some(Progress::Tile(warped)) => {
+                tiles += 1;
+                pending.push(warped.map_err(stop)?);
+            }
+            Some(Progress::StreamEnded) => ended = true,
+            None => {}
+        }
+        if small && !yielded {
+            if early.as_ref().is_some_and(|w| w.contended()) {
+                // Uncommitted bytes stay behind; the waiting writer's
+                // appends overwrite them.
+                (early, appended, yielded) = (None, 0, true);
+                plan.counters.early_writers_yielded.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            Err(_) => return Err(stop(Error::Internal("the raster stream ended before its last row".into()))),
-        };
-        tiles += 1;
-        pending.push(warped.map_err(stop)?);
-        if total > TILE_GROUP && pending.len() >= TILE_GROUP && !flush(store, spec, &mut pending, &mut writer).map_err(stop)? {
+            if early.is_none() && appended == 0 {
+                early = store.try_begin_scene(&spec.scene_id, spec.acquired_at_ms).map_err(stop)?;
+            }
+            if let Some(w) = early.as_mut() {
+                for (_, obs) in &pending[appended..] {
+                    w.append(obs).map_err(stop)?;
+                }
+                if appended < pending.len() {
+                    w.start_sync();
+                }
+                appended = pending.len();
+            }
+        } else if !small && pending.len() >= TILE_GROUP && !flush(store, spec, &mut pending, &mut writer).map_err(stop)? {
             raster.stop.store(true, Ordering::Release);
             return Ok(AppendOutcome { duplicate: true, ..Default::default() });
         }
     }
-    if !flush(store, spec, &mut pending, &mut writer).map_err(stop)? {
-        return Ok(AppendOutcome { duplicate: true, ..Default::default() });
-    }
-    let mut outcome = writer.ok_or_else(|| Error::Internal("no scene writer".into()))?.commit()?;
+    let done = match early {
+        Some(mut w) => {
+            for (_, obs) in &pending[appended..] {
+                w.append(obs)?;
+            }
+            w
+        }
+        None => {
+            if !flush(store, spec, &mut pending, &mut writer).map_err(stop)? {
+                return Ok(AppendOutcome { duplicate: true, ..Default::default() });
+            }
+            writer.ok_or_else(|| Error::Internal("no scene writer".into()))?
+        }
+    };
+    let mut outcome = done.commit()?;
     let position: HashMap<TileId, usize> = plan.tiles.iter().enumerate().map(|(k, t)| (*t, k)).collect();
     outcome.tiles.sort_by_key(|t| position.get(t).copied().unwrap_or(usize::MAX));
     Ok(outcome)

@@ -24,7 +24,7 @@ pub mod snapshot;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use arrow_array::cast::AsArray;
@@ -409,6 +409,9 @@ pub struct CollectionStore {
     /// start at the committed length; the log is appended in commit order).
     /// Held only inside blocking tasks, never across `.await`.
     writer: Mutex<CatalogLog>,
+    /// How many are waiting for the writer: a scene that took it early,
+    /// while its rows still stream in, lets go when someone waits.
+    writers_waiting: AtomicUsize,
     /// The catalog. Readers clone the entries they need and let go; a
     /// commit's entries are published under one write lock, so readers see
     /// all of a scene or none of it.
@@ -462,7 +465,7 @@ impl CollectionStore {
         for r in &records {
             index.apply(r, paths, &name)?;
         }
-        let store = Self { meta, paths: paths.clone(), writer: Mutex::new(log), index: RwLock::new(index), snapshotting: AtomicBool::new(false), since_snapshot: AtomicU64::new(0) };
+        let store = Self { meta, paths: paths.clone(), writer: Mutex::new(log), writers_waiting: AtomicUsize::new(0), index: RwLock::new(index), snapshotting: AtomicBool::new(false), since_snapshot: AtomicU64::new(0) };
         store.recover_files()?;
         store.write_snapshot()?;
         Ok(store)
@@ -577,10 +580,38 @@ impl CollectionStore {
             None => Ok(AppendOutcome { duplicate: true, ..Default::default() }),
             Some(mut scene) => {
                 let encoded = observations.into_iter().map(|o| Encoded::new(&self.meta, scene_id, time_ms, o)).collect::<Result<Vec<_>>>()?;
-                scene.append(encoded)?;
+                scene.append(&encoded)?;
                 scene.commit()
             }
         }
+    }
+
+    /// The collection's writer, counted as waited for while it is busy.
+    fn take_writer(&self) -> std::sync::MutexGuard<'_, CatalogLog> {
+        if let Ok(log) = self.writer.try_lock() {
+            return log;
+        }
+        self.writers_waiting.fetch_add(1, Ordering::AcqRel);
+        let log = lock(&self.writer);
+        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+        log
+    }
+
+    /// [`CollectionStore::begin_scene`] if the writer is free right now;
+    /// `None` if it is busy or the scene is there already (a later
+    /// `begin_scene` tells which). For writing a scene while its rows still
+    /// stream in: such a writer lets go when [`SceneWriter::contended`].
+    pub fn try_begin_scene(&self, scene_id: &str, time_ms: i64) -> Result<Option<SceneWriter<'_>>> {
+        let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
+        let log = match self.writer.try_lock() {
+            Ok(log) => log,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        };
+        if self.has_scene(scene_id) {
+            return Ok(None);
+        }
+        Ok(Some(SceneWriter::new(self, log, scene_id, time_ms, month)))
     }
 
     /// Starts writing a scene whose observations come in parts (so a large
@@ -590,21 +621,11 @@ impl CollectionStore {
     /// next append overwrites and a restart cuts. Blocking.
     pub fn begin_scene(&self, scene_id: &str, time_ms: i64) -> Result<Option<SceneWriter<'_>>> {
         let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
-        let log = lock(&self.writer);
+        let log = self.take_writer();
         if self.has_scene(scene_id) {
             return Ok(None);
         }
-        Ok(Some(SceneWriter {
-            store: self,
-            log,
-            scene_id: scene_id.to_string(),
-            time_ms,
-            month,
-            appended: Vec::new(),
-            files: Vec::new(),
-            dirs: Vec::new(),
-            outcome: AppendOutcome::default(),
-        }))
+        Ok(Some(SceneWriter::new(self, log, scene_id, time_ms, month)))
     }
 
     /// Chunks that would profit from compaction (more than one batch).
@@ -647,7 +668,7 @@ impl CollectionStore {
     /// Writes `catalog.parquet` (GeoParquet) from the current catalog.
     pub fn write_snapshot(&self) -> Result<()> {
         // Hold the writer so the snapshot matches one log position.
-        let log = lock(&self.writer);
+        let log = self.take_writer();
         let chunks = self.chunks(|_| true);
         snapshot::write(&self.paths.catalog_snapshot(&self.meta.name), &self.meta, &chunks, log.records())
     }
@@ -667,7 +688,7 @@ impl CollectionStore {
         let (sorted, order) = sorted_rows(&self.read_chunk(&snap)?, |_, _| true)?;
         let Some(sorted) = sorted else { return Ok(false) };
         let mut len = chunk::write_new(&tmp, &sorted)?;
-        let mut log = lock(&self.writer);
+        let mut log = self.take_writer();
         let current = read(&self.index).chunks.get(key).cloned().filter(|cur| cur.file.gen == snap.file.gen);
         let Some(cur) = current else {
             let _ = fs::remove_file(&tmp);
@@ -691,7 +712,7 @@ impl CollectionStore {
     /// can be ingested again). `forget` names scenes to forget even if they
     /// had no rows (a scene whose pixels were all invalid). Blocking.
     pub fn delete(&self, chunk_filter: impl Fn(&ChunkKey) -> bool, remove: impl Fn(i64, &str) -> bool, forget: &[String]) -> Result<RewriteOutcome> {
-        let mut log = lock(&self.writer);
+        let mut log = self.take_writer();
         let targets = self.chunks(|k| chunk_filter(k));
         let mut out = RewriteOutcome::default();
         let mut rewritten = Vec::new();
@@ -767,26 +788,27 @@ pub fn sorted_rows(batches: &[RecordBatch], keep: impl Fn(i64, &str) -> bool) ->
 /// Creates `dir` and any missing parents below `root`, fsyncing each parent
 /// so the new entries survive a crash.
 fn ensure_dir(dir: &Path, root: &Path) -> Result<()> {
-    let mut parents = Vec::new();
-    create_dirs(dir, root, &mut parents)?;
+    let (mut parents, mut created) = (Vec::new(), Vec::new());
+    create_dirs(dir, root, &mut parents, &mut created)?;
     parents.iter().try_for_each(|p| sync_dir(p))
 }
 
 /// Creates `dir` and any missing parents below `root`; adds to `to_sync`
 /// the directories whose entries changed (they need an fsync before a
-/// commit that relies on them).
-fn create_dirs(dir: &Path, root: &Path, to_sync: &mut Vec<PathBuf>) -> Result<()> {
+/// commit that relies on them) and to `created` the new ones, parents first.
+fn create_dirs(dir: &Path, root: &Path, to_sync: &mut Vec<PathBuf>, created: &mut Vec<PathBuf>) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
         if parent != root && parent.starts_with(root) {
-            create_dirs(parent, root, to_sync)?;
+            create_dirs(parent, root, to_sync, created)?;
         }
     }
     match fs::create_dir(dir) {
         Ok(()) => {
             to_sync.push(dir.parent().unwrap_or(root).to_path_buf());
+            created.push(dir.to_path_buf());
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -819,21 +841,62 @@ pub struct SceneWriter<'a> {
     appended: Vec<Appended>,
     /// Appended files not synced yet.
     files: Vec<(PathBuf, File)>,
+    /// Syncs started in the background ([`SceneWriter::start_sync`]).
+    syncing: Vec<std::thread::JoinHandle<Result<()>>>,
+    /// Each appended file and its committed length before: what dropping
+    /// the writer uncommitted puts back.
+    undo: Vec<(PathBuf, u64)>,
+    /// Directories this scene created, parents first.
+    created: Vec<PathBuf>,
+    committed: bool,
     /// Directories that gained entries: synced at the commit.
     dirs: Vec<PathBuf>,
     outcome: AppendOutcome,
 }
 
-impl SceneWriter<'_> {
+impl<'a> SceneWriter<'a> {
+    fn new(store: &'a CollectionStore, log: std::sync::MutexGuard<'a, CatalogLog>, scene_id: &str, time_ms: i64, month: Month) -> Self {
+        Self {
+            store,
+            log,
+            scene_id: scene_id.to_string(),
+            time_ms,
+            month,
+            appended: Vec::new(),
+            files: Vec::new(),
+            syncing: Vec::new(),
+            undo: Vec::new(),
+            created: Vec::new(),
+            committed: false,
+            dirs: Vec::new(),
+            outcome: AppendOutcome::default(),
+        }
+    }
+
+    /// Whether another writer of the collection waits for this one.
+    pub fn contended(&self) -> bool {
+        self.store.writers_waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Starts syncing the files appended so far on a thread of their own
+    /// (a scene's files get no more writes once appended); the commit
+    /// waits for it. Lets the disk work while the rest still arrives.
+    pub fn start_sync(&mut self) {
+        if !self.files.is_empty() {
+            let files = std::mem::take(&mut self.files);
+            self.syncing.push(std::thread::spawn(move || sync_all(files)));
+        }
+    }
+
     /// Appends encoded observations past the chunks' committed lengths (a
     /// scene has at most one observation per chunk).
-    pub fn append(&mut self, observations: Vec<Encoded>) -> Result<()> {
+    pub fn append(&mut self, observations: &[Encoded]) -> Result<()> {
         let store = self.store;
         for obs in observations {
             if obs.scene_id != self.scene_id || obs.time_ms != self.time_ms {
                 return Err(Error::Internal(format!("an observation of scene {} ({}) appended to scene {} ({})", obs.scene_id, obs.time_ms, self.scene_id, self.time_ms)));
             }
-            let key = ChunkKey { tile: obs.tile, month: self.month, band: obs.band };
+            let key = ChunkKey { tile: obs.tile, month: self.month, band: obs.band.clone() };
             let (gen, committed) = {
                 let idx = read(&store.index);
                 idx.chunks.get(&key).map_or_else(|| (idx.retired.get(&key).copied().unwrap_or(0), 0), |e| (e.file.gen, e.len))
@@ -841,12 +904,13 @@ impl SceneWriter<'_> {
             let path = store.paths.chunk(&store.meta.name, key.tile, self.month, &key.band, gen);
             if committed == 0 {
                 if let Some(parent) = path.parent() {
-                    create_dirs(parent, store.paths.root(), &mut self.dirs)?;
+                    create_dirs(parent, store.paths.root(), &mut self.dirs, &mut self.created)?;
                 }
             }
             // Nothing is committed yet: a failure here leaves bytes past the
             // committed lengths, which the next append overwrites and a
             // restart cuts off.
+            self.undo.push((path.clone(), committed));
             let (len, file) = chunk::append(&path, committed, &obs.bytes)?;
             if committed == 0 {
                 self.dirs.push(path.parent().unwrap_or(store.paths.root()).to_path_buf());
@@ -871,6 +935,9 @@ impl SceneWriter<'_> {
     /// Syncs what is left and the new directories, then writes the scene's
     /// log record and publishes it (readers see all of it or none).
     pub fn commit(mut self) -> Result<AppendOutcome> {
+        for sync in std::mem::take(&mut self.syncing) {
+            sync.join().map_err(|_| Error::Internal("an fsync thread panicked".into()))??;
+        }
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort();
         dirs.dedup();
@@ -885,7 +952,31 @@ impl SceneWriter<'_> {
         sync_all(files)?;
         let record = Record::Scene { scene_id: std::mem::take(&mut self.scene_id), time_ms: self.time_ms, chunks: std::mem::take(&mut self.appended) };
         self.store.commit(&mut self.log, record)?;
+        self.committed = true;
         Ok(std::mem::take(&mut self.outcome))
+    }
+}
+
+/// An uncommitted scene (failed, abandoned, or letting another writer go
+/// first) puts the files back as they were: appended bytes cut to the
+/// committed lengths, new chunk files and directories removed. It runs
+/// while the writer is still held (the guard drops after this). What a
+/// crash leaves instead, the next start cuts off.
+impl Drop for SceneWriter<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for (path, len) in self.undo.drain(..).rev() {
+            let undone = if len == 0 { fs::remove_file(&path) } else { fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(len)) };
+            if let Err(e) = undone.or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }) {
+                tracing::warn!(path = %path.display(), error = %e, "could not undo an uncommitted append (a restart cuts it off)");
+            }
+        }
+        for dir in self.created.drain(..).rev() {
+            // Fails, and stays, if something else put an entry there.
+            let _ = fs::remove_dir(&dir);
+        }
     }
 }
 
