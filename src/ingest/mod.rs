@@ -544,9 +544,8 @@ const YIELD_CHECK: std::time::Duration = std::time::Duration::from_millis(20);
 /// writer is free it takes it at once and appends (and starts syncing) each
 /// tile as it comes, so the disk works while rows still arrive; when
 /// another writer waits (checked at least every [`YIELD_CHECK`]) it lets go
-/// for good, and once the stream has ended takes the writer again and
-/// appends everything anew (bytes past the committed lengths are
-/// overwritten by whoever appends next). A larger scene takes the writer at
+/// for good (its appends undone), and once the stream has ended takes the
+/// writer again and appends everything anew. A larger scene takes the writer at
 /// its first full group and appends group by group (other writers of the
 /// collection wait at their append step).
 fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progress>, store: &CollectionStore) -> Result<AppendOutcome> {
@@ -599,8 +598,8 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
         }
         if small && !yielded {
             if early.as_ref().is_some_and(|w| w.contended()) {
-                // Uncommitted bytes stay behind; the waiting writer's
-                // appends overwrite them.
+                // Dropping the writer undoes its appends before the waiting
+                // writer gets the lock.
                 (early, appended, yielded) = (None, 0, true);
                 plan.counters.early_writers_yielded.fetch_add(1, Ordering::Relaxed);
                 continue;
