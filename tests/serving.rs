@@ -241,10 +241,20 @@ async fn a_chunk_file_cut_behind_the_servers_back_is_an_error_not_a_crash() {
     let mut client = server.client().await;
     create_red_collection(&mut client, "s2").await;
     client.ingest(&ingest_request("s2", "a", JUN, utm_geotransform(64), 64, "nearest"), red_batches(raster(64, 0), 64)).await.unwrap();
-    let chunk = walk(&server.warehouse()).into_iter().find(|p| p.to_string_lossy().ends_with(pixelquery::storage::paths::CHUNK_SUFFIX)).expect("a chunk file");
-    let len = std::fs::metadata(&chunk).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&chunk).unwrap().set_len(len / 2).unwrap();
-    let err = client.query(&proto::Query { collection: "s2".into(), ..Default::default() }).await.unwrap_err();
+    // Read once, so the server holds the file mapped when it is cut.
+    let all = proto::Query { collection: "s2".into(), ..Default::default() };
+    let point = proto::Query { collection: "s2".into(), point: vec![127.05, 37.55], ..Default::default() };
+    client.query(&all).await.unwrap();
+    client.point(&point).await.unwrap();
+    let chunks: Vec<_> = walk(&server.warehouse()).into_iter().filter(|p| p.to_string_lossy().ends_with(pixelquery::storage::paths::CHUNK_SUFFIX)).collect();
+    assert!(!chunks.is_empty());
+    for chunk in chunks {
+        let len = std::fs::metadata(&chunk).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&chunk).unwrap().set_len(len / 2).unwrap();
+    }
+    let err = client.query(&all).await.unwrap_err();
+    assert!(err.to_string().contains("committed"), "{err}");
+    let err = client.point(&point).await.unwrap_err();
     assert!(err.to_string().contains("committed"), "{err}");
     // The server still answers.
     client.describe("s2").await.unwrap();
