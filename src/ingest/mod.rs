@@ -612,7 +612,7 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
                     w.append(obs).map_err(stop)?;
                 }
                 if appended < pending.len() {
-                    w.start_sync();
+                    w.start_sync().map_err(stop)?;
                 }
                 appended = pending.len();
             }

@@ -441,22 +441,62 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Appended chunk files a scene holds open before syncing and closing them.
 const SYNC_BATCH: usize = 128;
 
-/// fsyncs files on a few threads (the disk, not the CPU, is the limit).
+/// Threads that fsync for every writer. The disk, not the CPU, is the
+/// limit, so several syncs run at once; made once, they cost no thread
+/// start per sync (starting threads per sync was a tenth of a raw put's
+/// writer CPU). `None` if they could not be started: syncs run inline.
+fn sync_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().num_threads(8).thread_name(|i| format!("fsync-{i}")).build().ok()).as_ref()
+}
+
+/// fsyncs handed to the sync threads, waited for together.
+struct Syncs {
+    tx: std::sync::mpsc::Sender<Result<()>>,
+    rx: std::sync::mpsc::Receiver<Result<()>>,
+    pending: usize,
+}
+
+impl Syncs {
+    fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Self { tx, rx, pending: 0 }
+    }
+
+    /// Starts syncing `files` (each closed once synced).
+    fn start(&mut self, files: Vec<(PathBuf, File)>) {
+        for (path, file) in files {
+            let tx = self.tx.clone();
+            let job = move || {
+                let _ = tx.send(file.sync_data().map_err(Error::io(path)));
+            };
+            self.pending += 1;
+            match sync_pool() {
+                Some(pool) => pool.spawn(job),
+                None => job(),
+            }
+        }
+    }
+
+    /// Waits for every sync started; the first failure, if any.
+    fn wait(&mut self) -> Result<()> {
+        let mut first = Ok(());
+        while self.pending > 0 {
+            let r = self.rx.recv().map_err(|_| Error::Internal("an fsync thread went away".into()))?;
+            self.pending -= 1;
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+/// fsyncs files on the sync threads and waits for them.
 fn sync_all(files: Vec<(PathBuf, File)>) -> Result<()> {
-    const THREADS: usize = 8;
-    if files.len() <= 1 {
-        return files.into_iter().try_for_each(|(p, f)| f.sync_data().map_err(Error::io(p)));
-    }
-    let per = files.len().div_ceil(THREADS);
-    let mut groups: Vec<Vec<(PathBuf, File)>> = Vec::new();
-    let mut it = files.into_iter().peekable();
-    while it.peek().is_some() {
-        groups.push(it.by_ref().take(per).collect());
-    }
-    std::thread::scope(|s| {
-        let handles: Vec<_> = groups.into_iter().map(|g| s.spawn(move || g.into_iter().try_for_each(|(p, f)| f.sync_data().map_err(Error::io(p))))).collect();
-        handles.into_iter().try_for_each(|h| h.join().map_err(|_| Error::Internal("an fsync thread panicked".into()))?)
-    })
+    let mut syncs = Syncs::new();
+    syncs.start(files);
+    syncs.wait()
 }
 
 impl CollectionStore {
@@ -844,7 +884,7 @@ pub struct SceneWriter<'a> {
     /// Appended files not synced yet.
     files: Vec<(PathBuf, File)>,
     /// Syncs started in the background ([`SceneWriter::start_sync`]).
-    syncing: Vec<std::thread::JoinHandle<Result<()>>>,
+    syncs: Syncs,
     /// Each appended file and its committed length before: what dropping
     /// the writer uncommitted puts back.
     undo: Vec<(PathBuf, u64)>,
@@ -866,7 +906,7 @@ impl<'a> SceneWriter<'a> {
             month,
             appended: Vec::new(),
             files: Vec::new(),
-            syncing: Vec::new(),
+            syncs: Syncs::new(),
             undo: Vec::new(),
             created: Vec::new(),
             committed: false,
@@ -880,14 +920,16 @@ impl<'a> SceneWriter<'a> {
         self.store.writers_waiting.load(Ordering::Acquire) > 0
     }
 
-    /// Starts syncing the files appended so far on a thread of their own
-    /// (a scene's files get no more writes once appended); the commit
-    /// waits for it. Lets the disk work while the rest still arrives.
-    pub fn start_sync(&mut self) {
-        if !self.files.is_empty() {
-            let files = std::mem::take(&mut self.files);
-            self.syncing.push(std::thread::spawn(move || sync_all(files)));
+    /// Starts syncing the files appended so far on the sync threads (a
+    /// scene's files get no more writes once appended); the commit waits
+    /// for them. Lets the disk work while the rest still arrives. At most
+    /// about [`SYNC_BATCH`] files are held open meanwhile.
+    pub fn start_sync(&mut self) -> Result<()> {
+        if self.syncs.pending >= SYNC_BATCH {
+            self.syncs.wait()?;
         }
+        self.syncs.start(std::mem::take(&mut self.files));
+        Ok(())
     }
 
     /// Appends encoded observations past the chunks' committed lengths (a
@@ -937,9 +979,7 @@ impl<'a> SceneWriter<'a> {
     /// Syncs what is left and the new directories, then writes the scene's
     /// log record and publishes it (readers see all of it or none).
     pub fn commit(mut self) -> Result<AppendOutcome> {
-        for sync in std::mem::take(&mut self.syncing) {
-            sync.join().map_err(|_| Error::Internal("an fsync thread panicked".into()))??;
-        }
+        self.syncs.wait()?;
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort();
         dirs.dedup();
