@@ -1,7 +1,7 @@
 //! Queries: a `Query` -> the chunks it covers (from the catalog) -> streams
 //! of record batches, or one location's time series (DESIGN §4).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -280,23 +280,30 @@ impl Plan {
     }
 
     /// One location's series: a row per (time, scene), a value and its
-    /// validity per band.
+    /// validity per band. Values are gathered once per band from the
+    /// arrays read (no per-row slices or keys).
     fn point_series(&self, index: usize) -> Result<RecordBatch> {
-        // (time, scene) -> per band (value, valid)
-        type PerBand = Vec<Option<(ArrayRef, bool)>>;
-        let mut rows: BTreeMap<(i64, String), PerBand> = BTreeMap::new();
+        /// One observation's pixel: `array` indexes its band's arrays.
+        struct Hit {
+            time: i64,
+            scene: Arc<str>,
+            band: usize,
+            array: usize,
+            at: usize,
+            valid: bool,
+        }
+        let mut arrays: Vec<Vec<ArrayRef>> = vec![Vec::new(); self.bands.len()];
+        let mut hits: Vec<Hit> = Vec::new();
         let mut tile = None;
-        let no_band = || vec![None; self.bands.len()];
         for (key, entry) in &self.chunks {
             let Some(b) = self.bands.iter().position(|b| b.name == key.band) else { continue };
             // Fast path: the one pixel of each row, read from the file at its
             // offset without decoding the observations.
             if let Some((picked, values, valid)) = self.store.read_pixel(entry, self.bands[b].dtype, index, |i| self.spec.time_matches(entry.times[i]))? {
                 tile = Some(key.tile);
-                for (k, &r) in picked.iter().enumerate() {
-                    let slot = rows.entry((entry.times[r], entry.scenes[r].to_string())).or_insert_with(no_band);
-                    slot[b] = Some((values.slice(k, 1), valid[k]));
-                }
+                let array = arrays[b].len();
+                arrays[b].push(values);
+                hits.extend(picked.iter().enumerate().map(|(k, &r)| Hit { time: entry.times[r], scene: entry.scenes[r].clone(), band: b, array, at: k, valid: valid[k] }));
                 continue;
             }
             let Some(batch) = self.read_sorted(entry)? else { continue };
@@ -305,35 +312,44 @@ impl Plan {
             let scenes = batch.column(3).as_string::<i32>();
             let pixels = batch.column(4).as_list::<i32>();
             let masks = batch.column(5).as_list::<i32>();
+            let array = arrays[b].len();
+            arrays[b].push(pixels.values().clone());
             for r in 0..batch.num_rows() {
-                let px = pixels.value(r);
-                let mk = masks.value(r);
-                if index >= px.len() || index >= mk.len() {
-                    return Err(Error::Internal(format!("chunk row holds {} pixels, fewer than the point index {index}", px.len())));
+                let (px, mk) = (pixels.value_length(r) as usize, masks.value_length(r) as usize);
+                if index >= px || index >= mk {
+                    return Err(Error::Internal(format!("chunk row holds {px} pixels, fewer than the point index {index}")));
                 }
-                let valid = mk.as_boolean().value(index);
-                let slot = rows.entry((times.value(r), scenes.value(r).to_string())).or_insert_with(no_band);
-                slot[b] = Some((px.slice(index, 1), valid));
+                let valid = masks.values().as_boolean().value(masks.value_offsets()[r] as usize + index);
+                hits.push(Hit { time: times.value(r), scene: Arc::from(scenes.value(r)), band: b, array, at: pixels.value_offsets()[r] as usize + index, valid });
             }
+        }
+        // A row per (time, scene), in order; a later chunk's value for the
+        // same row and band wins (the sort is stable).
+        hits.sort_by(|x, y| (x.time, &*x.scene).cmp(&(y.time, &*y.scene)));
+        let mut keys: Vec<(i64, Arc<str>)> = Vec::new();
+        let mut cells: Vec<Vec<Option<(usize, usize)>>> = vec![Vec::new(); self.bands.len()];
+        for h in hits {
+            if keys.last().is_none_or(|(t, s)| *t != h.time || **s != *h.scene) {
+                keys.push((h.time, h.scene));
+                cells.iter_mut().for_each(|c| c.push(None));
+            }
+            let row = keys.len() - 1;
+            cells[h.band][row] = h.valid.then_some((h.array, h.at));
         }
         let schema = Arc::new(point_schema(&self.bands));
         let tile_id = tile.map(|t| t.to_string()).unwrap_or_default();
         let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(TimestampMillisecondArray::from(rows.keys().map(|k| k.0).collect::<Vec<_>>()).with_timezone("UTC")),
-            Arc::new(StringArray::from(rows.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())),
-            Arc::new(StringArray::from(vec![tile_id.as_str(); rows.len()])),
+            Arc::new(TimestampMillisecondArray::from(keys.iter().map(|k| k.0).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(StringArray::from(keys.iter().map(|k| &*k.1).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(vec![tile_id.as_str(); keys.len()])),
         ];
         for (b, band) in self.bands.iter().enumerate() {
-            let dtype = band.dtype.arrow();
-            let null = new_null_array(&dtype, 1);
-            let parts: Vec<ArrayRef> = rows.values().map(|v| match &v[b] { Some((a, true)) => a.clone(), _ => null.clone() }).collect();
-            let values = if parts.is_empty() {
-                new_null_array(&dtype, 0)
-            } else {
-                arrow_select::concat::concat(&parts.iter().map(|a| a.as_ref()).collect::<Vec<_>>()).map_err(Error::arrow("building point values"))?
-            };
-            columns.push(values);
-            columns.push(Arc::new(BooleanArray::from(rows.values().map(|v| matches!(&v[b], Some((_, true)))).collect::<Vec<_>>())));
+            // Missing or invalid cells take the one null past the arrays read.
+            let null = new_null_array(&band.dtype.arrow(), 1);
+            let sources: Vec<&dyn Array> = arrays[b].iter().map(|a| a.as_ref()).chain([null.as_ref()]).collect();
+            let picks: Vec<(usize, usize)> = cells[b].iter().map(|c| c.unwrap_or((arrays[b].len(), 0))).collect();
+            columns.push(arrow_select::interleave::interleave(&sources, &picks).map_err(Error::arrow("building point values"))?);
+            columns.push(Arc::new(BooleanArray::from(cells[b].iter().map(Option::is_some).collect::<Vec<_>>())));
         }
         RecordBatch::try_new(schema, columns).map_err(Error::arrow("building the point series"))
     }
