@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<ExitCode> {
 /// heaptrack saw a 33 MB live heap at peak while resident anonymous memory
 /// sat at 300-430 MiB in 16 arenas and rose whenever a late burst opened
 /// another. One arena per core (the tcache still keeps small allocations
-/// thread-local) held it at 160-200 MiB, flat. `MALLOC_ARENA_MAX` or a
+/// thread-local) held it at 200-220 MiB, flat. `MALLOC_ARENA_MAX` or a
 /// `GLIBC_TUNABLES` arena setting in the environment wins.
 fn cap_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

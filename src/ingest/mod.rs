@@ -375,7 +375,7 @@ struct Plan {
     rows_estimate: Vec<usize>,
     counters: Arc<Counters>,
     /// The collection, for encoding the warped tiles' chunk bytes.
-    meta: crate::collection::Collection,
+    meta: Collection,
 }
 
 impl Plan {
@@ -604,7 +604,7 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
                 plan.counters.early_writers_yielded.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            if early.is_none() && appended == 0 {
+            if early.is_none() {
                 early = store.try_begin_scene(&spec.scene_id, spec.acquired_at_ms).map_err(stop)?;
             }
             if let Some(w) = early.as_mut() {
@@ -622,10 +622,8 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
         }
     }
     let done = match early {
-        Some(mut w) => {
-            for (_, obs) in &pending[appended..] {
-                w.append(obs)?;
-            }
+        Some(w) => {
+            debug_assert_eq!(appended, pending.len(), "an early writer appends every tile as it comes");
             w
         }
         None => {

@@ -651,26 +651,27 @@ impl CollectionStore {
     /// `begin_scene` tells which). For writing a scene while its rows still
     /// stream in: such a writer lets go when [`SceneWriter::contended`].
     pub fn try_begin_scene(&self, scene_id: &str, time_ms: i64) -> Result<Option<SceneWriter<'_>>> {
-        let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
-        let log = match self.writer.try_lock() {
-            Ok(log) => log,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
-        };
-        if self.has_scene(scene_id) {
-            return Ok(None);
-        }
-        Ok(Some(SceneWriter::new(self, log, scene_id, time_ms, month)))
+        self.scene_writer(scene_id, time_ms, || match self.writer.try_lock() {
+            Ok(log) => Some(log),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        })
     }
 
     /// Starts writing a scene whose observations come in parts (so a large
     /// scene need not be held whole); `None` if the scene is already there.
     /// Holds the collection's writer until committed or dropped; dropping it
-    /// uncommitted leaves only bytes past the committed lengths, which the
-    /// next append overwrites and a restart cuts. Blocking.
+    /// uncommitted undoes its appends (see [`SceneWriter`]'s `Drop`).
+    /// Blocking.
     pub fn begin_scene(&self, scene_id: &str, time_ms: i64) -> Result<Option<SceneWriter<'_>>> {
+        self.scene_writer(scene_id, time_ms, || Some(self.take_writer()))
+    }
+
+    /// A writer for scene `scene_id` with the lock `take` gives; `None` if it
+    /// gives none or the scene is there already.
+    fn scene_writer<'s>(&'s self, scene_id: &str, time_ms: i64, take: impl FnOnce() -> Option<std::sync::MutexGuard<'s, CatalogLog>>) -> Result<Option<SceneWriter<'s>>> {
         let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
-        let log = self.take_writer();
+        let Some(log) = take() else { return Ok(None) };
         if self.has_scene(scene_id) {
             return Ok(None);
         }
@@ -958,9 +959,8 @@ impl<'a> SceneWriter<'a> {
                     create_dirs(parent, store.paths.root(), &mut self.dirs, &mut self.created)?;
                 }
             }
-            // Nothing is committed yet: a failure here leaves bytes past the
-            // committed lengths, which the next append overwrites and a
-            // restart cuts off.
+            // Nothing is committed yet: after a failure here the writer's
+            // drop cuts the file back (a crash: the next start does).
             self.undo.push((path.clone(), committed));
             let (len, file) = chunk::append(&path, committed, &obs.bytes)?;
             if committed == 0 {

@@ -3,7 +3,8 @@
 //! Every `SpatialRef` uses the traditional GIS axis order (x = easting or
 //! longitude), whatever the authority says, so EPSG:4326 points are
 //! `[lon, lat]` as in the wire contract. GDAL objects here are created, used
-//! and dropped on one thread: callers build a [`Transformer`] per thread.
+//! and dropped on one thread: callers take a [`Transformer`] from the
+//! thread's [`cached`] ones.
 
 use std::cell::RefCell;
 use std::rc::Rc;
