@@ -6,9 +6,8 @@ mod common;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use arrow_flight::error::FlightError;
 use common::*;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use pixelquery::config::TlsPem;
 use pixelquery_client::{proto, Client, ConnectOptions};
 use tonic::Code;
@@ -85,14 +84,7 @@ async fn tls_serves_clients_that_trust_the_certificate_only() {
 /// A DoPut whose rows are fed by the returned sender; it stays open until
 /// the sender sends the rest or is dropped.
 fn held_put(client: &Client, scene: &str) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<pixelquery_client::Result<pixelquery_client::PutSummary>>) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(64);
-    let mut c = client.try_clone();
-    let req = ingest_request("s2", scene, T, utm_geotransform(64), 64, "nearest");
-    let handle = tokio::spawn(async move {
-        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, FlightError>);
-        c.ingest_stream(&req, stream).await
-    });
-    (tx, handle)
+    held_ingest(client, ingest_request("s2", scene, T, utm_geotransform(64), 64, "nearest"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

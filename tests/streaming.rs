@@ -11,12 +11,17 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::UInt16Type;
 use arrow_array::RecordBatch;
 use common::*;
-use futures::StreamExt;
-use arrow_flight::error::FlightError;
 use pixelquery_client::{proto, Client};
 
 const SIZE: usize = 1024;
 const T: i64 = 1718416984000;
+
+/// The raster in strips of 32 rows, and its last strip apart (to hold back).
+fn strips_and_last(values: &[u16]) -> (Vec<RecordBatch>, RecordBatch) {
+    let mut strips: Vec<RecordBatch> = values.chunks(32 * SIZE).flat_map(|c| red_batches(c.to_vec(), SIZE)).collect();
+    let last = strips.pop().unwrap();
+    (strips, last)
+}
 
 /// Each tile's pixels and mask in `collection` (its one observation at `at`, or its only one).
 async fn tiles(client: &mut Client, collection: &str, tiles: &[String], at: Option<i64>) -> Vec<(Vec<u16>, Vec<bool>)> {
@@ -41,16 +46,9 @@ async fn tiles_are_warped_while_rows_stream_and_equal_a_raster_sent_at_once() {
     create_red_collection(&mut client, "at_once").await;
     let gt = utm_geotransform(SIZE);
     let values = raster(SIZE, 0);
-    // Strips of 32 rows; the last one is held back.
-    let mut strips: Vec<RecordBatch> = values.chunks(32 * SIZE).flat_map(|c| red_batches(c.to_vec(), SIZE)).collect();
-    let last = strips.pop().unwrap();
+    let (strips, last) = strips_and_last(&values);
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(64);
-    let put = {
-        let mut c = client.try_clone();
-        let req = ingest_request("streamed", "s", T, gt, SIZE, "bilinear");
-        tokio::spawn(async move { c.ingest_stream(&req, tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, FlightError>)).await })
-    };
+    let (tx, put) = held_ingest(&client, ingest_request("streamed", "s", T, gt, SIZE, "bilinear"));
     for b in strips {
         tx.send(b).await.unwrap();
     }
@@ -135,14 +133,8 @@ async fn a_scene_writing_while_it_streams_lets_another_writer_go_first() {
     create_red_collection(&mut client, "alone").await;
     let gt = utm_geotransform(SIZE);
     let values = raster(SIZE, 0);
-    let mut strips: Vec<RecordBatch> = values.chunks(32 * SIZE).flat_map(|c| red_batches(c.to_vec(), SIZE)).collect();
-    let last = strips.pop().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(64);
-    let first = {
-        let mut c = client.try_clone();
-        let req = ingest_request("shared", "a", T, gt, SIZE, "bilinear");
-        tokio::spawn(async move { c.ingest_stream(&req, tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, FlightError>)).await })
-    };
+    let (strips, last) = strips_and_last(&values);
+    let (tx, first) = held_ingest(&client, ingest_request("shared", "a", T, gt, SIZE, "bilinear"));
     for b in strips {
         tx.send(b).await.unwrap();
     }

@@ -215,3 +215,16 @@ pub fn code_of<T: std::fmt::Debug>(r: Result<T, pixelquery_client::ClientError>)
     let status = err.status().unwrap_or_else(|| panic!("not a status: {err}"));
     (status.code(), status.message().to_string())
 }
+
+/// A DoPut of `req` whose raster batches the caller sends (and holds back)
+/// through the returned sender; the put ends when the sender is dropped.
+pub fn held_ingest(client: &Client, req: proto::IngestRequest) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<pixelquery_client::Result<pixelquery_client::PutSummary>>) {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(64);
+    let mut c = client.try_clone();
+    let handle = tokio::spawn(async move {
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, arrow_flight::error::FlightError>);
+        c.ingest_stream(&req, stream).await
+    });
+    (tx, handle)
+}
