@@ -24,6 +24,7 @@ pub(super) struct Bilinear16<'a, T> {
     values: &'a [T],
     signed: bool,
     width: usize,
+    /// Rows held in `values`.
     height: usize,
     scale: (f32, f64),
     /// First tap offset and tap count per axis (`widened_window`'s layout).
@@ -44,8 +45,11 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
         } else {
             return None;
         };
-        let fits = x_taps.1 <= MAX_TAPS && y_taps.1 <= MAX_TAPS && src.values.len() >= src.width * src.height && src.width * src.height < i32::MAX as usize / 2;
-        (fits && available()).then_some(Self { values: src.values, signed, width: src.width, height: src.height, scale: (scale.0 as f32, scale.1), x_taps, y_taps })
+        // While a scene streams in, `values` holds the rows received so far:
+        // the kernel reads only those (groups below them go to the caller).
+        let height = src.height.min(src.values.len().checked_div(src.width)?);
+        let fits = x_taps.1 <= MAX_TAPS && y_taps.1 <= MAX_TAPS && src.width * height < i32::MAX as usize / 2;
+        (fits && available()).then_some(Self { values: src.values, signed, width: src.width, height, scale: (scale.0 as f32, scale.1), x_taps, y_taps })
     }
 
     /// Resamples groups of eight target pixels from `from` on while every
