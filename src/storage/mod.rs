@@ -8,7 +8,9 @@
 //!
 //! Write path of a scene, under the collection's writer lock:
 //! 1. append one batch to each touched chunk at its committed length;
-//! 2. fsync those files (in parallel) and any new directory;
+//! 2. make those files and any new directory durable: an fdatasync each
+//!    (in parallel), or for commits of many files one `syncfs` of the
+//!    warehouse's file system (`fs_sync`);
 //! 3. append one record to the catalog log and fsync it: the commit point;
 //! 4. publish the new lengths to readers at once.
 //!
@@ -17,6 +19,7 @@
 //! when the last reader holding it lets go.
 
 pub mod chunk;
+pub mod fs_sync;
 pub mod log;
 pub mod paths;
 pub mod snapshot;
@@ -418,6 +421,8 @@ pub struct CollectionStore {
     /// start at the committed length; the log is appended in commit order).
     /// Held only inside blocking tasks, never across `.await`.
     writer: Mutex<CatalogLog>,
+    /// The warehouse's file system, synced whole for large commits.
+    fs_sync: Arc<fs_sync::FsSync>,
     /// How many are waiting for the writer: a scene that took it early,
     /// while its rows still stream in, lets go when someone waits.
     writers_waiting: AtomicUsize,
@@ -507,14 +512,14 @@ fn sync_all(files: Vec<(PathBuf, File)>) -> Result<()> {
 }
 
 impl CollectionStore {
-    fn open(paths: &WarehousePaths, meta: Collection) -> Result<Self> {
+    fn open(paths: &WarehousePaths, meta: Collection, fs_sync: Arc<fs_sync::FsSync>) -> Result<Self> {
         let name = meta.name.clone();
         let (log, records) = CatalogLog::open(&paths.catalog_log(&name))?;
         let mut index = Index::default();
         for r in &records {
             index.apply(r, paths, &name)?;
         }
-        let store = Self { meta, paths: paths.clone(), writer: Mutex::new(log), writers_waiting: AtomicUsize::new(0), index: RwLock::new(index), snapshotting: AtomicBool::new(false), since_snapshot: AtomicU64::new(0) };
+        let store = Self { meta, paths: paths.clone(), writer: Mutex::new(log), fs_sync, writers_waiting: AtomicUsize::new(0), index: RwLock::new(index), snapshotting: AtomicBool::new(false), since_snapshot: AtomicU64::new(0) };
         store.recover_files()?;
         store.write_snapshot()?;
         Ok(store)
@@ -933,6 +938,10 @@ impl<'a> SceneWriter<'a> {
     /// for them. Lets the disk work while the rest still arrives. At most
     /// about [`SYNC_BATCH`] files are held open meanwhile.
     pub fn start_sync(&mut self) -> Result<()> {
+        if self.store.fs_sync.available() {
+            // Written back since its append; the commit syncs.
+            return Ok(());
+        }
         if self.syncs.pending >= SYNC_BATCH {
             self.syncs.wait()?;
         }
@@ -971,13 +980,21 @@ impl<'a> SceneWriter<'a> {
             if !self.outcome.tiles.contains(&key.tile) {
                 self.outcome.tiles.push(key.tile);
             }
+            if store.fs_sync.available() {
+                fs_sync::start_writeback(&file);
+            }
             self.files.push((path, file));
             self.appended.push(Appended { chunk: key.to_ref(), gen, len, stats: obs.stats });
             // A large scene touches thousands of chunks: sync and close them
             // as it goes rather than hold a descriptor for each (the usual
-            // limit is 1024 per process).
+            // limit is 1024 per process). Its commit syncs the file system
+            // where it can: then they are closed unsynced but the last.
             if self.files.len() >= SYNC_BATCH {
-                sync_all(std::mem::take(&mut self.files))?;
+                if store.fs_sync.available() {
+                    self.files.drain(..self.files.len() - 1);
+                } else {
+                    sync_all(std::mem::take(&mut self.files))?;
+                }
             }
         }
         Ok(())
@@ -991,6 +1008,15 @@ impl<'a> SceneWriter<'a> {
         dirs.sort();
         dirs.dedup();
         let mut files = std::mem::take(&mut self.files);
+        let fs = &self.store.fs_sync;
+        match files.last() {
+            Some((path, barrier)) if fs.available() && self.appended.len() + dirs.len() >= fs_sync::FS_SYNC_MIN_FILES => {
+                fs.sync(barrier).map_err(Error::io(path))?;
+                dirs.clear();
+                files.clear();
+            }
+            _ => {}
+        }
         for d in dirs {
             let f = File::open(&d).map_err(Error::io(&d))?;
             files.push((d, f));
@@ -1035,6 +1061,8 @@ pub struct Warehouse {
     collections: RwLock<BTreeMap<String, Arc<CollectionStore>>>,
     /// Serialises collection creation (check-then-create).
     create: Mutex<()>,
+    /// The warehouse's file system, for commits that sync it whole.
+    fs_sync: Arc<fs_sync::FsSync>,
     /// Ingest activity since start (the health action reports it).
     pub counters: Arc<crate::ingest::Counters>,
 }
@@ -1045,6 +1073,8 @@ impl Warehouse {
     pub fn open(root: &Path) -> Result<Self> {
         fs::create_dir_all(root).map_err(Error::io(root))?;
         let paths = WarehousePaths::new(root);
+        // Opened before any write (see `FsSync`).
+        let fs_sync = Arc::new(fs_sync::FsSync::open(root));
         let mut collections = BTreeMap::new();
         for entry in fs::read_dir(root).map_err(Error::io(root))? {
             let entry = entry.map_err(Error::io(root))?;
@@ -1055,11 +1085,11 @@ impl Warehouse {
             }
             let bytes = fs::read(&meta_path).map_err(Error::io(&meta_path))?;
             let meta: Collection = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt { path: meta_path.clone(), reason: e.to_string() })?;
-            let store = CollectionStore::open(&paths, meta)?;
+            let store = CollectionStore::open(&paths, meta, fs_sync.clone())?;
             tracing::info!(collection = %name, chunks = read(&store.index).chunks.len(), scenes = store.scene_count(), "opened collection");
             collections.insert(name, Arc::new(store));
         }
-        Ok(Self { paths, collections: RwLock::new(collections), create: Mutex::new(()), counters: Arc::default() })
+        Ok(Self { paths, collections: RwLock::new(collections), create: Mutex::new(()), fs_sync, counters: Arc::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -1084,7 +1114,7 @@ impl Warehouse {
         ensure_dir(&dir, self.paths.root())?;
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Internal(e.to_string()))?;
         write_atomic(&self.paths.collection_meta(&meta.name), &json)?;
-        let store = Arc::new(CollectionStore::open(&self.paths, meta)?);
+        let store = Arc::new(CollectionStore::open(&self.paths, meta, self.fs_sync.clone())?);
         write(&self.collections).insert(store.meta.name.clone(), store.clone());
         Ok(store)
     }
