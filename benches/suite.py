@@ -270,9 +270,14 @@ def main():
         action(client, "create_collection", {"name": "raw", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}})
         raster = rng.integers(1, 10000, size=(2560, 2560), dtype=np.uint16)  # 10 x 10 tiles, 13 MB
         mb = raster.nbytes / 1e6
-        ours = statistics.median([put(client, aligned("raw", f"r{i}", i, 2560, 2560, ["red"]), {"red": raster}) for i in range(5)])
-        theirs = statistics.median([put(anchor_client, aligned("raw", f"r{i}", i, 2560, 2560, ["red"]), {"red": raster}) for i in range(5)])
-        table.add("2", f"raw DoPut already on the grid ({mb:.0f} MB uint16, durable), MB/s", f"{mb / ours:.0f}", f"{mb / theirs:.0f} pyarrow sink",
+        # Puts alternate ours and the sink, as row 1's rounds do (blocks of
+        # five each swung 0.27x-0.74x as the machine's load drifted).
+        ours, theirs = [], []
+        for i in range(ROUNDS):
+            ours.append(put(client, aligned("raw", f"r{i}", i, 2560, 2560, ["red"]), {"red": raster}))
+            theirs.append(put(anchor_client, aligned("raw", f"r{i}", i, 2560, 2560, ["red"]), {"red": raster}))
+        ours, theirs = statistics.median(ours), statistics.median(theirs)
+        table.add("2", f"raw DoPut already on the grid ({mb:.0f} MB uint16, durable), MB/s (median of {ROUNDS} alternating puts)", f"{mb / ours:.0f}", f"{mb / theirs:.0f} pyarrow sink",
                   f"{theirs / ours:.2f}x", ">= 0.8x", "met" if theirs / ours >= 0.8 else "not met")
         anchor.kill()
 
