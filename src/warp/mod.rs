@@ -609,6 +609,26 @@ fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], c
 
 /// Copies a tile out of a source on the same pixel lattice.
 fn copy<T: Sample>(src: &SourceBand<'_, T>, n: usize, col_off: i64, row_off: i64, fill: T) -> (Vec<T>, Vec<bool>) {
+    // A tile inside the source with no validity mask (a raw put's every
+    // tile but the edges): built row by row, without filling it first.
+    if col_off >= 0 && row_off >= 0 && col_off as usize + n <= src.width && row_off as usize + n <= src.height && src.valid.is_none() && !T::IS_FLOAT {
+        let (mut out, mut mask) = (Vec::with_capacity(n * n), Vec::with_capacity(n * n));
+        for r in 0..n {
+            let from = (row_off as usize + r) * src.width + col_off as usize;
+            let values = &src.values[from..from + n];
+            match src.nodata {
+                None => {
+                    out.extend_from_slice(values);
+                    mask.extend(std::iter::repeat_n(true, n));
+                }
+                Some(nd) => {
+                    out.extend(values.iter().map(|v| if *v != nd { *v } else { fill }));
+                    mask.extend(values.iter().map(|v| *v != nd));
+                }
+            }
+        }
+        return (out, mask);
+    }
     let mut out = vec![fill; n * n];
     let mut mask = vec![false; n * n];
     let c0 = (-col_off).max(0) as usize;
