@@ -598,10 +598,12 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
         }
         if small && !yielded {
             if early.as_ref().is_some_and(|w| w.contended()) {
+                // Counted first: the waiting writer may commit and answer
+                // (and its client ask `health`) as soon as the lock is free.
+                plan.counters.early_writers_yielded.fetch_add(1, Ordering::Relaxed);
                 // Dropping the writer undoes its appends before the waiting
                 // writer gets the lock.
                 (early, appended, yielded) = (None, 0, true);
-                plan.counters.early_writers_yielded.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             if early.is_none() {
