@@ -224,7 +224,7 @@ unsafe fn halving_sum(v: &mut [std::arch::x86_64::__m256; MAX_TAPS], lanes: usiz
 
 /// Whether this CPU runs the kernel: AVX2 and FMA, unless the environment
 /// sets `PIXELQUERY_NO_SIMD` (for comparisons). Checked once.
-fn available() -> bool {
+pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

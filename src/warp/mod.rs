@@ -473,6 +473,11 @@ pub fn resample<T: Sample>(src: &SourceBand<'_, T>, coords: &TileCoords, method:
 fn resample_axes<T: Sample, A: separable::Acc>(src: &SourceBand<'_, T>, axes: &Axes, scale: (f64, f64), method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
     let xt = separable::Taps::<A>::new(method, scale.0, &axes.xs, &axes.x_edges, src.width);
     let yt = separable::Taps::<A>::new(method, scale.1, &axes.ys, &axes.y_edges, src.height);
+    #[cfg(target_arch = "x86_64")]
+    if gather::available() {
+        // SAFETY: the CPU has AVX2 and FMA (checked).
+        return unsafe { separable::resample_avx2(src, method, &xt, &yt, fill) };
+    }
     separable::resample(src, method, &xt, &yt, fill)
 }
 

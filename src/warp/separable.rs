@@ -139,9 +139,22 @@ impl<A: Acc> Taps<A> {
     }
 }
 
+/// [`resample`] compiled for AVX2 and FMA: its row passes run eight f32
+/// lanes at a time instead of four. The same operations in the same order
+/// (Rust does not fuse multiply-adds on its own), so the same results.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn resample_avx2<T: Sample, A: Acc>(src: &SourceBand<'_, T>, method: Resampling, xt: &Taps<A>, yt: &Taps<A>, fill: T) -> (Vec<T>, Vec<bool>) {
+    resample(src, method, xt, yt, fill)
+}
+
 /// Resamples one band onto one tile from per-column and per-row taps.
 /// Nearest copies the sample values; mode is not separable (the caller
 /// handles it per pixel).
+#[inline(always)]
 pub fn resample<T: Sample, A: Acc>(src: &SourceBand<'_, T>, method: Resampling, xt: &Taps<A>, yt: &Taps<A>, fill: T) -> (Vec<T>, Vec<bool>) {
     let (n, m) = (xt.inside.len(), yt.inside.len());
     if !xt.any_inside() || !yt.any_inside() {
@@ -244,6 +257,7 @@ pub fn resample<T: Sample, A: Acc>(src: &SourceBand<'_, T>, method: Resampling, 
 /// One source row filtered horizontally onto the target columns: the
 /// weighted sum of values (invalid ones as 0) and, unless the window is
 /// clean, the weighted sum of validity.
+#[inline(always)]
 fn horizontal<T: Sample, A: Acc>(src: &SourceBand<'_, T>, s: usize, xt: &Taps<A>, clean: bool, num: &mut [A], den: &mut [A], scratch: &mut Vec<A>) {
     let base = s * src.width;
     let row = &src.values[base..base + src.width];
@@ -322,6 +336,14 @@ mod tests {
             for method in [Resampling::Nearest, Resampling::Bilinear, Resampling::Cubic, Resampling::Average] {
                 for (nodata, mask) in [(Some(0u16), None), (Some(0), Some(&valid[..])), (None, None)] {
                     let band = SourceBand { values: &values, nodata, valid: mask, width: size, height: size };
+                    #[cfg(target_arch = "x86_64")]
+                    if super::super::gather::available() {
+                        // The AVX2 build of the passes gives the same bits.
+                        let xt = super::Taps::<f32>::new(method, scale.0, &axes.xs, &axes.x_edges, size);
+                        let yt = super::Taps::<f32>::new(method, scale.1, &axes.ys, &axes.y_edges, size);
+                        // SAFETY: the CPU has AVX2 and FMA (checked).
+                        assert!(super::resample(&band, method, &xt, &yt, 0) == unsafe { super::resample_avx2(&band, method, &xt, &yt, 0) }, "{method:?} at {pixel} m");
+                    }
                     let (a, am) = resample(&band, &coords, method, 0);
                     let (b, bm) = resample_points(&band, &sx, &sy, Some(&corners), coords.n, scale, method, 0);
                     agree(&a, &am, &b, &bm, method, pixel);
