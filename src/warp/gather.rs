@@ -222,8 +222,9 @@ unsafe fn halving_sum(v: &mut [std::arch::x86_64::__m256; MAX_TAPS], lanes: usiz
     v[0]
 }
 
-/// Whether this CPU runs the kernel: AVX2 and FMA, unless the environment
-/// sets `PIXELQUERY_NO_SIMD` (for comparisons). Checked once.
+/// Whether this CPU runs the AVX2 code (this kernel and the AVX2 build of
+/// the separable passes): AVX2 and FMA, unless the environment sets
+/// `PIXELQUERY_NO_SIMD` (for comparisons). Checked once.
 pub(super) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
