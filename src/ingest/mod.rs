@@ -577,16 +577,17 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
         w.append(&observations)?;
         Ok(true)
     }
+    let cut_short = || stop(Error::Internal("the raster stream ended before its last row".into()));
     let (mut tiles, mut ended) = (0, false);
     while tiles < total || !ended {
         let next = if early.is_some() {
             match results.recv_timeout(YIELD_CHECK) {
                 Ok(p) => Some(p),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(stop(Error::Internal("the raster stream ended before its last row".into()))),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(cut_short()),
             }
         } else {
-            Some(results.recv().map_err(|_| stop(Error::Internal("the raster stream ended before its last row".into())))?)
+            Some(results.recv().map_err(|_| cut_short())?)
         };
         match next {
             Some(Progress::Tile(warped)) => {

@@ -612,64 +612,44 @@ fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], c
     (out, mask)
 }
 
-/// Copies a tile out of a source on the same pixel lattice.
+/// Copies a tile out of a source on the same pixel lattice. Built row by
+/// row (no fill pass over the tile first): the part of each row outside
+/// the source is `fill` and masked.
 fn copy<T: Sample>(src: &SourceBand<'_, T>, n: usize, col_off: i64, row_off: i64, fill: T) -> (Vec<T>, Vec<bool>) {
-    // A tile inside the source with no validity mask (a raw put's every
-    // tile but the edges): built row by row, without filling it first.
-    if col_off >= 0 && row_off >= 0 && col_off as usize + n <= src.width && row_off as usize + n <= src.height && src.valid.is_none() && !T::IS_FLOAT {
-        let (mut out, mut mask) = (Vec::with_capacity(n * n), Vec::with_capacity(n * n));
-        for r in 0..n {
-            let from = (row_off as usize + r) * src.width + col_off as usize;
-            let values = &src.values[from..from + n];
-            match src.nodata {
-                None => {
-                    out.extend_from_slice(values);
-                    mask.extend(std::iter::repeat_n(true, n));
-                }
-                Some(nd) => {
-                    out.extend(values.iter().map(|v| if *v != nd { *v } else { fill }));
-                    mask.extend(values.iter().map(|v| *v != nd));
-                }
-            }
-        }
-        return (out, mask);
-    }
-    let mut out = vec![fill; n * n];
-    let mut mask = vec![false; n * n];
-    let c0 = (-col_off).max(0) as usize;
-    let c1 = ((src.width as i64 - col_off).min(n as i64)).max(0) as usize;
+    let (mut out, mut mask) = (Vec::with_capacity(n * n), Vec::with_capacity(n * n));
+    let c0 = ((-col_off).max(0) as usize).min(n);
+    let c1 = ((src.width as i64 - col_off).min(n as i64)).max(c0 as i64) as usize;
+    let outside = |out: &mut Vec<T>, mask: &mut Vec<bool>, count: usize| {
+        out.extend(std::iter::repeat_n(fill, count));
+        mask.extend(std::iter::repeat_n(false, count));
+    };
     for r in 0..n {
         let sr = row_off + r as i64;
         if sr < 0 || sr >= src.height as i64 || c0 >= c1 {
+            outside(&mut out, &mut mask, n);
             continue;
         }
-        let base = sr as usize * src.width;
-        let from = base + (col_off + c0 as i64) as usize;
-        let (values, out_row, mask_row) = (&src.values[from..from + (c1 - c0)], &mut out[r * n + c0..r * n + c1], &mut mask[r * n + c0..r * n + c1]);
-        if src.valid.is_none() && !T::IS_FLOAT {
-            match src.nodata {
-                // Every pixel is valid: a plain copy.
-                None => {
-                    out_row.copy_from_slice(values);
-                    mask_row.fill(true);
-                }
-                // Only nodata is invalid: a select the compiler vectorises.
-                Some(nd) => {
-                    for ((v, o), m) in values.iter().zip(out_row.iter_mut()).zip(mask_row.iter_mut()) {
-                        let ok = *v != nd;
-                        *o = if ok { *v } else { fill };
-                        *m = ok;
-                    }
-                }
+        outside(&mut out, &mut mask, c0);
+        let from = sr as usize * src.width + (col_off + c0 as i64) as usize;
+        let values = &src.values[from..from + (c1 - c0)];
+        match (src.valid, src.nodata) {
+            // Every pixel is valid: a plain copy.
+            (None, None) if !T::IS_FLOAT => {
+                out.extend_from_slice(values);
+                mask.extend(std::iter::repeat_n(true, values.len()));
             }
-            continue;
-        }
-        for (c, ((v, o), m)) in values.iter().zip(out_row.iter_mut()).zip(mask_row.iter_mut()).enumerate() {
-            if src.is_valid(from + c) {
-                *o = *v;
-                *m = true;
+            // Only nodata is invalid: selects the compiler vectorises.
+            (None, Some(nd)) if !T::IS_FLOAT => {
+                out.extend(values.iter().map(|v| if *v != nd { *v } else { fill }));
+                mask.extend(values.iter().map(|v| *v != nd));
+            }
+            _ => {
+                let valid = |c: usize| src.is_valid(from + c);
+                out.extend(values.iter().enumerate().map(|(c, v)| if valid(c) { *v } else { fill }));
+                mask.extend((0..values.len()).map(valid));
             }
         }
+        outside(&mut out, &mut mask, n - c1);
     }
     (out, mask)
 }
