@@ -16,11 +16,16 @@ use pixelquery_client::{proto, Client};
 const SIZE: usize = 1024;
 const T: i64 = 1718416984000;
 
-/// The raster in strips of 32 rows, and its last strip apart (to hold back).
-fn strips_and_last(values: &[u16]) -> (Vec<RecordBatch>, RecordBatch) {
+/// A put of `values` (in strips of 32 rows) with every strip sent but the
+/// last, which it returns with the sender that holds the put open.
+async fn put_all_but_last(client: &Client, req: proto::IngestRequest, values: &[u16]) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<pixelquery_client::Result<pixelquery_client::PutSummary>>, RecordBatch) {
     let mut strips: Vec<RecordBatch> = values.chunks(32 * SIZE).flat_map(|c| red_batches(c.to_vec(), SIZE)).collect();
     let last = strips.pop().unwrap();
-    (strips, last)
+    let (tx, put) = held_ingest(client, req);
+    for b in strips {
+        tx.send(b).await.unwrap();
+    }
+    (tx, put, last)
 }
 
 /// Each tile's pixels and mask in `collection` (its one observation at `at`, or its only one).
@@ -46,12 +51,7 @@ async fn tiles_are_warped_while_rows_stream_and_equal_a_raster_sent_at_once() {
     create_red_collection(&mut client, "at_once").await;
     let gt = utm_geotransform(SIZE);
     let values = raster(SIZE, 0);
-    let (strips, last) = strips_and_last(&values);
-
-    let (tx, put) = held_ingest(&client, ingest_request("streamed", "s", T, gt, SIZE, "bilinear"));
-    for b in strips {
-        tx.send(b).await.unwrap();
-    }
+    let (tx, put, last) = put_all_but_last(&client, ingest_request("streamed", "s", T, gt, SIZE, "bilinear"), &values).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let warped = loop {
         let health = client.health().await.unwrap();
@@ -133,11 +133,7 @@ async fn a_scene_writing_while_it_streams_lets_another_writer_go_first() {
     create_red_collection(&mut client, "alone").await;
     let gt = utm_geotransform(SIZE);
     let values = raster(SIZE, 0);
-    let (strips, last) = strips_and_last(&values);
-    let (tx, first) = held_ingest(&client, ingest_request("shared", "a", T, gt, SIZE, "bilinear"));
-    for b in strips {
-        tx.send(b).await.unwrap();
-    }
+    let (tx, first, last) = put_all_but_last(&client, ingest_request("shared", "a", T, gt, SIZE, "bilinear"), &values).await;
     // The writer was free: the first scene's tiles are appended while its
     // last rows are held back (its chunk directories appear).
     let tiles_dir = server.warehouse().join("shared").join("tiles");
