@@ -13,6 +13,7 @@
 //! - [`ingest`]: DoPut stream -> warp -> append
 //! - [`warp`]: CRS transforms and resampling kernels
 //! - [`storage`]: chunk files, the catalog, storage paths
+//! - [`pool`]: fixed threads for warp jobs and syncs
 //! - [`query`]: query -> chunks -> record batches, point series
 //! - [`error`]: the crate error and its one mapping to `tonic::Status`
 
@@ -25,6 +26,7 @@ pub mod error;
 pub mod flight;
 pub mod grid;
 pub mod ingest;
+pub mod pool;
 pub mod query;
 pub mod server;
 pub mod storage;

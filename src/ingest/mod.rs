@@ -342,15 +342,9 @@ fn summary(spec: &IngestSpec, o: AppendOutcome, started: Instant) -> PutSummary 
 /// builds is made once per thread, not once per scene (threads made per
 /// scene leaked about 300 KiB each: the load test's resident memory grew
 /// from 385 to 867 MiB in 60 s of writes). Sized by the first caller.
-fn warp_pool(threads: usize) -> &'static rayon::ThreadPool {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .thread_name(|i| format!("warp-{i}"))
-            .build()
-            .expect("starting the warp threads")
-    })
+fn warp_pool(threads: usize) -> &'static crate::pool::Pool {
+    static POOL: std::sync::OnceLock<crate::pool::Pool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| crate::pool::Pool::try_new("warp", threads).expect("starting the warp threads"))
 }
 
 /// Tiles a scene touches at most to be warped whole before its commit;
@@ -424,7 +418,7 @@ struct Dispatch {
     tx: Option<mpsc::Sender<Progress>>,
     /// Next position in `plan.order`.
     next: usize,
-    pool: &'static rayon::ThreadPool,
+    pool: &'static crate::pool::Pool,
 }
 
 impl Dispatch {

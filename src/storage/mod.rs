@@ -457,9 +457,9 @@ const SYNC_BATCH: usize = 128;
 /// limit, so several syncs run at once; made once, they cost no thread
 /// start per sync (starting threads per sync was a tenth of a raw put's
 /// writer CPU). `None` if they could not be started: syncs run inline.
-fn sync_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
-    POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().num_threads(8).thread_name(|i| format!("fsync-{i}")).build().ok()).as_ref()
+fn sync_pool() -> Option<&'static crate::pool::Pool> {
+    static POOL: std::sync::OnceLock<Option<crate::pool::Pool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| crate::pool::Pool::try_new("fsync", 8).ok()).as_ref()
 }
 
 /// fsyncs handed to the sync threads, waited for together.
