@@ -26,6 +26,8 @@ pub(super) struct Bilinear16<'a, T> {
     width: usize,
     /// Rows held in `values`.
     height: usize,
+    /// Rows of the whole source (more than `height` while it streams in).
+    source_height: usize,
     scale: (f32, f64),
     /// First tap offset and tap count per axis (`widened_window`'s layout).
     x_taps: (i64, usize),
@@ -49,12 +51,13 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
         // the kernel reads only those (groups below them go to the caller).
         let height = src.height.min(src.values.len().checked_div(src.width)?);
         let fits = x_taps.1 <= MAX_TAPS && y_taps.1 <= MAX_TAPS && src.width * height < i32::MAX as usize / 2;
-        (fits && available()).then_some(Self { values: src.values, signed, width: src.width, height, scale: (scale.0 as f32, scale.1), x_taps, y_taps })
+        (fits && available()).then_some(Self { values: src.values, signed, width: src.width, height, source_height: src.height, scale: (scale.0 as f32, scale.1), x_taps, y_taps })
     }
 
     /// Resamples groups of eight target pixels from `from` on while every
-    /// pixel of the group lies inside the source with its whole window;
-    /// returns where it stopped (a group it left to the caller, or the last
+    /// pixel of the group lies inside the source with its whole window, and
+    /// passes over groups wholly outside the source (they stay `fill` and
+    /// masked, as the per-pixel kernel leaves them); returns where it stopped (a group it left to the caller, or the last
     /// whole group's end). `sx`, `sy`, `out` and `mask` have one entry per
     /// target pixel.
     pub(super) fn run(&self, sx: &[f64], sy: &[f64], out: &mut [T], mask: &mut [bool], from: usize) -> usize {
@@ -106,6 +109,7 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
         let (w, h) = (self.width as f64, self.height as f64);
         let (half, zero, one_d) = (_mm256_set1_pd(0.5), _mm256_setzero_pd(), _mm256_set1_pd(1.0));
         let (w_d, h_d) = (_mm256_set1_pd(w), _mm256_set1_pd(h));
+        let source_h = _mm256_set1_pd(self.source_height as f64);
         // A group's window must start at or after 0 and end within the
         // source: first tap + `2 * PAIRS` columns (the last gather reads a
         // pair), first row + `ny` rows.
@@ -130,7 +134,7 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
             let ys = [_mm256_loadu_pd(sy.as_ptr().add(k)), _mm256_loadu_pd(sy.as_ptr().add(k + 4))];
             // Per half: split into pixel and fraction (`split`), check the
             // position (NaN fails every comparison) and the window.
-            let mut ok = 0;
+            let (mut ok, mut in_source) = (0, 0);
             let mut x0 = [_mm_setzero_si128(); 2];
             let mut y0 = [_mm_setzero_si128(); 2];
             let mut dx = [_mm_setzero_ps(); 2];
@@ -142,12 +146,19 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
                 let (ix, iy) = (_mm256_floor_pd(fxv), _mm256_floor_pd(fyv));
                 let window = _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(ix, x_lo), _mm256_cmp_pd::<_CMP_LE_OQ>(ix, x_hi)), _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(iy, y_lo), _mm256_cmp_pd::<_CMP_LE_OQ>(iy, y_hi)));
                 ok |= _mm256_movemask_pd(_mm256_and_pd(inside, window)) << (4 * hlf);
+                let in_whole = _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(x, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(x, w_d)), _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(y, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(y, source_h)));
+                in_source |= _mm256_movemask_pd(in_whole);
                 x0[hlf] = _mm256_cvttpd_epi32(ix);
                 y0[hlf] = _mm256_cvttpd_epi32(iy);
                 dx[hlf] = _mm256_cvtpd_ps(_mm256_sub_pd(fxv, ix));
                 dy[hlf] = _mm256_sub_pd(fyv, iy);
             }
             if ok != 0xFF {
+                if in_source == 0 {
+                    // Every pixel maps outside the whole source (or to NaN).
+                    k += 8;
+                    continue;
+                }
                 return k;
             }
             let x0 = _mm256_add_epi32(_mm256_set_m128i(x0[1], x0[0]), _mm256_set1_epi32(fx as i32));
@@ -263,6 +274,11 @@ mod tests {
         let mut sx: Vec<f64> = (0..n).map(|_| (next() % 1_000_000) as f64 / 1e6 * (w as f64 + 10.0) - 5.0).collect();
         let sy: Vec<f64> = (0..n).map(|_| (next() % 1_000_000) as f64 / 1e6 * (h as f64 + 10.0) - 5.0).collect();
         sx[1234] = f64::NAN;
+        // Groups wholly outside the source: left of it, NaN, below it.
+        sx[800..808].fill(-3.0);
+        sx[1600..1608].fill(f64::NAN);
+        let mut sy = sy;
+        sy[2400..2408].fill(h as f64 + 2.0);
         let Some(_) = Bilinear16::new(&SourceBand { values: &unsigned, nodata: None, valid: None, width: w, height: h }, (1.0, 1.0), (0, 2), (0, 2)) else {
             eprintln!("no AVX2 and FMA here: nothing to compare");
             return;
@@ -283,12 +299,18 @@ mod tests {
         let g = Bilinear16::new(src, scale, wx, wy).expect("kernel");
         let n = sx.len();
         let (mut out, mut mask) = (vec![T::from_f64(7.0); n], vec![false; n]);
-        let (mut done, mut declined, mut k) = (0, 0, 0);
+        let (mut done, mut declined, mut passed, mut k) = (0, 0, 0, 0);
         while k + 8 <= n {
             let stop = g.run(sx, sy, &mut out, &mut mask, k);
             for i in k..stop {
-                assert!(mask[i], "pixel {i} done but masked");
                 let (x, y) = (sx[i], sy[i]);
+                if !(x >= 0.0 && y >= 0.0 && x < src.width as f64 && y < src.height as f64) {
+                    // Only whole groups outside the source are passed over.
+                    assert!(!mask[i] && out[i] == T::from_f64(7.0), "pixel {i} outside the source was written");
+                    passed += 1;
+                    continue;
+                }
+                assert!(mask[i], "pixel {i} done but masked");
                 if scale == (1.0, 1.0) {
                     let want = bilinear(src, x, y).expect("valid");
                     // f32 holds values near 65535 to about 0.004.
@@ -333,5 +355,26 @@ mod tests {
             k = stop + 8;
         }
         assert!(done > n / 4 && declined > 10, "{scale:?}: {done} pixels done, {declined} groups declined");
+        assert!(passed >= 24, "{scale:?}: {passed} pixels outside the source passed over");
+    }
+
+    /// While a source streams in, a group inside the source but below the
+    /// rows received is left to the caller, not passed over as outside.
+    #[test]
+    fn groups_below_the_rows_received_are_left_to_the_caller() {
+        let (w, h) = (64, 64);
+        let values: Vec<u16> = (0..w * h).map(|i| i as u16 + 1).collect();
+        // Half the rows received.
+        let src = SourceBand { values: &values[..w * h / 2], nodata: None, valid: None, width: w, height: h };
+        let Some(g) = Bilinear16::new(&src, (1.0, 1.0), (0, 2), (0, 2)) else {
+            eprintln!("no AVX2 and FMA here: nothing to compare");
+            return;
+        };
+        let sx = vec![10.0; 24];
+        let sy: Vec<f64> = [vec![-5.0; 8], vec![10.0; 8], vec![50.0; 8]].concat();
+        let (mut out, mut mask) = (vec![0u16; 24], vec![false; 24]);
+        assert_eq!(g.run(&sx, &sy, &mut out, &mut mask, 0), 16, "stops at the group below the rows received");
+        assert_eq!(&mask[..16], [[false; 8], [true; 8]].concat(), "the group above the source passed over, the next done");
+        assert!(mask[16..].iter().all(|m| !m));
     }
 }

@@ -233,7 +233,13 @@ pub struct TileCoords {
     pub axes: Option<Axes>,
     /// Bilinear and cubic kernel scales along x and y ([`kernel_scale`]).
     pub scale: (f64, f64),
+    /// The smallest and largest finite values of `sx` and of `sy`, taken
+    /// once per tile (each band's kernel needs them).
+    pub ranges: Ranges,
 }
+
+/// Finite ranges of source x and y positions ([`finite_range`]).
+pub type Ranges = (Option<(f64, f64)>, Option<(f64, f64)>);
 
 /// Source positions of a tile's columns and rows when the axes align.
 pub struct Axes {
@@ -325,7 +331,7 @@ pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_sourc
             let (col_off, row_off) = (tile.ix * n as i64 - col0, top - (tile.iy + 1) * n as i64);
             let overlaps = |off: i64, len: usize| off < len as i64 && off + n as i64 > 0;
             let touches = overlaps(col_off, src.width) && overlaps(row_off, src.height);
-            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: Some((col_off, row_off)), axes: None, scale: (1.0, 1.0) }
+            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: Some((col_off, row_off)), axes: None, scale: (1.0, 1.0), ranges: (None, None) }
         }
         Placement::Axes => {
             let inv = &src.inverse;
@@ -337,7 +343,7 @@ pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_sourc
                 y_edges: along(n + 1, 0.0, target_gt[3], target_gt[5], inv[3], inv[5]),
             };
             let touches = axes.xs.iter().any(|x| *x >= 0.0 && *x < w) && axes.ys.iter().any(|y| *y >= 0.0 && *y < h);
-            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: None, axes: Some(axes), scale }
+            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: None, axes: Some(axes), scale, ranges: (None, None) }
         }
         Placement::General => {
             let map = ExactMap { target_gt, src_inverse: src.inverse, to_source };
@@ -355,7 +361,8 @@ pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_sourc
             let (sx, sy) = grid_points(n, 0.5);
             let corners = with_corners.then(|| grid_points(n + 1, 0.0));
             let touches = sx.iter().zip(&sy).any(|(x, y)| *x >= 0.0 && *x < w && *y >= 0.0 && *y < h);
-            TileCoords { sx, sy, touches, n, corners, copy: None, axes: None, scale }
+            let ranges = (finite_range(&sx), finite_range(&sy));
+            TileCoords { sx, sy, touches, n, corners, copy: None, axes: None, scale, ranges }
         }
     }
 }
@@ -369,7 +376,7 @@ impl TileCoords {
         }
         let last = match &self.axes {
             Some(axes) => finite_max(&axes.y_edges).max(finite_max(&axes.ys)),
-            None => finite_max(&self.sy).max(self.corners.as_ref().map_or(f64::NEG_INFINITY, |c| finite_max(&c.1))),
+            None => self.ranges.1.map_or(f64::NEG_INFINITY, |r| r.1).max(self.corners.as_ref().map_or(f64::NEG_INFINITY, |c| finite_max(&c.1))),
         };
         rows_through(last, self.scale.1, height)
     }
@@ -465,9 +472,10 @@ pub fn resample<T: Sample>(src: &SourceBand<'_, T>, coords: &TileCoords, method:
         }
         // Mode is not separable: per pixel, as in the general case.
         let (sx, sy, corners) = axes.points();
-        return resample_points(src, &sx, &sy, Some(&corners), coords.n, coords.scale, method, fill);
+        let ranges = (finite_range(&sx), finite_range(&sy));
+        return resample_points(src, &sx, &sy, ranges, Some(&corners), coords.n, coords.scale, method, fill);
     }
-    resample_points(src, &coords.sx, &coords.sy, coords.corners.as_ref(), coords.n, coords.scale, method, fill)
+    resample_points(src, &coords.sx, &coords.sy, coords.ranges, coords.corners.as_ref(), coords.n, coords.scale, method, fill)
 }
 
 fn resample_axes<T: Sample, A: separable::Acc>(src: &SourceBand<'_, T>, axes: &Axes, scale: (f64, f64), method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
@@ -482,10 +490,10 @@ fn resample_axes<T: Sample, A: separable::Acc>(src: &SourceBand<'_, T>, axes: &A
 }
 
 /// The per-pixel kernels: `sx`/`sy` hold each target pixel centre's source
-/// position, `corners` its `(n + 1) x (n + 1)` pixel corners, `scale` the
+/// position (`ranges` their finite ranges), `corners` its `(n + 1) x (n + 1)` pixel corners, `scale` the
 /// bilinear and cubic kernel scales.
 #[allow(clippy::too_many_arguments)]
-fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], corners: Option<&Positions>, tile_n: usize, scale: (f64, f64), method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
+fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], ranges: Ranges, corners: Option<&Positions>, tile_n: usize, scale: (f64, f64), method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
     let widened = scale != (1.0, 1.0) && matches!(method, Resampling::Bilinear | Resampling::Cubic);
     let (mut wx, mut wy) = (Vec::new(), Vec::new());
     // Widened windows that fit on the stack (kernel_taps's layout, per axis;
@@ -506,11 +514,11 @@ fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], c
     // may read is valid (then its taps need no checks).
     let clean = (widened || gather.is_some()) && {
         let reach = |s: f64| (if method == Resampling::Cubic { 2.0 } else { 1.0 } / s).ceil() + 1.0;
-        let span = |v: &[f64], len: usize, r: f64| {
-            let (lo, hi) = finite_range(v)?;
+        let span = |range: Option<(f64, f64)>, len: usize, r: f64| {
+            let (lo, hi) = range?;
             (len > 0).then(|| (((lo - r).floor().max(0.0) as usize).min(len - 1), ((hi + r).ceil().max(0.0) as usize).min(len - 1)))
         };
-        match (span(sx, src.width, reach(scale.0)), span(sy, src.height, reach(scale.1))) {
+        match (span(ranges.0, src.width, reach(scale.0)), span(ranges.1, src.height, reach(scale.1))) {
             (Some(cols), Some(rows)) => separable::window_is_valid(src, cols, rows),
             _ => false,
         }
@@ -1003,7 +1011,9 @@ mod tests {
     use super::*;
 
     fn coords(points: &[(f64, f64)]) -> TileCoords {
-        TileCoords { sx: points.iter().map(|p| p.0).collect(), sy: points.iter().map(|p| p.1).collect(), touches: true, n: points.len(), corners: None, copy: None, axes: None, scale: (1.0, 1.0) }
+        let (sx, sy): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
+        let ranges = (finite_range(&sx), finite_range(&sy));
+        TileCoords { sx, sy, touches: true, n: points.len(), corners: None, copy: None, axes: None, scale: (1.0, 1.0), ranges }
     }
 
     #[test]
@@ -1171,7 +1181,7 @@ mod tests {
     fn the_copy_path_masks_nodata_and_invalid_pixels_in_each_of_its_loops() {
         let values: Vec<u16> = vec![1, 0, 3, 4, 5, 0, 7, 8, 9];
         let valid = [true, true, true, false, true, true, true, true, true];
-        let coords = TileCoords { sx: Vec::new(), sy: Vec::new(), touches: true, n: 4, corners: None, copy: Some((-1, -1)), axes: None, scale: (1.0, 1.0) };
+        let coords = TileCoords { sx: Vec::new(), sy: Vec::new(), touches: true, n: 4, corners: None, copy: Some((-1, -1)), axes: None, scale: (1.0, 1.0), ranges: (None, None) };
         for (nodata, valid) in [(Some(0u16), None), (None, None), (Some(0), Some(&valid[..]))] {
             let src = SourceBand { values: &values, nodata, valid, width: 3, height: 3 };
             let (out, mask) = resample(&src, &coords, Resampling::Nearest, 99);
