@@ -123,6 +123,20 @@ pub struct ServeArgs {
     /// Most stored MiB one DoGet ticket may select.
     #[arg(long, env = "PIXELQUERY_MAX_QUERY_MB", default_value_t = 8192)]
     pub max_query_mb: u64,
+    /// How a scene's chunk files are made durable: `fs`, one `syncfs` of
+    /// the warehouse's file system for scenes of 8 files or more (each
+    /// file's write-back starts as it is appended); `per-file`, an
+    /// `fdatasync` per file (for a disk other programs keep busy, whose
+    /// dirty pages a `syncfs` would wait for too).
+    #[arg(long, env = "PIXELQUERY_SYNC", value_enum, default_value_t = SyncArg::Fs)]
+    pub sync: SyncArg,
+}
+
+/// `--sync` ([`crate::storage::SyncMode`]).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SyncArg {
+    Fs,
+    PerFile,
 }
 
 impl ServeArgs {
@@ -159,6 +173,10 @@ impl ServeArgs {
                 max_concurrent_puts: self.max_concurrent_puts as usize,
                 request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
                 max_query_bytes: self.max_query_mb.saturating_mul(1 << 20),
+            },
+            sync: match self.sync {
+                SyncArg::Fs => crate::storage::SyncMode::FileSystem,
+                SyncArg::PerFile => crate::storage::SyncMode::PerFile,
             },
         })
     }

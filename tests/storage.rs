@@ -353,3 +353,59 @@ async fn time_windows_read_the_same_rows_from_appended_and_compacted_chunks() {
     }
     server.shutdown().await;
 }
+
+/// A scene of nine chunk files (new directories included) commits and
+/// reads back, before and after a restart, with either way of making it
+/// durable: one `syncfs` (`--sync fs`, the default for 8 files or more) or
+/// an `fdatasync` per file and directory (`--sync per-file`).
+#[test]
+fn a_large_scene_commits_with_either_sync_mode() {
+    use arrow_array::{BooleanArray, UInt16Array};
+    use pixelquery::grid::TileId;
+    use pixelquery::storage::{Observation, SyncMode, Warehouse};
+
+    for mode in [SyncMode::FileSystem, SyncMode::PerFile] {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = pixelquery::flight::actions::build_collection(proto::CreateCollection {
+            name: "s2".into(),
+            bands: vec![proto::BandSpec { name: "red".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],
+            grid: Some(proto::GridSpec { resolution: 10.0, ..Default::default() }),
+            ..Default::default()
+        })
+        .unwrap();
+        let scene = |v: u16| -> Vec<Observation> {
+            (0..9)
+                .map(|k| Observation {
+                    tile: TileId::new(k % 3, k / 3),
+                    band: "red".into(),
+                    pixels: std::sync::Arc::new(UInt16Array::from(vec![v + k as u16; 256 * 256])),
+                    mask: BooleanArray::from(vec![true; 256 * 256]),
+                })
+                .collect()
+        };
+        let firsts = |store: &pixelquery::storage::CollectionStore| -> Vec<(String, u16)> {
+            let mut v: Vec<(String, u16)> = store
+                .chunks(|_| true)
+                .iter()
+                .flat_map(|(_, e)| store.read_chunk(e).unwrap())
+                .flat_map(|b| {
+                    let scenes: Vec<String> = b.column(3).as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect();
+                    let px = b.column(4).as_list::<i32>().clone();
+                    scenes.into_iter().enumerate().map(move |(i, s)| (s, px.value(i).as_primitive::<arrow_array::types::UInt16Type>().value(0))).collect::<Vec<_>>()
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let want: Vec<(String, u16)> = (0..9u16).map(|k| ("a".to_string(), 100 + k)).chain((0..9u16).map(|k| ("b".to_string(), 200 + k))).collect();
+        {
+            let wh = Warehouse::open_with_sync(dir.path(), mode).unwrap();
+            let store = wh.create_collection(meta).unwrap();
+            assert_eq!(store.append_scene("a", T0, scene(100)).unwrap().observations, 9, "{mode:?}");
+            assert_eq!(store.append_scene("b", T0 + 1000, scene(200)).unwrap().observations, 9, "{mode:?}");
+            assert_eq!(firsts(&store), want, "{mode:?}");
+        }
+        let wh = Warehouse::open_with_sync(dir.path(), mode).unwrap();
+        assert_eq!(firsts(&wh.collection("s2").unwrap()), want, "{mode:?} after a restart");
+    }
+}

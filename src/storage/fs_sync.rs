@@ -29,6 +29,19 @@ use std::sync::Mutex;
 /// the whole file system.
 pub const FS_SYNC_MIN_FILES: usize = 8;
 
+/// How a commit of many files makes them durable (`--sync`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// One `syncfs` of the warehouse's file system for commits of at least
+    /// [`FS_SYNC_MIN_FILES`] files (Linux; elsewhere per file).
+    #[default]
+    FileSystem,
+    /// An `fdatasync` per file, always: for a warehouse on a disk that
+    /// other programs keep busy, whose dirty pages a `syncfs` would wait
+    /// for too.
+    PerFile,
+}
+
 /// The warehouse's file system, synced as a whole.
 pub struct FsSync {
     /// The warehouse directory, opened before any write (the kernel reports
@@ -43,12 +56,9 @@ pub struct FsSync {
 
 impl FsSync {
     /// For the file system holding `root`. Every commit syncs per file
-    /// where `syncfs` is not available (other systems) or the environment
-    /// says `PIXELQUERY_SYNC=per-file` (a warehouse on a disk that others
-    /// keep busy, whose dirty pages a `syncfs` would wait for too).
-    pub fn open(root: &Path) -> Self {
-        let per_file = std::env::var("PIXELQUERY_SYNC").is_ok_and(|v| v == "per-file");
-        let root = if cfg!(target_os = "linux") && !per_file { File::open(root).ok() } else { None };
+    /// where `syncfs` is not available (other systems) or `mode` says so.
+    pub fn open(root: &Path, mode: SyncMode) -> Self {
+        let root = if cfg!(target_os = "linux") && mode == SyncMode::FileSystem { File::open(root).ok() } else { None };
         Self { root, done: Mutex::new(0), begun: AtomicU64::new(0), failed: AtomicBool::new(false) }
     }
 
@@ -131,7 +141,7 @@ mod tests {
     #[test]
     fn concurrent_commits_share_a_syncfs_that_began_after_them() {
         let dir = tempfile::tempdir().unwrap();
-        let fs = std::sync::Arc::new(FsSync::open(dir.path()));
+        let fs = std::sync::Arc::new(FsSync::open(dir.path(), SyncMode::FileSystem));
         if !fs.available() {
             return;
         }

@@ -20,6 +20,7 @@
 
 pub mod chunk;
 pub mod fs_sync;
+pub use fs_sync::SyncMode;
 pub mod log;
 pub mod paths;
 pub mod snapshot;
@@ -843,27 +844,30 @@ pub fn sorted_rows(batches: &[RecordBatch], keep: impl Fn(i64, &str) -> bool) ->
 /// Creates `dir` and any missing parents below `root`, fsyncing each parent
 /// so the new entries survive a crash.
 fn ensure_dir(dir: &Path, root: &Path) -> Result<()> {
-    let (mut parents, mut created) = (Vec::new(), Vec::new());
-    create_dirs(dir, root, &mut parents, &mut created)?;
+    let mut parents = Vec::new();
+    create_dirs(dir, root, &mut parents, None)?;
     parents.iter().try_for_each(|p| sync_dir(p))
 }
 
 /// Creates `dir` and any missing parents below `root`; adds to `to_sync`
 /// the directories whose entries changed (they need an fsync before a
-/// commit that relies on them) and to `created` the new ones, parents first.
-fn create_dirs(dir: &Path, root: &Path, to_sync: &mut Vec<PathBuf>, created: &mut Vec<PathBuf>) -> Result<()> {
+/// commit that relies on them) and to `created`, if given, the new ones,
+/// parents first.
+fn create_dirs(dir: &Path, root: &Path, to_sync: &mut Vec<PathBuf>, mut created: Option<&mut Vec<PathBuf>>) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
         if parent != root && parent.starts_with(root) {
-            create_dirs(parent, root, to_sync, created)?;
+            create_dirs(parent, root, to_sync, created.as_deref_mut())?;
         }
     }
     match fs::create_dir(dir) {
         Ok(()) => {
             to_sync.push(dir.parent().unwrap_or(root).to_path_buf());
-            created.push(dir.to_path_buf());
+            if let Some(created) = created {
+                created.push(dir.to_path_buf());
+            }
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
@@ -965,7 +969,7 @@ impl<'a> SceneWriter<'a> {
             let path = store.paths.chunk(&store.meta.name, key.tile, self.month, &key.band, gen);
             if committed == 0 {
                 if let Some(parent) = path.parent() {
-                    create_dirs(parent, store.paths.root(), &mut self.dirs, &mut self.created)?;
+                    create_dirs(parent, store.paths.root(), &mut self.dirs, Some(&mut self.created))?;
                 }
             }
             // Nothing is committed yet: after a failure here the writer's
@@ -1014,22 +1018,21 @@ impl<'a> SceneWriter<'a> {
         dirs.dedup();
         let mut files = std::mem::take(&mut self.files);
         let fs = &self.store.fs_sync;
+        let whole_fs = fs.available() && self.appended.len() + dirs.len() >= fs_sync::FS_SYNC_MIN_FILES;
         match files.last() {
-            Some((path, barrier)) if fs.available() && self.appended.len() + dirs.len() >= fs_sync::FS_SYNC_MIN_FILES => {
-                fs.sync(barrier).map_err(Error::io(path))?;
-                dirs.clear();
-                files.clear();
+            // One sync of the file system covers the files and directories.
+            Some((path, barrier)) if whole_fs => fs.sync(barrier).map_err(Error::io(path))?,
+            _ => {
+                for d in dirs {
+                    let f = File::open(&d).map_err(Error::io(&d))?;
+                    files.push((d, f));
+                    if files.len() >= SYNC_BATCH {
+                        sync_all(std::mem::take(&mut files))?;
+                    }
+                }
+                sync_all(files)?;
             }
-            _ => {}
         }
-        for d in dirs {
-            let f = File::open(&d).map_err(Error::io(&d))?;
-            files.push((d, f));
-            if files.len() >= SYNC_BATCH {
-                sync_all(std::mem::take(&mut files))?;
-            }
-        }
-        sync_all(files)?;
         let record = Record::Scene { scene_id: std::mem::take(&mut self.scene_id), time_ms: self.time_ms, chunks: std::mem::take(&mut self.appended) };
         self.store.commit(&mut self.log, record)?;
         self.committed = true;
@@ -1076,10 +1079,15 @@ impl Warehouse {
     /// Opens (creating if needed) a warehouse: replays every collection's
     /// catalog log and brings its chunk files in line. Blocking.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with_sync(root, SyncMode::default())
+    }
+
+    /// [`Warehouse::open`] with commits made durable as `sync` says.
+    pub fn open_with_sync(root: &Path, sync: SyncMode) -> Result<Self> {
         fs::create_dir_all(root).map_err(Error::io(root))?;
         let paths = WarehousePaths::new(root);
         // Opened before any write (see `FsSync`).
-        let fs_sync = Arc::new(fs_sync::FsSync::open(root));
+        let fs_sync = Arc::new(fs_sync::FsSync::open(root, sync));
         let mut collections = BTreeMap::new();
         for entry in fs::read_dir(root).map_err(Error::io(root))? {
             let entry = entry.map_err(Error::io(root))?;
