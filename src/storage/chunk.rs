@@ -316,43 +316,14 @@ pub fn pixel_stats(pixels: &ArrayRef, mask: &BooleanArray, tile_px: usize) -> Pi
                 continue;
             }
             let (before, mut first, mut last) = (s.valid, usize::MAX, 0);
-            let as_u16 = (std::any::TypeId::of::<T::Native>() == std::any::TypeId::of::<u16>()).then(|| {
-                // SAFETY: `T::Native` is `u16` (checked just above).
-                unsafe { std::slice::from_raw_parts(row.as_ptr() as *const u16, row.len()) }
-            });
-            if let (true, Some(row)) = (count == row.len(), as_u16) {
-                // The common case, a whole valid row of uint16, in integer
-                // lanes (a third of a raw put's tile work in f64 lanes).
-                let (lo, hi, sum) = u16_row(row);
-                s.min = s.min.min(lo as f64);
-                s.max = s.max.max(hi as f64);
-                s.sum += sum as f64;
-                s.valid += row.len() as u64;
-                (first, last) = (0, row.len());
-            } else if count == row.len() && !T::Native::IS_FLOAT {
-                // A whole valid row of integers: eight lanes of minima,
-                // maxima and sums (exact: integer sums far below 2^53), no
-                // per-pixel tests, so it vectorises.
-                let (mut lo, mut hi, mut sums) = ([f64::INFINITY; 8], [f64::NEG_INFINITY; 8], [0.0f64; 8]);
-                let chunks = row.chunks_exact(8);
-                let rest = chunks.remainder();
-                for c in chunks {
-                    for k in 0..8 {
-                        let v = c[k].to_f64();
-                        lo[k] = if v < lo[k] { v } else { lo[k] };
-                        hi[k] = if v > hi[k] { v } else { hi[k] };
-                        sums[k] += v;
-                    }
-                }
-                for (k, v) in rest.iter().enumerate() {
-                    let v = v.to_f64();
-                    lo[k] = lo[k].min(v);
-                    hi[k] = hi[k].max(v);
-                    sums[k] += v;
-                }
-                s.min = lo.into_iter().fold(s.min, f64::min);
-                s.max = hi.into_iter().fold(s.max, f64::max);
-                s.sum += sums.iter().sum::<f64>();
+            // A whole valid row of integers (the common case) in integer
+            // lanes, no per-pixel tests (a third of a raw put's tile work
+            // had gone to f64 lanes).
+            let whole = if count == row.len() { T::Native::int_row_stats(row) } else { None };
+            if let Some((lo, hi, sum)) = whole {
+                s.min = s.min.min(lo);
+                s.max = s.max.max(hi);
+                s.sum += sum;
                 s.valid += row.len() as u64;
                 (first, last) = (0, row.len());
             } else {
@@ -382,16 +353,6 @@ pub fn pixel_stats(pixels: &ArrayRef, mask: &BooleanArray, tile_px: usize) -> Pi
         Some(d) => crate::with_arrow_type!(d, T => typed::<T>(pixels, mask, tile_px)),
         None => PixelStats::default(),
     }
-}
-
-/// Minimum, maximum and sum of a non-empty row: three integer reductions
-/// the compiler vectorises (the sum in u32 over parts of 65 536 values,
-/// which stay below 2^32).
-fn u16_row(row: &[u16]) -> (u16, u16, u64) {
-    let lo = row.iter().copied().min().unwrap_or(u16::MAX);
-    let hi = row.iter().copied().max().unwrap_or(0);
-    let sum = row.chunks(1 << 16).map(|part| part.iter().map(|v| *v as u32).sum::<u32>() as u64).sum();
-    (lo, hi, sum)
 }
 
 /// Statistics of every row of a chunk batch, merged.
@@ -479,7 +440,7 @@ mod tests {
     /// Whole valid uint16 rows take integer lanes: the same statistics as
     /// summing in f64, for large values and rows of any length.
     #[test]
-    fn uint16_rows_give_exact_statistics() {
+    fn integer_rows_give_exact_statistics() {
         for n in [1, 7, 16, 256, 5000] {
             let u: Vec<u16> = (0..3 * n).map(|i| 65535 - (i * 31 % 97) as u16).collect();
             let mask = BooleanArray::from(vec![true; 3 * n]);
@@ -487,8 +448,17 @@ mod tests {
             let want = (u.len() as u64, *u.iter().min().unwrap() as f64, *u.iter().max().unwrap() as f64, u.iter().map(|v| *v as f64).sum::<f64>(), [0, 0, n as u32, 3]);
             assert_eq!((st.valid, st.min, st.max, st.sum, st.bbox), want, "rows of {n}");
         }
-        let big = vec![65535u16; (16 << 16) + 5];
-        assert_eq!(u16_row(&big), (65535, 65535, 65535 * big.len() as u64));
+        // Rows past one part of partial sums, at each type's extremes.
+        use crate::warp::Sample;
+        let len = (16 << 16) + 5;
+        assert_eq!(u16::int_row_stats(&vec![65535u16; len]), Some((65535.0, 65535.0, 65535.0 * len as f64)));
+        assert_eq!(u8::int_row_stats(&vec![255u8; len]), Some((255.0, 255.0, 255.0 * len as f64)));
+        assert_eq!(i16::int_row_stats(&vec![i16::MIN; len]), Some((-32768.0, -32768.0, -32768.0 * len as f64)));
+        assert_eq!(i16::int_row_stats(&[i16::MIN, i16::MAX, 5]), Some((-32768.0, 32767.0, 4.0)));
+        assert_eq!(u32::int_row_stats(&vec![u32::MAX; len]), Some((u32::MAX as f64, u32::MAX as f64, u32::MAX as f64 * len as f64)));
+        assert_eq!(i32::int_row_stats(&vec![i32::MIN; len]), Some((i32::MIN as f64, i32::MIN as f64, i32::MIN as f64 * len as f64)));
+        assert_eq!(f32::int_row_stats(&[1.0]), None);
+        assert_eq!(u16::int_row_stats(&[]), None);
     }
 
     #[test]

@@ -35,10 +35,15 @@ pub trait Sample: Copy + Send + Sync + PartialEq + 'static {
     fn to_f32(self) -> f32;
     /// As [`Sample::from_f64`], from `f32`.
     fn from_f32(v: f32) -> Self;
+    /// Minimum, maximum and sum of `row` (all of it valid), exact for
+    /// integers: reductions in integer lanes that the compiler vectorises.
+    /// `None` for floats (and an empty row): their statistics skip
+    /// non-finite values one by one.
+    fn int_row_stats(row: &[Self]) -> Option<(f64, f64, f64)>;
 }
 
 macro_rules! impl_int_sample {
-    ($($t:ty: $narrow:expr, $from_f32:expr);*) => {$(
+    ($($t:ty: $narrow:expr, $from_f32:expr, $sum:ty);*) => {$(
         impl Sample for $t {
             const IS_FLOAT: bool = false;
             const NARROW: bool = $narrow;
@@ -50,6 +55,14 @@ macro_rules! impl_int_sample {
             fn to_f32(self) -> f32 { self as f32 }
             #[inline]
             fn from_f32(v: f32) -> Self { $from_f32(v) }
+            fn int_row_stats(row: &[Self]) -> Option<(f64, f64, f64)> {
+                let lo = row.iter().copied().min()?;
+                let hi = row.iter().copied().max()?;
+                // Partial sums in `$sum`, which holds 65 536 values of the
+                // type without overflow.
+                let sum: i64 = row.chunks(1 << 16).map(|part| part.iter().map(|v| *v as $sum).sum::<$sum>() as i64).sum();
+                Some((lo as f64, hi as f64, sum as f64))
+            }
         }
     )*};
 }
@@ -58,11 +71,11 @@ macro_rules! impl_int_sample {
 // the minimum. Written so that the compiler vectorises it (a saturating `as`
 // does not vectorise); the wide types go via f64.
 impl_int_sample!(
-    u8: true, |v: f32| truncate_within(v + 0.5, 255.0) as u8;
-    u16: true, |v: f32| truncate_within(v + 0.5, 65535.0) as u16;
-    i16: true, |v: f32| (truncate_within(v + 32768.5, 65535.0) - 32768) as i16;
-    u32: false, |v: f32| u32::from_f64(v as f64);
-    i32: false, |v: f32| i32::from_f64(v as f64)
+    u8: true, |v: f32| truncate_within(v + 0.5, 255.0) as u8, u32;
+    u16: true, |v: f32| truncate_within(v + 0.5, 65535.0) as u16, u32;
+    i16: true, |v: f32| (truncate_within(v + 32768.5, 65535.0) - 32768) as i16, i32;
+    u32: false, |v: f32| u32::from_f64(v as f64), i64;
+    i32: false, |v: f32| i32::from_f64(v as f64), i64
 );
 
 /// `v` clamped into `[0, max]` (NaN to 0) and truncated toward zero;
@@ -95,6 +108,9 @@ impl Sample for f32 {
     fn from_f32(v: f32) -> Self {
         v
     }
+    fn int_row_stats(_: &[Self]) -> Option<(f64, f64, f64)> {
+        None
+    }
 }
 
 impl Sample for f64 {
@@ -111,6 +127,9 @@ impl Sample for f64 {
     }
     fn from_f32(v: f32) -> Self {
         v as f64
+    }
+    fn int_row_stats(_: &[Self]) -> Option<(f64, f64, f64)> {
+        None
     }
 }
 
