@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
 pub struct Pool {
-    tx: Mutex<Sender<Job>>,
+    tx: Sender<Job>,
 }
 
 impl Pool {
@@ -30,16 +30,15 @@ impl Pool {
                 break;
             }
         }
-        Ok(Self { tx: Mutex::new(tx) })
+        Ok(Self { tx })
     }
 
     /// Queues `job`. A job that panics is caught there (and its thread goes
     /// on); jobs report their own outcome, e.g. through a channel.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        // The receiving threads live as long as the process (the pools are
-        // statics), so the send cannot fail.
-        let _ = tx.send(Box::new(job));
+        // The receiving threads live as long as the pool (the server's
+        // pools are statics), so the send cannot fail.
+        let _ = self.tx.send(Box::new(job));
     }
 }
 

@@ -437,7 +437,7 @@ mod tests {
         }
     }
 
-    /// Whole valid uint16 rows take integer lanes: the same statistics as
+    /// Whole valid integer rows take integer lanes: the same statistics as
     /// summing in f64, for large values and rows of any length.
     #[test]
     fn integer_rows_give_exact_statistics() {

@@ -20,10 +20,11 @@
 
 pub mod chunk;
 pub mod fs_sync;
-pub use fs_sync::SyncMode;
 pub mod log;
 pub mod paths;
 pub mod snapshot;
+
+pub use fs_sync::SyncMode;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
