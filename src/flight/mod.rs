@@ -17,7 +17,7 @@ use arrow_flight::{
 };
 use arrow_ipc::writer::IpcWriteOptions;
 use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt};
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
@@ -251,8 +251,9 @@ fn ipc_error(e: impl std::fmt::Display) -> Error {
 /// message body in place. (arrow-flight's decoder copies every body that
 /// does not start at a multiple of 64 bytes, which is nearly all of them:
 /// one more copy of the whole raster. Here a buffer is copied only if it
-/// is misaligned for its type.) Dictionary batches are refused: raster
-/// bands are plain columns.
+/// is misaligned for its type.) Each header is parsed once and checked
+/// against its body ([`check_ipc_frame`]) before the decoder reads it.
+/// Dictionary batches are refused: raster bands are plain columns.
 fn raster_batches<S>(data: S) -> impl futures::Stream<Item = crate::error::Result<arrow_array::RecordBatch>> + Unpin
 where
     S: futures::Stream<Item = Result<FlightData, Status>> + Send + 'static,
@@ -265,7 +266,8 @@ where
         if fd.data_header.is_empty() {
             return Ok(None);
         }
-        let msg = arrow_ipc::root_as_message(&fd.data_header).map_err(ipc_error)?;
+        let msg = arrow_ipc::root_as_message(&fd.data_header).map_err(|e| bad_frame(format!("undecodable message header: {e}")))?;
+        check_ipc_frame(&msg, fd.data_body.len())?;
         match msg.header_type() {
             MessageHeader::Schema => {
                 let fb = msg.header_as_schema().ok_or_else(|| ipc_error("a schema message without a schema"))?;
@@ -303,25 +305,22 @@ where
         .ok_or_else(|| Error::invalid("stream", "no messages", "DoPut needs a descriptor and raster rows"))?;
     let descriptor = first.flight_descriptor.clone().ok_or_else(|| Error::invalid("descriptor", "none", "the first DoPut message must carry a FlightDescriptor"))?;
     let spec = wire::decode_ingest(&command("descriptor", &descriptor)?)?;
-    let data = futures::stream::once(async move { Ok(first) })
-        .chain(stream)
-        .and_then(|fd| async move { check_ipc_frame(&fd).map(|()| fd) });
-    let batches = raster_batches(data);
+    let batches = raster_batches(futures::stream::once(async move { Ok(first) }).chain(stream));
     Ok(ingest::ingest(state.warehouse.clone(), state.ingest.clone(), spec, batches).await?)
+}
+
+/// An IPC message whose header does not parse or does not match its body.
+fn bad_frame(reason: String) -> Error {
+    Error::invalid("stream", "Arrow IPC message", &reason)
 }
 
 /// Checks that an IPC message's body holds what its header says, before the
 /// Arrow decoder slices it (arrow-ipc 60 panics on a body shorter than a
 /// buffer it names; found by `tests/hostile_input.rs`).
-fn check_ipc_frame(fd: &FlightData) -> Result<(), Status> {
-    if fd.data_header.is_empty() {
-        return Ok(());
-    }
-    let bad = |reason: String| Status::from(Error::invalid("stream", "Arrow IPC message", &reason));
-    let msg = arrow_ipc::root_as_message(&fd.data_header).map_err(|e| bad(format!("undecodable message header: {e}")))?;
+fn check_ipc_frame(msg: &arrow_ipc::Message<'_>, body_len: usize) -> crate::error::Result<()> {
     let body = msg.bodyLength();
-    if body < 0 || body as u64 > fd.data_body.len() as u64 {
-        return Err(bad(format!("the header announces a {body}-byte body but {} bytes came", fd.data_body.len())));
+    if body < 0 || body as u64 > body_len as u64 {
+        return Err(bad_frame(format!("the header announces a {body}-byte body but {body_len} bytes came")));
     }
     let buffers = match (msg.header_as_record_batch(), msg.header_as_dictionary_batch()) {
         (Some(batch), _) => batch.buffers(),
@@ -331,7 +330,7 @@ fn check_ipc_frame(fd: &FlightData) -> Result<(), Status> {
     for b in buffers.iter().flatten() {
         let end = b.offset().checked_add(b.length());
         if b.offset() < 0 || b.length() < 0 || end.is_none_or(|end| end > body) {
-            return Err(bad(format!("a buffer at offset {} of length {} lies outside the {body}-byte body", b.offset(), b.length())));
+            return Err(bad_frame(format!("a buffer at offset {} of length {} lies outside the {body}-byte body", b.offset(), b.length())));
         }
     }
     Ok(())
