@@ -284,6 +284,18 @@ async fn the_catalog_snapshot_follows_commits_in_the_background_and_chunks_stay_
     server.shutdown().await;
 }
 
+/// Collection `s2` with one uint16 band `red` on the 10 m grid, for tests
+/// that open a warehouse directly.
+fn red_collection_meta() -> pixelquery::collection::Collection {
+    pixelquery::flight::actions::build_collection(proto::CreateCollection {
+        name: "s2".into(),
+        bands: vec![proto::BandSpec { name: "red".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],
+        grid: Some(proto::GridSpec { resolution: 10.0, ..Default::default() }),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 #[test]
 fn a_reader_holding_a_deleted_chunk_cannot_remove_its_successor() {
     use arrow_array::{BooleanArray, UInt16Array};
@@ -291,13 +303,7 @@ fn a_reader_holding_a_deleted_chunk_cannot_remove_its_successor() {
     use pixelquery::storage::{Observation, Warehouse};
 
     let dir = tempfile::tempdir().unwrap();
-    let meta = pixelquery::flight::actions::build_collection(proto::CreateCollection {
-        name: "s2".into(),
-        bands: vec![proto::BandSpec { name: "red".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],
-        grid: Some(proto::GridSpec { resolution: 10.0, ..Default::default() }),
-        ..Default::default()
-    })
-    .unwrap();
+    let meta = red_collection_meta();
     let obs = |v: u16| Observation {
         tile: TileId::new(1, 1),
         band: "red".into(),
@@ -366,13 +372,7 @@ fn a_large_scene_commits_with_either_sync_mode() {
 
     for mode in [SyncMode::FileSystem, SyncMode::PerFile] {
         let dir = tempfile::tempdir().unwrap();
-        let meta = pixelquery::flight::actions::build_collection(proto::CreateCollection {
-            name: "s2".into(),
-            bands: vec![proto::BandSpec { name: "red".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],
-            grid: Some(proto::GridSpec { resolution: 10.0, ..Default::default() }),
-            ..Default::default()
-        })
-        .unwrap();
+        let meta = red_collection_meta();
         let scene = |v: u16| -> Vec<Observation> {
             (0..9)
                 .map(|k| Observation {
