@@ -141,13 +141,15 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
             let mut dy = [zero; 2];
             for hlf in 0..2 {
                 let (x, y) = (xs[hlf], ys[hlf]);
-                let inside = _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(x, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(x, w_d)), _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(y, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(y, h_d)));
+                // Inside the source's columns and at or below its top row;
+                // then within the rows held, or within the whole source.
+                let in_cols_from_top = _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(x, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(x, w_d)), _mm256_cmp_pd::<_CMP_GE_OQ>(y, zero));
+                let inside = _mm256_and_pd(in_cols_from_top, _mm256_cmp_pd::<_CMP_LT_OQ>(y, h_d));
                 let (fxv, fyv) = (_mm256_sub_pd(x, half), _mm256_sub_pd(y, half));
                 let (ix, iy) = (_mm256_floor_pd(fxv), _mm256_floor_pd(fyv));
                 let window = _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(ix, x_lo), _mm256_cmp_pd::<_CMP_LE_OQ>(ix, x_hi)), _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(iy, y_lo), _mm256_cmp_pd::<_CMP_LE_OQ>(iy, y_hi)));
                 ok |= _mm256_movemask_pd(_mm256_and_pd(inside, window)) << (4 * hlf);
-                let in_whole = _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(x, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(x, w_d)), _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(y, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(y, source_h)));
-                in_source |= _mm256_movemask_pd(in_whole);
+                in_source |= _mm256_movemask_pd(_mm256_and_pd(in_cols_from_top, _mm256_cmp_pd::<_CMP_LT_OQ>(y, source_h)));
                 x0[hlf] = _mm256_cvttpd_epi32(ix);
                 y0[hlf] = _mm256_cvttpd_epi32(iy);
                 dx[hlf] = _mm256_cvtpd_ps(_mm256_sub_pd(fxv, ix));
