@@ -260,6 +260,11 @@ pub struct TileCoords {
 /// Finite ranges of source x and y positions ([`finite_range`]).
 pub type Ranges = (Option<(f64, f64)>, Option<(f64, f64)>);
 
+/// The [`Ranges`] of positions `sx`, `sy`.
+fn ranges(sx: &[f64], sy: &[f64]) -> Ranges {
+    (finite_range(sx), finite_range(sy))
+}
+
 /// Source positions of a tile's columns and rows when the axes align.
 pub struct Axes {
     /// Source x of each column's centre and of its `n + 1` edges.
@@ -380,7 +385,7 @@ pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_sourc
             let (sx, sy) = grid_points(n, 0.5);
             let corners = with_corners.then(|| grid_points(n + 1, 0.0));
             let touches = sx.iter().zip(&sy).any(|(x, y)| *x >= 0.0 && *x < w && *y >= 0.0 && *y < h);
-            let ranges = (finite_range(&sx), finite_range(&sy));
+            let ranges = ranges(&sx, &sy);
             TileCoords { sx, sy, touches, n, corners, copy: None, axes: None, scale, ranges }
         }
     }
@@ -491,7 +496,7 @@ pub fn resample<T: Sample>(src: &SourceBand<'_, T>, coords: &TileCoords, method:
         }
         // Mode is not separable: per pixel, as in the general case.
         let (sx, sy, corners) = axes.points();
-        let ranges = (finite_range(&sx), finite_range(&sy));
+        let ranges = ranges(&sx, &sy);
         return resample_points(src, &sx, &sy, ranges, Some(&corners), coords.n, coords.scale, method, fill);
     }
     resample_points(src, &coords.sx, &coords.sy, coords.ranges, coords.corners.as_ref(), coords.n, coords.scale, method, fill)
@@ -1031,7 +1036,7 @@ mod tests {
 
     fn coords(points: &[(f64, f64)]) -> TileCoords {
         let (sx, sy): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
-        let ranges = (finite_range(&sx), finite_range(&sy));
+        let ranges = ranges(&sx, &sy);
         TileCoords { sx, sy, touches: true, n: points.len(), corners: None, copy: None, axes: None, scale: (1.0, 1.0), ranges }
     }
 

@@ -345,11 +345,11 @@ mod tests {
                         assert!(super::resample(&band, method, &xt, &yt, 0) == unsafe { super::resample_avx2(&band, method, &xt, &yt, 0) }, "{method:?} at {pixel} m");
                     }
                     let (a, am) = resample(&band, &coords, method, 0);
-                    let (b, bm) = resample_points(&band, &sx, &sy, (finite_range(&sx), finite_range(&sy)), Some(&corners), coords.n, scale, method, 0);
+                    let (b, bm) = resample_points(&band, &sx, &sy, ranges(&sx, &sy), Some(&corners), coords.n, scale, method, 0);
                     agree(&a, &am, &b, &bm, method, pixel);
                     let band = SourceBand { values: &wide, nodata: nodata.map(|_| -4_999_000), valid: mask, width: size, height: size };
                     let (a, am) = resample(&band, &coords, method, 0);
-                    let (b, bm) = resample_points(&band, &sx, &sy, (finite_range(&sx), finite_range(&sy)), Some(&corners), coords.n, scale, method, 0);
+                    let (b, bm) = resample_points(&band, &sx, &sy, ranges(&sx, &sy), Some(&corners), coords.n, scale, method, 0);
                     agree(&a, &am, &b, &bm, method, pixel);
                 }
             }
