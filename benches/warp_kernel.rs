@@ -61,6 +61,12 @@ fn cog_scene_warp() -> f64 {
 }
 
 fn main() {
+    // `cargo bench --bench warp_kernel -- scene`: the scene's warp alone
+    // (for profiling it).
+    if std::env::args().any(|a| a == "scene") {
+        cog_scene_warp();
+        return;
+    }
     let grid = GridSpec::default_at(10.0).expect("grid");
     let tile = TileId::new(4380, 1632);
     let gt = grid.tile_geotransform(tile);
