@@ -130,6 +130,12 @@ pub struct ServeArgs {
     /// dirty pages a `syncfs` would wait for too).
     #[arg(long, env = "PIXELQUERY_SYNC", value_enum, default_value_t = SyncArg::Fs)]
     pub sync: SyncArg,
+    /// Keep the pages a commit wrote in the page cache. By default they
+    /// are dropped once durable: new cached pages cost a sustained ingest
+    /// more than reused ones, and ingested data is seldom read at once
+    /// (reads of it then come from the disk).
+    #[arg(long, env = "PIXELQUERY_KEEP_WRITTEN_PAGES")]
+    pub keep_written_pages: bool,
 }
 
 /// `--sync` ([`crate::storage::SyncMode`]).
@@ -174,9 +180,12 @@ impl ServeArgs {
                 request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
                 max_query_bytes: self.max_query_mb.saturating_mul(1 << 20),
             },
-            sync: match self.sync {
-                SyncArg::Fs => crate::storage::SyncMode::FileSystem,
-                SyncArg::PerFile => crate::storage::SyncMode::PerFile,
+            writes: crate::storage::WriteOptions {
+                sync: match self.sync {
+                    SyncArg::Fs => crate::storage::SyncMode::FileSystem,
+                    SyncArg::PerFile => crate::storage::SyncMode::PerFile,
+                },
+                keep_written_pages: self.keep_written_pages,
             },
         })
     }

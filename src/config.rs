@@ -26,8 +26,8 @@ pub struct Config {
     pub tls: Option<TlsPem>,
     /// Limits on calls (concurrency, time, result size).
     pub limits: Limits,
-    /// How commits of many files are made durable.
-    pub sync: crate::storage::SyncMode,
+    /// How commits are made durable and what they leave cached.
+    pub writes: crate::storage::WriteOptions,
 }
 
 /// A server certificate chain and its key, PEM.
@@ -75,7 +75,7 @@ impl Config {
             auth: None,
             tls: None,
             limits: Limits::default(),
-            sync: crate::storage::SyncMode::default(),
+            writes: crate::storage::WriteOptions::default(),
         }
     }
 }

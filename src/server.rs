@@ -20,7 +20,7 @@ pub const STREAM_WINDOW: u32 = 8 << 20;
 /// Opens the warehouse named by `config` (rebuilding its catalog) and
 /// returns the shared state. Blocking.
 pub fn open_state(config: &Config) -> crate::error::Result<Arc<AppState>> {
-    let warehouse = Arc::new(Warehouse::open_with_sync(&config.warehouse, config.sync)?);
+    let warehouse = Arc::new(Warehouse::open_with(&config.warehouse, config.writes)?);
     Ok(Arc::new(AppState::new(warehouse, config)))
 }
 

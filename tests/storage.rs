@@ -360,52 +360,126 @@ async fn time_windows_read_the_same_rows_from_appended_and_compacted_chunks() {
     server.shutdown().await;
 }
 
+/// A scene of nine one-band observations on tiles (0..3, 0..3), pixels
+/// `v + k` on the k-th tile.
+fn nine_tiles(v: u16) -> Vec<pixelquery::storage::Observation> {
+    use arrow_array::{BooleanArray, UInt16Array};
+    (0..9)
+        .map(|k| pixelquery::storage::Observation {
+            tile: pixelquery::grid::TileId::new(k % 3, k / 3),
+            band: "red".into(),
+            pixels: Arc::new(UInt16Array::from(vec![v + k as u16; 256 * 256])),
+            mask: BooleanArray::from(vec![true; 256 * 256]),
+        })
+        .collect()
+}
+
+/// Every stored observation's scene and first pixel, sorted.
+fn first_pixels(store: &pixelquery::storage::CollectionStore) -> Vec<(String, u16)> {
+    let mut v: Vec<(String, u16)> = store
+        .chunks(|_| true)
+        .iter()
+        .flat_map(|(_, e)| store.read_chunk(e).unwrap())
+        .flat_map(|b| {
+            let scenes: Vec<String> = b.column(3).as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect();
+            let px = b.column(4).as_list::<i32>().clone();
+            scenes.into_iter().enumerate().map(move |(i, s)| (s, px.value(i).as_primitive::<arrow_array::types::UInt16Type>().value(0))).collect::<Vec<_>>()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What [`first_pixels`] gives for scene `name` of [`nine_tiles`]`(v)`.
+fn nine_firsts(name: &str, v: u16) -> Vec<(String, u16)> {
+    (0..9u16).map(|k| (name.to_string(), v + k)).collect()
+}
+
 /// A scene of nine chunk files (new directories included) commits and
 /// reads back, before and after a restart, with either way of making it
 /// durable: one `syncfs` (`--sync fs`, the default for 8 files or more) or
 /// an `fdatasync` per file and directory (`--sync per-file`).
 #[test]
 fn a_large_scene_commits_with_either_sync_mode() {
-    use arrow_array::{BooleanArray, UInt16Array};
-    use pixelquery::grid::TileId;
-    use pixelquery::storage::{Observation, SyncMode, Warehouse};
+    use pixelquery::storage::{SyncMode, Warehouse, WriteOptions};
 
-    for mode in [SyncMode::FileSystem, SyncMode::PerFile] {
+    for sync in [SyncMode::FileSystem, SyncMode::PerFile] {
         let dir = tempfile::tempdir().unwrap();
-        let meta = red_collection_meta();
-        let scene = |v: u16| -> Vec<Observation> {
-            (0..9)
-                .map(|k| Observation {
-                    tile: TileId::new(k % 3, k / 3),
-                    band: "red".into(),
-                    pixels: std::sync::Arc::new(UInt16Array::from(vec![v + k as u16; 256 * 256])),
-                    mask: BooleanArray::from(vec![true; 256 * 256]),
-                })
-                .collect()
-        };
-        let firsts = |store: &pixelquery::storage::CollectionStore| -> Vec<(String, u16)> {
-            let mut v: Vec<(String, u16)> = store
-                .chunks(|_| true)
-                .iter()
-                .flat_map(|(_, e)| store.read_chunk(e).unwrap())
-                .flat_map(|b| {
-                    let scenes: Vec<String> = b.column(3).as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect();
-                    let px = b.column(4).as_list::<i32>().clone();
-                    scenes.into_iter().enumerate().map(move |(i, s)| (s, px.value(i).as_primitive::<arrow_array::types::UInt16Type>().value(0))).collect::<Vec<_>>()
-                })
-                .collect();
-            v.sort();
-            v
-        };
-        let want: Vec<(String, u16)> = (0..9u16).map(|k| ("a".to_string(), 100 + k)).chain((0..9u16).map(|k| ("b".to_string(), 200 + k))).collect();
+        let options = WriteOptions { sync, ..Default::default() };
+        let want = [nine_firsts("a", 100), nine_firsts("b", 200)].concat();
         {
-            let wh = Warehouse::open_with_sync(dir.path(), mode).unwrap();
-            let store = wh.create_collection(meta).unwrap();
-            assert_eq!(store.append_scene("a", T0, scene(100)).unwrap().observations, 9, "{mode:?}");
-            assert_eq!(store.append_scene("b", T0 + 1000, scene(200)).unwrap().observations, 9, "{mode:?}");
-            assert_eq!(firsts(&store), want, "{mode:?}");
+            let wh = Warehouse::open_with(dir.path(), options).unwrap();
+            let store = wh.create_collection(red_collection_meta()).unwrap();
+            assert_eq!(store.append_scene("a", T0, nine_tiles(100)).unwrap().observations, 9, "{sync:?}");
+            assert_eq!(store.append_scene("b", T0 + 1000, nine_tiles(200)).unwrap().observations, 9, "{sync:?}");
+            assert_eq!(first_pixels(&store), want, "{sync:?}");
         }
-        let wh = Warehouse::open_with_sync(dir.path(), mode).unwrap();
-        assert_eq!(firsts(&wh.collection("s2").unwrap()), want, "{mode:?} after a restart");
+        let wh = Warehouse::open_with(dir.path(), options).unwrap();
+        assert_eq!(first_pixels(&wh.collection("s2").unwrap()), want, "{sync:?} after a restart");
+    }
+}
+
+/// Pages of `path` in the page cache, and pages the file spans.
+#[cfg(target_os = "linux")]
+fn cached_pages(path: &std::path::Path) -> (usize, usize) {
+    extern "C" {
+        fn mincore(addr: *mut std::ffi::c_void, length: usize, vec: *mut u8) -> std::ffi::c_int;
+    }
+    let file = std::fs::File::open(path).unwrap();
+    // SAFETY: the file is not written while mapped (the test's writes
+    // are committed); the map is only passed to mincore.
+    let map = unsafe { memmap2::Mmap::map(&file) }.unwrap();
+    let pages = map.len().div_ceil(4096);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `map` is a live mapping of `map.len()` bytes and `vec` holds
+    // one byte per page of it.
+    assert_eq!(unsafe { mincore(map.as_ptr() as *mut _, map.len(), vec.as_mut_ptr()) }, 0, "{}", std::io::Error::last_os_error());
+    (vec.iter().filter(|b| **b & 1 == 1).count(), pages)
+}
+
+/// A commit drops the pages it wrote from the page cache once durable (off
+/// the acknowledgement's path), all but each file's partial last page,
+/// which the next append writes into; with `keep_written_pages` they stay.
+/// Either way the scenes read back the same.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_commit_drops_the_pages_it_wrote_unless_told_to_keep_them() {
+    use pixelquery::storage::{Warehouse, WriteOptions};
+
+    fn chunk_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                chunk_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "arrow") {
+                out.push(p);
+            }
+        }
+    }
+    for keep in [false, true] {
+        // On the disk (a tmpfs /tmp would keep every page).
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let wh = Warehouse::open_with(dir.path(), WriteOptions { keep_written_pages: keep, ..Default::default() }).unwrap();
+        let store = wh.create_collection(red_collection_meta()).unwrap();
+        store.append_scene("a", T0, nine_tiles(100)).unwrap();
+        store.append_scene("b", T0 + 1000, nine_tiles(200)).unwrap();
+        let mut files = Vec::new();
+        chunk_files(dir.path(), &mut files);
+        assert_eq!(files.len(), 9);
+        let cached = || files.iter().map(|f| cached_pages(f)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let (mut now, total) = cached();
+        assert!(total >= 9 * 64, "{total} pages");
+        if keep {
+            assert_eq!(now, total, "kept pages");
+        } else {
+            // The drop runs on the sync threads after the commit.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while now > files.len() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                now = cached().0;
+            }
+            assert!(now <= files.len(), "{now} of {total} pages still cached");
+        }
+        assert_eq!(first_pixels(&store), [nine_firsts("a", 100), nine_firsts("b", 200)].concat(), "keep {keep}");
     }
 }

@@ -24,7 +24,7 @@ pub mod log;
 pub mod paths;
 pub mod snapshot;
 
-pub use fs_sync::SyncMode;
+pub use fs_sync::{SyncMode, WriteOptions};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File};
@@ -1034,9 +1034,26 @@ impl<'a> SceneWriter<'a> {
                 sync_all(files)?;
             }
         }
+        // What this scene wrote (each file and range), to drop from the
+        // page cache once committed.
+        let written: Vec<(PathBuf, u64, u64)> = if fs.drop_written { self.undo.iter().zip(&self.appended).map(|((path, from), a)| (path.clone(), *from, a.len)).collect() } else { Vec::new() };
         let record = Record::Scene { scene_id: std::mem::take(&mut self.scene_id), time_ms: self.time_ms, chunks: std::mem::take(&mut self.appended) };
         self.store.commit(&mut self.log, record)?;
         self.committed = true;
+        if !written.is_empty() {
+            // Off the acknowledgement's path, on the sync threads.
+            let job = move || {
+                for (path, from, to) in written {
+                    if let Ok(f) = File::open(&path) {
+                        fs_sync::drop_cached(&f, from, to);
+                    }
+                }
+            };
+            match sync_pool() {
+                Some(pool) => pool.spawn(job),
+                None => job(),
+            }
+        }
         Ok(std::mem::take(&mut self.outcome))
     }
 }
@@ -1080,15 +1097,16 @@ impl Warehouse {
     /// Opens (creating if needed) a warehouse: replays every collection's
     /// catalog log and brings its chunk files in line. Blocking.
     pub fn open(root: &Path) -> Result<Self> {
-        Self::open_with_sync(root, SyncMode::default())
+        Self::open_with(root, WriteOptions::default())
     }
 
-    /// [`Warehouse::open`] with commits made durable as `sync` says.
-    pub fn open_with_sync(root: &Path, sync: SyncMode) -> Result<Self> {
+    /// [`Warehouse::open`] with commits made durable (and their pages
+    /// cached or not) as `options` say.
+    pub fn open_with(root: &Path, options: WriteOptions) -> Result<Self> {
         fs::create_dir_all(root).map_err(Error::io(root))?;
         let paths = WarehousePaths::new(root);
         // Opened before any write (see `FsSync`).
-        let fs_sync = Arc::new(fs_sync::FsSync::open(root, sync));
+        let fs_sync = Arc::new(fs_sync::FsSync::open(root, options));
         let mut collections = BTreeMap::new();
         for entry in fs::read_dir(root).map_err(Error::io(root))? {
             let entry = entry.map_err(Error::io(root))?;
