@@ -12,7 +12,12 @@ fn main() -> anyhow::Result<ExitCode> {
     // Before any thread exists: a thread takes its malloc arena at its
     // first allocation.
     cap_malloc_arenas();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?.block_on(run(Cli::parse()))
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(args) = &cli.command {
+        runtime.worker_threads(args.io_threads());
+    }
+    runtime.enable_all().build().context("starting the runtime")?.block_on(run(cli))
 }
 
 /// glibc gives each thread that meets a locked arena a new one, up to eight
