@@ -78,28 +78,36 @@ pub struct ChunkFile {
     /// Where its batches sit, scanned from the message headers as far as
     /// readers needed (a generation's committed prefix never changes).
     index: Mutex<FileIndex>,
-    /// The file mapped into memory for reads (remapped when readers need a
-    /// longer prefix); let go when newer ones fill [`KeptMaps`].
+    /// The file mapped into memory for point reads (remapped when readers
+    /// need a longer prefix); let go when newer ones fill [`KEPT_POINT_MAPS`].
     map: Arc<MapSlot>,
+    /// The same for DoGet ranges ([`KEPT_RANGE_MAPS`]).
+    range_map: Arc<MapSlot>,
 }
 
 type MapSlot = Mutex<Option<Arc<memmap2::Mmap>>>;
 
-/// Chunk-file mappings kept between reads (point reads and DoGet ranges),
-/// across the server. Each mapping is one kernel memory area and a process
-/// gets 65 530 of them (`vm.max_map_count`), while a warehouse easily holds
-/// more chunk files (1 000 tiles x 12 months x 6 bands): kept for ever,
-/// mappings would make every later mmap fail once reads had touched that
-/// many files.
+/// Chunk-file mappings kept between reads, across the server. Each mapping
+/// is one kernel memory area and a process gets 65 530 of them
+/// (`vm.max_map_count`), while a warehouse easily holds more chunk files
+/// (1 000 tiles x 12 months x 6 bands): kept for ever, mappings would make
+/// every later mmap fail once reads had touched that many files. Point
+/// reads and DoGet ranges keep separate mappings (below), up to this many
+/// each.
 const KEPT_MAPS: usize = 4096;
 
-/// Bytes of chunk files kept mapped, at most. The pages a read touched stay
-/// in the server's resident set (page-cache pages, shared with the kernel's
-/// cache) while their mapping is kept, so this bounds what kept mappings add
-/// to it.
-const KEPT_MAP_BYTES: u64 = 256 << 20;
+/// Mappings point reads keep: they touch one page per observation, so the
+/// count bounds them.
+static KEPT_POINT_MAPS: Mutex<KeptMaps> = Mutex::new(KeptMaps::new(KEPT_MAPS, u64::MAX));
 
-static KEPT: Mutex<KeptMaps> = Mutex::new(KeptMaps::new(KEPT_MAPS, KEPT_MAP_BYTES));
+/// Bytes of chunk files kept mapped for DoGet ranges, at most. A range is
+/// read whole, and its pages stay in the server's resident set while the
+/// mapping is kept (page cache shared with the kernel's, not the server's
+/// own memory), so this bounds what these mappings add to it.
+const KEPT_RANGE_BYTES: u64 = 128 << 20;
+
+/// Mappings DoGet ranges keep.
+static KEPT_RANGE_MAPS: Mutex<KeptMaps> = Mutex::new(KeptMaps::new(KEPT_MAPS, KEPT_RANGE_BYTES));
 
 /// Slots given a mapping, oldest first, with the mapping's length; past
 /// `limit` slots or `budget` bytes the oldest slot is emptied (readers that
@@ -147,7 +155,7 @@ struct FileIndex {
 
 impl ChunkFile {
     fn new(path: PathBuf, gen: u32) -> Arc<Self> {
-        Arc::new(Self { path, gen, obsolete: AtomicBool::new(false), index: Mutex::new(FileIndex::default()), map: Arc::default() })
+        Arc::new(Self { path, gen, obsolete: AtomicBool::new(false), index: Mutex::new(FileIndex::default()), map: Arc::default(), range_map: Arc::default() })
     }
 
     /// The file, opened for mapping its first `len` bytes: a file found
@@ -162,9 +170,17 @@ impl ChunkFile {
         Ok(f)
     }
 
-    /// The file's first `len` bytes or more, mapped into memory.
+    /// The file's first `len` bytes or more, mapped into memory for point
+    /// reads.
     pub fn mapped(&self, len: u64) -> Result<Arc<memmap2::Mmap>> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Point reads touch one page per observation: no read-ahead.
+        self.kept_map(&self.map, &KEPT_POINT_MAPS, len, memmap2::Advice::Random)
+    }
+
+    /// The file's first `len` bytes or more from `slot`'s mapping, or from
+    /// a new one (given `advice` and counted in `kept`).
+    fn kept_map(&self, slot: &Arc<MapSlot>, kept: &Mutex<KeptMaps>, len: u64, advice: memmap2::Advice) -> Result<Arc<memmap2::Mmap>> {
+        let mut map = slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = map.as_ref().filter(|m| m.len() as u64 >= len) {
             // A file cut behind the server's back since it was mapped is an
             // error here, not a SIGBUS when the pages are read (one stat).
@@ -180,24 +196,24 @@ impl ChunkFile {
         // (appends go past it, rollbacks cut only past it, rewrites make a
         // new generation); only `len` committed bytes are mapped.
         let m = unsafe { memmap2::MmapOptions::new().len(len as usize).map(&f) }.map_err(Error::io(&self.path))?;
-        // Point reads touch one page per observation: no read-ahead.
-        if let Err(e) = m.advise(memmap2::Advice::Random) {
-            tracing::debug!(error = %e, "madvise(MADV_RANDOM) failed");
+        if let Err(e) = m.advise(advice) {
+            tracing::debug!(error = %e, ?advice, "madvise failed");
         }
         let m = Arc::new(m);
         *map = Some(m.clone());
         drop(map);
-        KEPT.lock().unwrap_or_else(|p| p.into_inner()).keep(&self.map, len);
+        kept.lock().unwrap_or_else(|p| p.into_inner()).keep(slot, len);
         Ok(m)
     }
 
     /// Bytes `from..to` of the committed prefix `len`, served from the
-    /// file's kept mapping (no read copy); the kernel is asked to read the
-    /// range ahead. A mapping per call instead cost the server a third more
-    /// CPU per DoGet (setting up and tearing down the pages' table entries:
-    /// 54.5-59.0 against 40.0-41.0 ms per 107 MB, rounds 83-84 against
-    /// 73-74 ms, side by side on 2026-12-02). The pages read stay in the
-    /// resident set while the mapping is kept ([`KEPT_MAP_BYTES`]).
+    /// file's kept range mapping (no read copy); the kernel is asked to
+    /// read the range ahead. A mapping per call instead cost the server a
+    /// third more CPU per DoGet (setting up and tearing down the pages'
+    /// table entries: 54.5-64.0 against 40.0-47.5 ms per 107 MB, rounds
+    /// 83-89 against 73-81 ms, side by side on 2026-12-02). The pages read
+    /// stay in the resident set while the mapping is kept
+    /// ([`KEPT_RANGE_BYTES`]).
     pub fn range(&self, len: u64, from: u64, to: u64) -> Result<bytes::Bytes> {
         struct Kept(Arc<memmap2::Mmap>, std::ops::Range<usize>);
         impl AsRef<[u8]> for Kept {
@@ -211,9 +227,7 @@ impl ChunkFile {
         if from == to {
             return Ok(bytes::Bytes::new());
         }
-        let map = self.mapped(len)?;
-        // The kept mapping reads no pages ahead (point reads touch one page
-        // per observation); a range is read whole.
+        let map = self.kept_map(&self.range_map, &KEPT_RANGE_MAPS, len, memmap2::Advice::Normal)?;
         if let Err(e) = map.advise_range(memmap2::Advice::WillNeed, from as usize, (to - from) as usize) {
             tracing::debug!(error = %e, "madvise(MADV_WILLNEED) failed");
         }
