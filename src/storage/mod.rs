@@ -98,7 +98,7 @@ const KEPT_MAPS: usize = 4096;
 
 /// Mappings point reads keep: they touch one page per observation, so the
 /// count bounds them.
-static KEPT_POINT_MAPS: Mutex<KeptMaps> = Mutex::new(KeptMaps::new(KEPT_MAPS, u64::MAX));
+static KEPT_POINT_MAPS: Mutex<KeptMaps> = Mutex::new(KeptMaps::new(KEPT_MAPS, u64::MAX, None));
 
 /// Bytes of chunk files kept mapped for DoGet ranges, at most. A range is
 /// read whole, and its pages stay in the server's resident set while the
@@ -106,8 +106,30 @@ static KEPT_POINT_MAPS: Mutex<KeptMaps> = Mutex::new(KeptMaps::new(KEPT_MAPS, u6
 /// own memory), so this bounds what these mappings add to it.
 const KEPT_RANGE_BYTES: u64 = 128 << 20;
 
+/// How long DoGet ranges keep a mapping: long enough for repeated reads of
+/// a chunk to share it, short enough that an idle server lets its pages go
+/// (a thread sweeps every second; a chunk read all the time is mapped again
+/// this often, which costs nothing measurable).
+const KEPT_RANGE_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Mappings DoGet ranges keep.
-static KEPT_RANGE_MAPS: Mutex<KeptMaps> = Mutex::new(KeptMaps::new(KEPT_MAPS, KEPT_RANGE_BYTES));
+static KEPT_RANGE_MAPS: Mutex<KeptMaps> = Mutex::new(KeptMaps::new(KEPT_MAPS, KEPT_RANGE_BYTES, Some(KEPT_RANGE_AGE)));
+
+/// Starts (once) the thread that lets go of range mappings older than
+/// [`KEPT_RANGE_AGE`]; without it (it could not start) they go only when
+/// pushed out.
+fn sweep_range_maps() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let sweep = || loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            KEPT_RANGE_MAPS.lock().unwrap_or_else(|p| p.into_inner()).let_go(std::time::Instant::now());
+        };
+        if let Err(e) = std::thread::Builder::new().name("unmap".into()).spawn(sweep) {
+            tracing::warn!(error = %e, "cannot start the thread that lets go of idle chunk mappings");
+        }
+    });
+}
 
 /// Slots given a mapping, oldest first, with the mapping's length; past
 /// `limit` slots or `budget` bytes the oldest slot is emptied (readers that
@@ -116,14 +138,17 @@ static KEPT_RANGE_MAPS: Mutex<KeptMaps> = Mutex::new(KeptMaps::new(KEPT_MAPS, KE
 struct KeptMaps {
     limit: usize,
     budget: u64,
+    /// How long a mapping is kept at most; `None`: until pushed out.
+    max_age: Option<std::time::Duration>,
     /// Sum of the lengths in `slots`.
     bytes: u64,
-    slots: VecDeque<(Weak<MapSlot>, u64)>,
+    /// Each slot, the length it was given and when.
+    slots: VecDeque<(Weak<MapSlot>, u64, std::time::Instant)>,
 }
 
 impl KeptMaps {
-    const fn new(limit: usize, budget: u64) -> Self {
-        Self { limit, budget, bytes: 0, slots: VecDeque::new() }
+    const fn new(limit: usize, budget: u64, max_age: Option<std::time::Duration>) -> Self {
+        Self { limit, budget, max_age, bytes: 0, slots: VecDeque::new() }
     }
 
     /// Counts `slot`, which has just been given a mapping of `len` bytes (a
@@ -131,10 +156,22 @@ impl KeptMaps {
     /// the slot alone). Called with no slot locked (it locks the slots it
     /// empties).
     fn keep(&mut self, slot: &Arc<MapSlot>, len: u64) {
-        self.slots.push_back((Arc::downgrade(slot), len));
+        let now = std::time::Instant::now();
+        self.slots.push_back((Arc::downgrade(slot), len, now));
         self.bytes += len;
-        while self.slots.len() > self.limit || (self.bytes > self.budget && self.slots.len() > 1) {
-            let Some((old, old_len)) = self.slots.pop_front() else { break };
+        self.let_go(now);
+    }
+
+    /// Empties the oldest slots while there are more than `limit`, more than
+    /// `budget` bytes (the newest stays even alone over it), or older ones
+    /// than `max_age` at `now`.
+    fn let_go(&mut self, now: std::time::Instant) {
+        let expired = |kept_at: std::time::Instant| self.max_age.is_some_and(|age| now.saturating_duration_since(kept_at) > age);
+        while let Some(&(_, _, kept_at)) = self.slots.front() {
+            if !(self.slots.len() > self.limit || (self.bytes > self.budget && self.slots.len() > 1) || expired(kept_at)) {
+                break;
+            }
+            let Some((old, old_len, _)) = self.slots.pop_front() else { break };
             self.bytes -= old_len;
             if let Some(old) = old.upgrade() {
                 let mut map = old.lock().unwrap_or_else(|p| p.into_inner());
@@ -227,6 +264,7 @@ impl ChunkFile {
         if from == to {
             return Ok(bytes::Bytes::new());
         }
+        sweep_range_maps();
         let map = self.kept_map(&self.range_map, &KEPT_RANGE_MAPS, len, memmap2::Advice::Normal)?;
         if let Err(e) = map.advise_range(memmap2::Advice::WillNeed, from as usize, (to - from) as usize) {
             tracing::debug!(error = %e, "madvise(MADV_WILLNEED) failed");
@@ -1192,7 +1230,7 @@ mod tests {
     #[test]
     fn past_the_limit_the_oldest_kept_mapping_is_let_go_and_its_readers_keep_theirs() {
         let dir = tempfile::tempdir().unwrap();
-        let mut kept = KeptMaps::new(2, u64::MAX);
+        let mut kept = KeptMaps::new(2, u64::MAX, None);
         let slots: Vec<Arc<MapSlot>> = (0..3).map(|_| Arc::default()).collect();
         let reader = map_file(dir.path(), 0, 64);
         for (i, slot) in slots.iter().enumerate() {
@@ -1216,7 +1254,7 @@ mod tests {
     #[test]
     fn kept_mappings_stay_within_their_byte_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let mut kept = KeptMaps::new(100, 10_000);
+        let mut kept = KeptMaps::new(100, 10_000, None);
         let slots: Vec<Arc<MapSlot>> = (0..3).map(|_| Arc::default()).collect();
         let held = |i: usize| slots[i].lock().unwrap().is_some();
         for (i, slot) in slots.iter().enumerate().take(2) {
@@ -1237,5 +1275,27 @@ mod tests {
         kept.keep(&huge, 20_000);
         assert!(huge.lock().unwrap().is_some() && !held(1));
         assert_eq!(kept.slots.len(), 1);
+    }
+
+    /// With a maximum age, mappings older than it are let go at the next
+    /// sweep; younger ones stay.
+    #[test]
+    fn kept_mappings_past_their_age_are_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let age = std::time::Duration::from_secs(5);
+        let mut kept = KeptMaps::new(100, u64::MAX, Some(age));
+        let slots: Vec<Arc<MapSlot>> = (0..2).map(|_| Arc::default()).collect();
+        for (i, slot) in slots.iter().enumerate() {
+            *slot.lock().unwrap() = Some(map_file(dir.path(), i as u8, 4096));
+            kept.keep(slot, 4096);
+        }
+        let held = |i: usize| slots[i].lock().unwrap().is_some();
+        let kept_at = kept.slots[0].2;
+        kept.let_go(kept_at + age / 2);
+        assert!(held(0) && held(1), "young mappings stay");
+        kept.slots[1].2 = kept_at + age;
+        kept.let_go(kept_at + age + std::time::Duration::from_secs(1));
+        assert!(!held(0) && held(1), "the one past its age went");
+        assert_eq!((kept.slots.len(), kept.bytes), (1, 4096));
     }
 }
