@@ -1098,7 +1098,9 @@ impl<'a> SceneWriter<'a> {
             }
         }
         // What this scene wrote (each file and range), to drop from the
-        // page cache once committed.
+        // page cache once committed: `undo` and `appended` gain one entry
+        // per append, in the same order.
+        debug_assert_eq!(self.undo.len(), self.appended.len(), "one undo entry per append");
         let written: Vec<(PathBuf, u64, u64)> = if fs.drop_written { self.undo.iter().zip(&self.appended).map(|((path, from), a)| (path.clone(), *from, a.len)).collect() } else { Vec::new() };
         let record = Record::Scene { scene_id: std::mem::take(&mut self.scene_id), time_ms: self.time_ms, chunks: std::mem::take(&mut self.appended) };
         self.store.commit(&mut self.log, record)?;
