@@ -155,3 +155,32 @@ async fn a_ticket_selecting_more_than_the_query_limit_is_refused() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_clients_grpc_timeout_ends_with_deadline_exceeded() {
+    let server = TestServer::start_in(tempfile::tempdir().unwrap()).await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    let before = snapshot(&server.warehouse());
+    // Plain HTTP/2, because gRPC clients enforce their own deadline too and
+    // would hide whether the server does: a DoPut that sends nothing.
+    let tcp = tokio::net::TcpStream::connect(server.uri.trim_start_matches("grpc://")).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{}/arrow.flight.protocol.FlightService/DoPut", server.uri.trim_start_matches("grpc://")))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (answer, _open_body) = h2.send_request(request, false).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), answer).await.expect("the server ends the call").unwrap();
+    let header = |name: &str| answer.headers().get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert_eq!(header("grpc-status"), (Code::DeadlineExceeded as i32).to_string(), "{:?}", answer.headers());
+    assert!(header("grpc-message").contains("grpc-timeout"), "{:?}", answer.headers());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(snapshot(&server.warehouse()), before, "a timed-out DoPut writes nothing");
+    server.shutdown().await;
+}
