@@ -137,10 +137,10 @@ pub struct ServeArgs {
     /// dirty pages a `syncfs` would wait for too).
     #[arg(long, env = "PIXELQUERY_SYNC", value_enum, default_value_t = SyncArg::Fs)]
     pub sync: SyncArg,
-    /// Keep the pages a commit wrote in the page cache. By default they
-    /// are dropped once durable: new cached pages cost a sustained ingest
-    /// more than reused ones, and ingested data is seldom read at once
-    /// (reads of it then come from the disk).
+    /// Keep the pages a commit (or a compaction or delete rewrite) wrote in
+    /// the page cache. By default they are dropped once durable: new cached
+    /// pages cost a sustained ingest more than reused ones, and ingested
+    /// data is seldom read at once (reads of it then come from the disk).
     #[arg(long, env = "PIXELQUERY_KEEP_WRITTEN_PAGES")]
     pub keep_written_pages: bool,
 }

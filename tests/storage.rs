@@ -443,7 +443,7 @@ fn cached_pages(path: &std::path::Path) -> (usize, usize) {
 /// Either way the scenes read back the same.
 #[cfg(target_os = "linux")]
 #[test]
-fn a_commit_drops_the_pages_it_wrote_unless_told_to_keep_them() {
+fn commits_and_rewrites_drop_the_pages_they_wrote_unless_told_to_keep_them() {
     use pixelquery::storage::{Warehouse, WriteOptions};
 
     fn chunk_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
@@ -481,5 +481,24 @@ fn a_commit_drops_the_pages_it_wrote_unless_told_to_keep_them() {
             assert!(now <= files.len(), "{now} of {total} pages still cached");
         }
         assert_eq!(first_pixels(&store), [nine_firsts("a", 100), nine_firsts("b", 200)].concat(), "keep {keep}");
+
+        // Compaction and delete rewrite whole chunk files: theirs go too.
+        let settled = |what: &str| {
+            let mut files = Vec::new();
+            chunk_files(dir.path(), &mut files);
+            assert_eq!(files.len(), 9, "{what}");
+            let cached = || files.iter().map(|f| cached_pages(f)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            let (now, total) = cached();
+            if keep {
+                assert_eq!(now, total, "{what}: kept pages");
+            } else {
+                assert!(now <= files.len(), "{what}: {now} of {total} pages still cached");
+            }
+        };
+        assert_eq!(store.compact(None).unwrap().chunks_rewritten, 9);
+        settled("compacted");
+        assert_eq!(store.delete(|_| true, |_, s| s == "a", &[]).unwrap().chunks_rewritten, 9);
+        settled("rewritten by a delete");
+        assert_eq!(first_pixels(&store), nine_firsts("b", 200), "keep {keep}");
     }
 }

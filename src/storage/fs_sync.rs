@@ -47,7 +47,7 @@ pub enum SyncMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteOptions {
     pub sync: SyncMode,
-    /// Keep a commit's written pages cached. By default they are dropped
+    /// Keep the pages a commit or a rewrite wrote cached. By default they are dropped
     /// once durable ([`drop_cached`]): on this machine kind new page-cache
     /// pages cost far more than reused ones (a sustained raw ingest went
     /// from 50 to 20 ms per 13 MB put), and an ingest's pages are seldom

@@ -823,6 +823,8 @@ impl CollectionStore {
         rows.extend((snap.times.len()..cur.times.len()).map(|i| (cur.times[i], cur.scenes[i].to_string())));
         let record = Record::Rewrite { reason: "compact".into(), chunks: vec![Rewritten { chunk: key.to_ref(), gen, len, rows, stats: cur.stats }], removed_scenes: vec![] };
         self.commit(&mut log, record)?;
+        drop(log);
+        self.drop_rewritten(&[(path, len)]);
         Ok(true)
     }
 
@@ -855,12 +857,12 @@ impl CollectionStore {
             let Some(batch) = batch else { continue };
             let path = self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band, gen);
             let len = chunk::write_new(&path, &batch)?;
-            written_paths.push(path);
+            written_paths.push((path, len));
             let rows = order.iter().map(|&i| (entry.times[i], entry.scenes[i].to_string())).collect();
             out.chunks_rewritten += 1;
             rewritten.push(Rewritten { chunk: key.to_ref(), gen, len, rows, stats: chunk::batch_stats(&batch, self.meta.grid.tile_px as usize) });
         }
-        for p in &written_paths {
+        for (p, _) in &written_paths {
             sync_dir(p.parent().unwrap_or(self.paths.root()))?;
         }
         // Scenes that keep rows in chunks not rewritten, or in kept rows, stay.
@@ -883,7 +885,24 @@ impl CollectionStore {
             return Ok(out);
         }
         self.commit(&mut log, Record::Rewrite { reason: "delete".into(), chunks: rewritten, removed_scenes: gone })?;
+        drop(log);
+        self.drop_rewritten(&written_paths);
         Ok(out)
+    }
+
+    /// Drops committed rewrites (each file and its length) from the page
+    /// cache, as a scene's commit drops what it appended (see
+    /// [`fs_sync::drop_cached`]; the page holding a file's end stays for the
+    /// next append), unless the warehouse keeps written pages.
+    fn drop_rewritten(&self, files: &[(PathBuf, u64)]) {
+        if !self.fs_sync.drop_written {
+            return;
+        }
+        for (path, len) in files {
+            if let Ok(f) = File::open(path) {
+                fs_sync::drop_cached(&f, 0, *len);
+            }
+        }
     }
 }
 
