@@ -71,6 +71,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
         .max_send_buf_size(SEND_BUFFER);
     // hyper's other defaults stay: at most 200 concurrent streams per
     // connection (tonic's transport set no limit), 16 KiB of headers.
+
     // Each connection holds a receiver; a message asks them to finish, and
     // `closed` resolves once the last one has.
     let (stop, stopping) = tokio::sync::watch::channel(());
