@@ -164,11 +164,12 @@ async fn a_call_past_the_clients_grpc_timeout_ends_with_deadline_exceeded() {
     let before = snapshot(&server.warehouse());
     // Plain HTTP/2, because gRPC clients enforce their own deadline too and
     // would hide whether the server does: a DoPut that sends nothing.
-    let tcp = tokio::net::TcpStream::connect(server.uri.trim_start_matches("grpc://")).await.unwrap();
+    let addr = server.uri.trim_start_matches("grpc://");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
     let mut h2 = h2.ready().await.unwrap();
-    let request = http::Request::post(format!("http://{}/arrow.flight.protocol.FlightService/DoPut", server.uri.trim_start_matches("grpc://")))
+    let request = http::Request::post(format!("http://{addr}/arrow.flight.protocol.FlightService/DoPut"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", "300m")

@@ -456,6 +456,8 @@ fn commits_and_rewrites_drop_the_pages_they_wrote_unless_told_to_keep_them() {
             }
         }
     }
+    // Cached and total pages over `files`.
+    let cached = |files: &[std::path::PathBuf]| files.iter().map(|f| cached_pages(f)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     for keep in [false, true] {
         // On the disk (a tmpfs /tmp would keep every page).
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -466,8 +468,7 @@ fn commits_and_rewrites_drop_the_pages_they_wrote_unless_told_to_keep_them() {
         let mut files = Vec::new();
         chunk_files(dir.path(), &mut files);
         assert_eq!(files.len(), 9);
-        let cached = || files.iter().map(|f| cached_pages(f)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-        let (mut now, total) = cached();
+        let (mut now, total) = cached(&files);
         assert!(total >= 9 * 64, "{total} pages");
         if keep {
             assert_eq!(now, total, "kept pages");
@@ -476,7 +477,7 @@ fn commits_and_rewrites_drop_the_pages_they_wrote_unless_told_to_keep_them() {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while now > files.len() && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(20));
-                now = cached().0;
+                now = cached(&files).0;
             }
             assert!(now <= files.len(), "{now} of {total} pages still cached");
         }
@@ -487,8 +488,7 @@ fn commits_and_rewrites_drop_the_pages_they_wrote_unless_told_to_keep_them() {
             let mut files = Vec::new();
             chunk_files(dir.path(), &mut files);
             assert_eq!(files.len(), 9, "{what}");
-            let cached = || files.iter().map(|f| cached_pages(f)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-            let (now, total) = cached();
+            let (now, total) = cached(&files);
             if keep {
                 assert_eq!(now, total, "{what}: kept pages");
             } else {

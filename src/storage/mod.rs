@@ -891,17 +891,23 @@ impl CollectionStore {
     }
 
     /// Drops committed rewrites (each file and its length) from the page
-    /// cache, as a scene's commit drops what it appended (see
-    /// [`fs_sync::drop_cached`]; the page holding a file's end stays for the
-    /// next append), unless the warehouse keeps written pages.
+    /// cache, as a scene's commit drops what it appended, unless the
+    /// warehouse keeps written pages.
     fn drop_rewritten(&self, files: &[(PathBuf, u64)]) {
-        if !self.fs_sync.drop_written {
-            return;
+        if self.fs_sync.drop_written {
+            drop_written_ranges(&files.iter().map(|(path, len)| (path.clone(), 0, *len)).collect::<Vec<_>>());
         }
-        for (path, len) in files {
-            if let Ok(f) = File::open(path) {
-                fs_sync::drop_cached(&f, 0, *len);
-            }
+    }
+}
+
+/// Drops each file's written range `[from, to)` from the page cache (see
+/// [`fs_sync::drop_cached`]: the page holding `to` stays for the next
+/// append). A file that cannot be opened is skipped: its pages only cost
+/// memory.
+fn drop_written_ranges(files: &[(PathBuf, u64, u64)]) {
+    for (path, from, to) in files {
+        if let Ok(f) = File::open(path) {
+            fs_sync::drop_cached(&f, *from, *to);
         }
     }
 }
@@ -1126,13 +1132,7 @@ impl<'a> SceneWriter<'a> {
         self.committed = true;
         if !written.is_empty() {
             // Off the acknowledgement's path, on the sync threads.
-            let job = move || {
-                for (path, from, to) in written {
-                    if let Ok(f) = File::open(&path) {
-                        fs_sync::drop_cached(&f, from, to);
-                    }
-                }
-            };
+            let job = move || drop_written_ranges(&written);
             match sync_pool() {
                 Some(pool) => pool.spawn(job),
                 None => job(),
