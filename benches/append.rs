@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::{ArrayRef, BooleanArray, UInt16Array};
-use pixelquery::flight::actions::build_collection;
 use pixelquery::grid::TileId;
 use pixelquery::storage::{Observation, Warehouse};
+use pixelquery::wire::build_collection;
 use pixelquery_proto::v1 as pb;
 
 /// The earlier PixelQuery 0.1.0 (PyPI), measured on this machine kind and

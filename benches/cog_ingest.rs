@@ -92,8 +92,12 @@ fn main() {
             .unwrap()
         });
         let mut client = Client::connect(&uri).await.unwrap();
-        let band_specs: Vec<serde_json::Value> = ["blue", "green", "red", "nir"].iter().map(|n| serde_json::json!({"name": n, "dtype": "uint16", "nodata": 0})).collect();
-        client.create_collection(&serde_json::json!({"name": "bench", "grid": {"resolution": 10}, "resampling": "bilinear", "bands": band_specs})).await.unwrap();
+        let band_specs: Vec<serde_json::Value> =
+            ["blue", "green", "red", "nir"].iter().map(|n| serde_json::json!({"name": n, "dtype": "uint16", "nodata": 0})).collect();
+        client
+            .create_collection(&serde_json::json!({"name": "bench", "grid": {"resolution": 10}, "resampling": "bilinear", "bands": band_specs}))
+            .await
+            .unwrap();
         let bands: Vec<String> = ["blue", "green", "red", "nir"].iter().map(|s| s.to_string()).collect();
         let opts = Arc::new(CogOptions { collection: "bench".into(), collection_bands: bands, ..Default::default() });
         let mut times = Vec::new();
@@ -111,7 +115,10 @@ fn main() {
         // The same files as `pixelquery ingest DIR` sends them: planned
         // together, two scenes at once (its default `--jobs`), so one
         // file's reading overlaps another's warp; into a new collection.
-        client.create_collection(&serde_json::json!({"name": "bench_dir", "grid": {"resolution": 10}, "resampling": "bilinear", "bands": band_specs})).await.unwrap();
+        client
+            .create_collection(&serde_json::json!({"name": "bench_dir", "grid": {"resolution": 10}, "resampling": "bilinear", "bands": band_specs}))
+            .await
+            .unwrap();
         let dir_opts = CogOptions { collection: "bench_dir".into(), ..(*opts).clone() };
         let t = Instant::now();
         let all = files.clone();
@@ -127,7 +134,11 @@ fn main() {
     let (ingest_ms, server_ms, dir_ms) = ingest_ms;
     // The client's part alone: planning and reading every strip (GDAL's
     // LZW decoding), nothing sent.
-    let opts = CogOptions { collection: "bench".into(), collection_bands: ["blue", "green", "red", "nir"].iter().map(|s| s.to_string()).collect(), ..Default::default() };
+    let opts = CogOptions {
+        collection: "bench".into(),
+        collection_bands: ["blue", "green", "red", "nir"].iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
     let read_ms = median(
         files
             .iter()
@@ -150,7 +161,12 @@ fn main() {
     println!("{:<52} {:>10.1}", "the whole directory, 2 files at once, per file", dir_ms);
     println!("{:<52} {:>10.1}", "gdalwarp -r bilinear, same file, same grid", warp);
     println!("{:<52} {:>10.1}", "earlier PixelQuery (published)", EARLIER_S * 1e3);
-    println!("ratio gdalwarp / ours = {:.2}; earlier / ours = {:.1}; goal < 20 ms per file: {}", warp / ours, EARLIER_S * 1e3 / ours, if ours < 20.0 { "met" } else { "not met" });
+    println!(
+        "ratio gdalwarp / ours = {:.2}; earlier / ours = {:.1}; goal < 20 ms per file: {}",
+        warp / ours,
+        EARLIER_S * 1e3 / ours,
+        if ours < 20.0 { "met" } else { "not met" }
+    );
     // For scripts/bench.sh.
     println!("RESULT cog_ms={ours:.2} cog_gdalwarp_ms={warp:.2} cog_server_ms={:.2} cog_read_ms={read_ms:.2} cog_dir_ms={dir_ms:.2}", median(server_ms));
 }

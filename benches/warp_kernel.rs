@@ -12,8 +12,9 @@
 use std::time::Instant;
 
 use pixelquery::collection::Resampling;
+use pixelquery::crs;
 use pixelquery::grid::{GridSpec, TileId};
-use pixelquery::warp::{self, crs, SourceBand, SourceGeometry};
+use pixelquery::warp::{self, SourceBand, SourceGeometry};
 
 const RUNS: usize = 2000;
 
@@ -56,7 +57,15 @@ fn cog_scene_warp() -> f64 {
         runs.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let ms = median(runs);
-    println!("{:<48} {:>8.2} ms ({} tiles, {:.1} Mpx valid of 4 bands; scale {:.2} x {:.2})", "row 6's scene warp, one thread", ms, tiles.len(), valid as f64 / 1e6, scale.0, scale.1);
+    println!(
+        "{:<48} {:>8.2} ms ({} tiles, {:.1} Mpx valid of 4 bands; scale {:.2} x {:.2})",
+        "row 6's scene warp, one thread",
+        ms,
+        tiles.len(),
+        valid as f64 / 1e6,
+        scale.0,
+        scale.1
+    );
     ms
 }
 
@@ -108,7 +117,16 @@ fn main() {
     println!("{:<48} {:>8.4} ms", "general: source coordinates + kernel", gt_);
     println!("{:<48} {:>8.4} ms ({:.1} ns per pixel)", "general kernel widened to x scale 0.42", wk, wk * 1e6 / 65536.0);
     println!("{:<48} {:>8.2} ms", "earlier PixelQuery Rust core (published)", 0.22);
-    println!("goal <= 0.05 ms: {}", if t <= 0.05 { "met" } else if k <= 0.05 { "met by the kernel alone" } else { "not met" });
+    println!(
+        "goal <= 0.05 ms: {}",
+        if t <= 0.05 {
+            "met"
+        } else if k <= 0.05 {
+            "met by the kernel alone"
+        } else {
+            "not met"
+        }
+    );
     let scene_ms = cog_scene_warp();
     // For scripts/bench.sh.
     println!("RESULT cog_scene_warp_ms={scene_ms:.2} micro_kernel_ms={k:.4} micro_total_ms={t:.4} general_kernel_ms={gk:.4} general_total_ms={gt_:.4} widened_kernel_ms={wk:.4}");

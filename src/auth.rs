@@ -134,7 +134,9 @@ impl Auth {
     /// The role of the caller whose `authorization` header is `header`.
     pub fn check(&self, header: Option<&[u8]>) -> Result<Role> {
         let Some(header) = header else {
-            return Err(Error::Unauthenticated("no `authorization: Bearer <token>` header; use a token from the server's access file or get one with Handshake".into()));
+            return Err(Error::Unauthenticated(
+                "no `authorization: Bearer <token>` header; use a token from the server's access file or get one with Handshake".into(),
+            ));
         };
         let Some(token) = strip_scheme(header, b"bearer ") else {
             return Err(Error::Unauthenticated("the authorization header must be `Bearer <token>`".into()));

@@ -73,6 +73,52 @@ pub struct IngestArgs {
     pub tls_root_cert: Option<PathBuf>,
 }
 
+impl IngestArgs {
+    /// The library's settings for this command line.
+    pub fn send_options(&self) -> crate::cog::send::SendOptions {
+        crate::cog::send::SendOptions {
+            paths: self.paths.clone(),
+            server: self.server.clone(),
+            collection: self.collection.clone(),
+            profile: self.profile.clone(),
+            bands: self.bands.clone(),
+            time: self.time.clone(),
+            resampling: self.resampling.clone(),
+            jobs: self.jobs,
+            token: self.token.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            tls_root_cert: self.tls_root_cert.clone(),
+        }
+    }
+
+    /// Prints an ingest's report: JSON on stdout with `--json`, else a
+    /// summary line; the failures with their reasons on stderr.
+    pub fn print_report(&self, report: &crate::cog::send::IngestReport) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        } else {
+            let files_ok: usize = report.scenes.iter().map(|s| s.files.len()).sum();
+            let dups = report.scenes.iter().filter(|s| s.duplicate).count();
+            let obs: u64 = report.scenes.iter().map(|s| s.observations).sum();
+            let secs = report.elapsed_ms as f64 / 1e3;
+            println!(
+                "ingested {files_ok} of {} files as {} scenes ({dups} already present): {obs} observations, {:.1} MB in {secs:.2} s ({:.1} MB/s)",
+                report.files,
+                report.scenes.len(),
+                report.megabytes,
+                report.megabytes / secs.max(1e-3)
+            );
+        }
+        if !report.failures.is_empty() {
+            eprintln!("{} file(s) failed:", report.failures.len());
+            for f in &report.failures {
+                eprintln!("  {}: {}", f.path, f.reason);
+            }
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Warehouse directory (created if missing).
@@ -130,11 +176,11 @@ pub struct ServeArgs {
     /// Most stored MiB one DoGet ticket may select.
     #[arg(long, env = "PIXELQUERY_MAX_QUERY_MB", default_value_t = 8192)]
     pub max_query_mb: u64,
-    /// How a scene's chunk files are made durable: `fs`, one `syncfs` of
-    /// the warehouse's file system for scenes of 8 files or more (each
+    /// How a scene's chunk files are made durable: `fs`, one sync of the
+    /// warehouse's whole file system for scenes of 8 files or more (each
     /// file's write-back starts as it is appended); `per-file`, an
     /// `fdatasync` per file (for a disk other programs keep busy, whose
-    /// dirty pages a `syncfs` would wait for too).
+    /// dirty pages a file-system sync would wait for too).
     #[arg(long, env = "PIXELQUERY_SYNC", value_enum, default_value_t = SyncArg::Fs)]
     pub sync: SyncArg,
     /// Keep the pages a commit (or a compaction or delete rewrite) wrote in
@@ -188,6 +234,7 @@ impl ServeArgs {
                 max_raster_bytes: self.max_raster_mb.saturating_mul(1 << 20),
                 max_tiles: self.max_tiles,
                 warp_threads: self.warp_threads.unwrap_or_else(default_threads).max(1),
+                dispatch: Default::default(),
             },
             ingest_roots: self.ingest_roots,
             auth,

@@ -20,8 +20,7 @@ pub enum DType {
 }
 
 impl DType {
-    pub const ALL: [DType; 7] =
-        [DType::Uint8, DType::Uint16, DType::Int16, DType::Uint32, DType::Int32, DType::Float32, DType::Float64];
+    pub const ALL: [DType; 7] = [DType::Uint8, DType::Uint16, DType::Int16, DType::Uint32, DType::Int32, DType::Float32, DType::Float64];
 
     /// Bytes per pixel.
     pub fn size(self) -> usize {
@@ -91,13 +90,34 @@ macro_rules! with_arrow_type {
     ($dtype:expr, $T:ident => $body:expr) => {{
         use arrow_array::types as __t;
         match $dtype {
-            $crate::collection::DType::Uint8 => { type $T = __t::UInt8Type; $body }
-            $crate::collection::DType::Uint16 => { type $T = __t::UInt16Type; $body }
-            $crate::collection::DType::Int16 => { type $T = __t::Int16Type; $body }
-            $crate::collection::DType::Uint32 => { type $T = __t::UInt32Type; $body }
-            $crate::collection::DType::Int32 => { type $T = __t::Int32Type; $body }
-            $crate::collection::DType::Float32 => { type $T = __t::Float32Type; $body }
-            $crate::collection::DType::Float64 => { type $T = __t::Float64Type; $body }
+            $crate::collection::DType::Uint8 => {
+                type $T = __t::UInt8Type;
+                $body
+            }
+            $crate::collection::DType::Uint16 => {
+                type $T = __t::UInt16Type;
+                $body
+            }
+            $crate::collection::DType::Int16 => {
+                type $T = __t::Int16Type;
+                $body
+            }
+            $crate::collection::DType::Uint32 => {
+                type $T = __t::UInt32Type;
+                $body
+            }
+            $crate::collection::DType::Int32 => {
+                type $T = __t::Int32Type;
+                $body
+            }
+            $crate::collection::DType::Float32 => {
+                type $T = __t::Float32Type;
+                $body
+            }
+            $crate::collection::DType::Float64 => {
+                type $T = __t::Float64Type;
+                $body
+            }
         }
     }};
 }
@@ -288,8 +308,7 @@ pub fn profile(name: &str) -> Option<Profile> {
         // Landsat Collection 2 Level-2 surface reflectance, 30 m:
         // reflectance = DN * 2.75e-5 - 0.2; temperature = DN * 0.00341802 + 149 K.
         "landsat8_l2" | "landsat9_l2" => {
-            let mut bands: Vec<Band> =
-                ["coastal", "blue", "green", "red", "nir08", "swir16", "swir22"].iter().map(|n| refl(n, 2.75e-5, Some(-0.2))).collect();
+            let mut bands: Vec<Band> = ["coastal", "blue", "green", "red", "nir08", "swir16", "swir22"].iter().map(|n| refl(n, 2.75e-5, Some(-0.2))).collect();
             bands.push(band("lwir11", Uint16, Some(0.0), Some(0.00341802), Some(149.0), Bilinear));
             bands.push(band("qa_pixel", Uint16, Some(1.0), None, None, Nearest));
             let qa = qa(

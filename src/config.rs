@@ -70,7 +70,7 @@ impl Config {
             warehouse: warehouse.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_message_bytes: 64 << 20,
-            ingest: IngestOptions { max_raster_bytes: 4 << 30, max_tiles: 250_000, warp_threads: default_threads() },
+            ingest: IngestOptions { max_raster_bytes: 4 << 30, max_tiles: 250_000, warp_threads: default_threads(), dispatch: Default::default() },
             ingest_roots: Vec::new(),
             auth: None,
             tls: None,

@@ -59,6 +59,9 @@ pub enum Error {
     /// The call ran past the server's request timeout.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A request the server recognises but does not serve (yet).
+    #[error("{0}")]
+    Unimplemented(String),
     /// A background task died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -107,6 +110,7 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Exhausted(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Unimplemented(_) => Code::Unimplemented,
             Error::Io { .. } => Code::Internal,
             Error::Arrow { .. } => Code::Internal,
             Error::Gdal { .. } => Code::Internal,

@@ -80,7 +80,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Ingest(args) => {
-            let report = pixelquery::cog::send::run_cli(args).await?;
+            let report = pixelquery::cog::send::ingest_files(args.send_options()).await?;
+            args.print_report(&report);
             return Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
     }

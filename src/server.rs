@@ -25,7 +25,8 @@ use tonic::Status;
 
 use crate::config::{Config, TlsPem};
 use crate::flight::direct_get::DirectGet;
-use crate::flight::{AppState, Service};
+use crate::flight::Service;
+use crate::state::AppState;
 use crate::storage::Warehouse;
 
 /// HTTP/2 flow-control window per stream (the connection gets twice this).
@@ -55,9 +56,8 @@ pub fn open_state(config: &Config) -> crate::error::Result<Arc<AppState>> {
 /// material; a failed accept or connection is logged and serving goes on.
 pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, shutdown: impl Future<Output = ()>) -> io::Result<()> {
     let service = Arc::new(Service::new(state));
-    let generated = FlightServiceServer::from_arc(service.clone())
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+    let generated =
+        FlightServiceServer::from_arc(service.clone()).max_decoding_message_size(config.max_message_bytes).max_encoding_message_size(config.max_message_bytes);
     // DoGet bodies go out without tonic's encode copy (see `direct_get`).
     let svc = ClientDeadline(DirectGet::new(generated, service, config.max_message_bytes));
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
@@ -121,7 +121,12 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
 
 /// Serves one connection; once `stopping` receives, lets its calls
 /// in flight finish and closes it.
-async fn serve_connection<I, S>(http: &hyper::server::conn::http2::Builder<TokioExecutor>, io: I, svc: S, mut stopping: tokio::sync::watch::Receiver<()>) -> hyper::Result<()>
+async fn serve_connection<I, S>(
+    http: &hyper::server::conn::http2::Builder<TokioExecutor>,
+    io: I,
+    svc: S,
+    mut stopping: tokio::sync::watch::Receiver<()>,
+) -> hyper::Result<()>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<Body>> + Send + 'static,

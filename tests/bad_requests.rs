@@ -42,6 +42,19 @@ fn json(v: serde_json::Value) -> Bytes {
     Bytes::from(serde_json::to_vec(&v).unwrap())
 }
 
+/// A `google.protobuf.Any` envelope.
+fn any_of(type_url: &str, value: Vec<u8>) -> Bytes {
+    Bytes::from(prost_types::Any { type_url: type_url.into(), value }.encode_to_vec())
+}
+
+/// A Flight SQL command in its `Any` envelope, as ADBC and JDBC send it:
+/// the message's field 1 (the statement or the ticket's handle) only.
+fn flight_sql(command: &str, field_1: &[u8]) -> Bytes {
+    let mut value = vec![0x0a, field_1.len() as u8];
+    value.extend_from_slice(field_1);
+    any_of(&format!("type.googleapis.com/arrow.flight.protocol.sql.{command}"), value)
+}
+
 fn ingest_json(overrides: serde_json::Value) -> Bytes {
     let mut base = serde_json::json!({
         "collection": "s2", "scene_id": "bad-scene", "acquired_at": "2024-06-15T02:03:04Z",
@@ -120,7 +133,8 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
     let before = snapshot(&server.warehouse());
     assert!(before.keys().any(|p| p.extension().is_some_and(|e| e == "arrow")));
 
-    let nan_gt = proto::IngestRequest { geotransform: vec![f64::NAN, 10.0, 0.0, 0.0, 0.0, -10.0], ..ingest_request("s2", "nan", T, utm_geotransform(64), 64, "") };
+    let nan_gt =
+        proto::IngestRequest { geotransform: vec![f64::NAN, 10.0, 0.0, 0.0, 0.0, -10.0], ..ingest_request("s2", "nan", T, utm_geotransform(64), 64, "") };
     let int32_red: Vec<RecordBatch> = {
         let a: ArrayRef = Arc::new(Int32Array::from(vec![1; 64 * 64]));
         vec![RecordBatch::try_from_iter([("red", a)]).unwrap()]
@@ -131,16 +145,46 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
     };
     let cases: Vec<(&str, Call, Code, &str)> = vec![
         ("unknown collection", Call::Put(ingest_json(serde_json::json!({"collection": "nope"})), red_rows(64, 64)), Code::NotFound, "nope"),
-        ("unknown band", Call::Put(ingest_json(serde_json::json!({"bands": [{"name": "blue", "dtype": "uint16"}]})), red_rows(64, 64)), Code::InvalidArgument, "bands[0].name"),
-        ("band dtype differs from collection", Call::Put(ingest_json(serde_json::json!({"bands": [{"name": "red", "dtype": "float32"}]})), red_rows(64, 64)), Code::InvalidArgument, "bands[0].dtype"),
-        ("unknown dtype", Call::Put(ingest_json(serde_json::json!({"bands": [{"name": "red", "dtype": "uint12"}]})), red_rows(64, 64)), Code::InvalidArgument, "bands[0].dtype"),
+        (
+            "unknown band",
+            Call::Put(ingest_json(serde_json::json!({"bands": [{"name": "blue", "dtype": "uint16"}]})), red_rows(64, 64)),
+            Code::InvalidArgument,
+            "bands[0].name",
+        ),
+        (
+            "band dtype differs from collection",
+            Call::Put(ingest_json(serde_json::json!({"bands": [{"name": "red", "dtype": "float32"}]})), red_rows(64, 64)),
+            Code::InvalidArgument,
+            "bands[0].dtype",
+        ),
+        (
+            "unknown dtype",
+            Call::Put(ingest_json(serde_json::json!({"bands": [{"name": "red", "dtype": "uint12"}]})), red_rows(64, 64)),
+            Code::InvalidArgument,
+            "bands[0].dtype",
+        ),
         ("unparseable CRS", Call::Put(ingest_json(serde_json::json!({"crs": "EPSG:999999"})), red_rows(64, 64)), Code::InvalidArgument, "crs"),
-        ("zero pixel size", Call::Put(ingest_json(serde_json::json!({"geotransform": [0, 0, 0, 0, 0, -10]})), red_rows(64, 64)), Code::InvalidArgument, "geotransform"),
+        (
+            "zero pixel size",
+            Call::Put(ingest_json(serde_json::json!({"geotransform": [0, 0, 0, 0, 0, -10]})), red_rows(64, 64)),
+            Code::InvalidArgument,
+            "geotransform",
+        ),
         ("NaN in geotransform", Call::Put(Bytes::from(nan_gt.encode_to_vec()), red_rows(64, 64)), Code::InvalidArgument, "geotransform"),
-        ("geotransform of 5 numbers", Call::Put(ingest_json(serde_json::json!({"geotransform": [0, 10, 0, 0, -10]})), red_rows(64, 64)), Code::InvalidArgument, "geotransform"),
+        (
+            "geotransform of 5 numbers",
+            Call::Put(ingest_json(serde_json::json!({"geotransform": [0, 10, 0, 0, -10]})), red_rows(64, 64)),
+            Code::InvalidArgument,
+            "geotransform",
+        ),
         ("fewer rows than height", Call::Put(ingest_json(serde_json::json!({})), red_rows(32, 64)), Code::InvalidArgument, "height"),
         ("more rows than height", Call::Put(ingest_json(serde_json::json!({})), red_rows(65, 64)), Code::InvalidArgument, "width x height"),
-        ("more values than width x height", Call::Put(ingest_json(serde_json::json!({"width": 60})), red_rows(64, 64)), Code::InvalidArgument, "width x height"),
+        (
+            "more values than width x height",
+            Call::Put(ingest_json(serde_json::json!({"width": 60})), red_rows(64, 64)),
+            Code::InvalidArgument,
+            "width x height",
+        ),
         ("wrong column type", Call::Put(ingest_json(serde_json::json!({})), int32_red), Code::InvalidArgument, "column red"),
         ("missing band column", Call::Put(ingest_json(serde_json::json!({})), nir_only), Code::InvalidArgument, "column red"),
         ("malformed JSON descriptor", Call::Put(Bytes::from_static(b"{\"collection\": \"s2\","), red_rows(64, 64)), Code::InvalidArgument, "descriptor.cmd"),
@@ -151,41 +195,145 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
         ("bad scene time", Call::Put(ingest_json(serde_json::json!({"acquired_at": "last tuesday"})), red_rows(64, 64)), Code::InvalidArgument, "acquired_at"),
         ("malformed ticket", Call::Get(Bytes::from_static(b"{not json")), Code::InvalidArgument, "ticket"),
         ("tile id that does not parse", Call::Get(json(serde_json::json!({"collection": "s2", "tiles": ["x12_y-3"]}))), Code::InvalidArgument, "tiles[0]"),
-        ("start after end", Call::Info(json(serde_json::json!({"collection": "s2", "start": "2024-12-31", "end": "2024-01-01"}))), Code::InvalidArgument, "start"),
+        (
+            "start after end",
+            Call::Info(json(serde_json::json!({"collection": "s2", "start": "2024-12-31", "end": "2024-01-01"}))),
+            Code::InvalidArgument,
+            "start",
+        ),
         ("unknown collection in query", Call::Info(json(serde_json::json!({"collection": "nope"}))), Code::NotFound, "nope"),
         ("unknown band in query", Call::Get(json(serde_json::json!({"collection": "s2", "bands": ["swir"]}))), Code::InvalidArgument, "bands"),
         ("bbox of 3 numbers", Call::Schema(json(serde_json::json!({"collection": "s2", "bbox": [1, 2, 3]}))), Code::InvalidArgument, "bbox"),
-        ("unparseable bbox_crs", Call::Info(json(serde_json::json!({"collection": "s2", "bbox": [1, 2, 3, 4], "bbox_crs": "EPSG:nope"}))), Code::InvalidArgument, "bbox_crs"),
+        (
+            "unparseable bbox_crs",
+            Call::Info(json(serde_json::json!({"collection": "s2", "bbox": [1, 2, 3, 4], "bbox_crs": "EPSG:nope"}))),
+            Code::InvalidArgument,
+            "bbox_crs",
+        ),
         ("malformed criteria", Call::List(Bytes::from_static(b"{\"collection\": 5}")), Code::InvalidArgument, "criteria.expression"),
-        ("bad collection name", Call::Action("create_collection", json(serde_json::json!({"name": "../etc", "bands": [{"name": "red", "dtype": "uint16"}], "grid": {"resolution": 10}}))), Code::InvalidArgument, "name"),
-        ("unparseable grid CRS", Call::Action("create_collection", json(serde_json::json!({"name": "utm", "bands": [{"name": "red", "dtype": "uint16"}], "grid": {"crs": "EPSG:0", "resolution": 10}}))), Code::InvalidArgument, "grid.crs"),
-        ("zero grid resolution", Call::Action("create_collection", json(serde_json::json!({"name": "z", "bands": [{"name": "red", "dtype": "uint16"}], "grid": {"resolution": 0}}))), Code::InvalidArgument, "grid.resolution"),
+        ("Flight SQL statement to GetFlightInfo", Call::Info(flight_sql("CommandStatementQuery", b"SELECT 1")), Code::Unimplemented, "Flight SQL"),
+        ("Flight SQL statement to GetSchema", Call::Schema(flight_sql("CommandStatementQuery", b"SELECT 1")), Code::Unimplemented, "Flight SQL"),
+        ("Flight SQL ticket to DoGet", Call::Get(flight_sql("TicketStatementQuery", b"handle")), Code::Unimplemented, "Flight SQL"),
+        (
+            "Flight SQL update to DoPut",
+            Call::Put(flight_sql("CommandStatementUpdate", b"DELETE FROM scenes"), red_rows(64, 64)),
+            Code::Unimplemented,
+            "Flight SQL",
+        ),
+        ("Any of an unknown type", Call::Info(any_of("type.googleapis.com/acme.v1.Query", Vec::new())), Code::InvalidArgument, "descriptor.cmd.type_url"),
+        (
+            "bad collection name",
+            Call::Action(
+                "create_collection",
+                json(serde_json::json!({"name": "../etc", "bands": [{"name": "red", "dtype": "uint16"}], "grid": {"resolution": 10}})),
+            ),
+            Code::InvalidArgument,
+            "name",
+        ),
+        (
+            "unparseable grid CRS",
+            Call::Action(
+                "create_collection",
+                json(serde_json::json!({"name": "utm", "bands": [{"name": "red", "dtype": "uint16"}], "grid": {"crs": "EPSG:0", "resolution": 10}})),
+            ),
+            Code::InvalidArgument,
+            "grid.crs",
+        ),
+        (
+            "zero grid resolution",
+            Call::Action("create_collection", json(serde_json::json!({"name": "z", "bands": [{"name": "red", "dtype": "uint16"}], "grid": {"resolution": 0}}))),
+            Code::InvalidArgument,
+            "grid.resolution",
+        ),
         ("unknown profile", Call::Action("create_collection", json(serde_json::json!({"name": "p", "profile": "modis"}))), Code::InvalidArgument, "profile"),
-        ("existing collection", Call::Action("create_collection", json(serde_json::json!({"name": "s2", "profile": "sentinel2_l2a"}))), Code::AlreadyExists, "s2"),
+        (
+            "existing collection",
+            Call::Action("create_collection", json(serde_json::json!({"name": "s2", "profile": "sentinel2_l2a"}))),
+            Code::AlreadyExists,
+            "s2",
+        ),
         ("unknown action", Call::Action("drop_everything", Bytes::new()), Code::InvalidArgument, "action.type"),
         ("describe unknown tile form", Call::Action("describe", json(serde_json::json!({"collection": "s2", "tile": "x1_y1"}))), Code::InvalidArgument, "tile"),
         // Oversized.
-        ("raster over --max-raster-mb", Call::Put(ingest_json(serde_json::json!({"width": 1024, "height": 1024})), red_rows(1, 64)), Code::InvalidArgument, "exceeds the server limit"),
+        (
+            "raster over --max-raster-mb",
+            Call::Put(ingest_json(serde_json::json!({"width": 1024, "height": 1024})), red_rows(1, 64)),
+            Code::InvalidArgument,
+            "exceeds the server limit",
+        ),
         ("message over --max-message-mb", Call::Oversized(5 << 20), Code::OutOfRange, "too large"),
-        ("10 001 tiles in a query", Call::Get(json(serde_json::json!({"collection": "s2", "tiles": vec!["x0001_y0001"; 10_001]}))), Code::InvalidArgument, "at most 10000 tiles"),
+        (
+            "10 001 tiles in a query",
+            Call::Get(json(serde_json::json!({"collection": "s2", "tiles": vec!["x0001_y0001"; 10_001]}))),
+            Code::InvalidArgument,
+            "at most 10000 tiles",
+        ),
         // Traversal and identifiers.
         ("collection ..", Call::Info(json(serde_json::json!({"collection": ".."}))), Code::InvalidArgument, "collection"),
-        ("collection with a slash", Call::Put(ingest_json(serde_json::json!({"collection": "s2/../../etc"})), red_rows(64, 64)), Code::InvalidArgument, "collection"),
+        (
+            "collection with a slash",
+            Call::Put(ingest_json(serde_json::json!({"collection": "s2/../../etc"})), red_rows(64, 64)),
+            Code::InvalidArgument,
+            "collection",
+        ),
         ("absolute collection path", Call::Action("describe", json(serde_json::json!({"collection": "/etc"}))), Code::InvalidArgument, "collection"),
-        ("NUL in a collection name", Call::Action("delete", json(serde_json::json!({"collection": "s2\0x", "scene_id": "a"}))), Code::InvalidArgument, "collection"),
-        ("collection name of 300 chars", Call::Action("create_collection", json(serde_json::json!({"name": "a".repeat(300), "profile": "sentinel2_l2a"}))), Code::InvalidArgument, "name"),
-        ("band name ..", Call::Action("create_collection", json(serde_json::json!({"name": "b", "bands": [{"name": "../x", "dtype": "uint16"}], "grid": {"resolution": 10}}))), Code::InvalidArgument, "bands[0].name"),
+        (
+            "NUL in a collection name",
+            Call::Action("delete", json(serde_json::json!({"collection": "s2\0x", "scene_id": "a"}))),
+            Code::InvalidArgument,
+            "collection",
+        ),
+        (
+            "collection name of 300 chars",
+            Call::Action("create_collection", json(serde_json::json!({"name": "a".repeat(300), "profile": "sentinel2_l2a"}))),
+            Code::InvalidArgument,
+            "name",
+        ),
+        (
+            "band name ..",
+            Call::Action(
+                "create_collection",
+                json(serde_json::json!({"name": "b", "bands": [{"name": "../x", "dtype": "uint16"}], "grid": {"resolution": 10}})),
+            ),
+            Code::InvalidArgument,
+            "bands[0].name",
+        ),
         ("tile id with a path", Call::Action("delete", json(serde_json::json!({"collection": "s2", "tile": "../../x1_y1"}))), Code::InvalidArgument, "tile"),
         ("scene id with NUL", Call::Put(ingest_json(serde_json::json!({"scene_id": "a\0b"})), red_rows(64, 64)), Code::InvalidArgument, "scene_id"),
-        ("ingest_path outside the roots", Call::Action("ingest_path", json(serde_json::json!({"collection": "s2", "paths": ["/etc/passwd"]}))), Code::InvalidArgument, "ingest"),
+        (
+            "ingest_path outside the roots",
+            Call::Action("ingest_path", json(serde_json::json!({"collection": "s2", "paths": ["/etc/passwd"]}))),
+            Code::InvalidArgument,
+            "ingest",
+        ),
         // Auth and roles.
         ("no token", as_(None, Call::Info(json(serde_json::json!({"collection": "s2"})))), Code::Unauthenticated, "authorization"),
         ("unknown token", as_(Some("not-a-token-of-this-server"), Call::Get(json(serde_json::json!({"collection": "s2"})))), Code::Unauthenticated, "invalid"),
         ("read token DoPut", as_(Some(READ_TOKEN), Call::Put(ingest_json(serde_json::json!({})), red_rows(64, 64))), Code::PermissionDenied, "write role"),
-        ("read token create", as_(Some(READ_TOKEN), Call::Action("create_collection", json(serde_json::json!({"name": "r", "profile": "sentinel2_l2a"})))), Code::PermissionDenied, "write role"),
-        ("read token delete", as_(Some(READ_TOKEN), Call::Action("delete", json(serde_json::json!({"collection": "s2", "scene_id": "good"})))), Code::PermissionDenied, "delete needs the write role"),
-        ("read token compact", as_(Some(READ_TOKEN), Call::Action("compact", json(serde_json::json!({"collection": "s2"})))), Code::PermissionDenied, "write role"),
-        ("write token ingest_path", as_(Some(WRITE_TOKEN), Call::Action("ingest_path", json(serde_json::json!({"collection": "s2", "paths": ["/tmp"]})))), Code::PermissionDenied, "ingest_path needs the admin role"),
+        (
+            "read token create",
+            as_(Some(READ_TOKEN), Call::Action("create_collection", json(serde_json::json!({"name": "r", "profile": "sentinel2_l2a"})))),
+            Code::PermissionDenied,
+            "write role",
+        ),
+        (
+            "read token delete",
+            as_(Some(READ_TOKEN), Call::Action("delete", json(serde_json::json!({"collection": "s2", "scene_id": "good"})))),
+            Code::PermissionDenied,
+            "delete needs the write role",
+        ),
+        (
+            "read token compact",
+            as_(Some(READ_TOKEN), Call::Action("compact", json(serde_json::json!({"collection": "s2"})))),
+            Code::PermissionDenied,
+            "write role",
+        ),
+        (
+            "write token ingest_path",
+            as_(Some(WRITE_TOKEN), Call::Action("ingest_path", json(serde_json::json!({"collection": "s2", "paths": ["/tmp"]})))),
+            Code::PermissionDenied,
+            "ingest_path needs the admin role",
+        ),
     ];
     assert!(cases.len() >= 30);
     for (name, c, code, needle) in cases {

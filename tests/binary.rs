@@ -39,11 +39,8 @@ extern "C" {
 #[test]
 fn binary_refuses_to_serve_beyond_loopback_without_auth() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pixelquery"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--warehouse"])
-        .arg(dir.path().join("wh"))
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_pixelquery")).args(["serve", "--listen", "0.0.0.0:0", "--warehouse"]).arg(dir.path().join("wh")).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--auth-file") && stderr.contains("0.0.0.0"), "{stderr}");
@@ -124,8 +121,9 @@ async fn a_doput_in_flight_at_sigterm_finishes_and_is_kept() {
 async fn a_scene_touching_more_chunks_than_open_file_limit_is_ingested() {
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_pixelquery");
-    let (mut child, uri) =
-        spawn_server(Command::new("sh").arg("-c").arg(format!("ulimit -n 256 && exec {bin} serve --listen 127.0.0.1:0 --warehouse {}", dir.path().join("wh").display())));
+    let (mut child, uri) = spawn_server(
+        Command::new("sh").arg("-c").arg(format!("ulimit -n 256 && exec {bin} serve --listen 127.0.0.1:0 --warehouse {}", dir.path().join("wh").display())),
+    );
     let mut client = pixelquery_client::Client::connect(&uri).await.unwrap();
     client
         .create_collection(&serde_json::json!({"name": "big", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}}))

@@ -11,9 +11,10 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::{FlightData, FlightDescriptor};
 use bytes::Bytes;
 use futures::TryStreamExt;
+use pixelquery::actions;
 use pixelquery::config::Config;
 use pixelquery::error::Error;
-use pixelquery::flight::{actions, AppState};
+use pixelquery::state::AppState;
 use pixelquery::storage::Warehouse;
 use pixelquery::wire;
 use proptest::prelude::*;
@@ -31,9 +32,39 @@ fn refused_cleanly<T>(r: &Result<T, Error>) -> bool {
 
 /// Field names the decoders know, so random objects reach deep checks.
 const KEYS: &[&str] = &[
-    "collection", "scene_id", "acquired_at", "acquired_at_ms", "crs", "geotransform", "width", "height", "bands", "name", "dtype", "nodata", "scale",
-    "offset", "resampling", "resampling_by_band", "tiles", "bbox", "bbox_crs", "start", "end", "start_ms", "end_ms", "point", "profile", "grid",
-    "tile_span", "resolution", "tile", "paths", "time", "qa", "valid",
+    "collection",
+    "scene_id",
+    "acquired_at",
+    "acquired_at_ms",
+    "crs",
+    "geotransform",
+    "width",
+    "height",
+    "bands",
+    "name",
+    "dtype",
+    "nodata",
+    "scale",
+    "offset",
+    "resampling",
+    "resampling_by_band",
+    "tiles",
+    "bbox",
+    "bbox_crs",
+    "start",
+    "end",
+    "start_ms",
+    "end_ms",
+    "point",
+    "profile",
+    "grid",
+    "tile_span",
+    "resolution",
+    "tile",
+    "paths",
+    "time",
+    "qa",
+    "valid",
 ];
 
 fn leaf() -> impl Strategy<Value = Value> {
@@ -120,7 +151,12 @@ fn state() -> (tempfile::TempDir, Arc<AppState>, tokio::runtime::Runtime) {
     let wh = Arc::new(Warehouse::open(&config.warehouse).unwrap());
     let state = Arc::new(AppState::new(wh, &config));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    actions::run(&state, "create_collection", &serde_json::to_vec(&json!({"name": "s2", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}})).unwrap()).unwrap();
+    actions::run(
+        &state,
+        "create_collection",
+        &serde_json::to_vec(&json!({"name": "s2", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}})).unwrap(),
+    )
+    .unwrap();
     let messages = valid_put(32);
     rt.block_on(pixelquery::flight::put(&state, futures::stream::iter(messages.into_iter().map(Ok)))).unwrap();
     (dir, state, rt)
@@ -130,7 +166,7 @@ proptest! {
     #![proptest_config(cases(500))]
 
     #[test]
-    fn actions_never_panic(action in prop::sample::select(actions::ACTIONS.iter().map(|a| a.0).collect::<Vec<_>>()), body in prop_oneof![json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()), request_bytes()]) {
+    fn actions_never_panic(action in prop::sample::select(actions::ACTIONS.iter().map(|a| a.name).collect::<Vec<_>>()), body in prop_oneof![json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()), request_bytes()]) {
         thread_local!(static STATE: (tempfile::TempDir, Arc<AppState>, tokio::runtime::Runtime) = state());
         STATE.with(|(_, state, rt)| {
             // ingest_path drives ingests on the runtime from a blocking thread, as the server does.

@@ -13,8 +13,8 @@ use arrow_array::Array;
 use common::*;
 use gdal::raster::Buffer;
 use gdal::DriverManager;
+use pixelquery::crs;
 use pixelquery::grid::{GridSpec, TileId, DEFAULT_GRID_CRS};
-use pixelquery::warp::crs;
 use pixelquery_client::proto;
 
 const SIZE: usize = 1024;

@@ -26,7 +26,10 @@ async fn handshake_trades_a_password_for_a_session_token() {
     let token = alice.handshake("alice", "alice-password-0123").await.expect("handshake");
     assert_eq!(token.len(), 64);
     // alice has the write role: she may ingest but not make the server read files.
-    alice.ingest(&ingest_request("s2", "by-alice", T, utm_geotransform(64), 64, "nearest"), red_batches(raster(64, 0), 64)).await.expect("write role may DoPut");
+    alice
+        .ingest(&ingest_request("s2", "by-alice", T, utm_geotransform(64), 64, "nearest"), red_batches(raster(64, 0), 64))
+        .await
+        .expect("write role may DoPut");
     let (code, msg) = code_of(alice.action("ingest_path", &serde_json::json!({"collection": "s2", "paths": ["/tmp"]})).await);
     assert_eq!(code, Code::PermissionDenied, "{msg}");
     assert!(msg.contains("admin") && msg.contains("write"), "{msg}");
@@ -83,7 +86,10 @@ async fn tls_serves_clients_that_trust_the_certificate_only() {
 
 /// A DoPut whose rows are fed by the returned sender; it stays open until
 /// the sender sends the rest or is dropped.
-fn held_put(client: &Client, scene: &str) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<pixelquery_client::Result<pixelquery_client::PutSummary>>) {
+fn held_put(
+    client: &Client,
+    scene: &str,
+) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<pixelquery_client::Result<pixelquery_client::PutSummary>>) {
     held_ingest(client, ingest_request("s2", scene, T, utm_geotransform(64), 64, "nearest"))
 }
 

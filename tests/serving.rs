@@ -12,8 +12,8 @@ use arrow_array::{ArrayRef, BooleanArray, Float32Array, UInt8Array};
 use arrow_flight::FlightDescriptor;
 use common::*;
 use futures::TryStreamExt;
+use pixelquery::crs;
 use pixelquery::grid::{GridSpec, DEFAULT_GRID_CRS};
-use pixelquery::warp::crs;
 use pixelquery_client::proto;
 use prost::Message;
 
@@ -68,7 +68,8 @@ async fn queries_filter_by_time_band_and_area() {
     }
 
     // A Query given straight to DoGet as the ticket, with a tile list.
-    let direct = client.do_get(proto::Query { collection: "s2".into(), tiles: vec![tiles[0].clone()], ..Default::default() }.encode_to_vec().into()).await.unwrap();
+    let direct =
+        client.do_get(proto::Query { collection: "s2".into(), tiles: vec![tiles[0].clone()], ..Default::default() }.encode_to_vec().into()).await.unwrap();
     assert_eq!(direct.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
     let schema = direct[0].schema();
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
@@ -84,7 +85,8 @@ async fn queries_filter_by_time_band_and_area() {
     assert_eq!((far.endpoint.len(), far.total_records), (0, 0));
 
     // GetSchema of a query.
-    let s = client.flight().get_schema(FlightDescriptor::new_cmd(proto::Query { collection: "s2".into(), ..Default::default() }.encode_to_vec())).await.unwrap();
+    let s =
+        client.flight().get_schema(FlightDescriptor::new_cmd(proto::Query { collection: "s2".into(), ..Default::default() }.encode_to_vec())).await.unwrap();
     assert_eq!(s.field(4).name(), "pixels");
 
     // ListFlights: one FlightInfo per chunk, filterable by time.
@@ -137,7 +139,8 @@ async fn multi_band_rasters_with_valid_column_and_aligned_grid() {
     let ndvi: Vec<f32> = (0..n * n).map(|i| (i % 1000) as f32 / 1000.0).collect();
     let class: Vec<u8> = (0..n * n).map(|i| (i % 7) as u8).collect();
     let valid: Vec<bool> = (0..n * n).map(|i| i % 10 != 0).collect();
-    let bands: Vec<(String, ArrayRef)> = vec![("ndvi".into(), Arc::new(Float32Array::from(ndvi.clone()))), ("class".into(), Arc::new(UInt8Array::from(class.clone())))];
+    let bands: Vec<(String, ArrayRef)> =
+        vec![("ndvi".into(), Arc::new(Float32Array::from(ndvi.clone()))), ("class".into(), Arc::new(UInt8Array::from(class.clone())))];
     let batches = pixelquery_client::raster_batches(bands, Some(BooleanArray::from(valid.clone())), n).unwrap();
     let req = serde_json::json!({
         "collection": "mix", "scene_id": "aligned", "acquired_at": "2024-06-15",
@@ -183,7 +186,10 @@ async fn multi_band_rasters_with_valid_column_and_aligned_grid() {
     assert_eq!(p["qa"]["cloud"], serde_json::json!([1, 2, 3, 4]));
     assert_eq!(p["bands"][3]["scale"], 2.75e-5);
     assert_eq!(p["bands"][3]["offset"], -0.2);
-    let utm = client.create_collection(&serde_json::json!({"name": "utm", "profile": "sentinel2_l2a", "grid": {"crs": "EPSG:32652", "tile_span": 10240, "resolution": 20}})).await.unwrap();
+    let utm = client
+        .create_collection(&serde_json::json!({"name": "utm", "profile": "sentinel2_l2a", "grid": {"crs": "EPSG:32652", "tile_span": 10240, "resolution": 20}}))
+        .await
+        .unwrap();
     assert_eq!(utm["grid"]["tile_px"], 512);
     assert_eq!(utm["qa"]["band"], "scl");
     assert_eq!(utm["qa"]["kind"], "classes");

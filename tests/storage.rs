@@ -198,7 +198,12 @@ async fn eight_writers_and_four_readers() {
                 let q = if r % 2 == 0 {
                     proto::Query { collection: "s2".into(), ..Default::default() }
                 } else {
-                    proto::Query { collection: "s2".into(), point: vec![100.0 * 2560.0 + 1280.0, 201.0 * 2560.0 - 50.0], bbox_crs: pixelquery::grid::DEFAULT_GRID_CRS.into(), ..Default::default() }
+                    proto::Query {
+                        collection: "s2".into(),
+                        point: vec![100.0 * 2560.0 + 1280.0, 201.0 * 2560.0 - 50.0],
+                        bbox_crs: pixelquery::grid::DEFAULT_GRID_CRS.into(),
+                        ..Default::default()
+                    }
                 };
                 let batches = if r % 2 == 0 { c.query(&q).await.expect("reader query") } else { c.point(&q).await.expect("reader point") };
                 for b in &batches {
@@ -287,7 +292,7 @@ async fn the_catalog_snapshot_follows_commits_in_the_background_and_chunks_stay_
 /// Collection `s2` with one uint16 band `red` on the 10 m grid, for tests
 /// that open a warehouse directly.
 fn red_collection_meta() -> pixelquery::collection::Collection {
-    pixelquery::flight::actions::build_collection(proto::CreateCollection {
+    pixelquery::wire::build_collection(proto::CreateCollection {
         name: "s2".into(),
         bands: vec![proto::BandSpec { name: "red".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],
         grid: Some(proto::GridSpec { resolution: 10.0, ..Default::default() }),
@@ -311,7 +316,12 @@ fn a_reader_holding_a_deleted_chunk_cannot_remove_its_successor() {
         mask: BooleanArray::from(vec![true; 256 * 256]),
     };
     let scenes_of = |store: &pixelquery::storage::CollectionStore| -> Vec<String> {
-        store.chunks(|_| true).iter().flat_map(|(_, e)| store.read_chunk(e).unwrap()).flat_map(|b| b.column(3).as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>()).collect()
+        store
+            .chunks(|_| true)
+            .iter()
+            .flat_map(|(_, e)| store.read_chunk(e).unwrap())
+            .flat_map(|b| b.column(3).as_string::<i32>().iter().map(|s| s.unwrap().to_string()).collect::<Vec<_>>())
+            .collect()
     };
     {
         let wh = Warehouse::open(dir.path()).unwrap();
@@ -353,7 +363,8 @@ async fn time_windows_read_the_same_rows_from_appended_and_compacted_chunks() {
     assert_eq!(out["chunks_rewritten"], 1);
     for (w, before) in windows.iter().zip(&appended) {
         let batches = client.query(w).await.unwrap();
-        let times: Vec<i64> = batches.iter().flat_map(|b| b.column(2).as_primitive::<arrow_array::types::TimestampMillisecondType>().values().to_vec()).collect();
+        let times: Vec<i64> =
+            batches.iter().flat_map(|b| b.column(2).as_primitive::<arrow_array::types::TimestampMillisecondType>().values().to_vec()).collect();
         assert!(times.is_sorted(), "rows come in time order");
         assert_eq!(&rows(&batches), before, "window {:?}..{:?}", w.start_ms, w.end_ms);
     }

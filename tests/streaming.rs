@@ -18,7 +18,11 @@ const T: i64 = 1718416984000;
 
 /// A put of `values` (in strips of 32 rows) with every strip sent but the
 /// last, which it returns with the sender that holds the put open.
-async fn put_all_but_last(client: &Client, req: proto::IngestRequest, values: &[u16]) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<pixelquery_client::Result<pixelquery_client::PutSummary>>, RecordBatch) {
+async fn put_all_but_last(
+    client: &Client,
+    req: proto::IngestRequest,
+    values: &[u16],
+) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<pixelquery_client::Result<pixelquery_client::PutSummary>>, RecordBatch) {
     let mut strips: Vec<RecordBatch> = values.chunks(32 * SIZE).flat_map(|c| red_batches(c.to_vec(), SIZE)).collect();
     let last = strips.pop().unwrap();
     let (tx, put) = held_ingest(client, req);
@@ -117,7 +121,11 @@ async fn two_scenes_of_more_than_256_tiles_into_one_collection_both_commit() {
         })
         .collect();
     for put in puts {
-        let summary = tokio::time::timeout(Duration::from_secs(120), put).await.expect("both puts finish").unwrap().expect("commits (a bounded result channel deadlocked here)");
+        let summary = tokio::time::timeout(Duration::from_secs(120), put)
+            .await
+            .expect("both puts finish")
+            .unwrap()
+            .expect("commits (a bounded result channel deadlocked here)");
         assert_eq!(summary.observations, 25 * 25);
     }
     let listed = client.list_collections().await.unwrap();

@@ -36,7 +36,8 @@ fn write_tif<T: GdalType + Copy>(path: &Path, values: &[T], w: usize, h: usize, 
 
 /// The kernel scale the server uses for a scene (see the module docs).
 fn scene_scale(crs: &str, gt: [f64; 6], size: usize, grid: &GridSpec) -> (f64, f64) {
-    use pixelquery::warp::{self, crs::spatial_ref, crs::Transformer};
+    use pixelquery::crs::{spatial_ref, Transformer};
+    use pixelquery::warp;
     let (from, to) = (spatial_ref("t", crs).unwrap(), spatial_ref("t", &grid.crs).unwrap());
     let src = warp::SourceGeometry::try_new(size, size, gt).unwrap();
     let placement = warp::placement(&src, grid, from == to);
@@ -81,7 +82,8 @@ fn compare(ours: &[f64], mask: &[bool], gdal: &[f64], n: usize, acc: &mut Agreem
             }
             // The one-pixel ring around any mask edge (and the tile border)
             // is where kernels may legitimately disagree.
-            let edge = r == 0 || c == 0 || r + 1 == n || c + 1 == n || [(r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)].iter().any(|&(a, b)| gv(a, b) != gv(r, c));
+            let edge =
+                r == 0 || c == 0 || r + 1 == n || c + 1 == n || [(r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)].iter().any(|&(a, b)| gv(a, b) != gv(r, c));
             if !edge {
                 acc.mask_compared += 1;
                 if mask[k] == gv(r, c) {
@@ -138,7 +140,8 @@ async fn run_case<T: GdalType + Copy + Into<f64>>(
             _ => px.as_primitive::<UInt16Type>().values().iter().map(|v| *v as f64).collect(),
         };
         let mask: Vec<bool> = b.column_by_name("mask").unwrap().as_list::<i32>().value(0).as_boolean().iter().map(|v| v.unwrap()).collect();
-        let gdal: Vec<f64> = gdalwarp::<T>(&src, &work.path().join(format!("{tile}.tif")), method, &grid_crs, &grid, t, scale).into_iter().map(Into::into).collect();
+        let gdal: Vec<f64> =
+            gdalwarp::<T>(&src, &work.path().join(format!("{tile}.tif")), method, &grid_crs, &grid, t, scale).into_iter().map(Into::into).collect();
         compare(&ours, &mask, &gdal, grid.tile_px as usize, &mut acc);
     }
     server.shutdown().await;
@@ -216,12 +219,27 @@ async fn adjacent_tiles_have_no_seam() {
     let values = smooth(size, (0..0, 0..0));
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    client.create_collection(&serde_json::json!({"name": "s", "bands": [{"name": "v", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}})).await.unwrap();
+    client
+        .create_collection(&serde_json::json!({"name": "s", "bands": [{"name": "v", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}}))
+        .await
+        .unwrap();
     let gt = utm_geotransform(size);
-    let req = proto::IngestRequest { collection: "s".into(), bands: vec![proto::BandSpec { name: "v".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }], ..ingest_request("s", "s", 0, gt, size, "bilinear") };
-    client.ingest(&req, pixelquery_client::raster_batches(vec![("v".into(), std::sync::Arc::new(UInt16Array::from(values.clone())) as ArrayRef)], None, size).unwrap()).await.unwrap();
+    let req = proto::IngestRequest {
+        collection: "s".into(),
+        bands: vec![proto::BandSpec { name: "v".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],
+        ..ingest_request("s", "s", 0, gt, size, "bilinear")
+    };
+    client
+        .ingest(
+            &req,
+            pixelquery_client::raster_batches(vec![("v".into(), std::sync::Arc::new(UInt16Array::from(values.clone())) as ArrayRef)], None, size).unwrap(),
+        )
+        .await
+        .unwrap();
     let (west, east) = (TileId::new(4380, 1632), TileId::new(4381, 1632));
-    let read = |b: &arrow_array::RecordBatch| -> Vec<u16> { b.column_by_name("pixels").unwrap().as_list::<i32>().value(0).as_primitive::<UInt16Type>().values().to_vec() };
+    let read = |b: &arrow_array::RecordBatch| -> Vec<u16> {
+        b.column_by_name("pixels").unwrap().as_list::<i32>().value(0).as_primitive::<UInt16Type>().values().to_vec()
+    };
     let w = read(&client.query(&proto::Query { collection: "s".into(), tiles: vec![west.to_string()], ..Default::default() }).await.unwrap()[0]);
     let e = read(&client.query(&proto::Query { collection: "s".into(), tiles: vec![east.to_string()], ..Default::default() }).await.unwrap()[0]);
     server.shutdown().await;
@@ -235,7 +253,27 @@ async fn adjacent_tiles_have_no_seam() {
     let scale = scene_scale("EPSG:32652", gt, size, &grid);
     let (xscale, yscale) = (format!("XSCALE={}", scale.0), format!("YSCALE={}", scale.1));
     let ok = Command::new("gdalwarp")
-        .args(["-q", "-et", "0", "-r", "bilinear", "-t_srs", pixelquery::grid::DEFAULT_GRID_CRS, "-srcnodata", "0", "-dstnodata", "0", "-wo", &xscale, "-wo", &yscale, "-ts", "512", "256", "-te"])
+        .args([
+            "-q",
+            "-et",
+            "0",
+            "-r",
+            "bilinear",
+            "-t_srs",
+            pixelquery::grid::DEFAULT_GRID_CRS,
+            "-srcnodata",
+            "0",
+            "-dstnodata",
+            "0",
+            "-wo",
+            &xscale,
+            "-wo",
+            &yscale,
+            "-ts",
+            "512",
+            "256",
+            "-te",
+        ])
         .args([x0, y0, x1, y1].iter().map(|v| v.to_string()))
         .arg(&src)
         .arg(&out)
@@ -243,7 +281,8 @@ async fn adjacent_tiles_have_no_seam() {
         .unwrap()
         .success();
     assert!(ok);
-    let both: Vec<u16> = gdal::Dataset::open(&out).unwrap().rasterband(1).unwrap().read_as::<u16>((0, 0), (512, 256), (512, 256), None).unwrap().data().to_vec();
+    let both: Vec<u16> =
+        gdal::Dataset::open(&out).unwrap().rasterband(1).unwrap().read_as::<u16>((0, 0), (512, 256), (512, 256), None).unwrap().data().to_vec();
     let (mut compared, mut equal) = (0, 0);
     for r in 0..256 {
         for (ours, theirs) in [(w[r * 256 + 255], both[r * 512 + 255]), (e[r * 256], both[r * 512 + 256])] {
@@ -260,10 +299,10 @@ async fn adjacent_tiles_have_no_seam() {
 
 /// A geotransform in `epsg` whose top-left corner is at lon 127.02, lat 37.57.
 fn corner_geotransform(epsg: u32, pixel: f64) -> [f64; 6] {
-    let from = pixelquery::warp::crs::spatial_ref("t", "EPSG:4326").unwrap();
-    let to = pixelquery::warp::crs::spatial_ref("t", &format!("EPSG:{epsg}")).unwrap();
+    let from = pixelquery::crs::spatial_ref("t", "EPSG:4326").unwrap();
+    let to = pixelquery::crs::spatial_ref("t", &format!("EPSG:{epsg}")).unwrap();
     let (mut x, mut y) = ([127.02], [37.57]);
-    pixelquery::warp::crs::Transformer::new(&from, &to).unwrap().transform(&mut x, &mut y);
+    pixelquery::crs::Transformer::new(&from, &to).unwrap().transform(&mut x, &mut y);
     [x[0], pixel, 0.0, y[0], 0.0, -pixel]
 }
 

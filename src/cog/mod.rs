@@ -181,7 +181,9 @@ fn file_bands(info: &FileInfo, opts: &CogOptions) -> Result<(String, Vec<(usize,
     if opts.band_map.is_empty() {
         if let Some((key, code)) = names::band_file(&info.stem) {
             let name = names::profile_band(&code).filter(|n| known(n)).map(str::to_string).or_else(|| Some(code.to_lowercase()).filter(|n| known(n)));
-            let name = name.ok_or_else(|| format!("band {code} (from the file name) is not a band of collection {:?} ({})", opts.collection, opts.collection_bands.join(", ")))?;
+            let name = name.ok_or_else(|| {
+                format!("band {code} (from the file name) is not a band of collection {:?} ({})", opts.collection, opts.collection_bands.join(", "))
+            })?;
             if info.dtypes.len() != 1 {
                 return Err(format!("a {code} band file should hold one band, it holds {}", info.dtypes.len()));
             }
@@ -246,7 +248,10 @@ pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure
         // product) cannot share one DoPut: one scene per grid.
         let mut by_grid: Vec<Members> = Vec::new();
         for m in members {
-            match by_grid.iter_mut().find(|g| g[0].0.geotransform == m.0.geotransform && (g[0].0.width, g[0].0.height) == (m.0.width, m.0.height) && g[0].0.crs_wkt == m.0.crs_wkt) {
+            match by_grid
+                .iter_mut()
+                .find(|g| g[0].0.geotransform == m.0.geotransform && (g[0].0.width, g[0].0.height) == (m.0.width, m.0.height) && g[0].0.crs_wkt == m.0.crs_wkt)
+            {
                 Some(g) => g.push(m),
                 None => by_grid.push(vec![m]),
             }
@@ -256,7 +261,8 @@ pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure
             let first = &group[0].0;
             let scene_id = if split { format!("{key}_{}m", (first.geotransform[1].abs() * 100.0).round() / 100.0) } else { key.clone() };
             let paths: Vec<String> = group.iter().map(|(i, _)| i.path.clone()).collect();
-            let fail_all = |reason: String, failures: &mut Vec<Failure>| failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
+            let fail_all =
+                |reason: String, failures: &mut Vec<Failure>| failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
             let (time_ms, time_source) = match acquisition_time(first, opts) {
                 Ok(t) => t,
                 Err(reason) => {
@@ -307,7 +313,9 @@ where
     T::Native: GdalType + Copy,
 {
     let b = ds.rasterband(band).map_err(Error::gdal(format!("opening band {band}")))?;
-    let buf = b.read_as::<T::Native>((0, row as isize), (width, rows), (width, rows), None).map_err(Error::gdal(format!("reading rows {row}..{} of band {band}", row + rows)))?;
+    let buf = b
+        .read_as::<T::Native>((0, row as isize), (width, rows), (width, rows), None)
+        .map_err(Error::gdal(format!("reading rows {row}..{} of band {band}", row + rows)))?;
     let (_, data) = buf.into_shape_and_vec();
     Ok(Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(data), None)))
 }

@@ -189,7 +189,10 @@ mod tests {
         assert_eq!(band_file("T52SCG_20240615T020304_B8A_20m"), Some(("T52SCG_20240615T020304".into(), "B8A".into())));
         assert_eq!(band_file("T52SCG_20240615T020304_SCL_20m"), Some(("T52SCG_20240615T020304".into(), "SCL".into())));
         assert_eq!(band_file("LC08_L2SP_116034_20240615_20240620_02_T1_SR_B4"), Some(("LC08_L2SP_116034_20240615_20240620_02_T1".into(), "SR_B4".into())));
-        assert_eq!(band_file("LC08_L2SP_116034_20240615_20240620_02_T1_QA_PIXEL"), Some(("LC08_L2SP_116034_20240615_20240620_02_T1".into(), "QA_PIXEL".into())));
+        assert_eq!(
+            band_file("LC08_L2SP_116034_20240615_20240620_02_T1_QA_PIXEL"),
+            Some(("LC08_L2SP_116034_20240615_20240620_02_T1".into(), "QA_PIXEL".into()))
+        );
         assert_eq!(band_file("field_20240615"), None);
         assert_eq!(profile_band("B8A"), Some("nir08"));
         assert_eq!(profile_band("SR_B5"), Some("nir08"));

@@ -205,9 +205,35 @@ fn client_error(what: &str) -> impl FnOnce(pixelquery_client::ClientError) -> cr
     }
 }
 
-/// The `pixelquery ingest` command: plans the files, sends the scenes,
-/// prints a summary (and the failures with their reasons).
-pub async fn run_cli(args: crate::cli::IngestArgs) -> crate::error::Result<IngestReport> {
+/// What to ingest and where: the settings of `pixelquery ingest`, given by
+/// the command line (or any other caller) without the library knowing it.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Files or directories (searched recursively for .tif/.tiff).
+    pub paths: Vec<String>,
+    /// Server URI (`grpc://` or `grpc+tls://`).
+    pub server: String,
+    pub collection: String,
+    /// Built-in profile to create the collection from if it does not exist.
+    pub profile: Option<String>,
+    /// Band mapping of multi-band files (`1:blue,2:green,...`).
+    pub bands: Option<String>,
+    /// Acquisition time for every file (RFC 3339 or YYYY-MM-DD).
+    pub time: Option<String>,
+    /// Resampling for every band.
+    pub resampling: Option<String>,
+    /// Scenes sent at once.
+    pub jobs: usize,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// PEM file of the CA that signed the server's certificate.
+    pub tls_root_cert: Option<std::path::PathBuf>,
+}
+
+/// Plans the files and sends the scenes (what `pixelquery ingest` does);
+/// the report holds the failures with their reasons.
+pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestReport> {
     use crate::error::Error;
     let tls_root_cert = match &args.tls_root_cert {
         Some(p) => Some(std::fs::read(p).map_err(Error::io(p))?),
@@ -227,7 +253,8 @@ pub async fn run_cli(args: crate::cli::IngestArgs) -> crate::error::Result<Inges
         },
         Err(e) => return Err(client_error("--collection")(e)),
     };
-    let collection_bands: Vec<String> = desc["bands"].as_array().map(|a| a.iter().filter_map(|b| b["name"].as_str().map(String::from)).collect()).unwrap_or_default();
+    let collection_bands: Vec<String> =
+        desc["bands"].as_array().map(|a| a.iter().filter_map(|b| b["name"].as_str().map(String::from)).collect()).unwrap_or_default();
     let opts = super::CogOptions {
         collection: args.collection.clone(),
         collection_bands,
@@ -244,27 +271,5 @@ pub async fn run_cli(args: crate::cli::IngestArgs) -> crate::error::Result<Inges
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))?;
-    let report = send_all(&client, scenes, failures, files.len(), args.jobs).await;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-    } else {
-        let files_ok: usize = report.scenes.iter().map(|s| s.files.len()).sum();
-        let dups = report.scenes.iter().filter(|s| s.duplicate).count();
-        let obs: u64 = report.scenes.iter().map(|s| s.observations).sum();
-        let secs = report.elapsed_ms as f64 / 1e3;
-        println!(
-            "ingested {files_ok} of {} files as {} scenes ({dups} already present): {obs} observations, {:.1} MB in {secs:.2} s ({:.1} MB/s)",
-            report.files,
-            report.scenes.len(),
-            report.megabytes,
-            report.megabytes / secs.max(1e-3)
-        );
-    }
-    if !report.failures.is_empty() {
-        eprintln!("{} file(s) failed:", report.failures.len());
-        for f in &report.failures {
-            eprintln!("  {}: {}", f.path, f.reason);
-        }
-    }
-    Ok(report)
+    Ok(send_all(&client, scenes, failures, files.len(), args.jobs).await)
 }

@@ -19,8 +19,8 @@ use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::{FlightData, Ticket};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
-use http_body_util::{BodyExt, Limited, StreamBody};
 use http_body::Frame;
+use http_body_util::{BodyExt, Limited, StreamBody};
 use prost::Message;
 use tonic::body::Body;
 use tonic::codegen::Service as TowerService;
@@ -112,7 +112,8 @@ fn frames(stream: impl futures::Stream<Item = Result<FlightData, Status>>) -> im
                 // The prefix goes as DATA frames h2 copies into its write
                 // buffer, so the body's frame joins them in one writev (a
                 // frame of h2's chain threshold or more is written alone).
-                let mut frames: Vec<Frame<Bytes>> = (0..prefix.len()).step_by(COPIED_FRAME).map(|at| Frame::data(prefix.slice(at..(at + COPIED_FRAME).min(prefix.len())))).collect();
+                let mut frames: Vec<Frame<Bytes>> =
+                    (0..prefix.len()).step_by(COPIED_FRAME).map(|at| Frame::data(prefix.slice(at..(at + COPIED_FRAME).min(prefix.len())))).collect();
                 frames.push(Frame::data(body));
                 futures::stream::iter(frames)
             }
@@ -200,7 +201,10 @@ mod tests {
         assert_eq!(status_of(&failed[2]).as_deref(), Some("4"));
         assert_eq!(failed[2].trailers_ref().unwrap().get("grpc-message").unwrap(), "late");
         // A message without a body is one frame.
-        let empty: Vec<_> = frames(futures::stream::iter(vec![Ok(FlightData { data_header: Bytes::from_static(b"h"), ..Default::default() })])).map(Result::unwrap).collect().await;
+        let empty: Vec<_> = frames(futures::stream::iter(vec![Ok(FlightData { data_header: Bytes::from_static(b"h"), ..Default::default() })]))
+            .map(Result::unwrap)
+            .collect()
+            .await;
         assert_eq!(empty.len(), 2);
     }
 

@@ -2,8 +2,8 @@
 //! actions -> encode the answer. Errors become `Status` through
 //! [`Error::into_status`] only.
 
-pub mod actions;
 pub mod direct_get;
+mod sql;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,55 +22,16 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::auth::{Auth, Role};
-use crate::config::{Config, Limits};
+use crate::actions;
+use crate::auth::Role;
 use crate::error::{Error, Result};
-use crate::ingest::{self, IngestOptions};
+use crate::ingest;
 use crate::query::{self, Plan};
-use crate::storage::Warehouse;
-use crate::wire::{self, QuerySpec};
+pub use crate::state::AppState;
+use crate::wire::{self, Command, Expect, QuerySpec};
 
 /// Bytes of messages a DoGet reader hands to the response stream at once.
 const READER_RUN: usize = 4 << 20;
-
-/// Shared state of every handler.
-pub struct AppState {
-    /// The one warehouse this server serves.
-    pub warehouse: Arc<Warehouse>,
-    /// Limits applied to every DoPut.
-    pub ingest: IngestOptions,
-    /// Where `ingest_path` may read files (empty: nowhere).
-    pub ingest_roots: Vec<String>,
-    /// Credentials; `None`: every caller may do everything.
-    pub auth: Option<Arc<Auth>>,
-    pub limits: Limits,
-    /// One permit per DoPut (or ingest_path) running.
-    pub put_slots: Arc<tokio::sync::Semaphore>,
-}
-
-impl AppState {
-    pub fn new(warehouse: Arc<Warehouse>, config: &Config) -> Self {
-        Self {
-            warehouse,
-            ingest: config.ingest.clone(),
-            ingest_roots: config.ingest_roots.clone(),
-            auth: config.auth.clone(),
-            limits: config.limits.clone(),
-            put_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_puts)),
-        }
-    }
-
-    /// A write slot, or `ResourceExhausted` when all are taken (a client
-    /// retries later; the server does not queue without end).
-    pub fn put_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
-        self.put_slots.clone().try_acquire_owned().map_err(|_| {
-            Error::Exhausted(format!(
-                "{} writes are already running, the server's limit (--max-concurrent-puts); retry after one finishes",
-                self.limits.max_concurrent_puts
-            ))
-        })
-    }
-}
 
 /// The FlightService implementation.
 #[derive(Clone)]
@@ -89,11 +50,21 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("task failed: {e}")))?
 }
 
-fn command(field: &str, d: &FlightDescriptor) -> Result<Vec<u8>> {
+/// The command a descriptor carries, decoded once.
+fn command(d: &FlightDescriptor, expect: Expect) -> Result<Command> {
     if d.r#type() != DescriptorType::Cmd {
-        return Err(Error::invalid(&format!("{field}.type"), d.r#type().as_str_name(), "expected a CMD descriptor holding a Query or IngestRequest"));
+        return Err(Error::invalid("descriptor.type", d.r#type().as_str_name(), "expected a CMD descriptor holding a Query or IngestRequest"));
     }
-    Ok(d.cmd.to_vec())
+    Command::decode("descriptor.cmd", &d.cmd, expect)
+}
+
+/// The query a read RPC was given; Flight SQL goes to its own room.
+fn query(rpc: &str, command: Command) -> Result<QuerySpec> {
+    match command {
+        Command::Query(q) => Ok(q),
+        Command::FlightSql { command, .. } => Err(sql::unsupported(rpc, &command)),
+        Command::Ingest(_) => Err(Error::invalid("descriptor.cmd", "IngestRequest", "an IngestRequest goes to DoPut")),
+    }
 }
 
 async fn plan(state: &AppState, spec: QuerySpec) -> Result<Plan> {
@@ -298,13 +269,16 @@ where
     S: futures::Stream<Item = Result<FlightData, Status>> + Send + Unpin + 'static,
 {
     // A transport error (say, a message over the size limit) keeps its status.
-    let first = stream
-        .next()
-        .await
-        .transpose()?
-        .ok_or_else(|| Error::invalid("stream", "no messages", "DoPut needs a descriptor and raster rows"))?;
-    let descriptor = first.flight_descriptor.clone().ok_or_else(|| Error::invalid("descriptor", "none", "the first DoPut message must carry a FlightDescriptor"))?;
-    let spec = wire::decode_ingest(&command("descriptor", &descriptor)?)?;
+    let first = stream.next().await.transpose()?.ok_or_else(|| Error::invalid("stream", "no messages", "DoPut needs a descriptor and raster rows"))?;
+    let descriptor =
+        first.flight_descriptor.clone().ok_or_else(|| Error::invalid("descriptor", "none", "the first DoPut message must carry a FlightDescriptor"))?;
+    let spec = match command(&descriptor, Expect::Ingest)? {
+        Command::Ingest(spec) => spec,
+        Command::FlightSql { command, .. } => return Err(sql::unsupported("DoPut", &command).into()),
+        Command::Query(_) => {
+            return Err(Error::invalid("descriptor.cmd", "Query", "DoPut takes an IngestRequest; a Query goes to GetFlightInfo or DoGet").into())
+        }
+    };
     let batches = raster_batches(futures::stream::once(async move { Ok(first) }).chain(stream));
     Ok(ingest::ingest(state.warehouse.clone(), state.ingest.clone(), spec, batches).await?)
 }
@@ -368,7 +342,8 @@ impl FlightService for Service {
         let (metadata, _, criteria) = request.into_parts();
         self.call("ListFlights", &metadata, Some(Role::Read), async move {
             let spec = wire::decode_criteria(&criteria.expression)?;
-            let stores = if spec.collection.is_empty() { self.state.warehouse.collections() } else { vec![self.state.warehouse.collection(&spec.collection)?] };
+            let stores =
+                if spec.collection.is_empty() { self.state.warehouse.collections() } else { vec![self.state.warehouse.collection(&spec.collection)?] };
             let mut infos = Vec::new();
             for store in stores {
                 let mut s = spec.clone();
@@ -386,7 +361,7 @@ impl FlightService for Service {
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         let (metadata, _, descriptor) = request.into_parts();
         self.call("GetFlightInfo", &metadata, Some(Role::Read), async move {
-            let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
+            let spec = query("GetFlightInfo", command(&descriptor, Expect::Query)?)?;
             let p = plan(&self.state, spec).await?;
             Ok(Response::new(flight_info(&p, descriptor)?))
         })
@@ -400,7 +375,7 @@ impl FlightService for Service {
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let (metadata, _, descriptor) = request.into_parts();
         self.call("GetSchema", &metadata, Some(Role::Read), async move {
-            let spec = wire::decode_query("descriptor.cmd", &command("descriptor", &descriptor)?)?;
+            let spec = query("GetSchema", command(&descriptor, Expect::Query)?)?;
             let p = plan(&self.state, spec).await?;
             let schema = p.schema()?;
             let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
@@ -414,7 +389,7 @@ impl FlightService for Service {
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let (metadata, _, ticket) = request.into_parts();
         self.call("DoGet", &metadata, Some(Role::Read), async move {
-            let spec = wire::decode_query("ticket", &ticket.ticket)?;
+            let spec = query("DoGet", Command::decode("ticket", &ticket.ticket, Expect::Query)?)?;
             let p = plan(&self.state, spec).await?;
             let max = self.state.limits.max_query_bytes;
             if p.total_bytes() > max {
@@ -482,11 +457,12 @@ impl FlightService for Service {
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let (metadata, _, action) = request.into_parts();
-        let need = actions::required_role(&action.r#type);
+        let doc = actions::Action::doc(&action.r#type);
+        let need = actions::Action::required_role(&action.r#type);
         // Known action names only: a client's string does not reach the logs.
-        let rpc = actions::ACTIONS.iter().find(|a| a.0 == action.r#type).map(|a| format!("DoAction {}", a.0)).unwrap_or_else(|| "DoAction".into());
+        let rpc = doc.map(|d| format!("DoAction {}", d.name)).unwrap_or_else(|| "DoAction".into());
         self.call(&rpc, &metadata, Some(need), async move {
-            let _slot = if action.r#type == "ingest_path" { Some(self.state.put_slot()?) } else { None };
+            let _slot = if doc.is_some_and(|d| d.takes_write_slot) { Some(self.state.put_slot()?) } else { None };
             let state = self.state.clone();
             let value = blocking(move || actions::run(&state, &action.r#type, &action.body)).await?;
             let body = serde_json::to_vec(&value).map_err(|e| Error::Internal(e.to_string()))?;
@@ -499,7 +475,7 @@ impl FlightService for Service {
     async fn list_actions(&self, request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
         let (metadata, _, _) = request.into_parts();
         self.call("ListActions", &metadata, Some(Role::Read), async move {
-            let list = actions::ACTIONS.iter().map(|(t, d)| Ok(ActionType { r#type: t.to_string(), description: d.to_string() }));
+            let list = actions::ACTIONS.iter().map(|a| Ok(ActionType { r#type: a.name.to_string(), description: a.description.to_string() }));
             Ok(Response::new(futures::stream::iter(list.collect::<Vec<_>>()).boxed()))
         })
         .await
@@ -529,9 +505,11 @@ mod tests {
     #[tokio::test]
     async fn raster_batches_are_read_from_the_message_bodies_in_place() {
         let values: Vec<u16> = (0..5000).collect();
-        let batch = arrow_array::RecordBatch::try_from_iter([("red", Arc::new(arrow_array::UInt16Array::from(values.clone())) as arrow_array::ArrayRef)]).unwrap();
+        let batch =
+            arrow_array::RecordBatch::try_from_iter([("red", Arc::new(arrow_array::UInt16Array::from(values.clone())) as arrow_array::ArrayRef)]).unwrap();
         let data = encoded(vec![batch.clone(), batch.clone()]).await;
-        let bodies: Vec<std::ops::Range<usize>> = data.iter().map(|d| d.data_body.as_ptr() as usize..d.data_body.as_ptr() as usize + d.data_body.len()).collect();
+        let bodies: Vec<std::ops::Range<usize>> =
+            data.iter().map(|d| d.data_body.as_ptr() as usize..d.data_body.as_ptr() as usize + d.data_body.len()).collect();
         let got: Vec<_> = raster_batches(futures::stream::iter(data.into_iter().map(Ok))).collect().await;
         assert_eq!(got.len(), 2);
         for b in got {
@@ -544,7 +522,8 @@ mod tests {
 
     #[tokio::test]
     async fn raster_batches_refuse_a_batch_before_its_schema_and_dictionaries() {
-        let batch = arrow_array::RecordBatch::try_from_iter([("red", Arc::new(arrow_array::UInt16Array::from(vec![1u16, 2])) as arrow_array::ArrayRef)]).unwrap();
+        let batch =
+            arrow_array::RecordBatch::try_from_iter([("red", Arc::new(arrow_array::UInt16Array::from(vec![1u16, 2])) as arrow_array::ArrayRef)]).unwrap();
         let data = encoded(vec![batch]).await;
         let without_schema: Vec<_> = raster_batches(futures::stream::iter(data.into_iter().skip(1).map(Ok))).collect().await;
         assert!(without_schema[0].as_ref().unwrap_err().to_string().contains("before the schema"), "{:?}", without_schema[0]);

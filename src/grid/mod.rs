@@ -112,10 +112,7 @@ impl GridSpec {
         let b = {
             let t = self.tile_of(max_x, max_y);
             let [tx, ty, _, _] = self.tile_bounds(t);
-            TileId {
-                ix: if max_x == tx && max_x > min_x { t.ix - 1 } else { t.ix },
-                iy: if max_y == ty && max_y > min_y { t.iy - 1 } else { t.iy },
-            }
+            TileId { ix: if max_x == tx && max_x > min_x { t.ix - 1 } else { t.ix }, iy: if max_y == ty && max_y > min_y { t.iy - 1 } else { t.iy } }
         };
         TileRange { ix: a.ix..=b.ix, iy: a.iy..=b.iy }
     }

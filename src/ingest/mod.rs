@@ -16,7 +16,7 @@ mod rows;
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -28,10 +28,13 @@ use arrow_schema::DataType;
 use futures::{Stream, StreamExt};
 
 use crate::collection::{Collection, DType, Resampling};
+use crate::counters::Counters;
+use crate::crs;
 use crate::error::{Error, Result};
 use crate::grid::{GridSpec, TileId};
+use crate::sample::Sample;
 use crate::storage::{AppendOutcome, CollectionStore, Encoded, Observation, SceneWriter, Warehouse};
-use crate::warp::{self, crs, Sample, SourceGeometry};
+use crate::warp::{self, SourceGeometry};
 use crate::wire::IngestSpec;
 use crate::with_arrow_type;
 use rows::{Rows, RowsWriter};
@@ -45,21 +48,20 @@ pub struct IngestOptions {
     pub max_tiles: u64,
     /// Threads warping the tiles of one scene.
     pub warp_threads: usize,
+    /// When a tile goes to the warp pool.
+    pub dispatch: TileDispatch,
 }
 
-/// Ingest activity since the server started.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Tiles warped (all bands of a tile count once).
-    pub tiles_warped: AtomicU64,
-    /// Of those, tiles warped while their raster was still streaming in.
-    pub tiles_warped_while_streaming: AtomicU64,
-    /// Tiles that ran before all their rows were in (the estimate from
-    /// their outline fell short) and were warped again after the stream.
-    pub tiles_put_aside: AtomicU64,
-    /// Scenes that took the collection's writer while streaming and let go
-    /// of it for another writer (they append again after the stream).
-    pub early_writers_yielded: AtomicU64,
+/// When a tile of a streaming raster goes to the warp pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TileDispatch {
+    /// Once the rows its outline needs (estimated) have arrived.
+    #[default]
+    WhenRowsArrive,
+    /// At once, before any row: each tile finds its rows missing, is put
+    /// aside and warped after the stream. Slower; it makes the put-aside
+    /// path run on every tile (tests use it).
+    AtOnce,
 }
 
 /// The answer to a DoPut (PutResult app_metadata, DESIGN §4a).
@@ -85,7 +87,11 @@ fn plan_bands(spec: &IngestSpec, coll: &Collection) -> Result<Vec<PlannedBand>> 
                 Error::invalid(&format!("bands[{i}].name"), &b.name, &format!("no such band in collection {:?}; it has {}", coll.name, known.join(", ")))
             })?;
             if stored.dtype != b.dtype {
-                return Err(Error::invalid(&format!("bands[{i}].dtype"), b.dtype.name(), &format!("collection {:?} stores band {} as {}", coll.name, b.name, stored.dtype.name())));
+                return Err(Error::invalid(
+                    &format!("bands[{i}].dtype"),
+                    b.dtype.name(),
+                    &format!("collection {:?} stores band {} as {}", coll.name, b.name, stored.dtype.name()),
+                ));
             }
             Ok(PlannedBand { name: b.name.clone(), dtype: b.dtype, nodata: b.nodata.or(stored.nodata), resampling: b.resampling.unwrap_or(stored.resampling) })
         })
@@ -154,7 +160,14 @@ impl<'a> Receiver<'a> {
                 writers.push(Box::new(writer));
             });
         }
-        let raster = Raster { width: spec.width as usize, bands: columns, valid: bands.iter().map(|_| OnceLock::new()).collect(), late: Mutex::default(), stop: AtomicBool::new(false), published: AtomicUsize::new(0) };
+        let raster = Raster {
+            width: spec.width as usize,
+            bands: columns,
+            valid: bands.iter().map(|_| OnceLock::new()).collect(),
+            late: Mutex::default(),
+            stop: AtomicBool::new(false),
+            published: AtomicUsize::new(0),
+        };
         Self { spec, bands, raster: Arc::new(raster), writers, valid_writers: bands.iter().map(|_| None).collect(), valid_column: None, values: 0, batches: 0 }
     }
 
@@ -179,7 +192,11 @@ impl<'a> Receiver<'a> {
                 Error::invalid(&format!("column {}", b.name), have.join(", "), "missing band column: one column per band, named as the band")
             })?;
             if col.data_type() != &b.dtype.arrow() {
-                return Err(Error::invalid(&format!("column {}", b.name), col.data_type(), &format!("expected {} values as declared in bands", b.dtype.name())));
+                return Err(Error::invalid(
+                    &format!("column {}", b.name),
+                    col.data_type(),
+                    &format!("expected {} values as declared in bands", b.dtype.name()),
+                ));
             }
             columns.push(col);
         }
@@ -251,7 +268,11 @@ where
     let bands = plan_bands(&spec, &store.meta)?;
     let raster_bytes: u64 = bands.iter().map(|b| b.dtype.size() as u64).sum::<u64>() * spec.width as u64 * spec.height as u64;
     if raster_bytes > opts.max_raster_bytes {
-        return Err(Error::invalid("width/height", (spec.width, spec.height), &format!("raster of {raster_bytes} bytes exceeds the server limit of {} bytes", opts.max_raster_bytes)));
+        return Err(Error::invalid(
+            "width/height",
+            (spec.width, spec.height),
+            &format!("raster of {raster_bytes} bytes exceeds the server limit of {} bytes", opts.max_raster_bytes),
+        ));
     }
     if store.has_scene(&spec.scene_id) {
         // A retry of an acknowledged scene: read the stream to its end so the
@@ -385,13 +406,19 @@ impl Plan {
         // resampled separably.
         let placement = warp::placement(&src, &grid, same_crs);
         if range.len() > opts.max_tiles {
-            return Err(Error::invalid("geotransform", spec.geotransform, &format!("the raster touches {} tiles, more than the limit of {}", range.len(), opts.max_tiles)));
+            return Err(Error::invalid(
+                "geotransform",
+                spec.geotransform,
+                &format!("the raster touches {} tiles, more than the limit of {}", range.len(), opts.max_tiles),
+            ));
         }
         let tiles: Vec<TileId> = range.iter().collect();
         let scale = warp::scene_scale(&grid, &src, to_grid, to_source, placement);
         let rows_estimate = warp::tile_rows_estimate(&grid, &tiles, &src, to_source, scale);
-        #[cfg(test)]
-        let rows_estimate = if spec.collection == tests::SENT_EARLY { vec![0; rows_estimate.len()] } else { rows_estimate };
+        let rows_estimate = match opts.dispatch {
+            TileDispatch::WhenRowsArrive => rows_estimate,
+            TileDispatch::AtOnce => vec![0; rows_estimate.len()],
+        };
         let mut order: Vec<usize> = (0..tiles.len()).collect();
         order.sort_by_key(|&k| rows_estimate[k]);
         Ok(Self { spec, bands, src, grid, placement, scale, tiles, order, rows_estimate, counters, meta: store.meta.clone() })
@@ -558,7 +585,12 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
     let mut writer: Option<SceneWriter<'_>> = None;
     /// Appends the pending tiles in plan order; false if the scene turned
     /// out to be committed already.
-    fn flush<'s>(store: &'s CollectionStore, spec: &IngestSpec, pending: &mut Vec<(usize, Vec<Encoded>)>, writer: &mut Option<SceneWriter<'s>>) -> Result<bool> {
+    fn flush<'s>(
+        store: &'s CollectionStore,
+        spec: &IngestSpec,
+        pending: &mut Vec<(usize, Vec<Encoded>)>,
+        writer: &mut Option<SceneWriter<'s>>,
+    ) -> Result<bool> {
         pending.sort_by_key(|(k, _)| *k);
         let observations: Vec<Encoded> = pending.drain(..).flat_map(|(_, o)| o).collect();
         let w = match writer {
@@ -636,7 +668,13 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
     Ok(outcome)
 }
 
-fn resample_band<T: ArrowPrimitiveType>(values: &[T::Native], valid: Option<&[bool]>, band: &PlannedBand, src: &SourceGeometry, coords: &warp::TileCoords) -> (ArrayRef, BooleanArray)
+fn resample_band<T: ArrowPrimitiveType>(
+    values: &[T::Native],
+    valid: Option<&[bool]>,
+    band: &PlannedBand,
+    src: &SourceGeometry,
+    coords: &warp::TileCoords,
+) -> (ArrayRef, BooleanArray)
 where
     T::Native: Sample,
 {
@@ -682,8 +720,9 @@ mod tests {
     }
 
     /// A collection whose tiles are all sent to the warp pool before any
-    /// row arrives, so each is put aside and warped after the stream.
-    pub(super) const SENT_EARLY: &str = "sent_early_test";
+    /// row arrives ([`TileDispatch::AtOnce`]), so each is put aside and
+    /// warped after the stream.
+    const SENT_EARLY: &str = "sent_early_test";
 
     /// Every chunk of `collection`, by path below its tiles directory:
     /// the pixels and mask columns.
@@ -699,7 +738,8 @@ mod tests {
                     continue;
                 }
                 let reader = arrow_ipc::reader::StreamReader::try_new(std::fs::File::open(&path).unwrap(), None).unwrap();
-                let cols = reader.map(|b| b.unwrap()).map(|b| (b.column_by_name("pixels").unwrap().clone(), b.column_by_name("mask").unwrap().clone())).collect();
+                let cols =
+                    reader.map(|b| b.unwrap()).map(|b| (b.column_by_name("pixels").unwrap().clone(), b.column_by_name("mask").unwrap().clone())).collect();
                 out.insert(path.strip_prefix(&tiles).unwrap().to_path_buf(), cols);
             }
         }
@@ -712,13 +752,14 @@ mod tests {
         let warehouse = Arc::new(Warehouse::open(dir.path()).unwrap());
         for name in [SENT_EARLY, "sent_on_time"] {
             let req = format!(r#"{{"name": "{name}", "bands": [{{"name": "red", "dtype": "uint16", "nodata": 0}}], "grid": {{"resolution": 10}}}}"#);
-            let meta = crate::flight::actions::build_collection(crate::wire::decode_create_collection(req.as_bytes()).unwrap()).unwrap();
+            let meta = crate::wire::build_collection(crate::wire::decode_create_collection(req.as_bytes()).unwrap()).unwrap();
             warehouse.create_collection(meta).unwrap();
         }
         let size = 600;
         let values: Vec<u16> = (0..size * size).map(|i| if (i / size) % 41 == 7 { 0 } else { (i * 13 % 3000) as u16 + 1 }).collect();
-        let opts = IngestOptions { max_raster_bytes: 1 << 30, max_tiles: 10_000, warp_threads: 2 };
         for name in [SENT_EARLY, "sent_on_time"] {
+            let dispatch = if name == SENT_EARLY { TileDispatch::AtOnce } else { TileDispatch::WhenRowsArrive };
+            let opts = IngestOptions { max_raster_bytes: 1 << 30, max_tiles: 10_000, warp_threads: 2, dispatch };
             let req = format!(
                 r#"{{"collection": "{name}", "scene_id": "s", "acquired_at": "2024-06-15T02:03:04Z", "crs": "EPSG:32652", "geotransform": [316000, 10, 0, 4160000, 0, -10], "width": {size}, "height": {size}, "bands": [{{"name": "red", "dtype": "uint16", "nodata": 0}}], "resampling": "bilinear"}}"#
             );

@@ -11,10 +11,10 @@ use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, Ip
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::collection::{Band, DType};
+use crate::crs;
 use crate::error::{Error, Result};
 use crate::grid::{GridSpec, TileId, TileRange};
 use crate::storage::{self, chunk, ChunkEntry, ChunkKey, CollectionStore, Warehouse};
-use crate::warp::crs;
 use crate::wire::{self, Area, QuerySpec};
 
 /// Most bytes of stored messages read at once when serving them as stored.
@@ -111,7 +111,9 @@ fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Plan> {
     let names: HashSet<&str> = bands.iter().map(|b| b.name.as_str()).collect();
     let (start, end) = (spec.start_ms, spec.end_ms);
     let chunks = store
-        .chunks(|k| names.contains(k.band.as_str()) && tiles.keeps(k.tile) && start.is_none_or(|s| k.month.end_ms() > s) && end.is_none_or(|e| k.month.start_ms() < e))
+        .chunks(|k| {
+            names.contains(k.band.as_str()) && tiles.keeps(k.tile) && start.is_none_or(|s| k.month.end_ms() > s) && end.is_none_or(|e| k.month.start_ms() < e)
+        })
         .into_iter()
         .filter(|(_, e)| e.count_in(start, end) > 0)
         .collect();
@@ -261,7 +263,8 @@ impl Plan {
                 let bytes = entry.file.range(entry.len, loc.start, picked[j].1.end)?;
                 for (_, l) in &picked[i..=j] {
                     let message = bytes.slice((l.start - loc.start) as usize..(l.end - loc.start) as usize);
-                    let (header, body) = chunk::split_message(&message).ok_or_else(|| Error::Corrupt { path: entry.file.path.clone(), reason: format!("message at byte {}", l.start) })?;
+                    let (header, body) = chunk::split_message(&message)
+                        .ok_or_else(|| Error::Corrupt { path: entry.file.path.clone(), reason: format!("message at byte {}", l.start) })?;
                     if !emit(FlightData { data_header: header, data_body: body, ..Default::default() }) {
                         return Ok(());
                     }
@@ -303,7 +306,14 @@ impl Plan {
                 tile = Some(key.tile);
                 let array = arrays[b].len();
                 arrays[b].push(values);
-                hits.extend(picked.iter().enumerate().map(|(k, &r)| Hit { time: entry.times[r], scene: entry.scenes[r].clone(), band: b, array, at: k, valid: valid[k] }));
+                hits.extend(picked.iter().enumerate().map(|(k, &r)| Hit {
+                    time: entry.times[r],
+                    scene: entry.scenes[r].clone(),
+                    band: b,
+                    array,
+                    at: k,
+                    valid: valid[k],
+                }));
                 continue;
             }
             let Some(batch) = self.read_sorted(entry)? else { continue };
@@ -320,7 +330,14 @@ impl Plan {
                     return Err(Error::Internal(format!("chunk row holds {px} pixels, fewer than the point index {index}")));
                 }
                 let valid = masks.values().as_boolean().value(masks.value_offsets()[r] as usize + index);
-                hits.push(Hit { time: times.value(r), scene: Arc::from(scenes.value(r)), band: b, array, at: pixels.value_offsets()[r] as usize + index, valid });
+                hits.push(Hit {
+                    time: times.value(r),
+                    scene: Arc::from(scenes.value(r)),
+                    band: b,
+                    array,
+                    at: pixels.value_offsets()[r] as usize + index,
+                    valid,
+                });
             }
         }
         // A row per (time, scene), in order; a later chunk's value for the
@@ -362,7 +379,13 @@ fn common_dtype(bands: &[Band]) -> Result<DType> {
         return Err(Error::invalid(
             "bands",
             bands.iter().map(|b| format!("{}:{}", b.name, b.dtype.name())).collect::<Vec<_>>().join(","),
-            &format!("one stream holds one pixel type; {} is {} but {} is {}: query them separately", bands[0].name, first.name(), other.name, other.dtype.name()),
+            &format!(
+                "one stream holds one pixel type; {} is {} but {} is {}: query them separately",
+                bands[0].name,
+                first.name(),
+                other.name,
+                other.dtype.name()
+            ),
         ));
     }
     Ok(first)
@@ -371,11 +394,8 @@ fn common_dtype(bands: &[Band]) -> Result<DType> {
 /// Schema of a point time series: time, scene_id, tile_id, then per band the
 /// value (null when invalid) and `<band>_valid`.
 pub fn point_schema(bands: &[Band]) -> Schema {
-    let mut fields = vec![
-        Field::new("time", chunk::time_type(), false),
-        Field::new("scene_id", DataType::Utf8, false),
-        Field::new("tile_id", DataType::Utf8, false),
-    ];
+    let mut fields =
+        vec![Field::new("time", chunk::time_type(), false), Field::new("scene_id", DataType::Utf8, false), Field::new("tile_id", DataType::Utf8, false)];
     for b in bands {
         fields.push(Field::new(&b.name, b.dtype.arrow(), true));
         fields.push(Field::new(format!("{}_valid", b.name), DataType::Boolean, false));

@@ -51,7 +51,15 @@ fn one_list(values: ArrayRef) -> Result<ListArray> {
 }
 
 /// One observation as a one-row batch of `schema`.
-pub fn observation_batch(schema: SchemaRef, tile_id: &str, band: &str, time_ms: i64, scene_id: &str, pixels: ArrayRef, mask: BooleanArray) -> Result<RecordBatch> {
+pub fn observation_batch(
+    schema: SchemaRef,
+    tile_id: &str,
+    band: &str,
+    time_ms: i64,
+    scene_id: &str,
+    pixels: ArrayRef,
+    mask: BooleanArray,
+) -> Result<RecordBatch> {
     let time = TimestampMillisecondArray::from(vec![time_ms]).with_timezone("UTC");
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![tile_id])),
@@ -301,9 +309,9 @@ pub fn read_pixel(data: &[u8], locs: &[BatchLoc], index: usize, n: usize, size: 
 pub fn pixel_stats(pixels: &ArrayRef, mask: &BooleanArray, tile_px: usize) -> PixelStats {
     fn typed<T: arrow_array::ArrowPrimitiveType>(pixels: &ArrayRef, mask: &BooleanArray, tile_px: usize) -> PixelStats
     where
-        T::Native: crate::warp::Sample,
+        T::Native: crate::sample::Sample,
     {
-        use crate::warp::Sample;
+        use crate::sample::Sample;
         let values = pixels.as_primitive::<T>().values();
         let bits = mask.values();
         let mut s = PixelStats { valid: 0, min: f64::INFINITY, max: f64::NEG_INFINITY, sum: 0.0, bbox: [0; 4] };
@@ -413,7 +421,17 @@ mod tests {
         let n = 5;
         let ints: Vec<u32> = (0..30).map(|i| (i * 7919 % 1000) as u32).collect();
         let mask: Vec<bool> = (0..30).map(|i| !(10..15).contains(&i) && i != 3 && i != 27).collect();
-        let floats: Vec<f32> = (0..30).map(|i| if i == 6 { f32::NAN } else if i == 21 { f32::INFINITY } else { i as f32 * 0.5 - 3.0 }).collect();
+        let floats: Vec<f32> = (0..30)
+            .map(|i| {
+                if i == 6 {
+                    f32::NAN
+                } else if i == 21 {
+                    f32::INFINITY
+                } else {
+                    i as f32 * 0.5 - 3.0
+                }
+            })
+            .collect();
         let reference = |v: &[f64], m: &[bool]| {
             let valid: Vec<(usize, f64)> = v.iter().zip(m).enumerate().filter(|(_, (x, ok))| **ok && x.is_finite()).map(|(i, (x, _))| (i, *x)).collect();
             let (cols, rows): (Vec<usize>, Vec<usize>) = valid.iter().map(|(i, _)| (i % n, i / n)).unzip();
@@ -422,7 +440,12 @@ mod tests {
                 valid.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
                 valid.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
                 valid.iter().map(|p| p.1).sum::<f64>(),
-                [*cols.iter().min().unwrap() as u32, *rows.iter().min().unwrap() as u32, *cols.iter().max().unwrap() as u32 + 1, *rows.iter().max().unwrap() as u32 + 1],
+                [
+                    *cols.iter().min().unwrap() as u32,
+                    *rows.iter().min().unwrap() as u32,
+                    *cols.iter().max().unwrap() as u32 + 1,
+                    *rows.iter().max().unwrap() as u32 + 1,
+                ],
             )
         };
         let check = |px: ArrayRef, v: Vec<f64>, offset: usize| {
@@ -445,11 +468,17 @@ mod tests {
             let u: Vec<u16> = (0..3 * n).map(|i| 65535 - (i * 31 % 97) as u16).collect();
             let mask = BooleanArray::from(vec![true; 3 * n]);
             let st = pixel_stats(&(Arc::new(arrow_array::UInt16Array::from(u.clone())) as ArrayRef), &mask, n);
-            let want = (u.len() as u64, *u.iter().min().unwrap() as f64, *u.iter().max().unwrap() as f64, u.iter().map(|v| *v as f64).sum::<f64>(), [0, 0, n as u32, 3]);
+            let want = (
+                u.len() as u64,
+                *u.iter().min().unwrap() as f64,
+                *u.iter().max().unwrap() as f64,
+                u.iter().map(|v| *v as f64).sum::<f64>(),
+                [0, 0, n as u32, 3],
+            );
             assert_eq!((st.valid, st.min, st.max, st.sum, st.bbox), want, "rows of {n}");
         }
         // Rows past one part of partial sums, at each type's extremes.
-        use crate::warp::Sample;
+        use crate::sample::Sample;
         let len = (16 << 16) + 5;
         assert_eq!(u16::int_row_stats(&vec![65535u16; len]), Some((65535.0, 65535.0, 65535.0 * len as f64)));
         assert_eq!(u8::int_row_stats(&vec![255u8; len]), Some((255.0, 255.0, 255.0 * len as f64)));

@@ -123,7 +123,8 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<(Vec<Record>, u64)> {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        let r = serde_json::from_slice::<Record>(payload).map_err(|e| Error::Corrupt { path: path.to_path_buf(), reason: format!("record at byte {at}: {e}") })?;
+        let r =
+            serde_json::from_slice::<Record>(payload).map_err(|e| Error::Corrupt { path: path.to_path_buf(), reason: format!("record at byte {at}: {e}") })?;
         records.push(r);
         at += 8 + n;
     }
@@ -185,7 +186,12 @@ mod tests {
         Record::Scene {
             scene_id: id.into(),
             time_ms: 5,
-            chunks: vec![Appended { chunk: ChunkRef { tile: "x0001_y0001".into(), month: "2024-06".into(), band: "red".into() }, gen: 0, len: 99, stats: PixelStats::default() }],
+            chunks: vec![Appended {
+                chunk: ChunkRef { tile: "x0001_y0001".into(), month: "2024-06".into(), band: "red".into() },
+                gen: 0,
+                len: 99,
+                stats: PixelStats::default(),
+            }],
         }
     }
 

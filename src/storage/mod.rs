@@ -584,7 +584,16 @@ impl CollectionStore {
         for r in &records {
             index.apply(r, paths, &name)?;
         }
-        let store = Self { meta, paths: paths.clone(), writer: Mutex::new(log), fs_sync, writers_waiting: AtomicUsize::new(0), index: RwLock::new(index), snapshotting: AtomicBool::new(false), since_snapshot: AtomicU64::new(0) };
+        let store = Self {
+            meta,
+            paths: paths.clone(),
+            writer: Mutex::new(log),
+            fs_sync,
+            writers_waiting: AtomicUsize::new(0),
+            index: RwLock::new(index),
+            snapshotting: AtomicBool::new(false),
+            since_snapshot: AtomicU64::new(0),
+        };
         store.recover_files()?;
         store.write_snapshot()?;
         Ok(store)
@@ -615,9 +624,11 @@ impl CollectionStore {
                     stack.push(path);
                     continue;
                 }
-                let known = path.strip_prefix(&tiles).ok().and_then(WarehousePaths::parse_chunk).is_some_and(|(tile, month, band, gen)| {
-                    idx.chunks.get(&ChunkKey { tile, month, band }).is_some_and(|e| e.file.gen == gen)
-                });
+                let known = path
+                    .strip_prefix(&tiles)
+                    .ok()
+                    .and_then(WarehousePaths::parse_chunk)
+                    .is_some_and(|(tile, month, band, gen)| idx.chunks.get(&ChunkKey { tile, month, band }).is_some_and(|e| e.file.gen == gen));
                 if !known {
                     tracing::warn!(path = %path.display(), "removing a file no commit refers to");
                     fs::remove_file(&path).map_err(Error::io(&path))?;
@@ -739,7 +750,12 @@ impl CollectionStore {
 
     /// A writer for scene `scene_id` with the lock `take` gives; `None` if it
     /// gives none or the scene is there already.
-    fn scene_writer<'s>(&'s self, scene_id: &str, time_ms: i64, take: impl FnOnce() -> Option<std::sync::MutexGuard<'s, CatalogLog>>) -> Result<Option<SceneWriter<'s>>> {
+    fn scene_writer<'s>(
+        &'s self,
+        scene_id: &str,
+        time_ms: i64,
+        take: impl FnOnce() -> Option<std::sync::MutexGuard<'s, CatalogLog>>,
+    ) -> Result<Option<SceneWriter<'s>>> {
         let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
         let Some(log) = take() else { return Ok(None) };
         if self.has_scene(scene_id) {
@@ -821,7 +837,11 @@ impl CollectionStore {
         sync_dir(path.parent().unwrap_or(self.paths.root()))?;
         let mut rows: Vec<(i64, String)> = order.iter().map(|&i| (snap.times[i], snap.scenes[i].to_string())).collect();
         rows.extend((snap.times.len()..cur.times.len()).map(|i| (cur.times[i], cur.scenes[i].to_string())));
-        let record = Record::Rewrite { reason: "compact".into(), chunks: vec![Rewritten { chunk: key.to_ref(), gen, len, rows, stats: cur.stats }], removed_scenes: vec![] };
+        let record = Record::Rewrite {
+            reason: "compact".into(),
+            chunks: vec![Rewritten { chunk: key.to_ref(), gen, len, rows, stats: cur.stats }],
+            removed_scenes: vec![],
+        };
         self.commit(&mut log, record)?;
         drop(log);
         self.drop_rewritten(&[(path, len)]);
@@ -1048,7 +1068,10 @@ impl<'a> SceneWriter<'a> {
         let store = self.store;
         for obs in observations {
             if obs.scene_id != self.scene_id || obs.time_ms != self.time_ms {
-                return Err(Error::Internal(format!("an observation of scene {} ({}) appended to scene {} ({})", obs.scene_id, obs.time_ms, self.scene_id, self.time_ms)));
+                return Err(Error::Internal(format!(
+                    "an observation of scene {} ({}) appended to scene {} ({})",
+                    obs.scene_id, obs.time_ms, self.scene_id, self.time_ms
+                )));
             }
             let key = ChunkKey { tile: obs.tile, month: self.month, band: obs.band.clone() };
             let (gen, committed) = {
@@ -1126,7 +1149,8 @@ impl<'a> SceneWriter<'a> {
         // page cache once committed: `undo` and `appended` gain one entry
         // per append, in the same order.
         debug_assert_eq!(self.undo.len(), self.appended.len(), "one undo entry per append");
-        let written: Vec<(PathBuf, u64, u64)> = if fs.drop_written { self.undo.iter().zip(&self.appended).map(|((path, from), a)| (path.clone(), *from, a.len)).collect() } else { Vec::new() };
+        let written: Vec<(PathBuf, u64, u64)> =
+            if fs.drop_written { self.undo.iter().zip(&self.appended).map(|((path, from), a)| (path.clone(), *from, a.len)).collect() } else { Vec::new() };
         let record = Record::Scene { scene_id: std::mem::take(&mut self.scene_id), time_ms: self.time_ms, chunks: std::mem::take(&mut self.appended) };
         self.store.commit(&mut self.log, record)?;
         self.committed = true;
@@ -1174,7 +1198,7 @@ pub struct Warehouse {
     /// The warehouse's file system, for commits that sync it whole.
     fs_sync: Arc<fs_sync::FsSync>,
     /// Ingest activity since start (the health action reports it).
-    pub counters: Arc<crate::ingest::Counters>,
+    pub counters: Arc<crate::counters::Counters>,
 }
 
 impl Warehouse {

@@ -34,10 +34,7 @@ impl Month {
 
     /// Epoch milliseconds of the first instant of the month.
     pub fn start_ms(self) -> i64 {
-        NaiveDate::from_ymd_opt(self.year, self.month, 1)
-            .and_then(|d| d.and_hms_opt(0, 0, 0))
-            .map(|t| t.and_utc().timestamp_millis())
-            .unwrap_or(i64::MAX)
+        NaiveDate::from_ymd_opt(self.year, self.month, 1).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc().timestamp_millis()).unwrap_or(i64::MAX)
     }
 
     /// Epoch milliseconds of the first instant of the next month.
@@ -146,7 +143,8 @@ mod tests {
         assert_eq!(Month { year: 2024, month: 12 }.next(), Month { year: 2025, month: 1 });
         assert_eq!(Month::parse("2024-13"), None);
         assert_eq!(Month::parse("24-01"), None);
-        for bad in ["x0001_y0001/2024-06/red.0.arrow", "x0001_y0001/2024-06/red.01.arrow", "x0001_y0001/2024-06/Red.arrow", "x0001_y0001/2024-06/red.arrow.tmp"] {
+        for bad in ["x0001_y0001/2024-06/red.0.arrow", "x0001_y0001/2024-06/red.01.arrow", "x0001_y0001/2024-06/Red.arrow", "x0001_y0001/2024-06/red.arrow.tmp"]
+        {
             assert_eq!(WarehousePaths::parse_chunk(Path::new(bad)), None, "{bad}");
         }
     }

@@ -102,10 +102,9 @@ pub fn write(path: &Path, meta: &Collection, chunks: &[(ChunkKey, ChunkEntry)], 
         Field::new("scene_ids", columns[13].data_type().clone(), false),
         Field::new("geometry", DataType::Binary, true),
     ];
-    let bbox = prints.iter().flatten().fold(None::<[f64; 4]>, |acc, p| {
-        Some(acc.map_or(*p, |a| [a[0].min(p[0]), a[1].min(p[1]), a[2].max(p[2]), a[3].max(p[3])]))
-    });
-    let projjson: serde_json::Value = crate::warp::crs::spatial_ref("grid.crs", &meta.grid.crs_wkt)?
+    let bbox =
+        prints.iter().flatten().fold(None::<[f64; 4]>, |acc, p| Some(acc.map_or(*p, |a| [a[0].min(p[0]), a[1].min(p[1]), a[2].max(p[2]), a[3].max(p[3])])));
+    let projjson: serde_json::Value = crate::crs::spatial_ref("grid.crs", &meta.grid.crs_wkt)?
         .to_projjson()
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())

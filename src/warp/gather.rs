@@ -51,7 +51,16 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
         // the kernel reads only those (groups below them go to the caller).
         let height = src.height.min(src.values.len().checked_div(src.width)?);
         let fits = x_taps.1 <= MAX_TAPS && y_taps.1 <= MAX_TAPS && src.width * height < i32::MAX as usize / 2;
-        (fits && available()).then_some(Self { values: src.values, signed, width: src.width, height, source_height: src.height, scale: (scale.0 as f32, scale.1), x_taps, y_taps })
+        (fits && available()).then_some(Self {
+            values: src.values,
+            signed,
+            width: src.width,
+            height,
+            source_height: src.height,
+            scale: (scale.0 as f32, scale.1),
+            x_taps,
+            y_taps,
+        })
     }
 
     /// Resamples groups of eight target pixels from `from` on while every
@@ -143,11 +152,17 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
                 let (x, y) = (xs[hlf], ys[hlf]);
                 // Inside the source's columns and at or below its top row;
                 // then within the rows held, or within the whole source.
-                let in_cols_from_top = _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(x, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(x, w_d)), _mm256_cmp_pd::<_CMP_GE_OQ>(y, zero));
+                let in_cols_from_top = _mm256_and_pd(
+                    _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(x, zero), _mm256_cmp_pd::<_CMP_LT_OQ>(x, w_d)),
+                    _mm256_cmp_pd::<_CMP_GE_OQ>(y, zero),
+                );
                 let inside = _mm256_and_pd(in_cols_from_top, _mm256_cmp_pd::<_CMP_LT_OQ>(y, h_d));
                 let (fxv, fyv) = (_mm256_sub_pd(x, half), _mm256_sub_pd(y, half));
                 let (ix, iy) = (_mm256_floor_pd(fxv), _mm256_floor_pd(fyv));
-                let window = _mm256_and_pd(_mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(ix, x_lo), _mm256_cmp_pd::<_CMP_LE_OQ>(ix, x_hi)), _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(iy, y_lo), _mm256_cmp_pd::<_CMP_LE_OQ>(iy, y_hi)));
+                let window = _mm256_and_pd(
+                    _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(ix, x_lo), _mm256_cmp_pd::<_CMP_LE_OQ>(ix, x_hi)),
+                    _mm256_and_pd(_mm256_cmp_pd::<_CMP_GE_OQ>(iy, y_lo), _mm256_cmp_pd::<_CMP_LE_OQ>(iy, y_hi)),
+                );
                 ok |= _mm256_movemask_pd(_mm256_and_pd(inside, window)) << (4 * hlf);
                 in_source |= _mm256_movemask_pd(_mm256_and_pd(in_cols_from_top, _mm256_cmp_pd::<_CMP_LT_OQ>(y, source_h)));
                 x0[hlf] = _mm256_cvttpd_epi32(ix);
@@ -181,7 +196,11 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
                 wy_sum = _mm256_add_ps(wy_sum, wyj);
                 for p in 0..PAIRS {
                     let v = _mm256_i32gather_epi32::<2>(base, _mm256_add_epi32(row, _mm256_set1_epi32(2 * p as i32)));
-                    let (lo, hi) = if SIGNED { (_mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(v)), _mm256_srai_epi32::<16>(v)) } else { (_mm256_and_si256(v, low16), _mm256_srli_epi32::<16>(v)) };
+                    let (lo, hi) = if SIGNED {
+                        (_mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(v)), _mm256_srai_epi32::<16>(v))
+                    } else {
+                        (_mm256_and_si256(v, low16), _mm256_srli_epi32::<16>(v))
+                    };
                     acc[2 * p] = _mm256_add_ps(acc[2 * p], _mm256_mul_ps(wyj, _mm256_cvtepi32_ps(lo)));
                     acc[2 * p + 1] = _mm256_add_ps(acc[2 * p + 1], _mm256_mul_ps(wyj, _mm256_cvtepi32_ps(hi)));
                 }

@@ -16,122 +16,14 @@
 //! without invalid pixels runs eight pixels at a time where the CPU has
 //! AVX2 (`gather`).
 
-pub mod crs;
 mod gather;
 mod separable;
 
 use crate::collection::Resampling;
+use crate::crs;
 use crate::grid::{GridSpec, TileId};
-
-/// A pixel value the kernels can read and write.
-pub trait Sample: Copy + Send + Sync + PartialEq + 'static {
-    const IS_FLOAT: bool;
-    /// Integers of at most 16 bits: every value and every weighted mean of
-    /// them is held exactly enough in `f32` to round to the same integer.
-    const NARROW: bool;
-    fn to_f64(self) -> f64;
-    /// Rounds half up (as GDAL does for integer outputs) and clamps to range.
-    fn from_f64(v: f64) -> Self;
-    fn to_f32(self) -> f32;
-    /// As [`Sample::from_f64`], from `f32`.
-    fn from_f32(v: f32) -> Self;
-    /// Minimum, maximum and sum of `row` (all of it valid), exact for
-    /// integers: reductions in integer lanes that the compiler vectorises.
-    /// `None` for floats (and an empty row): their statistics skip
-    /// non-finite values one by one.
-    fn int_row_stats(row: &[Self]) -> Option<(f64, f64, f64)>;
-}
-
-macro_rules! impl_int_sample {
-    ($($t:ty: $narrow:expr, $from_f32:expr, $sum:ty);*) => {$(
-        impl Sample for $t {
-            const IS_FLOAT: bool = false;
-            const NARROW: bool = $narrow;
-            #[inline]
-            fn to_f64(self) -> f64 { self as f64 }
-            #[inline]
-            fn from_f64(v: f64) -> Self { floor(v + 0.5).clamp(<$t>::MIN as f64, <$t>::MAX as f64) as $t }
-            #[inline]
-            fn to_f32(self) -> f32 { self as f32 }
-            #[inline]
-            fn from_f32(v: f32) -> Self { $from_f32(v) }
-            fn int_row_stats(row: &[Self]) -> Option<(f64, f64, f64)> {
-                let lo = row.iter().copied().min()?;
-                let hi = row.iter().copied().max()?;
-                // Partial sums in `$sum`, which holds 65 536 values of the
-                // type without overflow.
-                let sum: i64 = row.chunks(1 << 16).map(|part| part.iter().map(|v| *v as $sum).sum::<$sum>() as i64).sum();
-                Some((lo as f64, hi as f64, sum as f64))
-            }
-        }
-    )*};
-}
-// Narrow types: clamp in f32, then truncate toward zero, which is floor once
-// the value is non-negative (`i16` shifts into that range first); NaN gives
-// the minimum. Written so that the compiler vectorises it (a saturating `as`
-// does not vectorise); the wide types go via f64.
-impl_int_sample!(
-    u8: true, |v: f32| truncate_within(v + 0.5, 255.0) as u8, u32;
-    u16: true, |v: f32| truncate_within(v + 0.5, 65535.0) as u16, u32;
-    i16: true, |v: f32| (truncate_within(v + 32768.5, 65535.0) - 32768) as i16, i32;
-    u32: false, |v: f32| u32::from_f64(v as f64), i64;
-    i32: false, |v: f32| i32::from_f64(v as f64), i64
-);
-
-/// `v` clamped into `[0, max]` (NaN to 0) and truncated toward zero;
-/// `max` at most 65535.
-#[inline]
-#[allow(clippy::manual_clamp)] // `clamp` keeps NaN, which must not reach the conversion.
-fn truncate_within(v: f32, max: f32) -> i32 {
-    let v = v.max(0.0).min(max);
-    // SAFETY: `v` is finite and within [0, 65535] (`f32::max` returns the
-    // non-NaN operand), all that `to_int_unchecked` requires.
-    unsafe { v.to_int_unchecked::<i32>() }
-}
-
-impl Sample for f32 {
-    const IS_FLOAT: bool = true;
-    const NARROW: bool = false;
-    #[inline]
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    #[inline]
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-    #[inline]
-    fn to_f32(self) -> f32 {
-        self
-    }
-    #[inline]
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn int_row_stats(_: &[Self]) -> Option<(f64, f64, f64)> {
-        None
-    }
-}
-
-impl Sample for f64 {
-    const IS_FLOAT: bool = true;
-    const NARROW: bool = false;
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn from_f64(v: f64) -> Self {
-        v
-    }
-    fn to_f32(self) -> f32 {
-        self as f32
-    }
-    fn from_f32(v: f32) -> Self {
-        v as f64
-    }
-    fn int_row_stats(_: &[Self]) -> Option<(f64, f64, f64)> {
-        None
-    }
-}
+pub(crate) use crate::sample::floor;
+pub use crate::sample::Sample;
 
 /// Inverse of a GDAL geotransform; `None` when it is singular.
 pub fn invert_geotransform(gt: &[f64; 6]) -> Option<[f64; 6]> {
@@ -278,7 +170,9 @@ pub struct Axes {
 impl Axes {
     /// The same positions per pixel: centres, then corners, row-major.
     fn points(&self) -> (Vec<f64>, Vec<f64>, Positions) {
-        let per_pixel = |xs: &[f64], ys: &[f64]| -> Positions { (ys.iter().flat_map(|_| xs.iter().copied()).collect(), ys.iter().flat_map(|y| std::iter::repeat_n(*y, xs.len())).collect()) };
+        let per_pixel = |xs: &[f64], ys: &[f64]| -> Positions {
+            (ys.iter().flat_map(|_| xs.iter().copied()).collect(), ys.iter().flat_map(|y| std::iter::repeat_n(*y, xs.len())).collect())
+        };
         let (sx, sy) = per_pixel(&self.xs, &self.ys);
         (sx, sy, per_pixel(&self.x_edges, &self.y_edges))
     }
@@ -346,7 +240,15 @@ impl ExactMap<'_> {
 /// transform (error below [`MAX_APPROX_ERROR`] source pixel); `to_source`
 /// maps the grid CRS to the source CRS; `scale` is the scene's
 /// [`scene_scale`].
-pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_source: &crs::Transformer, with_corners: bool, placement: Placement, scale: (f64, f64)) -> TileCoords {
+pub fn tile_coords(
+    grid: &GridSpec,
+    tile: TileId,
+    src: &SourceGeometry,
+    to_source: &crs::Transformer,
+    with_corners: bool,
+    placement: Placement,
+    scale: (f64, f64),
+) -> TileCoords {
     let n = grid.tile_px as usize;
     let target_gt = grid.tile_geotransform(tile);
     let (w, h) = (src.width as f64, src.height as f64);
@@ -355,11 +257,23 @@ pub fn tile_coords(grid: &GridSpec, tile: TileId, src: &SourceGeometry, to_sourc
             let (col_off, row_off) = (tile.ix * n as i64 - col0, top - (tile.iy + 1) * n as i64);
             let overlaps = |off: i64, len: usize| off < len as i64 && off + n as i64 > 0;
             let touches = overlaps(col_off, src.width) && overlaps(row_off, src.height);
-            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: Some((col_off, row_off)), axes: None, scale: (1.0, 1.0), ranges: (None, None) }
+            TileCoords {
+                sx: Vec::new(),
+                sy: Vec::new(),
+                touches,
+                n,
+                corners: None,
+                copy: Some((col_off, row_off)),
+                axes: None,
+                scale: (1.0, 1.0),
+                ranges: (None, None),
+            }
         }
         Placement::Axes => {
             let inv = &src.inverse;
-            let along = |count: usize, offset: f64, origin: f64, step: f64, inv0: f64, inv1: f64| -> Vec<f64> { (0..count).map(|i| inv0 + (origin + (i as f64 + offset) * step) * inv1).collect() };
+            let along = |count: usize, offset: f64, origin: f64, step: f64, inv0: f64, inv1: f64| -> Vec<f64> {
+                (0..count).map(|i| inv0 + (origin + (i as f64 + offset) * step) * inv1).collect()
+            };
             let axes = Axes {
                 xs: along(n, 0.5, target_gt[0], target_gt[1], inv[0], inv[1]),
                 x_edges: along(n + 1, 0.0, target_gt[0], target_gt[1], inv[0], inv[1]),
@@ -492,7 +406,11 @@ pub fn resample<T: Sample>(src: &SourceBand<'_, T>, coords: &TileCoords, method:
         if method != Resampling::Mode {
             // Cubic's negative lobes and renormalisation over holes lose
             // too much in f32 (0.2 % of pixels off by one in a unit test).
-            return if T::NARROW && method != Resampling::Cubic { resample_axes::<T, f32>(src, axes, coords.scale, method, fill) } else { resample_axes::<T, f64>(src, axes, coords.scale, method, fill) };
+            return if T::NARROW && method != Resampling::Cubic {
+                resample_axes::<T, f32>(src, axes, coords.scale, method, fill)
+            } else {
+                resample_axes::<T, f64>(src, axes, coords.scale, method, fill)
+            };
         }
         // Mode is not separable: per pixel, as in the general case.
         let (sx, sy, corners) = axes.points();
@@ -517,7 +435,17 @@ fn resample_axes<T: Sample, A: separable::Acc>(src: &SourceBand<'_, T>, axes: &A
 /// position (`ranges` their finite ranges), `corners` its `(n + 1) x (n + 1)` pixel corners, `scale` the
 /// bilinear and cubic kernel scales.
 #[allow(clippy::too_many_arguments)]
-fn resample_points<T: Sample>(src: &SourceBand<'_, T>, sx: &[f64], sy: &[f64], ranges: Ranges, corners: Option<&Positions>, tile_n: usize, scale: (f64, f64), method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
+fn resample_points<T: Sample>(
+    src: &SourceBand<'_, T>,
+    sx: &[f64],
+    sy: &[f64],
+    ranges: Ranges,
+    corners: Option<&Positions>,
+    tile_n: usize,
+    scale: (f64, f64),
+    method: Resampling,
+    fill: T,
+) -> (Vec<T>, Vec<bool>) {
     let widened = scale != (1.0, 1.0) && matches!(method, Resampling::Bilinear | Resampling::Cubic);
     let (mut wx, mut wy) = (Vec::new(), Vec::new());
     // Widened windows that fit on the stack (kernel_taps's layout, per axis;
@@ -854,19 +782,6 @@ fn split(v: f64) -> (i64, f64) {
     (i as i64, f - i)
 }
 
-/// `f64::floor` without the libm call the baseline x86-64 target makes for
-/// it (a fifth of the bilinear kernel's time). Same result for every finite
-/// value within i64 range; NaN gives 0.
-#[inline]
-fn floor(v: f64) -> f64 {
-    let t = v as i64 as f64;
-    if t > v {
-        t - 1.0
-    } else {
-        t
-    }
-}
-
 /// A separable kernel over a window known to be all valid (`clean`) and
 /// lying inside the source: no per-tap checks. `None` when it does not
 /// apply (the caller falls back to [`separable`]).
@@ -892,7 +807,14 @@ fn clean_taps<T: Sample>(src: &SourceBand<'_, T>, clean: bool, x0: i64, y0: i64,
 /// leaves the raster (the caller takes the general path); else the value,
 /// `None` inside if the weights vanish.
 #[inline(always)]
-fn clean_bilinear_f32<T: Sample, const NX: usize>(src: &SourceBand<'_, T>, x: f64, y: f64, scale: (f64, f64), (fx, nx): (i64, usize), (fy, ny): (i64, usize)) -> Option<Option<f32>> {
+fn clean_bilinear_f32<T: Sample, const NX: usize>(
+    src: &SourceBand<'_, T>,
+    x: f64,
+    y: f64,
+    scale: (f64, f64),
+    (fx, nx): (i64, usize),
+    (fy, ny): (i64, usize),
+) -> Option<Option<f32>> {
     let ((x0, dx), (y0, dy)) = (split(x), split(y));
     let (x0, y0) = (x0 + fx, y0 + fy);
     if x0 < 0 || y0 < 0 || x0 as usize + NX > src.width || y0 as usize + ny > src.height {
@@ -1004,10 +926,7 @@ fn mode<T: Sample>(src: &SourceBand<'_, T>, bx: (f64, f64), by: (f64, f64)) -> O
             None => tally.push((v, w)),
         }
     });
-    tally
-        .into_iter()
-        .max_by(|a, b| a.1.total_cmp(&b.1).then_with(|| b.0.to_f64().total_cmp(&a.0.to_f64())))
-        .map(|(v, _)| v)
+    tally.into_iter().max_by(|a, b| a.1.total_cmp(&b.1).then_with(|| b.0.to_f64().total_cmp(&a.0.to_f64()))).map(|(v, _)| v)
 }
 
 /// Bilinear interpolation at continuous position `(x, y)` (pixel centres at
@@ -1112,7 +1031,8 @@ mod tests {
 
     #[test]
     fn finite_range_skips_nan_and_infinities() {
-        let reference = |v: &[f64]| v.iter().filter(|x| x.is_finite()).fold(None, |r: Option<(f64, f64)>, x| Some(r.map_or((*x, *x), |(lo, hi)| (lo.min(*x), hi.max(*x)))));
+        let reference =
+            |v: &[f64]| v.iter().filter(|x| x.is_finite()).fold(None, |r: Option<(f64, f64)>, x| Some(r.map_or((*x, *x), |(lo, hi)| (lo.min(*x), hi.max(*x)))));
         let mut v: Vec<f64> = (0..29).map(|i| ((i * 37) % 11) as f64 - 5.5).collect();
         v[3] = f64::NAN;
         v[9] = f64::INFINITY;
@@ -1191,7 +1111,10 @@ mod tests {
 
     #[test]
     fn rounding_from_f32_matches_rounding_from_f64() {
-        let mut vs = vec![-1e9_f32, -32769.0, -32768.6, -32768.5, -32768.4, -2.5, -1.5, -0.5, -0.49, 0.0, 0.49, 0.5, 1.5, 254.5, 255.4, 255.5, 300.0, 32767.4, 32767.5, 65534.5, 65535.4, 65535.5, 1e9];
+        let mut vs = vec![
+            -1e9_f32, -32769.0, -32768.6, -32768.5, -32768.4, -2.5, -1.5, -0.5, -0.49, 0.0, 0.49, 0.5, 1.5, 254.5, 255.4, 255.5, 300.0, 32767.4, 32767.5,
+            65534.5, 65535.4, 65535.5, 1e9,
+        ];
         vs.extend((0..20_000).map(|i| i as f32 * 3.77 - 40_000.0));
         for v in vs {
             let d = v as f64;
@@ -1205,7 +1128,17 @@ mod tests {
     fn the_copy_path_masks_nodata_and_invalid_pixels_in_each_of_its_loops() {
         let values: Vec<u16> = vec![1, 0, 3, 4, 5, 0, 7, 8, 9];
         let valid = [true, true, true, false, true, true, true, true, true];
-        let coords = TileCoords { sx: Vec::new(), sy: Vec::new(), touches: true, n: 4, corners: None, copy: Some((-1, -1)), axes: None, scale: (1.0, 1.0), ranges: (None, None) };
+        let coords = TileCoords {
+            sx: Vec::new(),
+            sy: Vec::new(),
+            touches: true,
+            n: 4,
+            corners: None,
+            copy: Some((-1, -1)),
+            axes: None,
+            scale: (1.0, 1.0),
+            ranges: (None, None),
+        };
         for (nodata, valid) in [(Some(0u16), None), (None, None), (Some(0), Some(&valid[..]))] {
             let src = SourceBand { values: &values, nodata, valid, width: 3, height: 3 };
             let (out, mask) = resample(&src, &coords, Resampling::Nearest, 99);

@@ -342,7 +342,10 @@ mod tests {
                         let xt = super::Taps::<f32>::new(method, scale.0, &axes.xs, &axes.x_edges, size);
                         let yt = super::Taps::<f32>::new(method, scale.1, &axes.ys, &axes.y_edges, size);
                         // SAFETY: the CPU has AVX2 and FMA (checked).
-                        assert!(super::resample(&band, method, &xt, &yt, 0) == unsafe { super::resample_avx2(&band, method, &xt, &yt, 0) }, "{method:?} at {pixel} m");
+                        assert!(
+                            super::resample(&band, method, &xt, &yt, 0) == unsafe { super::resample_avx2(&band, method, &xt, &yt, 0) },
+                            "{method:?} at {pixel} m"
+                        );
                     }
                     let (a, am) = resample(&band, &coords, method, 0);
                     let (b, bm) = resample_points(&band, &sx, &sy, ranges(&sx, &sy), Some(&corners), coords.n, scale, method, 0);

@@ -112,9 +112,9 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 /// UTM zone 52N easting/northing of a lon/lat.
 pub fn utm52(lon: f64, lat: f64) -> (f64, f64) {
-    let from = pixelquery::warp::crs::spatial_ref("t", "EPSG:4326").unwrap();
-    let to = pixelquery::warp::crs::spatial_ref("t", "EPSG:32652").unwrap();
-    let t = pixelquery::warp::crs::Transformer::new(&from, &to).unwrap();
+    let from = pixelquery::crs::spatial_ref("t", "EPSG:4326").unwrap();
+    let to = pixelquery::crs::spatial_ref("t", "EPSG:32652").unwrap();
+    let t = pixelquery::crs::Transformer::new(&from, &to).unwrap();
     let (mut x, mut y) = ([lon], [lat]);
     t.transform(&mut x, &mut y);
     (x[0], y[0])
@@ -218,7 +218,10 @@ pub fn code_of<T: std::fmt::Debug>(r: Result<T, pixelquery_client::ClientError>)
 
 /// A DoPut of `req` whose raster batches the caller sends (and holds back)
 /// through the returned sender; the put ends when the sender is dropped.
-pub fn held_ingest(client: &Client, req: proto::IngestRequest) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<pixelquery_client::Result<pixelquery_client::PutSummary>>) {
+pub fn held_ingest(
+    client: &Client,
+    req: proto::IngestRequest,
+) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<pixelquery_client::Result<pixelquery_client::PutSummary>>) {
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel::<RecordBatch>(64);
     let mut c = client.try_clone();

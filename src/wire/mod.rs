@@ -6,6 +6,12 @@
 //! turns that into an [`IngestSpec`] or [`QuerySpec`]. Bytes whose first
 //! non-blank byte is `{` are JSON; anything else is protobuf.
 
+mod collection;
+mod command;
+
+pub use collection::build_collection;
+pub use command::{Command, Expect, FLIGHT_SQL_TYPE_PREFIX, INGEST_TYPE_URL, QUERY_TYPE_URL};
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
@@ -336,7 +342,11 @@ pub struct IngestSpec {
 }
 
 pub fn decode_ingest(bytes: &[u8]) -> Result<IngestSpec> {
-    let r: pb::IngestRequest = decode::<_, IngestJson>("descriptor.cmd", bytes)?;
+    ingest_spec(decode::<_, IngestJson>("descriptor.cmd", bytes)?)
+}
+
+/// Validates an `IngestRequest` into what the ingest pipeline takes.
+pub fn ingest_spec(r: pb::IngestRequest) -> Result<IngestSpec> {
     validate_collection_name("collection", &r.collection)?;
     if r.scene_id.is_empty() || r.scene_id.len() > MAX_SCENE_ID || r.scene_id.chars().any(|c| c.is_control()) {
         return Err(Error::invalid("scene_id", &r.scene_id, &format!("must be 1 to {MAX_SCENE_ID} bytes without control characters")));
@@ -344,8 +354,7 @@ pub fn decode_ingest(bytes: &[u8]) -> Result<IngestSpec> {
     if r.crs.trim().is_empty() {
         return Err(Error::invalid("crs", &r.crs, "required: an EPSG code such as EPSG:32652, WKT or a PROJ string"));
     }
-    let gt: [f64; 6] =
-        r.geotransform.as_slice().try_into().map_err(|_| Error::invalid("geotransform", &r.geotransform, "expected 6 numbers in GDAL order"))?;
+    let gt: [f64; 6] = r.geotransform.as_slice().try_into().map_err(|_| Error::invalid("geotransform", &r.geotransform, "expected 6 numbers in GDAL order"))?;
     if gt.iter().any(|v| !v.is_finite()) {
         return Err(Error::invalid("geotransform", gt, "all 6 numbers must be finite"));
     }
@@ -404,9 +413,15 @@ pub enum Area {
     All,
     Tiles(Vec<TileId>),
     /// `[min_x, min_y, max_x, max_y]` in `crs`.
-    BBox { bbox: [f64; 4], crs: String },
+    BBox {
+        bbox: [f64; 4],
+        crs: String,
+    },
     /// One location's time series.
-    Point { xy: [f64; 2], crs: String },
+    Point {
+        xy: [f64; 2],
+        crs: String,
+    },
 }
 
 /// A validated `Query` (or ListFlights criteria).
@@ -453,7 +468,11 @@ fn validate_query(q: pb::Query) -> Result<QuerySpec> {
         return Err(Error::invalid("tiles/bbox/point", "several given", "give at most one of tiles, bbox and point"));
     }
     if tiles.len() > MAX_QUERY_TILES {
-        return Err(Error::invalid("tiles", format!("{} tile ids", tiles.len()), &format!("a query names at most {MAX_QUERY_TILES} tiles; use a bbox for larger areas")));
+        return Err(Error::invalid(
+            "tiles",
+            format!("{} tile ids", tiles.len()),
+            &format!("a query names at most {MAX_QUERY_TILES} tiles; use a bbox for larger areas"),
+        ));
     }
     let area = if !tiles.is_empty() {
         let ids = tiles
@@ -482,7 +501,11 @@ fn validate_query(q: pb::Query) -> Result<QuerySpec> {
 
 /// Decodes a `Query` (GetFlightInfo / GetSchema cmd, or a DoGet ticket).
 pub fn decode_query(field: &str, bytes: &[u8]) -> Result<QuerySpec> {
-    let q: pb::Query = decode::<_, QueryJson>(field, bytes)?;
+    query_spec(decode::<_, QueryJson>(field, bytes)?)
+}
+
+/// Validates a `Query` (its collection required) into a plan's input.
+pub fn query_spec(q: pb::Query) -> Result<QuerySpec> {
     validate_collection_name("collection", &q.collection)?;
     validate_query(q)
 }
@@ -493,7 +516,15 @@ pub fn decode_criteria(bytes: &[u8]) -> Result<QuerySpec> {
         return Ok(QuerySpec { collection: String::new(), area: Area::All, start_ms: None, end_ms: None, bands: vec![] });
     }
     let c: pb::Criteria = decode::<_, CriteriaJson>("criteria.expression", bytes)?;
-    validate_query(pb::Query { collection: c.collection, bbox: c.bbox, bbox_crs: c.bbox_crs, start_ms: c.start_ms, end_ms: c.end_ms, bands: c.bands, ..Default::default() })
+    validate_query(pb::Query {
+        collection: c.collection,
+        bbox: c.bbox,
+        bbox_crs: c.bbox_crs,
+        start_ms: c.start_ms,
+        end_ms: c.end_ms,
+        bands: c.bands,
+        ..Default::default()
+    })
 }
 
 /// Encodes a query as the JSON ticket of one endpoint.
@@ -542,7 +573,10 @@ mod tests {
             geotransform: vec![300000.0, 10.0, 0.0, 4200000.0, 0.0, -10.0],
             width: 1024,
             height: 1024,
-            bands: ["red", "nir"].iter().map(|n| pb::BandSpec { name: n.to_string(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }).collect(),
+            bands: ["red", "nir"]
+                .iter()
+                .map(|n| pb::BandSpec { name: n.to_string(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() })
+                .collect(),
             resampling: "bilinear".into(),
             resampling_by_band: Default::default(),
         };

@@ -81,7 +81,8 @@ pub struct Transformer {
 
 impl Transformer {
     pub fn new(from: &SpatialRef, to: &SpatialRef) -> Result<Self> {
-        let inner = CoordTransform::new(from, to).map_err(|e| Error::invalid("crs", "", &format!("no transform between the raster's CRS and the grid's: {e}")))?;
+        let inner =
+            CoordTransform::new(from, to).map_err(|e| Error::invalid("crs", "", &format!("no transform between the raster's CRS and the grid's: {e}")))?;
         Ok(Self { inner })
     }
 
@@ -97,14 +98,7 @@ impl Transformer {
         // SAFETY: the handle lives as long as `self.inner`; the slices are
         // `n` long; z may be null; `ok` receives one flag per point.
         unsafe {
-            gdal_sys::OCTTransformEx(
-                self.inner.to_c_hct(),
-                n as i32,
-                xs.as_mut_ptr(),
-                ys.as_mut_ptr(),
-                std::ptr::null_mut(),
-                ok.as_mut_ptr(),
-            );
+            gdal_sys::OCTTransformEx(self.inner.to_c_hct(), n as i32, xs.as_mut_ptr(), ys.as_mut_ptr(), std::ptr::null_mut(), ok.as_mut_ptr());
         }
         for i in 0..n {
             if ok[i] == 0 || !xs[i].is_finite() || !ys[i].is_finite() {
