@@ -3,6 +3,7 @@
 //! [`Error::into_status`] only.
 
 pub mod direct_get;
+mod encode;
 mod sql;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use crate::actions;
 use crate::auth::Role;
 use crate::error::{Error, Result};
 use crate::ingest;
-use crate::query::{self, Plan};
+use crate::query::{self, Answer};
 pub use crate::state::AppState;
 use crate::wire::{self, Command, Expect, QuerySpec};
 
@@ -67,7 +68,7 @@ fn query(rpc: &str, command: Command) -> Result<QuerySpec> {
     }
 }
 
-async fn plan(state: &AppState, spec: QuerySpec) -> Result<Plan> {
+async fn plan(state: &AppState, spec: QuerySpec) -> Result<Answer> {
     // Tiles (every ticket GetFlightInfo hands out) and whole collections are
     // looked up in the in-memory catalog: microseconds, no hop to a
     // blocking thread. A bbox or point goes through GDAL.
@@ -78,21 +79,18 @@ async fn plan(state: &AppState, spec: QuerySpec) -> Result<Plan> {
     blocking(move || query::plan(&wh, spec)).await
 }
 
-fn flight_info(plan: &Plan, descriptor: FlightDescriptor) -> Result<FlightInfo> {
-    let schema = plan.schema()?;
+/// The answer's schema, totals and endpoints (a point series is one small
+/// answer: the query is its own ticket).
+fn flight_info(answer: &Answer, descriptor: FlightDescriptor) -> Result<FlightInfo> {
+    let schema = answer.schema()?;
     let mut info = FlightInfo::new()
         .try_with_schema(&schema)
         .map_err(Error::arrow("encoding a schema"))?
         .with_descriptor(descriptor.clone())
-        .with_total_records(plan.total_records() as i64)
-        .with_total_bytes(plan.total_bytes() as i64);
-    if plan.point.is_some() {
-        // A point series is one small answer: the query is its own ticket.
-        info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(descriptor.cmd)));
-    } else {
-        for (ticket, _) in plan.per_chunk() {
-            info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)));
-        }
+        .with_total_records(answer.total_records() as i64)
+        .with_total_bytes(answer.total_bytes() as i64);
+    for ticket in answer.tickets(&descriptor.cmd) {
+        info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)));
     }
     Ok(info)
 }
@@ -348,9 +346,10 @@ impl FlightService for Service {
             for store in stores {
                 let mut s = spec.clone();
                 s.collection = store.meta.name.clone();
-                let p = plan(&self.state, s).await?;
-                for (ticket, one) in p.per_chunk() {
-                    infos.push(Ok(flight_info(&one, FlightDescriptor::new_cmd(ticket))?));
+                // Criteria select chunks, never a point.
+                let Answer::Chunks(chunks) = plan(&self.state, s).await? else { continue };
+                for (ticket, one) in chunks.per_chunk() {
+                    infos.push(Ok(flight_info(&Answer::Chunks(one), FlightDescriptor::new_cmd(ticket))?));
                 }
             }
             Ok(Response::new(futures::stream::iter(infos).boxed()))
@@ -416,7 +415,7 @@ impl FlightService for Service {
                     tx.blocking_send(Ok(std::mem::take(&mut run))).is_ok()
                 };
                 // A panic must end the stream with an error, not look like its end.
-                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.read_flight(&mut emit)))
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode::write_answer(&p, &mut emit)))
                     .unwrap_or_else(|_| Err(Error::Internal("reading the chunks panicked".into())));
                 if !run.is_empty() && tx.blocking_send(Ok(run)).is_err() {
                     return;

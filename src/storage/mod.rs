@@ -331,6 +331,28 @@ impl ChunkEntry {
     pub fn count_in(&self, start: Option<i64>, end: Option<i64>) -> usize {
         self.times.iter().filter(|t| start.is_none_or(|s| **t >= s) && end.is_none_or(|e| **t < e)).count()
     }
+
+    /// The end of the schema message and the committed batches holding at
+    /// least one row that `keep` (row index in file order) selects, with
+    /// the index of their first row.
+    pub fn batches_with(&self, keep: impl Fn(usize) -> bool) -> Result<(u64, Vec<(usize, chunk::BatchLoc)>)> {
+        self.file.batches_with(self.len, keep)
+    }
+
+    /// The committed batches at `locs`, decoded.
+    pub fn read_batches(&self, schema_end: u64, locs: &[chunk::BatchLoc]) -> Result<Vec<RecordBatch>> {
+        chunk::read_batches(&self.file.path, schema_end, locs)
+    }
+
+    /// Committed bytes `from..to` as stored, for sending without a copy.
+    pub fn range(&self, from: u64, to: u64) -> Result<bytes::Bytes> {
+        self.file.range(self.len, from, to)
+    }
+
+    /// The error for stored bytes that are not what was written.
+    pub fn corrupt(&self, reason: String) -> Error {
+        Error::Corrupt { path: self.file.path.clone(), reason }
+    }
 }
 
 /// One (tile, band) of a scene, resampled onto the grid.
