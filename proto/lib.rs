@@ -1,13 +1,13 @@
 //! PixelQuery Flight wire messages (protobuf, v1), generated from
 //! `pixelquery/v1/pixelquery.proto` at build time. The `.proto` comments are
-//! the wire specification; DESIGN §4a gives the equivalent JSON forms.
+//! the wire specification; `docs/protocol.md` gives the equivalent JSON forms.
 
 /// Version 1 of the protocol.
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/pixelquery.v1.rs"));
 }
 
-/// The JSON forms the server answers with (DESIGN §4a).
+/// The JSON forms the server answers with (`docs/protocol.md`).
 pub mod json {
     use serde::{Deserialize, Serialize};
 

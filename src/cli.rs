@@ -199,12 +199,10 @@ pub enum SyncArg {
 }
 
 impl ServeArgs {
-    /// `--io-threads`, or one per core. On this machine kind's 2 cores one
-    /// thread served one client's DoGet rounds of 107 MB 3-13 % faster than
-    /// two, with 85 % fewer context switches and 14 % less CPU, and puts as
-    /// fast; but under the 32-client load test it answered a quarter fewer
-    /// reads (2 602-2 682 against 3 147-4 131 in 20 s). Many clients are
-    /// what a server is for, so the default stays one per core.
+    /// `--io-threads`, or one per core. On 2 cores one thread streams a
+    /// single client's DoGet faster (fewer context switches), but answers
+    /// fewer reads under many clients; many clients are what a server is
+    /// for, so the default is one per core (`docs/performance.md`).
     pub fn io_threads(&self) -> usize {
         self.io_threads.map_or_else(default_threads, usize::from)
     }

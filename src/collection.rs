@@ -1,4 +1,4 @@
-//! Collections (DESIGN §1): bands, data types, resampling defaults, the grid,
+//! Collections (`docs/protocol.md`, data model): bands, data types, resampling defaults, the grid,
 //! and the built-in sensor profiles. Pure data and validation, no IO.
 
 use serde::{Deserialize, Serialize};

@@ -33,12 +33,10 @@ use crate::storage::Warehouse;
 pub const STREAM_WINDOW: u32 = 8 << 20;
 
 /// Bytes a stream may queue for the connection before its task waits.
-/// hyper's default of 400 KiB held about three 128 KiB chunk messages, so
-/// a DoGet's task parked and was woken by the connection's task for every
-/// few messages: with 8 MiB the server switched context 234 times per
-/// 107 MB round instead of 1 185, and used 71 instead of 82 ms of CPU. The
-/// queued bytes are mostly `Bytes` of the chunk files' mappings, not
-/// copies.
+/// hyper's default of 400 KiB holds about three 128 KiB chunk messages, so
+/// a DoGet's task would park and be woken by the connection's task every
+/// few messages (a context switch each; `docs/performance.md`). The queued
+/// bytes are mostly `Bytes` of the chunk files' mappings, not copies.
 pub const SEND_BUFFER: usize = 8 << 20;
 
 /// A TLS handshake that has not finished by then is dropped.

@@ -1,4 +1,4 @@
-//! The tile grid (DESIGN §1): pure math, no IO, no GDAL, no async.
+//! The tile grid (`docs/protocol.md`): pure math, no IO, no GDAL, no async.
 //!
 //! A grid is a CRS, a tile span in CRS units and a tile size in pixels. Tile
 //! `(ix, iy)` covers `[ix*span, (ix+1)*span) x [iy*span, (iy+1)*span)`; y grows

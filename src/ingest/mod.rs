@@ -1,5 +1,5 @@
 //! DoPut ingest: decode the raster stream -> validate -> warp onto every tile
-//! the raster touches -> append the scene (DESIGN §3).
+//! the raster touches -> append the scene (`docs/protocol.md`, ingest).
 //!
 //! The scene is planned from its geometry before any pixel arrives: the
 //! tiles it touches, each with the source rows it needs. The async side
@@ -33,7 +33,7 @@ use crate::crs;
 use crate::error::{Error, Result};
 use crate::grid::{GridSpec, TileId};
 use crate::sample::Sample;
-use crate::storage::{AppendOutcome, CollectionStore, Encoded, Observation, SceneWriter, Warehouse};
+use crate::storage::{AppendOutcome, CollectionStore, Encoded, Observation, SceneCommit, Step, Warehouse};
 use crate::warp::{self, SourceGeometry};
 use crate::wire::IngestSpec;
 use crate::with_arrow_type;
@@ -64,7 +64,7 @@ pub enum TileDispatch {
     AtOnce,
 }
 
-/// The answer to a DoPut (PutResult app_metadata, DESIGN §4a).
+/// The answer to a DoPut (PutResult app_metadata, `docs/protocol.md`).
 pub use pixelquery_proto::json::PutSummary;
 
 /// A band of the incoming raster matched to the collection's band.
@@ -368,12 +368,6 @@ fn warp_pool(threads: usize) -> &'static crate::pool::Pool {
     POOL.get_or_init(|| crate::pool::Pool::try_new("warp", threads).expect("starting the warp threads"))
 }
 
-/// Tiles a scene touches at most to be warped whole before its commit;
-/// larger scenes are appended this many tiles at a time as they are warped,
-/// so the server holds the raster and one group of tiles, not every warped
-/// tile.
-pub const TILE_GROUP: usize = 256;
-
 /// A scene planned from its request alone: its geometry and the tiles it
 /// touches, with the source rows each needs.
 struct Plan {
@@ -553,22 +547,9 @@ fn run_tile(plan: &Plan, raster: &Raster, k: usize) -> Option<Warped> {
     }
 }
 
-/// How often a scene holding the collection's writer while its rows stream
-/// in checks whether another writer waits for it (a stalled client sends
-/// no tiles to wake it).
-const YIELD_CHECK: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Receives the warped tiles and appends them; commits only once the stream
+/// Receives the warped tiles and hands them to the scene's commit
+/// ([`SceneCommit`] holds the writer policy); commits only once the stream
 /// has ended whole and every tile came back.
-///
-/// A scene of up to [`TILE_GROUP`] tiles keeps them all. If the collection's
-/// writer is free it takes it at once and appends (and starts syncing) each
-/// tile as it comes, so the disk works while rows still arrive; when
-/// another writer waits (checked at least every [`YIELD_CHECK`]) it lets go
-/// for good (its appends undone), and once the stream has ended takes the
-/// writer again and appends everything anew. A larger scene takes the writer at
-/// its first full group and appends group by group (other writers of the
-/// collection wait at their append step).
 fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progress>, store: &CollectionStore) -> Result<AppendOutcome> {
     let stop = |e: Error| {
         raster.stop.store(true, Ordering::Release);
@@ -576,93 +557,39 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
     };
     let spec = &plan.spec;
     let total = plan.tiles.len();
-    let small = total <= TILE_GROUP;
-    // Warped tiles: all of a small scene; a large one's next group.
-    let mut pending: Vec<(usize, Vec<Encoded>)> = Vec::new();
-    // A small scene's writer taken early, and how many of `pending` it has
-    // appended; once it let go it is not taken early again.
-    let (mut early, mut appended, mut yielded): (Option<SceneWriter<'_>>, usize, bool) = (None, 0, false);
-    let mut writer: Option<SceneWriter<'_>> = None;
-    /// Appends the pending tiles in plan order; false if the scene turned
-    /// out to be committed already.
-    fn flush<'s>(
-        store: &'s CollectionStore,
-        spec: &IngestSpec,
-        pending: &mut Vec<(usize, Vec<Encoded>)>,
-        writer: &mut Option<SceneWriter<'s>>,
-    ) -> Result<bool> {
-        pending.sort_by_key(|(k, _)| *k);
-        let observations: Vec<Encoded> = pending.drain(..).flat_map(|(_, o)| o).collect();
-        let w = match writer {
-            Some(w) => w,
-            None => match store.begin_scene(&spec.scene_id, spec.acquired_at_ms)? {
-                Some(w) => writer.insert(w),
-                None => return Ok(false),
-            },
-        };
-        w.append(&observations)?;
-        Ok(true)
-    }
+    let mut commit = SceneCommit::new(store, &spec.scene_id, spec.acquired_at_ms, total, plan.counters.clone());
     let cut_short = || stop(Error::Internal("the raster stream ended before its last row".into()));
     let (mut tiles, mut ended) = (0, false);
     while tiles < total || !ended {
-        let next = if early.is_some() {
-            match results.recv_timeout(YIELD_CHECK) {
+        let next = match commit.wait_limit() {
+            Some(limit) => match results.recv_timeout(limit) {
                 Ok(p) => Some(p),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Err(cut_short()),
-            }
-        } else {
-            Some(results.recv().map_err(|_| cut_short())?)
+            },
+            None => Some(results.recv().map_err(|_| cut_short())?),
         };
-        match next {
+        let step = match next {
             Some(Progress::Tile(warped)) => {
                 tiles += 1;
-                pending.push(warped.map_err(stop)?);
+                let (k, observations) = warped.map_err(stop)?;
+                commit.add(k, observations).map_err(stop)?
             }
-            Some(Progress::StreamEnded) => ended = true,
-            None => {}
-        }
-        if small && !yielded {
-            if early.as_ref().is_some_and(|w| w.contended()) {
-                // Counted first: the waiting writer may commit and answer
-                // (and its client ask `health`) as soon as the lock is free.
-                plan.counters.early_writers_yielded.fetch_add(1, Ordering::Relaxed);
-                // Dropping the writer undoes its appends before the waiting
-                // writer gets the lock.
-                (early, appended, yielded) = (None, 0, true);
-                continue;
+            Some(Progress::StreamEnded) => {
+                ended = true;
+                commit.poll().map_err(stop)?
             }
-            if early.is_none() {
-                early = store.try_begin_scene(&spec.scene_id, spec.acquired_at_ms).map_err(stop)?;
-            }
-            if let Some(w) = early.as_mut() {
-                for (_, obs) in &pending[appended..] {
-                    w.append(obs).map_err(stop)?;
-                }
-                if appended < pending.len() {
-                    w.start_sync().map_err(stop)?;
-                }
-                appended = pending.len();
-            }
-        } else if !small && pending.len() >= TILE_GROUP && !flush(store, spec, &mut pending, &mut writer).map_err(stop)? {
+            None => commit.poll().map_err(stop)?,
+        };
+        if step == Step::Duplicate {
             raster.stop.store(true, Ordering::Release);
             return Ok(AppendOutcome { duplicate: true, ..Default::default() });
         }
     }
-    let done = match early {
-        Some(w) => {
-            debug_assert_eq!(appended, pending.len(), "an early writer appends every tile as it comes");
-            w
-        }
-        None => {
-            if !flush(store, spec, &mut pending, &mut writer).map_err(stop)? {
-                return Ok(AppendOutcome { duplicate: true, ..Default::default() });
-            }
-            writer.ok_or_else(|| Error::Internal("no scene writer".into()))?
-        }
-    };
-    let mut outcome = done.commit()?;
+    let mut outcome = commit.commit()?;
+    if outcome.duplicate {
+        return Ok(outcome);
+    }
     let position: HashMap<TileId, usize> = plan.tiles.iter().enumerate().map(|(k, t)| (*t, k)).collect();
     outcome.tiles.sort_by_key(|t| position.get(t).copied().unwrap_or(usize::MAX));
     Ok(outcome)

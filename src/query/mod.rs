@@ -1,5 +1,5 @@
 //! Queries: a `Query` -> what it answers ([`Answer`]) -> the pieces of
-//! the answer's stream (DESIGN §4 in `docs/protocol.md`).
+//! the answer's stream (`docs/protocol.md`).
 //!
 //! Each kind of answer is a variant of [`Answer`] in a file of its own, with
 //! its schema, its endpoints and its writer: [`chunks`] (stored chunks of

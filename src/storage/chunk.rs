@@ -8,15 +8,11 @@
 //! pyarrow and arrow-rs both read such a stream to its end. The committed
 //! length lives in the catalog log; on start, bytes past it are cut off.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, BooleanArray, ListArray, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_buffer::OffsetBuffer;
-use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -24,7 +20,7 @@ use crate::collection::DType;
 use crate::error::{Error, Result};
 use crate::storage::log::PixelStats;
 
-/// Column names, in stream order (DESIGN §4a).
+/// Column names, in stream order (`docs/protocol.md`).
 pub const COLUMNS: [&str; 6] = ["tile_id", "band", "time", "scene_id", "pixels", "mask"];
 
 /// The Arrow type of the `time` column.
@@ -86,26 +82,6 @@ pub fn encode(batch: &RecordBatch) -> Result<(usize, Vec<u8>)> {
     Ok((schema_len, std::mem::take(w.get_mut())))
 }
 
-/// Appends an [`encode`]d batch to the chunk at `path` whose committed
-/// length is `committed` (0 = new chunk: with its schema message) and
-/// returns the new length with the open file. Bytes past `committed` (a
-/// torn or rolled-back write) are overwritten. The caller fsyncs the file
-/// (a scene syncs all its chunks together).
-pub fn append(path: &Path, committed: u64, (schema_len, bytes): &(usize, Vec<u8>)) -> Result<(u64, File)> {
-    let io = || Error::io(path);
-    let mut f = OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(io())?;
-    let body = if committed == 0 { &bytes[..] } else { &bytes[*schema_len..] };
-    // Cut only if something lies past the committed length: truncating to
-    // the file's own length still costs a metadata update (a twentieth of
-    // a raw put's writer CPU, one per chunk).
-    if f.metadata().map_err(io())?.len() != committed {
-        f.set_len(committed).map_err(io())?;
-    }
-    f.seek(SeekFrom::Start(committed)).map_err(io())?;
-    f.write_all(body).map_err(io())?;
-    Ok((committed + body.len() as u64, f))
-}
-
 /// Pixel bytes per message when a chunk is written whole (compaction,
 /// delete): small messages let a time-window read skip what it does not
 /// need, as it does for appended observations.
@@ -119,9 +95,9 @@ pub fn rows_per_message(batch: &RecordBatch) -> usize {
     (MESSAGE_PIXEL_BYTES / row_bytes.max(1)).max(1)
 }
 
-/// Writes a new chunk file holding `batch` (in messages of about
-/// `MESSAGE_PIXEL_BYTES`) and fsyncs it; returns its length.
-pub fn write_new(path: &Path, batch: &RecordBatch) -> Result<u64> {
+/// A chunk's bytes holding `batch` whole, in messages of about
+/// `MESSAGE_PIXEL_BYTES` (what compaction and delete write).
+pub fn encode_whole(batch: &RecordBatch) -> Result<Vec<u8>> {
     let per_message = rows_per_message(batch);
     let mut w = StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(Error::arrow("encoding a chunk schema"))?;
     for first in (0..batch.num_rows()).step_by(per_message) {
@@ -131,43 +107,7 @@ pub fn write_new(path: &Path, batch: &RecordBatch) -> Result<u64> {
         let part = arrow_select::take::take_record_batch(batch, &rows).map_err(Error::arrow("splitting a chunk"))?;
         w.write(&part).map_err(Error::arrow("encoding observations"))?;
     }
-    let bytes = std::mem::take(w.get_mut());
-    let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(path).map_err(Error::io(path))?;
-    f.write_all(&bytes).and_then(|_| f.sync_data()).map_err(Error::io(path))?;
-    Ok(bytes.len() as u64)
-}
-
-/// Appends bytes `[from, to)` of chunk `src` (whole record batch messages
-/// of the same schema) to the end of chunk `dst`, fsyncs, returns `dst`'s
-/// new length.
-pub fn copy_tail(src: &Path, from: u64, to: u64, dst: &Path) -> Result<u64> {
-    let mut input = File::open(src).map_err(Error::io(src))?;
-    input.seek(SeekFrom::Start(from)).map_err(Error::io(src))?;
-    let mut out = OpenOptions::new().append(true).open(dst).map_err(Error::io(dst))?;
-    std::io::copy(&mut input.take(to - from), &mut out).map_err(Error::io(dst))?;
-    out.sync_data().map_err(Error::io(dst))?;
-    out.metadata().map(|m| m.len()).map_err(Error::io(dst))
-}
-
-/// Cuts a chunk back to `len` (rolling back an uncommitted append).
-pub fn truncate(path: &Path, len: u64) -> Result<()> {
-    if len == 0 {
-        return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path)(e)),
-            _ => Ok(()),
-        };
-    }
-    let f = OpenOptions::new().write(true).open(path).map_err(Error::io(path))?;
-    f.set_len(len).map_err(Error::io(path))?;
-    f.sync_data().map_err(Error::io(path))
-}
-
-/// Reads the first `len` bytes of a chunk as record batches.
-pub fn read(path: &Path, len: u64) -> Result<Vec<RecordBatch>> {
-    let f = File::open(path).map_err(Error::io(path))?;
-    let reader = StreamReader::try_new(std::io::BufReader::with_capacity(1 << 20, f.take(len)), None)
-        .map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })?;
-    reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })
+    Ok(std::mem::take(w.get_mut()))
 }
 
 /// Where one record batch message of a chunk file sits, read from its
@@ -188,7 +128,7 @@ pub struct BatchLoc {
 /// The framing of an encapsulated IPC message from its first bytes:
 /// `(prefix length, metadata length)`. Stream messages start with
 /// 0xFFFFFFFF and the length; older writers wrote the length alone.
-fn message_prefix(head: &[u8]) -> Option<(usize, i32)> {
+pub(crate) fn message_prefix(head: &[u8]) -> Option<(usize, i32)> {
     let word = |at: usize| head.get(at..at + 4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     match word(0)? {
         -1 => Some((8, word(4)?)),
@@ -199,79 +139,9 @@ fn message_prefix(head: &[u8]) -> Option<(usize, i32)> {
 /// Buffers of one observation batch, in IPC order: tile_id, band (validity,
 /// offsets, data), time (validity, values), scene_id (3), pixels (validity,
 /// offsets, child validity, child values), mask (the same).
-const BATCH_BUFFERS: usize = 19;
-const PIXEL_VALUES: usize = 14;
-const MASK_VALUES: usize = 18;
-
-/// The messages of chunk bytes `[from, to)`: `(end of the schema message
-/// if it lies in the range, batches)`. Reads only message headers.
-pub fn scan(path: &Path, from: u64, to: u64) -> Result<(Option<u64>, Vec<BatchLoc>)> {
-    let mut f = File::open(path).map_err(Error::io(path))?;
-    let corrupt = |reason: String| Error::Corrupt { path: path.into(), reason };
-    let (mut at, mut schema_end, mut out) = (from, None, Vec::new());
-    let mut meta = Vec::new();
-    while at < to {
-        let mut head = [0u8; 8];
-        let n = (to - at).min(8) as usize;
-        f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut head[..n])).map_err(Error::io(path))?;
-        let (prefix, meta_len) = message_prefix(&head[..n]).ok_or_else(|| corrupt(format!("message at byte {at} is cut short")))?;
-        if meta_len <= 0 {
-            return Err(corrupt(format!("message at byte {at} has metadata length {meta_len}")));
-        }
-        meta.resize(meta_len as usize, 0);
-        f.seek(SeekFrom::Start(at + prefix as u64)).and_then(|_| f.read_exact(&mut meta)).map_err(Error::io(path))?;
-        let msg = arrow_ipc::root_as_message(&meta).map_err(|e| corrupt(format!("message header at byte {at}: {e}")))?;
-        let body_at = at + prefix as u64 + meta_len as u64;
-        let end = body_at + msg.bodyLength().max(0) as u64;
-        if end > to {
-            return Err(corrupt(format!("message at byte {at} ends at {end}, past the committed length {to}")));
-        }
-        if msg.header_as_schema().is_some() {
-            schema_end = Some(end);
-        } else if let Some(batch) = msg.header_as_record_batch() {
-            let buffers = batch.buffers().filter(|b| b.len() == BATCH_BUFFERS && batch.compression().is_none());
-            let range = |i: usize| buffers.map(|b| (body_at + b.get(i).offset() as u64, b.get(i).length() as u64));
-            out.push(BatchLoc { start: at, end, rows: batch.length().max(0) as usize, pixels: range(PIXEL_VALUES), mask: range(MASK_VALUES) });
-        }
-        at = end;
-    }
-    Ok((schema_end, out))
-}
-
-/// Decodes the batches `locs` of a chunk whose schema message ends at
-/// `schema_end`, reading only their bytes.
-pub fn read_batches(path: &Path, schema_end: u64, locs: &[BatchLoc]) -> Result<Vec<RecordBatch>> {
-    let mut f = File::open(path).map_err(Error::io(path))?;
-    let total = schema_end + locs.iter().map(|l| l.end - l.start).sum::<u64>();
-    let mut bytes = Vec::with_capacity(total as usize);
-    let mut copy = |from: u64, to: u64, bytes: &mut Vec<u8>| -> Result<()> {
-        f.seek(SeekFrom::Start(from)).map_err(Error::io(path))?;
-        (&mut f).take(to - from).read_to_end(bytes).map_err(Error::io(path))?;
-        Ok(())
-    };
-    copy(0, schema_end, &mut bytes)?;
-    // Adjacent batches are read in one go.
-    let mut i = 0;
-    while i < locs.len() {
-        let mut j = i;
-        while j + 1 < locs.len() && locs[j + 1].start == locs[j].end {
-            j += 1;
-        }
-        copy(locs[i].start, locs[j].end, &mut bytes)?;
-        i = j + 1;
-    }
-    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })?;
-    reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| Error::Corrupt { path: path.into(), reason: e.to_string() })
-}
-
-/// Bytes `[from, to)` of a chunk file.
-pub fn read_range(path: &Path, from: u64, to: u64) -> Result<bytes::Bytes> {
-    use std::os::unix::fs::FileExt;
-    let f = File::open(path).map_err(Error::io(path))?;
-    let mut buf = vec![0u8; (to - from) as usize];
-    f.read_exact_at(&mut buf, from).map_err(Error::io(path))?;
-    Ok(buf.into())
-}
+pub(crate) const BATCH_BUFFERS: usize = 19;
+pub(crate) const PIXEL_VALUES: usize = 14;
+pub(crate) const MASK_VALUES: usize = 18;
 
 /// An encapsulated IPC message (as stored) split into its flatbuffer header
 /// and its body: what a FlightData carries, with no copy.
@@ -377,42 +247,6 @@ pub fn batch_stats(batch: &RecordBatch, tile_px: usize) -> PixelStats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::UInt16Array;
-
-    fn batch(schema: &SchemaRef, t: i64, scene: &str) -> RecordBatch {
-        let px: ArrayRef = Arc::new(UInt16Array::from(if t >= 5000 { (0..4).map(|i| (t - 5000) as u16 * 10 + i).collect() } else { vec![1u16, 2, 3, 4] }));
-        observation_batch(schema.clone(), "x0001_y0002", "red", t, scene, px, BooleanArray::from(vec![true, false, true, true])).unwrap()
-    }
-
-    #[test]
-    fn appends_read_back_and_garbage_past_the_committed_length_is_overwritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("red.arrow");
-        let schema = Arc::new(schema(DType::Uint16, [("band".to_string(), "red".to_string())].into()));
-        let mut len = 0;
-        for i in 0..3 {
-            len = append(&path, len, &encode(&batch(&schema, 1000 + i, &format!("s{i}"))).unwrap()).unwrap().0;
-        }
-        let rows: usize = read(&path, len).unwrap().iter().map(|b| b.num_rows()).sum();
-        assert_eq!(rows, 3);
-        // An uncommitted append leaves bytes past `len`; the next one overwrites them.
-        append(&path, len, &encode(&batch(&schema, 2000, "torn")).unwrap()).unwrap();
-        OpenOptions::new().append(true).open(&path).unwrap().write_all(b"junk").unwrap();
-        let len2 = append(&path, len, &encode(&batch(&schema, 3000, "s4")).unwrap()).unwrap().0;
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), len2);
-        let batches = read(&path, len2).unwrap();
-        assert_eq!(batches.len(), 4);
-        assert_eq!(batches[3].column(3).as_string::<i32>().value(0), "s4");
-        assert_eq!(batches[0].schema().metadata().get("band").map(String::as_str), Some("red"));
-        // A rewrite's tail copy keeps whole messages readable.
-        let path2 = dir.path().join("red.1.arrow");
-        let l0 = write_new(&path2, &batch(&schema, 1, "x")).unwrap();
-        let l1 = copy_tail(&path, len, len2, &path2).unwrap();
-        assert!(l1 > l0);
-        assert_eq!(read(&path2, l1).unwrap().len(), 2);
-        let st = pixel_stats(&batches[0].column(4).as_list::<i32>().value(0), batches[0].column(5).as_list::<i32>().value(0).as_boolean(), 2);
-        assert_eq!((st.valid, st.min, st.max, st.sum, st.bbox), (3, 1.0, 4.0, 8.0, [0, 0, 2, 2]));
-    }
 
     #[test]
     fn pixel_stats_match_a_pixel_by_pixel_reference() {
@@ -488,36 +322,5 @@ mod tests {
         assert_eq!(i32::int_row_stats(&vec![i32::MIN; len]), Some((i32::MIN as f64, i32::MIN as f64, i32::MIN as f64 * len as f64)));
         assert_eq!(f32::int_row_stats(&[1.0]), None);
         assert_eq!(u16::int_row_stats(&[]), None);
-    }
-
-    #[test]
-    fn scanned_headers_locate_batches_and_single_pixels() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("red.arrow");
-        let schema = Arc::new(schema(DType::Uint16, Default::default()));
-        // A compacted file: one batch of 3 rows, then 2 appended rows.
-        let three: Vec<RecordBatch> = (0..3).map(|i| batch(&schema, 5000 + i, &format!("s{i}"))).collect();
-        let mut len = write_new(&path, &arrow_select::concat::concat_batches(&schema, &three).unwrap()).unwrap();
-        for i in 3..5 {
-            len = append(&path, len, &encode(&batch(&schema, 5000 + i, &format!("s{i}"))).unwrap()).unwrap().0;
-        }
-        let (schema_end, locs) = scan(&path, 0, len).unwrap();
-        let schema_end = schema_end.unwrap();
-        assert_eq!(locs.iter().map(|l| l.rows).collect::<Vec<_>>(), vec![3, 1, 1]);
-        assert_eq!(locs[0].start, schema_end);
-        assert_eq!(locs[2].end, len);
-        // Scanning a later part alone finds the same batches.
-        let (none, tail) = scan(&path, locs[1].start, len).unwrap();
-        assert!(none.is_none());
-        assert_eq!(tail.len(), 2);
-        let some = read_batches(&path, schema_end, &locs[1..]).unwrap();
-        assert_eq!(some.iter().map(|b| b.column(3).as_string::<i32>().value(0).to_string()).collect::<Vec<_>>(), vec!["s3", "s4"]);
-        let data = std::fs::read(&path).unwrap();
-        for index in 0..4 {
-            let (values, valid) = read_pixel(&data, &locs, index, 4, 2).expect("our layout");
-            let got: Vec<u16> = values.chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
-            assert_eq!(got, (0..5).map(|row| row * 10 + index as u16).collect::<Vec<_>>(), "pixel {index}");
-            assert_eq!(valid, vec![index != 1; 5], "pixel {index}");
-        }
     }
 }

@@ -120,14 +120,10 @@ pub fn write(path: &Path, meta: &Collection, chunks: &[(ChunkKey, ChunkEntry)], 
     ]);
     let schema = Arc::new(Schema::new(fields).with_metadata(metadata));
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(Error::arrow("building the catalog snapshot"))?;
-    let tmp = path.with_extension("parquet.tmp");
-    let file = std::fs::File::create(&tmp).map_err(Error::io(&tmp))?;
     let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let parquet_err = |e: parquet::errors::ParquetError| Error::Internal(format!("writing {}: {e}", tmp.display()));
-    let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(parquet_err)?;
+    let parquet_err = |e: parquet::errors::ParquetError| Error::Internal(format!("encoding the catalog snapshot: {e}"));
+    let mut w = ArrowWriter::try_new(Vec::new(), schema, Some(props)).map_err(parquet_err)?;
     w.write(&batch).map_err(parquet_err)?;
-    let file = w.into_inner().map_err(parquet_err)?;
-    file.sync_all().map_err(Error::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(Error::io(path))?;
-    super::sync_dir(path.parent().unwrap_or(Path::new(".")))
+    let bytes = w.into_inner().map_err(parquet_err)?;
+    super::local::write_atomic(path, "parquet.tmp", &bytes)
 }

@@ -1,5 +1,5 @@
 //! Request decoding: the protobuf messages of `proto/` and their JSON forms
-//! (DESIGN §4a) into validated domain requests.
+//! (`docs/protocol.md`) into validated domain requests.
 //!
 //! Both encodings meet in the generated protobuf structs: JSON is parsed into
 //! a mirror struct, converted to the protobuf struct, and one validation path

@@ -1,6 +1,6 @@
 """The client: collections, numpy ingest, Arrow queries, xarray cubes and
 pandas time series, all over plain ``pyarrow.flight`` with the server's JSON
-wire forms (DESIGN §4a)."""
+wire forms (docs/protocol.md)."""
 
 from __future__ import annotations
 

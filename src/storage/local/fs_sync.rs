@@ -2,10 +2,9 @@
 //! system instead of an `fdatasync` per file.
 //!
 //! A scene of a 2560 x 2560 raster appends to 100 chunk files. An
-//! `fdatasync` each (eight at a time) took 17-22 ms on this machine kind's
-//! disk; writing them back as they are appended (`sync_file_range`, which
-//! only starts the writes) and one `syncfs` at the commit took 3-10 ms
-//! (`docs/storage.md`). `syncfs` writes back every dirty file of the file
+//! `fdatasync` each costs a disk flush each; writing them back as they are
+//! appended (`sync_file_range`, which only starts the writes) and one
+//! `syncfs` at the commit costs one (`docs/storage.md`). `syncfs` writes back every dirty file of the file
 //! system, so a commit also waits for whatever else is dirty there: it is
 //! used for commits of at least [`FS_SYNC_MIN_FILES`] files only.
 //!
@@ -48,10 +47,9 @@ pub enum SyncMode {
 pub struct WriteOptions {
     pub sync: SyncMode,
     /// Keep the pages a commit or a rewrite wrote cached. By default they are dropped
-    /// once durable ([`drop_cached`]): on this machine kind new page-cache
-    /// pages cost far more than reused ones (a sustained raw ingest went
-    /// from 50 to 20 ms per 13 MB put), and an ingest's pages are seldom
-    /// read soon. Reads of just-ingested data then come from the disk.
+    /// once durable ([`drop_cached`]): new page-cache pages cost far more
+    /// than reused ones under a sustained ingest, and an ingest's pages are
+    /// seldom read soon. Reads of just-ingested data then come from the disk.
     pub keep_written_pages: bool,
 }
 

@@ -1,0 +1,483 @@
+//! A scene's transaction: its observations appended past the committed
+//! lengths of their chunks under the collection's writer, made durable,
+//! then committed by one catalog log record (or undone when dropped).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{ArrayRef, BooleanArray};
+use arrow_schema::SchemaRef;
+
+use super::catalog::ChunkKey;
+use super::local::{self, fs_sync, CatalogLog, Syncs, SYNC_BATCH};
+use super::log::{Appended, PixelStats, Record};
+use super::paths::Month;
+use super::{chunk, lock, read, CollectionStore};
+use crate::collection::Collection;
+use crate::counters::Counters;
+use crate::error::{Error, Result};
+use crate::grid::TileId;
+
+/// One (tile, band) of a scene, resampled onto the grid.
+pub struct Observation {
+    pub tile: TileId,
+    pub band: String,
+    pub pixels: ArrayRef,
+    pub mask: BooleanArray,
+}
+
+/// An observation as the bytes its chunk gets (IPC stream: the schema
+/// message, then the observation's) and its statistics: the costly part of
+/// an append, done before the collection's writer is taken (ingest does it
+/// on the warp pool while the rows still stream in).
+pub struct Encoded {
+    pub tile: TileId,
+    pub band: String,
+    scene_id: String,
+    time_ms: i64,
+    stats: PixelStats,
+    /// Schema message length and the bytes ([`chunk::encode`]).
+    bytes: (usize, Vec<u8>),
+}
+
+impl Encoded {
+    /// Encodes `obs` of scene `scene_id`, acquired at `time_ms`, for a chunk of collection `meta`.
+    pub fn new(meta: &Collection, scene_id: &str, time_ms: i64, obs: Observation) -> Result<Self> {
+        let band = meta.band(&obs.band).ok_or_else(|| Error::Internal(format!("band {} vanished", obs.band)))?;
+        let schema: SchemaRef = Arc::new(chunk::schema(band.dtype, chunk_metadata(meta, obs.tile, &obs.band)));
+        let stats = chunk::pixel_stats(&obs.pixels, &obs.mask, meta.grid.tile_px as usize);
+        let batch = chunk::observation_batch(schema, &obs.tile.to_string(), &obs.band, time_ms, scene_id, obs.pixels, obs.mask)?;
+        let bytes = chunk::encode(&batch)?;
+        Ok(Self { tile: obs.tile, band: obs.band, scene_id: scene_id.to_string(), time_ms, stats, bytes })
+    }
+}
+
+/// Schema metadata of a chunk file: where its pixels sit.
+pub fn chunk_metadata(meta: &Collection, tile: TileId, band: &str) -> HashMap<String, String> {
+    let grid = meta.grid_spec();
+    let b = meta.band(band);
+    let mut m = HashMap::from([
+        ("collection".to_string(), meta.name.clone()),
+        ("tile_id".to_string(), tile.to_string()),
+        ("band".to_string(), band.to_string()),
+        ("crs".to_string(), meta.grid.crs_wkt.clone()),
+        ("geotransform".to_string(), serde_json::to_string(&grid.tile_geotransform(tile)).unwrap_or_default()),
+        ("tile_px".to_string(), grid.tile_px.to_string()),
+    ]);
+    if let Some(nd) = b.and_then(|b| b.nodata) {
+        m.insert("nodata".to_string(), nd.to_string());
+    }
+    if let Some(b) = b {
+        m.insert("dtype".to_string(), b.dtype.name().to_string());
+    }
+    m
+}
+
+/// What appending a scene did.
+#[derive(Debug, Clone, Default)]
+pub struct AppendOutcome {
+    pub duplicate: bool,
+    pub observations: u64,
+    pub bytes: u64,
+    pub tiles: Vec<TileId>,
+}
+
+impl CollectionStore {
+    /// Appends one scene durably and atomically (see the module docs). A
+    /// scene id already present adds nothing (`duplicate`). Blocking.
+    pub fn append_scene(&self, scene_id: &str, time_ms: i64, observations: Vec<Observation>) -> Result<AppendOutcome> {
+        match self.begin_scene(scene_id, time_ms)? {
+            None => Ok(AppendOutcome { duplicate: true, ..Default::default() }),
+            Some(mut scene) => {
+                let encoded = observations.into_iter().map(|o| Encoded::new(&self.meta, scene_id, time_ms, o)).collect::<Result<Vec<_>>>()?;
+                scene.append(&encoded)?;
+                scene.commit()
+            }
+        }
+    }
+
+    /// The collection's writer, counted as waited for while it is busy.
+    pub(super) fn take_writer(&self) -> std::sync::MutexGuard<'_, CatalogLog> {
+        if let Ok(log) = self.writer.try_lock() {
+            return log;
+        }
+        self.writers_waiting.fetch_add(1, Ordering::AcqRel);
+        let log = lock(&self.writer);
+        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+        log
+    }
+
+    /// [`CollectionStore::begin_scene`] if the writer is free right now;
+    /// `None` if it is busy or the scene is there already (a later
+    /// `begin_scene` tells which). For writing a scene while its rows still
+    /// stream in: such a writer lets go when [`SceneWriter::contended`].
+    pub fn try_begin_scene(&self, scene_id: &str, time_ms: i64) -> Result<Option<SceneWriter<'_>>> {
+        self.scene_writer(scene_id, time_ms, || match self.writer.try_lock() {
+            Ok(log) => Some(log),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        })
+    }
+
+    /// Starts writing a scene whose observations come in parts (so a large
+    /// scene need not be held whole); `None` if the scene is already there.
+    /// Holds the collection's writer until committed or dropped; dropping it
+    /// uncommitted undoes its appends (see [`SceneWriter`]'s `Drop`).
+    /// Blocking.
+    pub fn begin_scene(&self, scene_id: &str, time_ms: i64) -> Result<Option<SceneWriter<'_>>> {
+        self.scene_writer(scene_id, time_ms, || Some(self.take_writer()))
+    }
+
+    /// A writer for scene `scene_id` with the lock `take` gives; `None` if it
+    /// gives none or the scene is there already.
+    fn scene_writer<'s>(
+        &'s self,
+        scene_id: &str,
+        time_ms: i64,
+        take: impl FnOnce() -> Option<std::sync::MutexGuard<'s, CatalogLog>>,
+    ) -> Result<Option<SceneWriter<'s>>> {
+        let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
+        let Some(log) = take() else { return Ok(None) };
+        if self.has_scene(scene_id) {
+            return Ok(None);
+        }
+        Ok(Some(SceneWriter::new(self, log, scene_id, time_ms, month)))
+    }
+}
+
+/// A scene being written: observations are appended (uncommitted) as they
+/// come, then [`SceneWriter::commit`] syncs everything and writes the one
+/// log record that makes the scene visible.
+pub struct SceneWriter<'a> {
+    store: &'a CollectionStore,
+    log: std::sync::MutexGuard<'a, CatalogLog>,
+    scene_id: String,
+    time_ms: i64,
+    month: Month,
+    appended: Vec<Appended>,
+    /// Appended files not synced yet.
+    files: Vec<(PathBuf, File)>,
+    /// Syncs started in the background ([`SceneWriter::start_sync`]).
+    syncs: Syncs,
+    /// Each appended file and its committed length before: what dropping
+    /// the writer uncommitted puts back.
+    undo: Vec<(PathBuf, u64)>,
+    /// Directories this scene created, parents first.
+    created: Vec<PathBuf>,
+    committed: bool,
+    /// Directories that gained entries: synced at the commit.
+    dirs: Vec<PathBuf>,
+    outcome: AppendOutcome,
+}
+
+impl<'a> SceneWriter<'a> {
+    fn new(store: &'a CollectionStore, log: std::sync::MutexGuard<'a, CatalogLog>, scene_id: &str, time_ms: i64, month: Month) -> Self {
+        Self {
+            store,
+            log,
+            scene_id: scene_id.to_string(),
+            time_ms,
+            month,
+            appended: Vec::new(),
+            files: Vec::new(),
+            syncs: Syncs::new(),
+            undo: Vec::new(),
+            created: Vec::new(),
+            committed: false,
+            dirs: Vec::new(),
+            outcome: AppendOutcome::default(),
+        }
+    }
+
+    /// Whether another writer of the collection waits for this one.
+    pub fn contended(&self) -> bool {
+        self.store.writers_waiting.load(Ordering::Acquire) > 0
+    }
+
+    /// Starts syncing the files appended so far on the sync threads (a
+    /// scene's files get no more writes once appended); the commit waits
+    /// for them. Lets the disk work while the rest still arrives. At most
+    /// about [`SYNC_BATCH`] files are held open meanwhile.
+    pub fn start_sync(&mut self) -> Result<()> {
+        if self.store.fs_sync.available() {
+            // Written back since its append; the commit syncs.
+            return Ok(());
+        }
+        if self.syncs.pending >= SYNC_BATCH {
+            self.syncs.wait()?;
+        }
+        self.syncs.start(std::mem::take(&mut self.files));
+        Ok(())
+    }
+
+    /// Appends encoded observations past the chunks' committed lengths (a
+    /// scene has at most one observation per chunk).
+    pub fn append(&mut self, observations: &[Encoded]) -> Result<()> {
+        let store = self.store;
+        for obs in observations {
+            if obs.scene_id != self.scene_id || obs.time_ms != self.time_ms {
+                return Err(Error::Internal(format!(
+                    "an observation of scene {} ({}) appended to scene {} ({})",
+                    obs.scene_id, obs.time_ms, self.scene_id, self.time_ms
+                )));
+            }
+            let key = ChunkKey { tile: obs.tile, month: self.month, band: obs.band.clone() };
+            let (gen, committed) = {
+                let idx = read(&store.index);
+                idx.chunks.get(&key).map_or_else(|| (idx.retired.get(&key).copied().unwrap_or(0), 0), |e| (e.file.gen, e.len))
+            };
+            let path = store.paths.chunk(&store.meta.name, key.tile, self.month, &key.band, gen);
+            if committed == 0 {
+                if let Some(parent) = path.parent() {
+                    local::create_dirs(parent, store.paths.root(), &mut self.dirs, Some(&mut self.created))?;
+                }
+            }
+            // Nothing is committed yet: after a failure here the writer's
+            // drop cuts the file back (a crash: the next start does).
+            self.undo.push((path.clone(), committed));
+            let (len, file) = local::chunk_file::append(&path, committed, &obs.bytes)?;
+            if committed == 0 {
+                self.dirs.push(path.parent().unwrap_or(store.paths.root()).to_path_buf());
+            }
+            self.outcome.bytes += len - committed;
+            self.outcome.observations += 1;
+            if !self.outcome.tiles.contains(&key.tile) {
+                self.outcome.tiles.push(key.tile);
+            }
+            if store.fs_sync.available() {
+                // Submitting the writes takes CPU: the sync threads do it,
+                // not the scene's writer.
+                local::start_writeback(&file);
+            }
+            self.files.push((path, file));
+            self.appended.push(Appended { chunk: key.to_ref(), gen, len, stats: obs.stats });
+            // A large scene touches thousands of chunks: sync and close them
+            // as it goes rather than hold a descriptor for each (the usual
+            // limit is 1024 per process). Its commit syncs the file system
+            // where it can: then they are closed unsynced but the last.
+            if self.files.len() >= SYNC_BATCH {
+                if store.fs_sync.available() {
+                    self.files.drain(..self.files.len() - 1);
+                } else {
+                    local::sync_files(std::mem::take(&mut self.files))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs what is left and the new directories, then writes the scene's
+    /// log record and publishes it (readers see all of it or none).
+    pub fn commit(mut self) -> Result<AppendOutcome> {
+        self.syncs.wait()?;
+        let mut dirs = std::mem::take(&mut self.dirs);
+        dirs.sort();
+        dirs.dedup();
+        let mut files = std::mem::take(&mut self.files);
+        let fs = &self.store.fs_sync;
+        let whole_fs = fs.available() && self.appended.len() + dirs.len() >= fs_sync::FS_SYNC_MIN_FILES;
+        match files.last() {
+            // One sync of the file system covers the files and directories.
+            Some((path, barrier)) if whole_fs => fs.sync(barrier).map_err(Error::io(path))?,
+            _ => {
+                for d in dirs {
+                    let f = local::open_dir(&d)?;
+                    files.push((d, f));
+                    if files.len() >= SYNC_BATCH {
+                        local::sync_files(std::mem::take(&mut files))?;
+                    }
+                }
+                local::sync_files(files)?;
+            }
+        }
+        // What this scene wrote (each file and range), to drop from the
+        // page cache once committed: `undo` and `appended` gain one entry
+        // per append, in the same order.
+        debug_assert_eq!(self.undo.len(), self.appended.len(), "one undo entry per append");
+        let written: Vec<(PathBuf, u64, u64)> =
+            if fs.drop_written { self.undo.iter().zip(&self.appended).map(|((path, from), a)| (path.clone(), *from, a.len)).collect() } else { Vec::new() };
+        let record = Record::Scene { scene_id: std::mem::take(&mut self.scene_id), time_ms: self.time_ms, chunks: std::mem::take(&mut self.appended) };
+        self.store.commit(&mut self.log, record)?;
+        self.committed = true;
+        if !written.is_empty() {
+            // Off the acknowledgement's path, on the sync threads.
+            let job = move || local::drop_written_ranges(&written);
+            match local::sync_pool() {
+                Some(pool) => pool.spawn(job),
+                None => job(),
+            }
+        }
+        Ok(std::mem::take(&mut self.outcome))
+    }
+}
+
+/// An uncommitted scene (failed, abandoned, or letting another writer go
+/// first) puts the files back as they were: appended bytes cut to the
+/// committed lengths, new chunk files and directories removed. It runs
+/// while the writer is still held (the guard drops after this). What a
+/// crash leaves instead, the next start cuts off.
+impl Drop for SceneWriter<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        for (path, len) in self.undo.drain(..).rev() {
+            if let Err(e) = local::undo_append(&path, len) {
+                tracing::warn!(path = %path.display(), error = %e, "could not undo an uncommitted append (a restart cuts it off)");
+            }
+        }
+        for dir in self.created.drain(..).rev() {
+            // Stays if something else put an entry there.
+            local::remove_empty_dir(&dir);
+        }
+    }
+}
+
+/// Tiles a scene touches at most to be kept whole until its commit; larger
+/// scenes are appended this many tiles at a time as they come, so the
+/// server holds one group of tiles, not every one.
+pub const TILE_GROUP: usize = 256;
+
+/// How often a scene holding the collection's writer while its rows stream
+/// in checks whether another writer waits for it (a stalled client sends
+/// no tiles to wake it).
+const YIELD_CHECK: Duration = Duration::from_millis(20);
+
+/// What the caller of a [`SceneCommit`] does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Go on sending tiles.
+    Continue,
+    /// The scene is committed already: stop, nothing is written.
+    Duplicate,
+}
+
+/// A scene committed as its tiles arrive (in any order), with the writer
+/// policy of a streaming ingest.
+///
+/// A scene of up to [`TILE_GROUP`] tiles keeps them all. If the collection's
+/// writer is free it takes it at once and appends (and starts syncing) each
+/// tile as it comes, so the disk works while rows still arrive; when
+/// another writer waits (checked at least every [`YIELD_CHECK`], see
+/// [`SceneCommit::wait_limit`]) it lets go for good (its appends undone),
+/// and at [`SceneCommit::commit`] takes the writer again and appends
+/// everything anew. A larger scene takes the writer at its first full group
+/// and appends group by group (other writers of the collection wait at
+/// their append step).
+pub struct SceneCommit<'s> {
+    store: &'s CollectionStore,
+    scene_id: String,
+    time_ms: i64,
+    small: bool,
+    /// Tiles received and not yet appended by `writer`, with their position
+    /// in the scene's plan: all of a small scene; a large one's next group.
+    pending: Vec<(usize, Vec<Encoded>)>,
+    /// A small scene's writer taken early, and how many of `pending` it has
+    /// appended; once it let go it is not taken early again.
+    early: Option<SceneWriter<'s>>,
+    appended: usize,
+    yielded: bool,
+    /// The writer appending group by group (and a small scene's at the end).
+    writer: Option<SceneWriter<'s>>,
+    counters: Arc<Counters>,
+}
+
+impl<'s> SceneCommit<'s> {
+    /// A commit of scene `scene_id` at `time_ms` touching `tiles` tiles;
+    /// yields are counted in `counters`.
+    pub fn new(store: &'s CollectionStore, scene_id: &str, time_ms: i64, tiles: usize, counters: Arc<Counters>) -> Self {
+        Self {
+            store,
+            scene_id: scene_id.to_string(),
+            time_ms,
+            small: tiles <= TILE_GROUP,
+            pending: Vec::new(),
+            early: None,
+            appended: 0,
+            yielded: false,
+            writer: None,
+            counters,
+        }
+    }
+
+    /// How long the caller may wait for the next tile before calling
+    /// [`SceneCommit::poll`]; `None`: as long as it takes.
+    pub fn wait_limit(&self) -> Option<Duration> {
+        self.early.is_some().then_some(YIELD_CHECK)
+    }
+
+    /// One tile's observations, `k` its position in the scene's plan.
+    pub fn add(&mut self, k: usize, observations: Vec<Encoded>) -> Result<Step> {
+        self.pending.push((k, observations));
+        self.poll()
+    }
+
+    /// Applies the writer policy: takes, uses or lets go of the early
+    /// writer, or appends a full group of a large scene.
+    pub fn poll(&mut self) -> Result<Step> {
+        if self.small && !self.yielded {
+            if self.early.as_ref().is_some_and(|w| w.contended()) {
+                // Counted first: the waiting writer may commit and answer
+                // (and its client ask `health`) as soon as the lock is free.
+                self.counters.early_writers_yielded.fetch_add(1, Ordering::Relaxed);
+                // Dropping the writer undoes its appends before the waiting
+                // writer gets the lock.
+                (self.early, self.appended, self.yielded) = (None, 0, true);
+                return Ok(Step::Continue);
+            }
+            if self.early.is_none() {
+                self.early = self.store.try_begin_scene(&self.scene_id, self.time_ms)?;
+            }
+            if let Some(w) = self.early.as_mut() {
+                for (_, obs) in &self.pending[self.appended..] {
+                    w.append(obs)?;
+                }
+                if self.appended < self.pending.len() {
+                    w.start_sync()?;
+                }
+                self.appended = self.pending.len();
+            }
+        } else if !self.small && self.pending.len() >= TILE_GROUP && !self.flush()? {
+            return Ok(Step::Duplicate);
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Appends the pending tiles in plan order; false if the scene turned
+    /// out to be committed already.
+    fn flush(&mut self) -> Result<bool> {
+        self.pending.sort_by_key(|(k, _)| *k);
+        let observations: Vec<Encoded> = self.pending.drain(..).flat_map(|(_, o)| o).collect();
+        let w = match &mut self.writer {
+            Some(w) => w,
+            None => match self.store.begin_scene(&self.scene_id, self.time_ms)? {
+                Some(w) => self.writer.insert(w),
+                None => return Ok(false),
+            },
+        };
+        w.append(&observations)?;
+        Ok(true)
+    }
+
+    /// Appends what is left and commits the scene (see
+    /// [`SceneWriter::commit`]); `duplicate` if it was there already.
+    pub fn commit(mut self) -> Result<AppendOutcome> {
+        let done = match self.early.take() {
+            Some(w) => {
+                debug_assert_eq!(self.appended, self.pending.len(), "an early writer appends every tile as it comes");
+                w
+            }
+            None => {
+                if !self.flush()? {
+                    return Ok(AppendOutcome { duplicate: true, ..Default::default() });
+                }
+                self.writer.take().ok_or_else(|| Error::Internal("no scene writer".into()))?
+            }
+        };
+        done.commit()
+    }
+}
