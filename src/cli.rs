@@ -52,6 +52,11 @@ pub struct IngestArgs {
     /// collection's per band.
     #[arg(long)]
     pub resampling: Option<String>,
+    /// Replace a scene stored under the same id with another acquisition
+    /// time or content (it is deleted, then the new one ingested); without
+    /// it such a scene is refused.
+    #[arg(long)]
+    pub replace: bool,
     /// Scenes sent at once.
     #[arg(long, env = "PIXELQUERY_JOBS", default_value_t = 2)]
     pub jobs: usize,
@@ -84,6 +89,7 @@ impl IngestArgs {
             bands: self.bands.clone(),
             time: self.time.clone(),
             resampling: self.resampling.clone(),
+            replace: self.replace,
             jobs: self.jobs,
             token: self.token.clone(),
             user: self.user.clone(),
@@ -99,13 +105,14 @@ impl IngestArgs {
             println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
         } else {
             let files_ok: usize = report.scenes.iter().map(|s| s.files.len()).sum();
-            let dups = report.scenes.iter().filter(|s| s.duplicate).count();
+            let skipped = report.scenes.iter().filter(|s| s.duplicate).count();
             let obs: u64 = report.scenes.iter().map(|s| s.observations).sum();
             let secs = report.elapsed_ms as f64 / 1e3;
             println!(
-                "ingested {files_ok} of {} files as {} scenes ({dups} already present): {obs} observations, {:.1} MB in {secs:.2} s ({:.1} MB/s)",
+                "ingested {files_ok} of {} files as {} scenes: {} stored, {skipped} skipped (already stored): {obs} observations, {:.1} MB in {secs:.2} s ({:.1} MB/s)",
                 report.files,
                 report.scenes.len(),
+                report.scenes.len() - skipped,
                 report.megabytes,
                 report.megabytes / secs.max(1e-3)
             );

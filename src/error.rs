@@ -20,8 +20,8 @@ pub enum Error {
     #[error("{what} not found")]
     NotFound { what: String },
     /// Creating something that already exists.
-    #[error("{what} already exists")]
-    AlreadyExists { what: String },
+    #[error("{what} already exists{detail}")]
+    AlreadyExists { what: String, detail: String },
     /// A filesystem operation failed.
     #[error("io error on {path}: {source}")]
     Io {

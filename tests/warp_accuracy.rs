@@ -123,6 +123,7 @@ async fn run_case<T: GdalType + Copy + Into<f64>>(
         bands: vec![proto::BandSpec { name: "v".into(), dtype: dtype.into(), nodata: Some(0.0), ..Default::default() }],
         resampling: method.into(),
         resampling_by_band: Default::default(),
+        ..Default::default()
     };
     let put = client.ingest(&req, pixelquery_client::raster_batches(vec![("v".into(), column)], None, size).unwrap()).await.unwrap();
     let work = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ impl IngestPath {
     pub const DOC: ActionDoc = ActionDoc {
         name: "ingest_path",
         role: Role::Admin,
-        description: "The server reads GeoTIFF/COG files it can see (local paths, GDAL /vsi... paths) under its --ingest-root directories and ingests them as `pixelquery ingest` does. Body: {\"collection\", \"paths\": [...], \"bands\"?: \"1:blue,...\", \"time\"?, \"resampling\"?}. Returns {\"files\", \"scenes\": [...], \"failures\": [{\"path\", \"reason\"}]}.",
+        description: "The server reads GeoTIFF/COG files it can see (local paths, GDAL /vsi... paths) under its --ingest-root directories and ingests them as `pixelquery ingest` does. Body: {\"collection\", \"paths\": [...], \"bands\"?: \"1:blue,...\", \"time\"?, \"resampling\"?, \"replace\"?: false}. Returns {\"files\", \"scenes\": [...], \"failures\": [{\"path\", \"reason\"}]}.",
         takes_write_slot: true,
     };
 
@@ -43,6 +43,8 @@ struct IngestPathBody {
     time: Option<Value>,
     #[serde(default)]
     resampling: Option<String>,
+    #[serde(default)]
+    replace: bool,
 }
 
 fn ingest_path(state: &AppState, b: IngestPathBody) -> Result<crate::cog::send::IngestReport> {
@@ -59,6 +61,7 @@ fn ingest_path(state: &AppState, b: IngestPathBody) -> Result<crate::cog::send::
         band_map: b.bands.as_deref().map(crate::cog::parse_band_map).transpose()?.unwrap_or_default(),
         time_ms,
         resampling: b.resampling.unwrap_or_default(),
+        replace: b.replace,
     };
     let (files, mut failures) = crate::cog::discover(&paths);
     // A directory may hold links leading outside the roots: check each file.

@@ -39,6 +39,8 @@ pub struct CogOptions {
     pub time_ms: Option<i64>,
     /// Resampling for every band (empty: the collection's defaults).
     pub resampling: String,
+    /// Replace scenes stored under the same id with another time or content.
+    pub replace: bool,
 }
 
 /// A file or scene that cannot be ingested, and why.
@@ -129,7 +131,7 @@ fn gdal_dtype(t: GdalDataType) -> Option<DType> {
 }
 
 fn inspect(path: &str) -> Result<FileInfo, String> {
-    let ds = Dataset::open(path).map_err(|e| format!("GDAL cannot open it: {e}"))?;
+    let ds = Dataset::open(path).map_err(|_| "GDAL cannot open it as a raster (not a GeoTIFF/COG, or unreadable)".to_string())?;
     let (w, h) = ds.raster_size();
     let geotransform = ds.geo_transform().map_err(|_| "it has no geotransform (not georeferenced)".to_string())?;
     let crs_wkt = ds.spatial_ref().and_then(|s| s.to_wkt()).map_err(|_| "it has no CRS".to_string())?;
@@ -174,10 +176,35 @@ fn metadata_scene_id(info: &FileInfo) -> Option<String> {
     None
 }
 
+/// Which scene a file belongs to: files of one key form one scene (split by
+/// pixel grid). `product` is the scene's id where the metadata or the file
+/// name gives one; otherwise the id is `label` and a fingerprint of the
+/// scene's file bytes ([`scene_id`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SceneKey {
+    group: String,
+    product: Option<String>,
+    label: String,
+}
+
 /// The bands one file contributes: `(1-based index, band name)`, and the
-/// scene key it belongs to.
-fn file_bands(info: &FileInfo, opts: &CogOptions) -> Result<(String, Vec<(usize, String)>), String> {
+/// scene it belongs to.
+fn file_bands(info: &FileInfo, opts: &CogOptions) -> Result<(SceneKey, Vec<(usize, String)>), String> {
     let known = |n: &str| opts.collection_bands.iter().any(|b| b == n);
+    if opts.band_map.is_empty() && info.dtypes.len() == 1 && metadata_scene_id(info).is_none() {
+        // A bare band file (`B04.tif`, `red.tif`): the files of one folder
+        // are one scene (a STAC item downloaded into its own folder).
+        let bare = names::band_file(&format!("x_{}", info.stem)).map(|(_, code)| code).filter(|c| c == &info.stem);
+        let name = bare.as_deref().and_then(names::profile_band).filter(|n| known(n)).map(str::to_string).or_else(|| {
+            let lower = info.stem.to_lowercase();
+            (known(&lower) && (bare.is_some() || lower == info.stem)).then_some(lower)
+        });
+        if let Some(name) = name {
+            let dir = Path::new(&info.path).parent().unwrap_or(Path::new(""));
+            let label = dir.file_name().and_then(|s| s.to_str()).unwrap_or("scene").to_string();
+            return Ok((SceneKey { group: format!("dir:{}", dir.display()), product: None, label }, vec![(1, name)]));
+        }
+    }
     if opts.band_map.is_empty() {
         if let Some((key, code)) = names::band_file(&info.stem) {
             let name = names::profile_band(&code).filter(|n| known(n)).map(str::to_string).or_else(|| Some(code.to_lowercase()).filter(|n| known(n)));
@@ -187,10 +214,13 @@ fn file_bands(info: &FileInfo, opts: &CogOptions) -> Result<(String, Vec<(usize,
             if info.dtypes.len() != 1 {
                 return Err(format!("a {code} band file should hold one band, it holds {}", info.dtypes.len()));
             }
-            return Ok((key, vec![(1, name)]));
+            return Ok((SceneKey { group: format!("product:{key}"), product: Some(key.clone()), label: key }, vec![(1, name)]));
         }
     }
-    let key = metadata_scene_id(info).unwrap_or_else(|| info.stem.clone());
+    let key = match metadata_scene_id(info) {
+        Some(id) => SceneKey { group: format!("product:{id}"), product: Some(id.clone()), label: id },
+        None => SceneKey { group: format!("file:{}", info.path), product: None, label: info.stem.clone() },
+    };
     let count = info.dtypes.len();
     let bands: Vec<(usize, String)> = if !opts.band_map.is_empty() {
         for (i, n) in &opts.band_map {
@@ -226,6 +256,38 @@ fn acquisition_time(info: &FileInfo, opts: &CogOptions) -> Result<(i64, String),
         .ok_or_else(|| format!("no acquisition time found; tried {}", names::TIME_SOURCES))
 }
 
+/// CRC-32 (IEEE, as zlib's) of the files' bytes one after another, in the
+/// order given; `None` for GDAL `/vsi...` paths, which are not local files.
+fn fingerprint(paths: &[String]) -> Result<Option<u32>, String> {
+    if paths.iter().any(|p| p.starts_with("/vsi")) {
+        return Ok(None);
+    }
+    let mut hasher = crc32fast::Hasher::new();
+    for p in paths {
+        let mut f = std::fs::File::open(p).map_err(|e| format!("cannot read it: {e}"))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| format!("cannot read it: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(Some(hasher.finalize()))
+}
+
+/// A scene's id: the product id where there is one, else the label and the
+/// fingerprint of its files (`B04.tif` folders of two dates, or one file
+/// with a corrected time, never share an id by name alone).
+fn scene_id(product: Option<&str>, label: &str, fingerprint: Option<u32>) -> String {
+    match (product, fingerprint) {
+        (Some(p), _) => p.to_string(),
+        (None, Some(f)) => format!("{label}_{f:08x}"),
+        (None, None) => label.to_string(),
+    }
+}
+
 /// Files of one scene, each with the bands it contributes.
 type Members = Vec<(FileInfo, Vec<(usize, String)>)>;
 
@@ -235,7 +297,7 @@ type Members = Vec<(FileInfo, Vec<(usize, String)>)>;
 pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure>) {
     let mut failures = Vec::new();
     // scene key -> files with their bands
-    let mut groups: BTreeMap<String, Members> = BTreeMap::new();
+    let mut groups: BTreeMap<SceneKey, Members> = BTreeMap::new();
     for path in files {
         match inspect(path).and_then(|info| file_bands(&info, opts).map(|(key, bands)| (info, key, bands))) {
             Ok((info, key, bands)) => groups.entry(key).or_default().push((info, bands)),
@@ -259,8 +321,17 @@ pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure
         let split = by_grid.len() > 1;
         for group in by_grid {
             let first = &group[0].0;
-            let scene_id = if split { format!("{key}_{}m", (first.geotransform[1].abs() * 100.0).round() / 100.0) } else { key.clone() };
-            let paths: Vec<String> = group.iter().map(|(i, _)| i.path.clone()).collect();
+            let mut paths: Vec<String> = group.iter().map(|(i, _)| i.path.clone()).collect();
+            paths.sort();
+            let fingerprint = match fingerprint(&paths) {
+                Ok(f) => f,
+                Err(reason) => {
+                    failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
+                    continue;
+                }
+            };
+            let base = scene_id(key.product.as_deref(), &key.label, fingerprint);
+            let scene_id = if split { format!("{base}_{}m", (first.geotransform[1].abs() * 100.0).round() / 100.0) } else { base };
             let fail_all =
                 |reason: String, failures: &mut Vec<Failure>| failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
             let (time_ms, time_source) = match acquisition_time(first, opts) {
@@ -301,6 +372,8 @@ pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure
                 bands,
                 resampling: opts.resampling.clone(),
                 resampling_by_band: Default::default(),
+                fingerprint: fingerprint.map(|f| format!("crc32:{f:08x}")).unwrap_or_default(),
+                replace: opts.replace,
             };
             scenes.push(ScenePlan { request, sources, files: paths, time_source, bytes });
         }

@@ -123,7 +123,7 @@ pub async fn send_all(client: &Client, scenes: Vec<ScenePlan>, mut failures: Vec
                         if !progress.tty {
                             eprintln!(
                                 "{} {} ({} files, {} observations, {:.1} MB) {}",
-                                if r.duplicate { "duplicate" } else { "ingested" },
+                                if r.duplicate { "skipped, already stored:" } else { "ingested" },
                                 r.scene_id,
                                 r.files.len(),
                                 r.observations,
@@ -222,6 +222,8 @@ pub struct SendOptions {
     pub time: Option<String>,
     /// Resampling for every band.
     pub resampling: Option<String>,
+    /// Replace scenes stored under the same id with another time or content.
+    pub replace: bool,
     /// Scenes sent at once.
     pub jobs: usize,
     pub token: Option<String>,
@@ -261,6 +263,7 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
         band_map: args.bands.as_deref().map(super::parse_band_map).transpose()?.unwrap_or_default(),
         time_ms: args.time.as_deref().map(|t| crate::wire::parse_time("--time", t)).transpose()?,
         resampling: args.resampling.clone().unwrap_or_default(),
+        replace: args.replace,
     };
     let paths = args.paths.clone();
     let (files, scenes, failures) = tokio::task::spawn_blocking(move || {

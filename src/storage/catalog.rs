@@ -3,7 +3,7 @@
 //! rebuilt from the catalog log's records at start and updated by each
 //! commit.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
@@ -76,10 +76,19 @@ impl ChunkEntry {
     }
 }
 
+/// What the catalog keeps of a stored scene, to tell a retry of it (the
+/// same time and content: nothing to do) from another scene under its id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredScene {
+    pub time_ms: i64,
+    /// The client's fingerprint of the content, if it gave one.
+    pub fingerprint: Option<String>,
+}
+
 #[derive(Default)]
 pub(super) struct Index {
     pub(super) chunks: BTreeMap<ChunkKey, ChunkEntry>,
-    pub(super) scenes: HashSet<String>,
+    pub(super) scenes: HashMap<String, StoredScene>,
     /// Chunks a delete emptied, with the generation a new chunk of the same
     /// key must start from: a generation's file name is never reused, so a
     /// reader still holding a removed generation cannot delete (or read) a
@@ -92,8 +101,8 @@ impl Index {
     pub(super) fn apply(&mut self, record: &Record, paths: &WarehousePaths, collection: &str) -> Result<Vec<Arc<ChunkFile>>> {
         let mut superseded = Vec::new();
         match record {
-            Record::Scene { scene_id, time_ms, chunks } => {
-                self.scenes.insert(scene_id.clone());
+            Record::Scene { scene_id, time_ms, fingerprint, chunks } => {
+                self.scenes.insert(scene_id.clone(), StoredScene { time_ms: *time_ms, fingerprint: fingerprint.clone() });
                 let scene: Arc<str> = Arc::from(scene_id.as_str());
                 for a in chunks {
                     let key = ChunkKey::from_ref(&a.chunk)?;

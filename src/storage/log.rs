@@ -84,7 +84,15 @@ pub struct Rewritten {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Record {
     /// A scene: one observation per (tile, band) it touched, all at `time_ms`.
-    Scene { scene_id: String, time_ms: i64, chunks: Vec<Appended> },
+    Scene {
+        scene_id: String,
+        time_ms: i64,
+        /// The client's fingerprint of the scene's content (absent in logs
+        /// written before it existed, and when the client gave none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        chunks: Vec<Appended>,
+    },
     /// Chunks replaced by new generations (delete, compaction); scenes no
     /// longer present anywhere.
     Rewrite { reason: String, chunks: Vec<Rewritten>, removed_scenes: Vec<String> },

@@ -31,7 +31,7 @@ mod rewrite;
 pub mod snapshot;
 mod transaction;
 
-pub use catalog::{ChunkEntry, ChunkKey};
+pub use catalog::{ChunkEntry, ChunkKey, StoredScene};
 pub use read::PixelRows;
 pub use rewrite::{sorted_rows, RewriteOutcome};
 pub use transaction::{chunk_metadata, AppendOutcome, Encoded, Observation, SceneCommit, SceneWriter, Step, TILE_GROUP};
@@ -149,7 +149,33 @@ impl CollectionStore {
     }
 
     pub fn has_scene(&self, scene_id: &str) -> bool {
-        read(&self.index).scenes.contains(scene_id)
+        read(&self.index).scenes.contains_key(scene_id)
+    }
+
+    /// The stored scene `scene_id`, if any.
+    pub fn scene(&self, scene_id: &str) -> Option<StoredScene> {
+        read(&self.index).scenes.get(scene_id).cloned()
+    }
+
+    /// Whether scene `scene_id` is stored already as this put describes it
+    /// (`true`: a retry, nothing to write); `AlreadyExists` when it is stored
+    /// with another acquisition time or another content fingerprint.
+    pub fn check_scene(&self, scene_id: &str, time_ms: i64, fingerprint: Option<&str>) -> Result<bool> {
+        let Some(stored) = self.scene(scene_id) else { return Ok(false) };
+        let other_time = stored.time_ms != time_ms;
+        let other_content = matches!((stored.fingerprint.as_deref(), fingerprint), (Some(a), Some(b)) if a != b);
+        if !other_time && !other_content {
+            return Ok(true);
+        }
+        let what = if other_time {
+            format!("stored with acquisition time {}, this put says {}", crate::wire::format_time(stored.time_ms), crate::wire::format_time(time_ms))
+        } else {
+            format!("stored with content fingerprint {}, this put's is {}", stored.fingerprint.unwrap_or_default(), fingerprint.unwrap_or_default())
+        };
+        Err(Error::AlreadyExists {
+            what: format!("scene {scene_id:?} of collection {:?}", self.meta.name),
+            detail: format!(": {what}; to store this one instead, ingest it with replace (CLI --replace) or delete the scene first"),
+        })
     }
 
     /// Chunks matching `keep`, with a snapshot of their entries.
@@ -262,7 +288,7 @@ impl Warehouse {
     pub fn create_collection(&self, meta: Collection) -> Result<Arc<CollectionStore>> {
         let _g = lock(&self.create);
         if read(&self.collections).contains_key(&meta.name) {
-            return Err(Error::AlreadyExists { what: format!("collection {:?}", meta.name) });
+            return Err(Error::AlreadyExists { what: format!("collection {:?}", meta.name), detail: String::new() });
         }
         let dir = self.paths.collection_dir(&meta.name);
         local::ensure_dir(&dir, self.paths.root())?;

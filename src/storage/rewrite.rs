@@ -133,7 +133,7 @@ impl CollectionStore {
         for r in &rewritten {
             still.extend(r.rows.iter().map(|(_, s)| s.as_str()));
         }
-        let mut gone: Vec<String> = touched_scenes.into_iter().filter(|s| !still.contains(s.as_str()) && idx.scenes.contains(s)).collect();
+        let mut gone: Vec<String> = touched_scenes.into_iter().filter(|s| !still.contains(s.as_str()) && idx.scenes.contains_key(s)).collect();
         drop(idx);
         gone.sort();
         out.scenes_removed = gone.clone();

@@ -90,7 +90,7 @@ impl CollectionStore {
     /// Appends one scene durably and atomically (see the module docs). A
     /// scene id already present adds nothing (`duplicate`). Blocking.
     pub fn append_scene(&self, scene_id: &str, time_ms: i64, observations: Vec<Observation>) -> Result<AppendOutcome> {
-        match self.begin_scene(scene_id, time_ms)? {
+        match self.begin_scene(scene_id, time_ms, None)? {
             None => Ok(AppendOutcome { duplicate: true, ..Default::default() }),
             Some(mut scene) => {
                 let encoded = observations.into_iter().map(|o| Encoded::new(&self.meta, scene_id, time_ms, o)).collect::<Result<Vec<_>>>()?;
@@ -115,8 +115,8 @@ impl CollectionStore {
     /// `None` if it is busy or the scene is there already (a later
     /// `begin_scene` tells which). For writing a scene while its rows still
     /// stream in: such a writer lets go when [`SceneWriter::contended`].
-    pub fn try_begin_scene(&self, scene_id: &str, time_ms: i64) -> Result<Option<SceneWriter<'_>>> {
-        self.scene_writer(scene_id, time_ms, || match self.writer.try_lock() {
+    pub fn try_begin_scene(&self, scene_id: &str, time_ms: i64, fingerprint: Option<&str>) -> Result<Option<SceneWriter<'_>>> {
+        self.scene_writer(scene_id, time_ms, fingerprint, || match self.writer.try_lock() {
             Ok(log) => Some(log),
             Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => None,
@@ -128,8 +128,8 @@ impl CollectionStore {
     /// Holds the collection's writer until committed or dropped; dropping it
     /// uncommitted undoes its appends (see [`SceneWriter`]'s `Drop`).
     /// Blocking.
-    pub fn begin_scene(&self, scene_id: &str, time_ms: i64) -> Result<Option<SceneWriter<'_>>> {
-        self.scene_writer(scene_id, time_ms, || Some(self.take_writer()))
+    pub fn begin_scene(&self, scene_id: &str, time_ms: i64, fingerprint: Option<&str>) -> Result<Option<SceneWriter<'_>>> {
+        self.scene_writer(scene_id, time_ms, fingerprint, || Some(self.take_writer()))
     }
 
     /// A writer for scene `scene_id` with the lock `take` gives; `None` if it
@@ -138,14 +138,17 @@ impl CollectionStore {
         &'s self,
         scene_id: &str,
         time_ms: i64,
+        fingerprint: Option<&str>,
         take: impl FnOnce() -> Option<std::sync::MutexGuard<'s, CatalogLog>>,
     ) -> Result<Option<SceneWriter<'s>>> {
         let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
         let Some(log) = take() else { return Ok(None) };
-        if self.has_scene(scene_id) {
+        if self.check_scene(scene_id, time_ms, fingerprint)? {
             return Ok(None);
         }
-        Ok(Some(SceneWriter::new(self, log, scene_id, time_ms, month)))
+        let mut writer = SceneWriter::new(self, log, scene_id, time_ms, month);
+        writer.fingerprint = fingerprint.map(str::to_string);
+        Ok(Some(writer))
     }
 }
 
@@ -157,6 +160,8 @@ pub struct SceneWriter<'a> {
     log: std::sync::MutexGuard<'a, CatalogLog>,
     scene_id: String,
     time_ms: i64,
+    /// The client's fingerprint of the scene's content, if it gave one.
+    fingerprint: Option<String>,
     month: Month,
     appended: Vec<Appended>,
     /// Appended files not synced yet.
@@ -181,6 +186,7 @@ impl<'a> SceneWriter<'a> {
             log,
             scene_id: scene_id.to_string(),
             time_ms,
+            fingerprint: None,
             month,
             appended: Vec::new(),
             files: Vec::new(),
@@ -300,7 +306,12 @@ impl<'a> SceneWriter<'a> {
         debug_assert_eq!(self.undo.len(), self.appended.len(), "one undo entry per append");
         let written: Vec<(PathBuf, u64, u64)> =
             if fs.drop_written { self.undo.iter().zip(&self.appended).map(|((path, from), a)| (path.clone(), *from, a.len)).collect() } else { Vec::new() };
-        let record = Record::Scene { scene_id: std::mem::take(&mut self.scene_id), time_ms: self.time_ms, chunks: std::mem::take(&mut self.appended) };
+        let record = Record::Scene {
+            scene_id: std::mem::take(&mut self.scene_id),
+            time_ms: self.time_ms,
+            fingerprint: self.fingerprint.take(),
+            chunks: std::mem::take(&mut self.appended),
+        };
         self.store.commit(&mut self.log, record)?;
         self.committed = true;
         if !written.is_empty() {
@@ -372,6 +383,7 @@ pub struct SceneCommit<'s> {
     store: &'s CollectionStore,
     scene_id: String,
     time_ms: i64,
+    fingerprint: Option<String>,
     small: bool,
     /// Tiles received and not yet appended by `writer`, with their position
     /// in the scene's plan: all of a small scene; a large one's next group.
@@ -387,13 +399,15 @@ pub struct SceneCommit<'s> {
 }
 
 impl<'s> SceneCommit<'s> {
-    /// A commit of scene `scene_id` at `time_ms` touching `tiles` tiles;
-    /// yields are counted in `counters`.
-    pub fn new(store: &'s CollectionStore, scene_id: &str, time_ms: i64, tiles: usize, counters: Arc<Counters>) -> Self {
+    /// A commit of scene `scene_id` at `time_ms` (with the client's
+    /// `fingerprint` of its content, if any) touching `tiles` tiles; yields
+    /// are counted in `counters`.
+    pub fn new(store: &'s CollectionStore, scene_id: &str, time_ms: i64, fingerprint: Option<&str>, tiles: usize, counters: Arc<Counters>) -> Self {
         Self {
             store,
             scene_id: scene_id.to_string(),
             time_ms,
+            fingerprint: fingerprint.map(str::to_string),
             small: tiles <= TILE_GROUP,
             pending: Vec::new(),
             early: None,
@@ -430,7 +444,7 @@ impl<'s> SceneCommit<'s> {
                 return Ok(Step::Continue);
             }
             if self.early.is_none() {
-                self.early = self.store.try_begin_scene(&self.scene_id, self.time_ms)?;
+                self.early = self.store.try_begin_scene(&self.scene_id, self.time_ms, self.fingerprint.as_deref())?;
             }
             if let Some(w) = self.early.as_mut() {
                 for (_, obs) in &self.pending[self.appended..] {
@@ -454,7 +468,7 @@ impl<'s> SceneCommit<'s> {
         let observations: Vec<Encoded> = self.pending.drain(..).flat_map(|(_, o)| o).collect();
         let w = match &mut self.writer {
             Some(w) => w,
-            None => match self.store.begin_scene(&self.scene_id, self.time_ms)? {
+            None => match self.store.begin_scene(&self.scene_id, self.time_ms, self.fingerprint.as_deref())? {
                 Some(w) => self.writer.insert(w),
                 None => return Ok(false),
             },

@@ -119,6 +119,10 @@ struct IngestJson {
     bands: Vec<BandJson>,
     #[serde(default)]
     resampling: Option<ResamplingJson>,
+    #[serde(default)]
+    fingerprint: Option<String>,
+    #[serde(default)]
+    replace: bool,
 }
 
 impl TryFrom<IngestJson> for pb::IngestRequest {
@@ -140,6 +144,8 @@ impl TryFrom<IngestJson> for pb::IngestRequest {
             bands: j.bands.into_iter().map(Into::into).collect(),
             resampling,
             resampling_by_band,
+            fingerprint: j.fingerprint.unwrap_or_default(),
+            replace: j.replace,
         })
     }
 }
@@ -339,6 +345,10 @@ pub struct IngestSpec {
     pub width: u32,
     pub height: u32,
     pub bands: Vec<SourceBand>,
+    /// The client's fingerprint of the content, if it gave one.
+    pub fingerprint: Option<String>,
+    /// Replace a scene stored under this id with another time or content.
+    pub replace: bool,
 }
 
 pub fn decode_ingest(bytes: &[u8]) -> Result<IngestSpec> {
@@ -350,6 +360,9 @@ pub fn ingest_spec(r: pb::IngestRequest) -> Result<IngestSpec> {
     validate_collection_name("collection", &r.collection)?;
     if r.scene_id.is_empty() || r.scene_id.len() > MAX_SCENE_ID || r.scene_id.chars().any(|c| c.is_control()) {
         return Err(Error::invalid("scene_id", &r.scene_id, &format!("must be 1 to {MAX_SCENE_ID} bytes without control characters")));
+    }
+    if r.fingerprint.len() > 128 || r.fingerprint.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid("fingerprint", &r.fingerprint, "must be at most 128 bytes without control characters"));
     }
     if r.crs.trim().is_empty() {
         return Err(Error::invalid("crs", &r.crs, "required: an EPSG code such as EPSG:32652, WKT or a PROJ string"));
@@ -403,6 +416,8 @@ pub fn ingest_spec(r: pb::IngestRequest) -> Result<IngestSpec> {
         width: r.width,
         height: r.height,
         bands,
+        fingerprint: (!r.fingerprint.is_empty()).then_some(r.fingerprint),
+        replace: r.replace,
     })
 }
 
@@ -579,6 +594,7 @@ mod tests {
                 .collect(),
             resampling: "bilinear".into(),
             resampling_by_band: Default::default(),
+            ..Default::default()
         };
         assert_eq!(decode_ingest(&pb.encode_to_vec()).unwrap(), from_json);
     }

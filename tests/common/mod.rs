@@ -158,6 +158,7 @@ pub fn ingest_request(collection: &str, scene: &str, time_ms: i64, gt: [f64; 6],
         bands: vec![proto::BandSpec { name: "red".into(), dtype: "uint16".into(), nodata: Some(0.0), ..Default::default() }],
         resampling: resampling.into(),
         resampling_by_band: Default::default(),
+        ..Default::default()
     }
 }
 

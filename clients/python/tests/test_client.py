@@ -174,3 +174,42 @@ def test_errors_are_mapped_and_nothing_is_written(client, server):
     server.stop()
     with pytest.raises(pqf.ServerError):
         Client(server.uri).health()
+
+
+def test_one_file_is_one_scene_through_python_the_cli_and_ingest_path(tmp_path):
+    """The same GeoTIFF sent by ingest_cog, `pixelquery ingest` and the
+    ingest_path action gets one scene id: stored once, then skipped."""
+    import json
+    import subprocess
+
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import Affine
+
+    from pixelquery_flight.testing import LocalServer, find_binary
+
+    files = tmp_path / "files"
+    files.mkdir()
+    path = files / "field.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=400, height=300, count=2, dtype="uint16", crs=SINU,
+                       transform=Affine(10, 0, X0, 0, -10, Y0), nodata=0) as dst:
+        dst.write(np.stack([pattern(), pattern(offset=9)]))
+        dst.descriptions = ("red", "nir")
+        dst.update_tags(TIFFTAG_DATETIME="2024:06:15 02:03:04")
+    scene_id, fingerprint = pqf.cog_scene_id(str(path))
+    assert scene_id.startswith("field_") and fingerprint.startswith("crc32:")
+    with LocalServer(tmp_path / "wh", ["--ingest-root", str(files)]) as server, Client(server.uri) as client:
+        make(client)
+        put = client.ingest_cog(str(path), "s2")
+        assert put["scene_id"] == scene_id and not put["duplicate"]
+        out = subprocess.run([find_binary(), "ingest", "--server", server.uri, "--collection", "s2", "--json", str(path)],
+                             capture_output=True, text=True, check=True)
+        cli = json.loads(out.stdout)["scenes"][0]
+        assert cli["scene_id"] == scene_id and cli["duplicate"], cli
+        action = client.ingest_path(str(path), "s2")
+        assert action["scenes"][0]["scene_id"] == scene_id and action["scenes"][0]["duplicate"], action
+        assert client.describe("s2")["scenes"] == 1
+        # The same file with another time is refused, naming --replace.
+        with pytest.raises(pqf.AlreadyExists, match="replace"):
+            client.ingest_cog(str(path), "s2", time="2024-07-01")
+        assert client.ingest_cog(str(path), "s2", time="2024-07-01", replace=True)["scene_id"] == scene_id
+        assert client.describe("s2")["scenes"] == 1

@@ -5,8 +5,8 @@ cubes and pandas time series out, over ``pyarrow.flight``.
 >>> c = Client("grpc://127.0.0.1:8815")
 """
 
-from .client import Client
+from .client import Client, cog_scene_id
 from .errors import AlreadyExists, InvalidRequest, NotFound, PixelQueryError, ServerError, Unauthorized
 
-__all__ = ["Client", "PixelQueryError", "InvalidRequest", "NotFound", "AlreadyExists", "Unauthorized", "ServerError"]
+__all__ = ["Client", "cog_scene_id", "PixelQueryError", "InvalidRequest", "NotFound", "AlreadyExists", "Unauthorized", "ServerError"]
 __version__ = "0.1.0"

@@ -8,7 +8,9 @@ import concurrent.futures
 import datetime as _dt
 import hashlib
 import json
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+import os
+import zlib
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
@@ -157,6 +159,20 @@ class Client:
                 body[k] = _time(v)
         return self._action("delete", body)
 
+    def ingest_path(self, paths: Union[str, Sequence[str]], collection: str, *, bands: Optional[str] = None,
+                    time: Optional[TimeLike] = None, replace: bool = False) -> dict:
+        """Has the server read GeoTIFF/COG files it can see (under its
+        ``--ingest-root``) and ingest them as ``pixelquery ingest`` does;
+        returns the report (``files``, ``scenes``, ``failures``)."""
+        body: dict = {"collection": collection, "paths": [paths] if isinstance(paths, str) else list(paths)}
+        if bands is not None:
+            body["bands"] = bands
+        if time is not None:
+            body["time"] = _time(time)
+        if replace:
+            body["replace"] = True
+        return self._action("ingest_path", body)
+
     def compact(self, collection: str, tiles: Optional[Sequence[str]] = None) -> dict:
         """Rewrites chunks of many appended batches as one batch each."""
         body: dict = {"collection": collection}
@@ -168,7 +184,8 @@ class Client:
 
     def ingest(self, array: np.ndarray, *, transform: Any, crs: Any, time: TimeLike, bands: Union[str, Sequence[str]],
                collection: str, scene_id: Optional[str] = None, nodata: Any = None, valid: Optional[np.ndarray] = None,
-               resampling: Union[None, str, Mapping[str, str]] = None) -> dict:
+               resampling: Union[None, str, Mapping[str, str]] = None, fingerprint: Optional[str] = None,
+               replace: bool = False) -> dict:
         """Sends one raster with DoPut, streamed in row strips.
 
         ``array`` is 2-D ``(height, width)`` or band-first 3-D
@@ -179,6 +196,9 @@ class Client:
         ``valid`` an optional boolean ``(height, width)`` mask for all bands.
         ``scene_id`` defaults to a hash of the pixels, place and time, so a
         retry of the same call is recognised (``"duplicate": True``).
+        ``fingerprint`` (any short string naming the content) makes the
+        server refuse a scene id stored with other content; ``replace``
+        replaces a scene stored under this id with another time or content.
         Returns the server's PutResult: scene_id, tiles, observations,
         bytes, elapsed_ms, duplicate.
         """
@@ -239,6 +259,10 @@ class Client:
         }
         if resampling is not None:
             descriptor["resampling"] = resampling if isinstance(resampling, str) else dict(resampling)
+        if fingerprint is not None:
+            descriptor["fingerprint"] = fingerprint
+        if replace:
+            descriptor["replace"] = True
         fields = [pa.field(n, pa_type, nullable=False) for n in names]
         if valid_all is not None:
             fields.append(pa.field("valid", pa.bool_(), nullable=False))
@@ -260,10 +284,14 @@ class Client:
         return json.loads(buf.to_pybytes())
 
     def ingest_cog(self, path: str, collection: str, *, bands: Optional[Sequence[str]] = None, time: Optional[TimeLike] = None,
-                   scene_id: Optional[str] = None, resampling: Union[None, str, Mapping[str, str]] = None) -> dict:
+                   scene_id: Optional[str] = None, resampling: Union[None, str, Mapping[str, str]] = None,
+                   replace: bool = False) -> dict:
         """Reads a GeoTIFF/COG with rasterio and ingests it. Band names come
         from ``bands`` or the file's band descriptions; the time from ``time``
-        or the file's ``TIFFTAG_DATETIME`` / ``ACQUISITIONDATETIME`` tags."""
+        or the file's ``TIFFTAG_DATETIME`` / ``ACQUISITIONDATETIME`` tags.
+        The scene id is the one ``pixelquery ingest`` and ``ingest_path``
+        give the same file (:func:`cog_scene_id`), so a file is one scene
+        whichever way it came in."""
         try:
             import rasterio
         except ImportError as e:
@@ -280,8 +308,10 @@ class Client:
                     raise InvalidRequest(f"invalid time = None: {path} has no TIFFTAG_DATETIME or ACQUISITIONDATETIME tag; pass time=")
                 time = raw.replace(":", "-", 2).replace(" ", "T") if len(raw) >= 19 and raw[4] == ":" else raw
             nodata = list(src.nodatavals)
+            auto_id, fingerprint = cog_scene_id(path, _all_tags(src), names, src.count)
             return self.ingest(data, transform=src.transform, crs=src.crs, time=time, bands=names, collection=collection,
-                               scene_id=scene_id, nodata=nodata, resampling=resampling)
+                               scene_id=scene_id or auto_id, nodata=nodata, resampling=resampling, fingerprint=fingerprint,
+                               replace=replace)
 
     # ---- queries -------------------------------------------------------
 
@@ -411,3 +441,61 @@ class Client:
 def _parse_tile(tile_id: str) -> tuple:
     x, y = tile_id[1:].split("_y")
     return int(x), int(y)
+
+
+def _all_tags(src) -> dict:
+    """A rasterio dataset's metadata items of every domain the CLI reads."""
+    tags = dict(src.tags())
+    for ns in src.tag_namespaces() or []:
+        if ns.startswith("xml:") or ns in ("IMAGE_STRUCTURE", "DERIVED_SUBDATASETS"):
+            continue
+        for k, v in src.tags(ns=ns).items():
+            tags.setdefault(k, v)
+    return tags
+
+
+def _band_file(stem: str):
+    """``(product, band code)`` of a product band file name such as
+    ``T52SCG_20240615T020304_B04_10m`` (the CLI's rule), else None."""
+    parts = stem.split("_")
+    for i in range(len(parts) - 1, 0, -1):
+        p = parts[i]
+        if (len(p) == 3 and p.startswith("B") and (p[1:].isdigit() or p == "B8A")) or p in ("SCL", "AOT", "WVP"):
+            return "_".join(parts[:i]), p
+        if parts[i - 1] in ("SR", "ST") and p.startswith("B") and len(p) > 1 and p[1:].isdigit():
+            return "_".join(parts[:i - 1]), f"{parts[i - 1]}_{p}"
+        if parts[i - 1] == "QA" and p in ("PIXEL", "RADSAT"):
+            return "_".join(parts[:i - 1]), f"QA_{p}"
+    return None
+
+
+def cog_scene_id(path: str, tags: Optional[Mapping[str, str]] = None, band_names: Sequence[str] = (),
+                 band_count: int = 0) -> Tuple[str, str]:
+    """The scene id and content fingerprint ``pixelquery ingest`` gives a
+    one-file scene: the product id of the metadata (``LANDSAT_PRODUCT_ID``,
+    ``PRODUCT_ID``, ``PRODUCT_URI``) or of a product band file name, else
+    ``<label>_<crc32 of the file's bytes, 8 hex>``, where the label is the
+    file's folder for a one-band file named as a band (``B04.tif``,
+    ``red.tif``: a STAC item's folder) and the file stem otherwise; the
+    fingerprint is ``crc32:<8 hex>``."""
+    crc = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            crc = zlib.crc32(block, crc)
+    fingerprint = f"crc32:{crc:08x}"
+    upper = {k.upper(): v for k, v in (tags or {}).items()}
+    for key in ("LANDSAT_PRODUCT_ID", "PRODUCT_ID", "PRODUCT_URI"):
+        v = str(upper.get(key, "")).strip().strip('"')
+        if v.endswith(".SAFE"):
+            v = v[:-5]
+        if v:
+            return v, fingerprint
+    stem = os.path.splitext(os.path.basename(path))[0]
+    bare = _band_file("x_" + stem)
+    if band_count == 1 and ((bare is not None and bare[1] == stem) or stem in band_names):
+        label = os.path.basename(os.path.dirname(os.path.abspath(path))) or "scene"
+        return f"{label}_{crc:08x}", fingerprint
+    product = _band_file(stem)
+    if product is not None:
+        return product[0], fingerprint
+    return f"{stem}_{crc:08x}", fingerprint
