@@ -335,9 +335,59 @@ pub fn profile(name: &str) -> Option<Profile> {
 
 pub const PROFILE_NAMES: [&str; 4] = ["sentinel2_l2a", "landsat8_l2", "landsat9_l2", "planet_sr"];
 
-/// Fills in the default grid where a request leaves it out.
-pub fn grid_defaults(crs: &str, tile_span: f64) -> (String, f64) {
+/// Fewest pixels across a tile of a default tile span.
+pub const MIN_DEFAULT_TILE_PX: f64 = 64.0;
+
+/// Fewer pixels across a tile than this get a warning: every tile costs a
+/// file per band and month, and reads open one per tile.
+pub const SMALL_TILE_PX: u32 = 32;
+
+/// Fills in the default grid where a request leaves it out. The default
+/// tile span is 2560 m times the smallest power of two that gives tiles of
+/// at least [`MIN_DEFAULT_TILE_PX`] pixels at `resolution` (300 m data:
+/// 20 480 m tiles of 68 px), so coarse tiles still nest in the default
+/// grid's.
+pub fn grid_defaults(crs: &str, tile_span: f64, resolution: f64) -> (String, f64) {
     let crs = if crs.trim().is_empty() { DEFAULT_GRID_CRS.to_string() } else { crs.to_string() };
-    let span = if tile_span == 0.0 { DEFAULT_TILE_SPAN } else { tile_span };
+    if tile_span != 0.0 {
+        return (crs, tile_span);
+    }
+    let mut span = DEFAULT_TILE_SPAN;
+    if resolution.is_finite() && resolution > 0.0 {
+        for _ in 0..24 {
+            if (span / resolution).ceil() >= MIN_DEFAULT_TILE_PX {
+                break;
+            }
+            span *= 2.0;
+        }
+    }
     (crs, span)
+}
+
+/// What a person creating `meta` should know: tiles so small that the
+/// warehouse holds a file per few pixels.
+pub fn grid_warnings(meta: &Collection) -> Vec<String> {
+    let px = meta.grid.tile_px;
+    if px >= SMALL_TILE_PX {
+        return Vec::new();
+    }
+    vec![format!(
+        "tiles of {px} x {px} px (tile_span {} at resolution {}): every tile is a file per band and month, so the warehouse grows and reads slow down; a tile_span giving {} px or more suits this resolution (leave it out for the default)",
+        meta.grid.tile_span, meta.grid.resolution, MIN_DEFAULT_TILE_PX
+    )]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_tile_spans_grow_with_the_resolution_in_powers_of_two() {
+        for (res, span) in [(10.0, 2560.0), (30.0, 2560.0), (3.0, 2560.0), (60.0, 5120.0), (300.0, 20480.0), (1000.0, 81920.0)] {
+            let (crs, got) = grid_defaults("", 0.0, res);
+            assert_eq!((crs.as_str(), got), (DEFAULT_GRID_CRS, span), "resolution {res}");
+            assert!((got / res).ceil() >= MIN_DEFAULT_TILE_PX, "resolution {res}: {got}");
+        }
+        assert_eq!(grid_defaults("EPSG:32652", 5000.0, 300.0), ("EPSG:32652".to_string(), 5000.0), "an explicit span is kept");
+    }
 }

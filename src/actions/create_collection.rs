@@ -25,7 +25,17 @@ impl CreateCollection {
 
     pub fn apply(self, state: &AppState) -> Result<Value> {
         let meta = wire::build_collection(self.0)?;
+        let warnings = crate::collection::grid_warnings(&meta);
+        for w in &warnings {
+            tracing::warn!(collection = %meta.name, warning = %w, "collection created with small tiles");
+        }
         let store = state.warehouse.create_collection(meta)?;
-        Ok(super::describe::collection(&store))
+        let mut answer = super::describe::collection(&store);
+        if let Value::Object(m) = &mut answer {
+            if !warnings.is_empty() {
+                m.insert("warnings".into(), warnings.into());
+            }
+        }
+        Ok(answer)
     }
 }

@@ -50,7 +50,7 @@ pub fn build_collection(req: pb::CreateCollection) -> Result<Collection> {
     } else {
         g.resolution
     };
-    let (crs_def, span) = collection::grid_defaults(&g.crs, g.tile_span);
+    let (crs_def, span) = collection::grid_defaults(&g.crs, g.tile_span, resolution);
     let spec = GridSpec::try_new(crs_def.clone(), span, resolution).map_err(|e| match e {
         crate::grid::GridError::TileSpan(v) => Error::invalid("grid.tile_span", v, "must be a finite number > 0"),
         other => Error::invalid("grid.resolution", resolution, &other.to_string()),
