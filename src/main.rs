@@ -8,7 +8,22 @@ use clap::Parser;
 use pixelquery::cli::{Cli, Command};
 use pixelquery::server;
 
-fn main() -> anyhow::Result<ExitCode> {
+/// Errors go to stderr as one line of causes; the backtrace only when asked
+/// for with `RUST_BACKTRACE=full` (a person reads the line, not the stack).
+fn main() -> ExitCode {
+    match start() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if std::env::var("RUST_BACKTRACE").is_ok_and(|v| v == "full") {
+                eprintln!("{}", e.backtrace());
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<ExitCode> {
     // Before any thread exists: a thread takes its malloc arena at its
     // first allocation.
     cap_malloc_arenas();

@@ -278,3 +278,51 @@ async fn same_named_files_of_different_dates_keep_every_date() {
     assert_eq!(point_series(&mut client, "s2", "nir").await.len(), 2);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_errors_name_what_to_do() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.create_collection(&serde_json::json!({"name": "four", "grid": {"resolution": 10}, "bands": four_bands()})).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    make_cog(&dir.path().join("field_20240601.tif"), 4, &[], &[]);
+    let file = dir.path().join("field_20240601.tif");
+    let file = file.to_str().unwrap();
+    let run = |server: &str, args: &[&str]| {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_pixelquery")).env("RUST_BACKTRACE", "1").arg("ingest").args(["--server", server]).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // A URL without its scheme, and a port nobody listens on.
+    let port = server.uri.rsplit(':').next().unwrap().to_string();
+    let (ok, stderr) = run(&format!("127.0.0.1:{port}"), &["--collection", "four", file]);
+    assert!(!ok && stderr.contains("invalid --server") && stderr.contains("expected grpc://host:port"), "{stderr}");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_uri = format!("grpc://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let (ok, stderr) = run(&dead_uri, &["--collection", "four", file]);
+    assert!(!ok && stderr.contains(&dead_uri) && stderr.contains("cannot connect") && stderr.contains("pixelquery serve"), "{stderr}");
+    assert!(!stderr.contains("stack backtrace") && !stderr.contains("internal error"), "one line, no backtrace: {stderr}");
+    // A file that is no raster is named, with what is wrong with it.
+    let junk = dir.path().join("notes_20240601.tif");
+    std::fs::write(&junk, b"not a raster").unwrap();
+    let (ok, stderr) = run(&server.uri, &["--collection", "four", junk.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("notes_20240601.tif: GDAL cannot open it as a raster"), "{stderr}");
+    assert!(!stderr.contains("NULL pointer"), "{stderr}");
+    // NaN as the nodata of a float band, in JSON.
+    client
+        .create_collection(&serde_json::json!({"name": "f", "grid": {"resolution": 10}, "bands": [{"name": "v", "dtype": "float32", "nodata": "nan"}]}))
+        .await
+        .unwrap();
+    let desc = serde_json::json!({"collection": "f", "scene_id": "nan", "acquired_at": "2024-06-01", "crs": "EPSG:32652",
+        "geotransform": utm_geotransform(8), "width": 8, "height": 8, "bands": [{"name": "v", "dtype": "float32", "nodata": "NaN"}]});
+    let values: Vec<f32> = (0..64).map(|i| if i % 2 == 0 { f32::NAN } else { i as f32 }).collect();
+    let batch =
+        arrow_array::RecordBatch::try_from_iter([("v", std::sync::Arc::new(arrow_array::Float32Array::from(values)) as arrow_array::ArrayRef)]).unwrap();
+    let put = client.ingest_raw(bytes::Bytes::from(serde_json::to_vec(&desc).unwrap()), vec![batch]).await.unwrap();
+    assert!(put.observations > 0, "{put:?}");
+    let bad = serde_json::json!({"name": "g", "grid": {"resolution": 10}, "bands": [{"name": "v", "dtype": "float32", "nodata": "none"}]});
+    let err = client.create_collection(&bad).await.unwrap_err();
+    assert!(err.to_string().contains("nodata must be a number"), "{err}");
+    server.shutdown().await;
+}

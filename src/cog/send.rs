@@ -197,6 +197,23 @@ async fn send_one(client: &mut Client, plan: &ScenePlan, progress: &Arc<Progress
     })
 }
 
+/// The server URI's form, checked before connecting.
+const SERVER_FORM: &str = "expected grpc://host:port (or grpc+tls://host:port for TLS), such as grpc://127.0.0.1:8815";
+
+/// `--server` as a URI the client can connect to.
+fn check_server(uri: &str) -> crate::error::Result<()> {
+    let rest = ["grpc://", "grpc+tls://", "http://", "https://"].iter().find_map(|s| uri.strip_prefix(s));
+    match rest {
+        Some(hostport) if !hostport.is_empty() => Ok(()),
+        _ => Err(crate::error::Error::invalid("--server", uri, SERVER_FORM)),
+    }
+}
+
+/// A server that cannot be reached, named with the form it should have.
+fn unreachable(uri: &str, e: impl std::fmt::Display) -> crate::error::Error {
+    crate::error::Error::invalid("--server", uri, &format!("cannot connect ({e}): is `pixelquery serve` running there? {SERVER_FORM}"))
+}
+
 fn client_error(what: &str) -> impl FnOnce(pixelquery_client::ClientError) -> crate::error::Error + '_ {
     move |e| match e.status() {
         Some(s) if s.code() == tonic::Code::NotFound => crate::error::Error::not_found(s.message().to_string()),
@@ -242,7 +259,8 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
         None => None,
     };
     let opts = pixelquery_client::ConnectOptions { token: args.token.clone(), tls_root_cert };
-    let mut client = Client::connect_with(&args.server, &opts).await.map_err(|e| Error::Internal(format!("cannot reach {}: {e}", args.server)))?;
+    check_server(&args.server)?;
+    let mut client = Client::connect_with(&args.server, &opts).await.map_err(|e| unreachable(&args.server, e))?;
     if let (Some(user), Some(password)) = (&args.user, &args.password) {
         client.handshake(user, password).await.map_err(client_error("--user/--password"))?;
     }
@@ -253,6 +271,7 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
             Some(p) => c.create_collection(&serde_json::json!({"name": args.collection, "profile": p})).await.map_err(client_error("--profile"))?,
             None => return Err(Error::not_found(format!("collection {:?} on {} (give --profile to create it)", args.collection, args.server))),
         },
+        Err(e) if e.status().is_none_or(|s| s.code() == tonic::Code::Unavailable) => return Err(unreachable(&args.server, e)),
         Err(e) => return Err(client_error("--collection")(e)),
     };
     let collection_bands: Vec<String> =

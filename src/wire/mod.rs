@@ -75,6 +75,17 @@ pub fn format_time(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or_else(|| ms.to_string())
 }
 
+/// A nodata value in JSON: a number, or `"nan"` (any case) for float bands
+/// (JSON has no NaN).
+fn json_nodata<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(|| serde::de::Error::custom(format!("nodata {n} is not a number"))),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("nan") => Ok(Some(f64::NAN)),
+        Some(other) => Err(serde::de::Error::custom(format!("nodata must be a number or \"nan\", not {other}"))),
+    }
+}
+
 // ---- JSON mirrors of the protobuf messages ----
 
 #[derive(Deserialize)]
@@ -82,7 +93,7 @@ pub fn format_time(ms: i64) -> String {
 pub struct BandJson {
     name: String,
     dtype: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json_nodata")]
     nodata: Option<f64>,
     #[serde(default)]
     scale: Option<f64>,
