@@ -20,6 +20,20 @@ pub enum DType {
 }
 
 impl DType {
+    /// Whether every value of `self` is a value of `wider` (so a band of
+    /// `self` is stored in a band of `wider` without loss).
+    pub fn widens_to(self, wider: DType) -> bool {
+        use DType::*;
+        self == wider
+            || matches!(
+                (self, wider),
+                (Uint8, Uint16 | Int16 | Uint32 | Int32 | Float32 | Float64)
+                    | (Uint16, Uint32 | Int32 | Float32 | Float64)
+                    | (Int16, Int32 | Float32 | Float64)
+                    | (Uint32 | Int32 | Float32, Float64)
+            )
+    }
+
     pub const ALL: [DType; 7] = [DType::Uint8, DType::Uint16, DType::Int16, DType::Uint32, DType::Int32, DType::Float32, DType::Float64];
 
     /// Bytes per pixel.

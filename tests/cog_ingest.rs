@@ -326,3 +326,33 @@ async fn ingest_errors_name_what_to_do() {
     assert!(err.to_string().contains("nodata must be a number"), "{err}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrower_integer_types_are_widened_losslessly_and_narrowing_is_refused() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.create_collection(&serde_json::json!({"name": "four", "grid": {"resolution": 10}, "bands": four_bands()})).await.unwrap();
+    let put = |scene: &str, dtype: &str| {
+        bytes::Bytes::from(
+            serde_json::to_vec(&serde_json::json!({"collection": "four", "scene_id": scene, "acquired_at": "2024-06-01", "crs": "EPSG:32652",
+                "geotransform": utm_geotransform(SIZE), "width": SIZE, "height": SIZE, "bands": [{"name": "nir", "dtype": dtype, "nodata": 0}]}))
+            .unwrap(),
+        )
+    };
+    let bytes: Vec<u8> = (0..SIZE * SIZE).map(|i| (pattern(i / SIZE, i % SIZE, 0) % 250) as u8 + 1).collect();
+    let batch = arrow_array::RecordBatch::try_from_iter([("nir", std::sync::Arc::new(arrow_array::UInt8Array::from(bytes)) as arrow_array::ArrayRef)]).unwrap();
+    let summary = client.ingest_raw(put("bytes", "uint8"), vec![batch]).await.unwrap();
+    assert!(summary.observations > 0, "{summary:?}");
+    let series = point_series(&mut client, "four", "nir").await;
+    assert_eq!(series[0].2, Some((pattern(100, 60, 0) % 250) + 1), "uint8 values stored as the same uint16 values");
+    let signed = arrow_array::RecordBatch::try_from_iter([(
+        "nir",
+        std::sync::Arc::new(arrow_array::Int16Array::from(vec![-5i16; SIZE * SIZE])) as arrow_array::ArrayRef,
+    )])
+    .unwrap();
+    let err = client.ingest_raw(put("signed", "int16"), vec![signed]).await.unwrap_err();
+    let status = err.status().unwrap();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("bands[0].dtype") && status.message().contains("without loss"), "{}", status.message());
+    server.shutdown().await;
+}

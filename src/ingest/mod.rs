@@ -71,7 +71,10 @@ pub use pixelquery_proto::json::PutSummary;
 #[derive(Debug, Clone)]
 struct PlannedBand {
     name: String,
+    /// The type the collection stores (values are widened to it).
     dtype: DType,
+    /// The type the stream carries, as declared in the request.
+    sent: DType,
     nodata: Option<f64>,
     resampling: Resampling,
 }
@@ -86,14 +89,26 @@ fn plan_bands(spec: &IngestSpec, coll: &Collection) -> Result<Vec<PlannedBand>> 
                 let known: Vec<&str> = coll.bands.iter().map(|b| b.name.as_str()).collect();
                 Error::invalid(&format!("bands[{i}].name"), &b.name, &format!("no such band in collection {:?}; it has {}", coll.name, known.join(", ")))
             })?;
-            if stored.dtype != b.dtype {
+            if !b.dtype.widens_to(stored.dtype) {
                 return Err(Error::invalid(
                     &format!("bands[{i}].dtype"),
                     b.dtype.name(),
-                    &format!("collection {:?} stores band {} as {}", coll.name, b.name, stored.dtype.name()),
+                    &format!(
+                        "collection {:?} stores band {} as {}, which does not hold every {} value (only types it holds without loss are widened)",
+                        coll.name,
+                        b.name,
+                        stored.dtype.name(),
+                        b.dtype.name()
+                    ),
                 ));
             }
-            Ok(PlannedBand { name: b.name.clone(), dtype: b.dtype, nodata: b.nodata.or(stored.nodata), resampling: b.resampling.unwrap_or(stored.resampling) })
+            Ok(PlannedBand {
+                name: b.name.clone(),
+                dtype: stored.dtype,
+                sent: b.dtype,
+                nodata: b.nodata.or(stored.nodata),
+                resampling: b.resampling.unwrap_or(stored.resampling),
+            })
         })
         .collect()
 }
@@ -191,14 +206,15 @@ impl<'a> Receiver<'a> {
                 let have: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
                 Error::invalid(&format!("column {}", b.name), have.join(", "), "missing band column: one column per band, named as the band")
             })?;
-            if col.data_type() != &b.dtype.arrow() {
-                return Err(Error::invalid(
-                    &format!("column {}", b.name),
-                    col.data_type(),
-                    &format!("expected {} values as declared in bands", b.dtype.name()),
-                ));
+            if col.data_type() != &b.sent.arrow() {
+                return Err(Error::invalid(&format!("column {}", b.name), col.data_type(), &format!("expected {} values as declared in bands", b.sent.name())));
             }
-            columns.push(col);
+            if b.sent == b.dtype {
+                columns.push(col.clone());
+            } else {
+                // Widened to the stored type (lossless: `plan_bands` checked).
+                columns.push(arrow_cast::cast(col, &b.dtype.arrow()).map_err(Error::arrow(format!("widening band {}", b.name)))?);
+            }
         }
         let valid = match batch.column_by_name("valid") {
             Some(v) if v.data_type() != &DataType::Boolean => return Err(Error::invalid("column valid", v.data_type(), "expected a boolean column")),
