@@ -24,6 +24,146 @@ pub enum Command {
     Serve(ServeArgs),
     /// Ingest GeoTIFF/COG files (directories recursively) into a server.
     Ingest(IngestArgs),
+    /// Create, list, describe or delete a server's collections.
+    Collection(CollectionArgs),
+}
+
+/// Where a client command connects.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Server to talk to.
+    #[arg(long, global = true, env = "PIXELQUERY_SERVER", default_value = "grpc://127.0.0.1:8815")]
+    pub server: String,
+    /// Bearer token for a server with auth (a `write` token).
+    #[arg(long, global = true, env = "PIXELQUERY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// User of the server's access file: traded with `--password` for a
+    /// session token (Flight Handshake).
+    #[arg(long, global = true, env = "PIXELQUERY_USER", conflicts_with = "token", requires = "password")]
+    pub user: Option<String>,
+    #[arg(long, global = true, env = "PIXELQUERY_PASSWORD", hide_env_values = true, requires = "user")]
+    pub password: Option<String>,
+    /// PEM file of the CA that signed the server's certificate (for
+    /// `grpc+tls://` servers whose certificate is not publicly trusted).
+    #[arg(long, global = true, env = "PIXELQUERY_TLS_ROOT_CERT")]
+    pub tls_root_cert: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    pub fn options(&self) -> crate::cog::send::ServerOptions {
+        crate::cog::send::ServerOptions {
+            server: self.server.clone(),
+            token: self.token.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            tls_root_cert: self.tls_root_cert.clone(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CollectionArgs {
+    #[command(subcommand)]
+    pub command: CollectionCommand,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectionCommand {
+    /// Create a collection: `NAME --bands red:uint16:0,nir:uint16:0
+    /// --resolution 10`, or `NAME --profile sentinel2_l2a`.
+    Create {
+        name: String,
+        /// Bands as `name:dtype[:nodata]`, comma-separated (nodata may be
+        /// `nan` for float bands).
+        #[arg(long)]
+        bands: Option<String>,
+        /// A built-in profile instead of --bands.
+        #[arg(long)]
+        profile: Option<String>,
+        /// Pixel size in the grid CRS's units.
+        #[arg(long)]
+        resolution: Option<f64>,
+        /// Grid CRS (EPSG code, WKT or PROJ string); default the sinusoidal grid.
+        #[arg(long)]
+        crs: Option<String>,
+        /// Tile span in CRS units; default grows with the resolution from 2560 m.
+        #[arg(long)]
+        tile_span: Option<f64>,
+        /// Default resampling of the bands.
+        #[arg(long)]
+        resampling: Option<String>,
+    },
+    /// Every collection with its bands and counts.
+    List,
+    /// A collection's bands, grid, time range, footprint and counts.
+    Describe { name: String },
+    /// Delete a collection with all its scenes.
+    Delete { name: String },
+}
+
+impl CollectionArgs {
+    /// Runs the command; its answer as JSON.
+    pub async fn run(&self) -> Result<serde_json::Value> {
+        use serde_json::json;
+        let opts = self.server.options();
+        let mut client = crate::cog::send::connect(&opts).await?;
+        let call = |what: &'static str| move |e| crate::cog::send::call_error(&opts, what, e);
+        match &self.command {
+            CollectionCommand::Create { name, bands, profile, resolution, crs, tile_span, resampling } => {
+                let mut body = json!({"name": name});
+                if let Some(p) = profile {
+                    body["profile"] = p.clone().into();
+                }
+                if let Some(b) = bands {
+                    body["bands"] = parse_band_specs(b)?;
+                }
+                let mut grid = serde_json::Map::new();
+                if let Some(r) = resolution {
+                    grid.insert("resolution".into(), (*r).into());
+                }
+                if let Some(c) = crs {
+                    grid.insert("crs".into(), c.clone().into());
+                }
+                if let Some(t) = tile_span {
+                    grid.insert("tile_span".into(), (*t).into());
+                }
+                if !grid.is_empty() {
+                    body["grid"] = grid.into();
+                }
+                if let Some(r) = resampling {
+                    body["resampling"] = r.clone().into();
+                }
+                client.create_collection(&body).await.map_err(call("create"))
+            }
+            CollectionCommand::List => client.list_collections().await.map_err(call("list")),
+            CollectionCommand::Describe { name } => client.describe(name).await.map_err(call("name")),
+            CollectionCommand::Delete { name } => client.action("delete_collection", &json!({"name": name})).await.map_err(call("name")),
+        }
+    }
+}
+
+/// `red:uint16:0,nir:uint16` as `create_collection` bands.
+fn parse_band_specs(s: &str) -> Result<serde_json::Value> {
+    s.split(',')
+        .map(|part| {
+            let f: Vec<&str> = part.trim().split(':').collect();
+            match f.as_slice() {
+                [name, dtype] => Ok(serde_json::json!({"name": name, "dtype": dtype})),
+                [name, dtype, nodata] => {
+                    let nodata: serde_json::Value = match nodata.parse::<f64>() {
+                        Ok(v) if v.is_finite() => v.into(),
+                        _ if nodata.eq_ignore_ascii_case("nan") => "nan".into(),
+                        _ => return Err(Error::invalid("--bands", part, "nodata must be a number or nan")),
+                    };
+                    Ok(serde_json::json!({"name": name, "dtype": dtype, "nodata": nodata}))
+                }
+                _ => Err(Error::invalid("--bands", part, "expected name:dtype or name:dtype:nodata, such as red:uint16:0")),
+            }
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Into::into)
 }
 
 #[derive(Debug, clap::Args)]
@@ -31,9 +171,6 @@ pub struct IngestArgs {
     /// Files or directories (searched recursively for .tif/.tiff).
     #[arg(required = true)]
     pub paths: Vec<String>,
-    /// Server to send to.
-    #[arg(long, env = "PIXELQUERY_SERVER", default_value = "grpc://127.0.0.1:8815")]
-    pub server: String,
     /// Collection to ingest into.
     #[arg(long, env = "PIXELQUERY_COLLECTION")]
     pub collection: String,
@@ -52,6 +189,11 @@ pub struct IngestArgs {
     /// collection's per band.
     #[arg(long)]
     pub resampling: Option<String>,
+    /// Create the collection if it does not exist, with the bands, types,
+    /// nodata and pixel size of the first file (band names from --bands,
+    /// else the band descriptions, else b1, b2, ...).
+    #[arg(long, conflicts_with = "profile")]
+    pub create: bool,
     /// Replace a scene stored under the same id with another acquisition
     /// time or content (it is deleted, then the new one ingested); without
     /// it such a scene is refused.
@@ -63,19 +205,8 @@ pub struct IngestArgs {
     /// Print the report as JSON on stdout (the shape `ingest_path` returns).
     #[arg(long)]
     pub json: bool,
-    /// Bearer token for a server with auth (a `write` token).
-    #[arg(long, env = "PIXELQUERY_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// User of the server's access file: the ingest first trades
-    /// `--user`/`--password` for a session token (Flight Handshake).
-    #[arg(long, env = "PIXELQUERY_USER", conflicts_with = "token", requires = "password")]
-    pub user: Option<String>,
-    #[arg(long, env = "PIXELQUERY_PASSWORD", hide_env_values = true, requires = "user")]
-    pub password: Option<String>,
-    /// PEM file of the CA that signed the server's certificate (for
-    /// `grpc+tls://` servers whose certificate is not publicly trusted).
-    #[arg(long, env = "PIXELQUERY_TLS_ROOT_CERT")]
-    pub tls_root_cert: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 impl IngestArgs {
@@ -83,18 +214,15 @@ impl IngestArgs {
     pub fn send_options(&self) -> crate::cog::send::SendOptions {
         crate::cog::send::SendOptions {
             paths: self.paths.clone(),
-            server: self.server.clone(),
+            server: self.server.options(),
             collection: self.collection.clone(),
+            create: self.create,
             profile: self.profile.clone(),
             bands: self.bands.clone(),
             time: self.time.clone(),
             resampling: self.resampling.clone(),
             replace: self.replace,
             jobs: self.jobs,
-            token: self.token.clone(),
-            user: self.user.clone(),
-            password: self.password.clone(),
-            tls_root_cert: self.tls_root_cert.clone(),
         }
     }
 

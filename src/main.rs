@@ -94,6 +94,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Collection(args) => {
+            let answer = args.run().await?;
+            println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+        }
         Command::Ingest(args) => {
             let report = pixelquery::cog::send::ingest_files(args.send_options()).await?;
             args.print_report(&report);

@@ -356,3 +356,63 @@ async fn narrower_integer_types_are_widened_losslessly_and_narrowing_is_refused(
     assert!(status.message().contains("bands[0].dtype") && status.message().contains("without loss"), "{}", status.message());
     server.shutdown().await;
 }
+
+/// Runs `pixelquery collection ARGS --server SERVER`; (ok, stdout as JSON, stderr).
+fn collection_cli(server: &str, args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pixelquery")).arg("collection").args(args).args(["--server", server]).output().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.success(), json, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collections_are_made_and_managed_from_the_cli() {
+    let server = TestServer::start().await;
+    let uri = server.uri.as_str();
+    let (ok, made, stderr) = collection_cli(uri, &["create", "fields", "--bands", "red:uint16:0,nir:uint16:0,t:float32:nan", "--resolution", "10"]);
+    assert!(ok, "{stderr}");
+    assert_eq!((made["grid"]["tile_px"].as_u64(), made["bands"][2]["dtype"].as_str()), (Some(256), Some("float32")), "{made}");
+    let (ok, _, stderr) = collection_cli(uri, &["create", "bad", "--bands", "red"]);
+    assert!(!ok && stderr.contains("--bands") && stderr.contains("name:dtype"), "{stderr}");
+
+    // --create: a 4-band byte file makes its own collection, and goes in.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("drone_20240615.tif");
+    {
+        let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
+        let mut ds = driver.create_with_band_type::<u8, _>(&path, 64, 64, 4).unwrap();
+        ds.set_geo_transform(&[utm_geotransform(64)[0], 0.5, 0.0, utm_geotransform(64)[3], 0.0, -0.5]).unwrap();
+        ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(32652).unwrap()).unwrap();
+        for b in 1..=4 {
+            let mut band = ds.rasterband(b).unwrap();
+            band.write((0, 0), (64, 64), &mut Buffer::new((64, 64), vec![(b * 40) as u8; 64 * 64])).unwrap();
+        }
+    }
+    let (ok, stdout, stderr) = cli(uri, &["--collection", "drone", "--create", path.to_str().unwrap()]);
+    assert!(ok && stdout.contains("1 stored"), "{stdout}{stderr}");
+    let (ok, d, stderr) = collection_cli(uri, &["describe", "drone"]);
+    assert!(ok, "{stderr}");
+    let dtypes: Vec<&str> = d["bands"].as_array().unwrap().iter().map(|b| b["dtype"].as_str().unwrap()).collect();
+    assert_eq!(dtypes, ["uint8"; 4], "{d}");
+    assert_eq!(d["bands"][0]["name"], "b1");
+    // 0.5 m UTM pixels measured in the sinusoidal grid at 37.5 N.
+    assert!(d["grid"]["resolution"].as_f64().is_some_and(|r| (0.45..=0.5).contains(&r)), "{d}");
+    assert_eq!((d["scenes"].as_u64(), d["start"].as_str()), (Some(1), Some("2024-06-15T00:00:00.000Z")), "{d}");
+    assert_eq!(d["footprint"].as_array().map(Vec::len), Some(4), "{d}");
+
+    let (ok, list, _) = collection_cli(uri, &["list"]);
+    assert!(ok);
+    assert_eq!(list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect::<Vec<_>>(), ["drone", "fields"]);
+    let (ok, gone, stderr) = collection_cli(uri, &["delete", "drone"]);
+    assert!(ok && gone["deleted"] == "drone", "{stderr}");
+    let (ok, _, stderr) = collection_cli(uri, &["describe", "drone"]);
+    assert!(!ok && stderr.contains("not found"), "{stderr}");
+    // Gone for good: after a restart too, and the name can be used again.
+    let wh = server.shutdown().await;
+    assert!(!wh.path().join("drone").exists());
+    let server = TestServer::start_in(wh).await;
+    let (ok, list, _) = collection_cli(&server.uri, &["list"]);
+    assert!(ok && list.as_array().unwrap().len() == 1, "{list}");
+    let (ok, _, stderr) = cli(&server.uri, &["--collection", "drone", "--create", path.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    server.shutdown().await;
+}

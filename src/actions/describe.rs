@@ -44,10 +44,22 @@ impl Describe {
 /// A collection as `describe` and `create_collection` answer it.
 pub fn collection(c: &CollectionStore) -> Value {
     let mut v = serde_json::to_value(&c.meta).unwrap_or(Value::Null);
+    let chunks = c.chunks(|_| true);
+    let grid = c.meta.grid_spec();
+    let times = chunks.iter().flat_map(|(_, e)| e.times.iter().copied());
+    let (start, end) = times.fold((None::<i64>, None::<i64>), |(lo, hi), t| (Some(lo.map_or(t, |l| l.min(t))), Some(hi.map_or(t, |h| h.max(t)))));
+    // The union of the footprints of the tiles holding data, in the grid's CRS.
+    let footprint = chunks
+        .iter()
+        .filter_map(|(k, e)| crate::storage::snapshot::footprint(&grid, k.tile, &e.stats))
+        .reduce(|a, b| [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])]);
     if let Value::Object(m) = &mut v {
         m.insert("tiles".into(), c.tiles().len().into());
         m.insert("scenes".into(), c.scene_count().into());
-        m.insert("chunks".into(), c.chunks(|_| true).len().into());
+        m.insert("chunks".into(), chunks.len().into());
+        m.insert("start".into(), start.map(format_time).into());
+        m.insert("end".into(), end.map(format_time).into());
+        m.insert("footprint".into(), footprint.map(|f| f.to_vec()).into());
     }
     v
 }

@@ -7,6 +7,7 @@
 mod compact;
 mod create_collection;
 mod delete;
+mod delete_collection;
 mod describe;
 mod health;
 mod ingest_path;
@@ -21,6 +22,7 @@ use crate::state::AppState;
 use compact::Compact;
 use create_collection::CreateCollection;
 use delete::Delete;
+use delete_collection::DeleteCollection;
 use describe::Describe;
 use health::Health;
 use ingest_path::IngestPath;
@@ -41,7 +43,8 @@ pub struct ActionDoc {
 }
 
 /// Every action, in the order `ListActions` gives them.
-pub const ACTIONS: [ActionDoc; 7] = [Health::DOC, ListCollections::DOC, CreateCollection::DOC, Describe::DOC, Delete::DOC, IngestPath::DOC, Compact::DOC];
+pub const ACTIONS: [ActionDoc; 8] =
+    [Health::DOC, ListCollections::DOC, CreateCollection::DOC, Describe::DOC, Delete::DOC, DeleteCollection::DOC, IngestPath::DOC, Compact::DOC];
 
 /// An action with its parsed body.
 pub enum Action {
@@ -50,6 +53,7 @@ pub enum Action {
     CreateCollection(CreateCollection),
     Describe(Describe),
     Delete(Delete),
+    DeleteCollection(DeleteCollection),
     IngestPath(IngestPath),
     Compact(Compact),
 }
@@ -74,6 +78,7 @@ impl Action {
             "create_collection" => Action::CreateCollection(CreateCollection::parse(body)?),
             "describe" => Action::Describe(Describe::parse(body)?),
             "delete" => Action::Delete(Delete::parse(body)?),
+            "delete_collection" => Action::DeleteCollection(DeleteCollection::parse(body)?),
             "ingest_path" => Action::IngestPath(IngestPath::parse(body)?),
             "compact" => Action::Compact(Compact::parse(body)?),
             other => {
@@ -93,6 +98,7 @@ impl Action {
             Action::CreateCollection(a) => a.apply(state),
             Action::Describe(a) => a.apply(state),
             Action::Delete(a) => a.apply(state),
+            Action::DeleteCollection(a) => a.apply(state),
             Action::IngestPath(a) => a.apply(state),
             Action::Compact(a) => a.apply(state),
         }

@@ -20,7 +20,7 @@ use gdal::raster::{GdalDataType, GdalType};
 use gdal::{Dataset, Metadata};
 use pixelquery_proto::v1 as pb;
 
-use crate::collection::DType;
+use crate::collection::{validate_band_name, DType};
 use crate::error::{Error, Result};
 use crate::with_arrow_type;
 
@@ -254,6 +254,51 @@ fn acquisition_time(info: &FileInfo, opts: &CogOptions) -> Result<(i64, String),
     names::time_from_metadata(&info.metadata)
         .or_else(|| names::time_from_name(&info.stem))
         .ok_or_else(|| format!("no acquisition time found; tried {}", names::TIME_SOURCES))
+}
+
+/// A `create_collection` body for collection `name` that fits `path`: a
+/// band per file band (named by `band_map`, else the band descriptions
+/// where they are valid, distinct band names, else `b1`, `b2`, ...), with
+/// its type and nodata, on the default grid at the file's pixel size
+/// (measured in the grid's CRS at the file's centre). Blocking (GDAL).
+pub fn collection_for_file(path: &str, name: &str, band_map: &[(usize, String)]) -> Result<serde_json::Value> {
+    let info = inspect(path).map_err(|reason| Error::invalid("paths", path, &reason))?;
+    let count = info.dtypes.len();
+    let described = {
+        let mut seen = std::collections::HashSet::new();
+        info.descriptions.iter().all(|d| validate_band_name("band", d).is_ok() && d != "valid" && seen.insert(d.clone()))
+    };
+    let names: Vec<String> = (1..=count)
+        .map(|i| match band_map.iter().find(|(j, _)| *j == i) {
+            Some((_, n)) => n.clone(),
+            None if described => info.descriptions[i - 1].clone(),
+            None => format!("b{i}"),
+        })
+        .collect();
+    let bands: Vec<serde_json::Value> = (0..count)
+        .map(|i| {
+            let mut b = serde_json::json!({"name": names[i], "dtype": info.dtypes[i].name()});
+            if let Some(nd) = info.nodata[i].filter(|v| info.dtypes[i].holds(*v)) {
+                b["nodata"] = if nd.is_nan() { "nan".into() } else { nd.into() };
+            }
+            b
+        })
+        .collect();
+    // The pixel size in the default grid's units, at the file's centre.
+    let gt = info.geotransform;
+    let (cx, cy) = (gt[0] + gt[1] * info.width as f64 / 2.0, gt[3] + gt[5] * info.height as f64 / 2.0);
+    let to_grid = crate::crs::cached(("crs", &info.crs_wkt), ("grid.crs", crate::grid::DEFAULT_GRID_CRS))?;
+    let (mut xs, mut ys) = ([cx, cx + gt[1], cx], [cy, cy, cy + gt[5]]);
+    to_grid.transformer.transform(&mut xs, &mut ys);
+    let step = |k: usize| ((xs[k] - xs[0]).powi(2) + (ys[k] - ys[0]).powi(2)).sqrt();
+    let resolution = step(1).min(step(2));
+    if !(resolution.is_finite() && resolution > 0.0) {
+        return Err(Error::invalid("paths", path, "its pixel size cannot be measured in the default grid's CRS"));
+    }
+    // Rounded to 4 significant digits: 10.0003 m pixels are 10 m pixels.
+    let digits = 3 - resolution.log10().floor() as i32;
+    let resolution = (resolution * 10f64.powi(digits)).round() / 10f64.powi(digits);
+    Ok(serde_json::json!({"name": name, "bands": bands, "grid": {"resolution": resolution}}))
 }
 
 /// CRC-32 (IEEE, as zlib's) of the files' bytes one after another, in the

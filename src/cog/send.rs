@@ -222,15 +222,57 @@ fn client_error(what: &str) -> impl FnOnce(pixelquery_client::ClientError) -> cr
     }
 }
 
+/// Which server to talk to and as whom.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Server URI (`grpc://` or `grpc+tls://`).
+    pub server: String,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// PEM file of the CA that signed the server's certificate.
+    pub tls_root_cert: Option<std::path::PathBuf>,
+}
+
+/// A client of the server `opts` names, signed in if it gives a user.
+pub async fn connect(opts: &ServerOptions) -> crate::error::Result<Client> {
+    use crate::error::Error;
+    check_server(&opts.server)?;
+    let tls_root_cert = match &opts.tls_root_cert {
+        Some(p) => Some(std::fs::read(p).map_err(Error::io(p))?),
+        None => None,
+    };
+    let connect = pixelquery_client::ConnectOptions { token: opts.token.clone(), tls_root_cert };
+    let mut client = Client::connect_with(&opts.server, &connect).await.map_err(|e| unreachable(&opts.server, e))?;
+    if let (Some(user), Some(password)) = (&opts.user, &opts.password) {
+        client.handshake(user, password).await.map_err(|e| match e.status() {
+            None => unreachable(&opts.server, e),
+            Some(_) => client_error("--user/--password")(e),
+        })?;
+    }
+    Ok(client)
+}
+
+/// An error of a call to the server: one it could not be reached for names
+/// the server; the others keep their status.
+pub fn call_error(opts: &ServerOptions, what: &str, e: pixelquery_client::ClientError) -> crate::error::Error {
+    match e.status() {
+        None => unreachable(&opts.server, e),
+        Some(s) if s.code() == tonic::Code::Unavailable => unreachable(&opts.server, e),
+        Some(_) => client_error(what)(e),
+    }
+}
+
 /// What to ingest and where: the settings of `pixelquery ingest`, given by
 /// the command line (or any other caller) without the library knowing it.
 #[derive(Debug, Clone)]
 pub struct SendOptions {
     /// Files or directories (searched recursively for .tif/.tiff).
     pub paths: Vec<String>,
-    /// Server URI (`grpc://` or `grpc+tls://`).
-    pub server: String,
+    pub server: ServerOptions,
     pub collection: String,
+    /// Create the collection from the first file if it does not exist.
+    pub create: bool,
     /// Built-in profile to create the collection from if it does not exist.
     pub profile: Option<String>,
     /// Band mapping of multi-band files (`1:blue,2:green,...`).
@@ -243,36 +285,40 @@ pub struct SendOptions {
     pub replace: bool,
     /// Scenes sent at once.
     pub jobs: usize,
-    pub token: Option<String>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    /// PEM file of the CA that signed the server's certificate.
-    pub tls_root_cert: Option<std::path::PathBuf>,
 }
 
 /// Plans the files and sends the scenes (what `pixelquery ingest` does);
 /// the report holds the failures with their reasons.
 pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestReport> {
     use crate::error::Error;
-    let tls_root_cert = match &args.tls_root_cert {
-        Some(p) => Some(std::fs::read(p).map_err(Error::io(p))?),
-        None => None,
-    };
-    let opts = pixelquery_client::ConnectOptions { token: args.token.clone(), tls_root_cert };
-    check_server(&args.server)?;
-    let mut client = Client::connect_with(&args.server, &opts).await.map_err(|e| unreachable(&args.server, e))?;
-    if let (Some(user), Some(password)) = (&args.user, &args.password) {
-        client.handshake(user, password).await.map_err(client_error("--user/--password"))?;
-    }
+    let client = connect(&args.server).await?;
+    let server = &args.server.server;
     let mut c = client.try_clone();
     let desc = match c.describe(&args.collection).await {
         Ok(d) => d,
-        Err(e) if e.status().is_some_and(|s| s.code() == tonic::Code::NotFound) => match &args.profile {
-            Some(p) => c.create_collection(&serde_json::json!({"name": args.collection, "profile": p})).await.map_err(client_error("--profile"))?,
-            None => return Err(Error::not_found(format!("collection {:?} on {} (give --profile to create it)", args.collection, args.server))),
-        },
-        Err(e) if e.status().is_none_or(|s| s.code() == tonic::Code::Unavailable) => return Err(unreachable(&args.server, e)),
-        Err(e) => return Err(client_error("--collection")(e)),
+        Err(e) if e.status().is_some_and(|s| s.code() == tonic::Code::NotFound) => {
+            let body = match (&args.profile, args.create) {
+                (Some(p), _) => serde_json::json!({"name": args.collection, "profile": p}),
+                (None, true) => {
+                    let (files, _) = super::discover(&args.paths);
+                    let first =
+                        files.first().cloned().ok_or_else(|| Error::invalid("paths", &args.paths, "no .tif/.tiff file to create the collection from"))?;
+                    let (name, band_map) = (args.collection.clone(), args.bands.as_deref().map(super::parse_band_map).transpose()?.unwrap_or_default());
+                    tokio::task::spawn_blocking(move || super::collection_for_file(&first, &name, &band_map))
+                        .await
+                        .map_err(|e| Error::Internal(e.to_string()))??
+                }
+                (None, false) => {
+                    return Err(Error::not_found(format!(
+                        "collection {:?} on {server} (give --profile to create it from a built-in profile, or --create to make it from the first file)",
+                        args.collection
+                    )))
+                }
+            };
+            let what = if args.create { "--create" } else { "--profile" };
+            c.create_collection(&body).await.map_err(|e| call_error(&args.server, what, e))?
+        }
+        Err(e) => return Err(call_error(&args.server, "--collection", e)),
     };
     let collection_bands: Vec<String> =
         desc["bands"].as_array().map(|a| a.iter().filter_map(|b| b["name"].as_str().map(String::from)).collect()).unwrap_or_default();

@@ -259,6 +259,13 @@ impl Warehouse {
         let fs_sync = Arc::new(fs_sync::FsSync::open(root, options));
         let mut collections = BTreeMap::new();
         for name in names {
+            if name.starts_with(paths::DELETED_PREFIX) {
+                // A delete the server died in: finish it.
+                let dir = paths.root().join(&name);
+                tracing::warn!(dir = %dir.display(), "removing a deleted collection's directory");
+                local::remove_dir_all(&dir)?;
+                continue;
+            }
             let meta_path = paths.collection_meta(&name);
             if !meta_path.is_file() {
                 continue;
@@ -297,5 +304,26 @@ impl Warehouse {
         let store = Arc::new(CollectionStore::open(&self.paths, meta, self.fs_sync.clone())?);
         write(&self.collections).insert(store.meta.name.clone(), store.clone());
         Ok(store)
+    }
+
+    /// Deletes a collection durably: its directory is renamed out of the
+    /// way (the commit point: a renamed directory is never opened again),
+    /// then removed. Commits under way finish first; readers holding its
+    /// chunks keep reading what they hold. Blocking.
+    pub fn delete_collection(&self, name: &str) -> Result<()> {
+        let _g = lock(&self.create);
+        let store = read(&self.collections).get(name).cloned().ok_or_else(|| Error::not_found(format!("collection {name:?}")))?;
+        let _writer = store.take_writer();
+        let (dir, gone) = (self.paths.collection_dir(name), self.paths.deleted_collection_dir(name));
+        if gone.exists() {
+            local::remove_dir_all(&gone)?;
+        }
+        local::rename(&dir, &gone)?;
+        local::sync_dir(self.paths.root())?;
+        write(&self.collections).remove(name);
+        if let Err(e) = local::remove_dir_all(&gone) {
+            tracing::warn!(collection = name, error = %e, "removing a deleted collection's files (the next start does)");
+        }
+        Ok(())
     }
 }

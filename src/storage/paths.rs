@@ -70,6 +70,9 @@ impl fmt::Display for Month {
 /// File name suffix of chunk files (Arrow IPC stream format).
 pub const CHUNK_SUFFIX: &str = ".arrow";
 
+/// Names of deleted collections' directories start with this.
+pub const DELETED_PREFIX: &str = ".deleted-";
+
 /// Path layout of one warehouse directory.
 #[derive(Debug, Clone)]
 pub struct WarehousePaths {
@@ -87,6 +90,12 @@ impl WarehousePaths {
 
     pub fn collection_dir(&self, collection: &str) -> PathBuf {
         self.root.join(collection)
+    }
+
+    /// Where a deleted collection's directory goes before it is removed
+    /// (no collection name starts with a dot, so it is never opened).
+    pub fn deleted_collection_dir(&self, collection: &str) -> PathBuf {
+        self.root.join(format!("{DELETED_PREFIX}{collection}"))
     }
 
     pub fn collection_meta(&self, collection: &str) -> PathBuf {

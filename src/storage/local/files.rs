@@ -195,6 +195,11 @@ pub fn open_root(root: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Removes a directory and everything below it.
+pub fn remove_dir_all(dir: &Path) -> Result<()> {
+    fs::remove_dir_all(dir).map_err(Error::io(dir))
+}
+
 /// The bytes of a small file.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(Error::io(path))
