@@ -62,6 +62,7 @@ fn ingest_path(state: &AppState, b: IngestPathBody) -> Result<crate::cog::send::
         time_ms,
         resampling: b.resampling.unwrap_or_default(),
         replace: b.replace,
+        profile: store.meta.profile.clone(),
     };
     let (files, mut failures) = crate::cog::discover(&paths);
     // A directory may hold links leading outside the roots: check each file.

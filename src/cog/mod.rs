@@ -41,6 +41,9 @@ pub struct CogOptions {
     pub resampling: String,
     /// Replace scenes stored under the same id with another time or content.
     pub replace: bool,
+    /// The collection's built-in profile, if it has one: products of
+    /// another processing level are refused.
+    pub profile: Option<String>,
 }
 
 /// A file or scene that cannot be ingested, and why.
@@ -247,6 +250,21 @@ fn file_bands(info: &FileInfo, opts: &CogOptions) -> Result<(SceneKey, Vec<(usiz
     Ok((key, bands))
 }
 
+/// Why a product (by its id or file name) does not fit the collection's
+/// profile: a Level-1 product into a Level-2 profile carries no surface
+/// reflectance, and the profile's scale/offset would be applied to it.
+fn profile_mismatch(name: &str, profile: Option<&str>) -> Option<String> {
+    let profile = profile?;
+    let upper = name.to_ascii_uppercase();
+    let landsat_l1 = ["_L1TP_", "_L1GT_", "_L1GS_"].iter().find(|l| upper.contains(*l));
+    let level = match profile {
+        "landsat8_l2" | "landsat9_l2" => landsat_l1.map(|l| format!("a Landsat Level-1 product ({})", l.trim_matches('_'))),
+        "sentinel2_l2a" => upper.contains("MSIL1C").then(|| "a Sentinel-2 Level-1C product (top of atmosphere)".to_string()),
+        _ => None,
+    }?;
+    Some(format!("{level} does not fit collection profile {profile} (Level-2 surface reflectance): its scale, offset and QA rules would be wrong; use a collection without this profile"))
+}
+
 fn acquisition_time(info: &FileInfo, opts: &CogOptions) -> Result<(i64, String), String> {
     if let Some(t) = opts.time_ms {
         return Ok((t, "--time".into()));
@@ -379,6 +397,13 @@ pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure
             let scene_id = if split { format!("{base}_{}m", (first.geotransform[1].abs() * 100.0).round() / 100.0) } else { base };
             let fail_all =
                 |reason: String, failures: &mut Vec<Failure>| failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
+            if let Some(reason) = group
+                .iter()
+                .find_map(|(i, _)| profile_mismatch(&key.label, opts.profile.as_deref()).or_else(|| profile_mismatch(&i.stem, opts.profile.as_deref())))
+            {
+                fail_all(reason, &mut failures);
+                continue;
+            }
             let (time_ms, time_source) = match acquisition_time(first, opts) {
                 Ok(t) => t,
                 Err(reason) => {
@@ -535,4 +560,20 @@ pub fn check_allowed(path: &str, roots: &[String]) -> Result<String> {
         }
     }
     Err(Error::invalid("paths", path, "outside the server's allowed ingest roots"))
+}
+
+#[cfg(test)]
+mod profile_tests {
+    use super::profile_mismatch;
+
+    #[test]
+    fn level_one_products_do_not_go_into_level_two_profiles() {
+        let l1 = "LC08_L1TP_116034_20240615_20240620_02_T1";
+        let reason = profile_mismatch(l1, Some("landsat8_l2")).unwrap();
+        assert!(reason.contains("Level-1 product (L1TP)") && reason.contains("landsat8_l2"), "{reason}");
+        assert!(profile_mismatch("LC08_L2SP_116034_20240615_20240620_02_T1", Some("landsat8_l2")).is_none());
+        assert!(profile_mismatch("S2A_MSIL1C_20240615T020301_N0510_R060_T52SCG_20240615T035214", Some("sentinel2_l2a")).is_some());
+        assert!(profile_mismatch("S2A_MSIL2A_20240615T020301_N0510_R060_T52SCG_20240615T035214", Some("sentinel2_l2a")).is_none());
+        assert!(profile_mismatch(l1, None).is_none(), "a collection without a profile takes anything");
+    }
 }

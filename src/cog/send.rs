@@ -329,6 +329,7 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
         time_ms: args.time.as_deref().map(|t| crate::wire::parse_time("--time", t)).transpose()?,
         resampling: args.resampling.clone().unwrap_or_default(),
         replace: args.replace,
+        profile: desc["profile"].as_str().map(str::to_string),
     };
     let paths = args.paths.clone();
     let (files, scenes, failures) = tokio::task::spawn_blocking(move || {
