@@ -195,8 +195,8 @@ pub struct IngestArgs {
     #[arg(long, conflicts_with = "profile")]
     pub create: bool,
     /// Replace a scene stored under the same id with another acquisition
-    /// time or content (it is deleted, then the new one ingested); without
-    /// it such a scene is refused.
+    /// time or content (the old rows leave in the same commit as the new
+    /// arrive); without it such a scene is refused.
     #[arg(long)]
     pub replace: bool,
     /// Scenes sent at once.

@@ -513,3 +513,44 @@ fn commits_and_rewrites_drop_the_pages_they_wrote_unless_told_to_keep_them() {
         assert_eq!(first_pixels(&store), nine_firsts("b", 200), "keep {keep}");
     }
 }
+
+/// A scene replacing one stored under its id: its rows and the old
+/// scene's removal commit together. Until the commit (and when the writer
+/// is dropped uncommitted) the old scene is all there; after it, and after
+/// a restart, only the new one, beside the other scenes of its chunks.
+#[test]
+fn a_replacing_scene_swaps_the_old_one_in_one_commit() {
+    use pixelquery::storage::{Encoded, Warehouse};
+
+    let dir = tempfile::tempdir().unwrap();
+    let encoded = |store: &pixelquery::storage::CollectionStore, id: &str, t: i64, v: u16| -> Vec<Encoded> {
+        nine_tiles(v).into_iter().map(|o| Encoded::new(&store.meta, id, t, o).unwrap()).collect()
+    };
+    {
+        let wh = Warehouse::open(dir.path()).unwrap();
+        let store = wh.create_collection(red_collection_meta()).unwrap();
+        store.append_scene("a", T0, nine_tiles(100)).unwrap();
+        store.append_scene("b", T0 + 1000, nine_tiles(200)).unwrap();
+        let before = snapshot(dir.path());
+        // Another time under id "a": refused without replace.
+        let refused = store.begin_scene("a", T0 + 2000, None, false).err().expect("refused");
+        assert!(refused.to_string().contains("already exists"), "{refused}");
+        // Replacing, then dropped uncommitted: nothing changes.
+        let mut w = store.begin_scene("a", T0 + 2000, None, true).unwrap().expect("a writer");
+        w.append(&encoded(&store, "a", T0 + 2000, 300)).unwrap();
+        assert_eq!(first_pixels(&store), [nine_firsts("a", 100), nine_firsts("b", 200)].concat());
+        drop(w);
+        assert_eq!(snapshot(dir.path()), before, "an uncommitted replacement leaves the files as they were");
+        // Replacing and committed.
+        let mut w = store.begin_scene("a", T0 + 2000, None, true).unwrap().expect("a writer");
+        w.append(&encoded(&store, "a", T0 + 2000, 300)).unwrap();
+        w.commit().unwrap();
+        assert_eq!(first_pixels(&store), [nine_firsts("a", 300), nine_firsts("b", 200)].concat());
+        assert_eq!(store.scene("a").map(|s| s.time_ms), Some(T0 + 2000));
+        assert_eq!(store.scene_count(), 2);
+    }
+    let wh = Warehouse::open(dir.path()).unwrap();
+    let store = wh.collection("s2").unwrap();
+    assert_eq!(first_pixels(&store), [nine_firsts("a", 300), nine_firsts("b", 200)].concat());
+    assert_eq!(store.scene("a").map(|s| s.time_ms), Some(T0 + 2000));
+}

@@ -290,15 +290,13 @@ where
             &format!("raster of {raster_bytes} bytes exceeds the server limit of {} bytes", opts.max_raster_bytes),
         ));
     }
-    if spec.replace && store.check_scene(&spec.scene_id, spec.acquired_at_ms, spec.fingerprint.as_deref()).is_err() {
-        // Another scene stored under this id: deleted first (a commit of its
-        // own), then this one is ingested.
-        let (store, id) = (store.clone(), spec.scene_id.clone());
-        tokio::task::spawn_blocking(move || store.delete(|_| true, |_, s| s == id, std::slice::from_ref(&id)))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
-    }
-    if store.check_scene(&spec.scene_id, spec.acquired_at_ms, spec.fingerprint.as_deref())? {
+    // Another scene under this id is refused here, before any pixel is
+    // read, unless this one replaces it (atomically, at its commit).
+    let retry = match store.check_scene(&spec.scene_id, spec.acquired_at_ms, spec.fingerprint.as_deref()) {
+        Err(_) if spec.replace => false,
+        other => other?,
+    };
+    if retry {
         // A retry of an acknowledged scene: read the stream to its end so the
         // client's writes complete, keep nothing (the CRS is still checked).
         let (crs_def, grid_wkt) = (spec.crs.clone(), store.meta.grid.crs_wkt.clone());
@@ -581,7 +579,7 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
     };
     let spec = &plan.spec;
     let total = plan.tiles.len();
-    let mut commit = SceneCommit::new(store, &spec.scene_id, spec.acquired_at_ms, spec.fingerprint.as_deref(), total, plan.counters.clone());
+    let mut commit = SceneCommit::new(store, &spec.scene_id, spec.acquired_at_ms, spec.fingerprint.as_deref(), spec.replace, total, plan.counters.clone());
     let cut_short = || stop(Error::Internal("the raster stream ended before its last row".into()));
     let (mut tiles, mut ended) = (0, false);
     while tiles < total || !ended {

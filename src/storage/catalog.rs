@@ -10,7 +10,7 @@ use arrow_array::RecordBatch;
 
 use super::chunk;
 use super::local::{self, ChunkFile};
-use super::log::{ChunkRef, PixelStats, Record};
+use super::log::{ChunkRef, PixelStats, Record, Rewritten};
 use super::paths::{Month, WarehousePaths};
 use crate::error::{Error, Result};
 use crate::grid::TileId;
@@ -101,7 +101,8 @@ impl Index {
     pub(super) fn apply(&mut self, record: &Record, paths: &WarehousePaths, collection: &str) -> Result<Vec<Arc<ChunkFile>>> {
         let mut superseded = Vec::new();
         match record {
-            Record::Scene { scene_id, time_ms, fingerprint, chunks } => {
+            Record::Scene { scene_id, time_ms, fingerprint, replaces, chunks } => {
+                self.rewrite(replaces, paths, collection, &mut superseded)?;
                 self.scenes.insert(scene_id.clone(), StoredScene { time_ms: *time_ms, fingerprint: fingerprint.clone() });
                 let scene: Arc<str> = Arc::from(scene_id.as_str());
                 for a in chunks {
@@ -122,33 +123,40 @@ impl Index {
                 }
             }
             Record::Rewrite { chunks, removed_scenes, .. } => {
-                for r in chunks {
-                    let key = ChunkKey::from_ref(&r.chunk)?;
-                    let old = if r.len == 0 {
-                        self.retired.insert(key.clone(), r.gen);
-                        self.chunks.remove(&key)
-                    } else {
-                        let entry = ChunkEntry {
-                            file: ChunkFile::new(paths.chunk(collection, key.tile, key.month, &key.band, r.gen), r.gen),
-                            len: r.len,
-                            times: r.rows.iter().map(|(t, _)| *t).collect(),
-                            scenes: r.rows.iter().map(|(_, s)| Arc::from(s.as_str())).collect(),
-                            stats: r.stats,
-                            appends: 0,
-                        };
-                        self.chunks.insert(key, entry)
-                    };
-                    if let Some(old) = old {
-                        if old.file.gen != r.gen || r.len == 0 {
-                            superseded.push(old.file);
-                        }
-                    }
-                }
+                self.rewrite(chunks, paths, collection, &mut superseded)?;
                 for s in removed_scenes {
                     self.scenes.remove(s);
                 }
             }
         }
         Ok(superseded)
+    }
+
+    /// Puts rewritten chunk generations in place of their entries (length 0:
+    /// the chunk is gone); the generations they supersede go to `superseded`.
+    fn rewrite(&mut self, chunks: &[Rewritten], paths: &WarehousePaths, collection: &str, superseded: &mut Vec<Arc<ChunkFile>>) -> Result<()> {
+        for r in chunks {
+            let key = ChunkKey::from_ref(&r.chunk)?;
+            let old = if r.len == 0 {
+                self.retired.insert(key.clone(), r.gen);
+                self.chunks.remove(&key)
+            } else {
+                let entry = ChunkEntry {
+                    file: ChunkFile::new(paths.chunk(collection, key.tile, key.month, &key.band, r.gen), r.gen),
+                    len: r.len,
+                    times: r.rows.iter().map(|(t, _)| *t).collect(),
+                    scenes: r.rows.iter().map(|(_, s)| Arc::from(s.as_str())).collect(),
+                    stats: r.stats,
+                    appends: 0,
+                };
+                self.chunks.insert(key, entry)
+            };
+            if let Some(old) = old {
+                if old.file.gen != r.gen || r.len == 0 {
+                    superseded.push(old.file);
+                }
+            }
+        }
+        Ok(())
     }
 }

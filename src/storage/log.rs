@@ -91,6 +91,11 @@ pub enum Record {
         /// written before it existed, and when the client gave none).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fingerprint: Option<String>,
+        /// For a scene replacing one stored under its id: the chunks
+        /// rewritten without the old scene's rows, applied before
+        /// `chunks` (whose appends go to these new generations).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replaces: Vec<Rewritten>,
         chunks: Vec<Appended>,
     },
     /// Chunks replaced by new generations (delete, compaction); scenes no

@@ -24,6 +24,10 @@ pub struct RewriteOutcome {
     pub scenes_removed: Vec<String>,
 }
 
+/// What [`CollectionStore::without_rows`] did: the counts, the rewrites and
+/// the files written with their lengths.
+pub(super) type Rows = (RewriteOutcome, Vec<Rewritten>, Vec<(PathBuf, u64)>);
+
 impl CollectionStore {
     /// Chunks that would profit from compaction (more than one batch).
     pub fn needs_compaction(&self) -> Vec<ChunkKey> {
@@ -91,33 +95,8 @@ impl CollectionStore {
     /// had no rows (a scene whose pixels were all invalid). Blocking.
     pub fn delete(&self, chunk_filter: impl Fn(&ChunkKey) -> bool, remove: impl Fn(i64, &str) -> bool, forget: &[String]) -> Result<RewriteOutcome> {
         let mut log = self.take_writer();
-        let targets = self.chunks(|k| chunk_filter(k));
-        let mut out = RewriteOutcome::default();
-        let mut rewritten = Vec::new();
         let mut touched_scenes: HashSet<String> = forget.iter().cloned().collect();
-        let mut written_paths = Vec::new();
-        for (key, entry) in &targets {
-            let hits: Vec<usize> = (0..entry.times.len()).filter(|&i| remove(entry.times[i], &entry.scenes[i])).collect();
-            if hits.is_empty() {
-                continue;
-            }
-            out.rows_removed += hits.len();
-            touched_scenes.extend(hits.iter().map(|&i| entry.scenes[i].to_string()));
-            let gen = entry.file.gen + 1;
-            if hits.len() == entry.times.len() {
-                out.chunks_removed += 1;
-                rewritten.push(Rewritten { chunk: key.to_ref(), gen, len: 0, rows: vec![], stats: PixelStats::default() });
-                continue;
-            }
-            let (batch, order) = sorted_rows(&self.read_chunk(entry)?, |t, s| !remove(t, s))?;
-            let Some(batch) = batch else { continue };
-            let path = self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band, gen);
-            let len = local::chunk_file::write_new(&path, &batch)?;
-            written_paths.push((path, len));
-            let rows = order.iter().map(|&i| (entry.times[i], entry.scenes[i].to_string())).collect();
-            out.chunks_rewritten += 1;
-            rewritten.push(Rewritten { chunk: key.to_ref(), gen, len, rows, stats: chunk::batch_stats(&batch, self.meta.grid.tile_px as usize) });
-        }
+        let (mut out, rewritten, written_paths) = self.without_rows(chunk_filter, remove, &mut touched_scenes)?;
         for (p, _) in &written_paths {
             local::sync_dir(p.parent().unwrap_or(self.paths.root()))?;
         }
@@ -146,10 +125,51 @@ impl CollectionStore {
         Ok(out)
     }
 
+    /// Writes the next generation of each chunk chosen by `chunk_filter`
+    /// that holds rows for which `remove(time, scene)` holds, without them
+    /// (a chunk left empty gets no file: its `Rewritten` has length 0).
+    /// Nothing is committed; the caller holds the writer. Adds the scenes
+    /// of removed rows to `touched`; returns the counts, the rewrites and
+    /// the files written with their lengths.
+    pub(super) fn without_rows(
+        &self,
+        chunk_filter: impl Fn(&ChunkKey) -> bool,
+        remove: impl Fn(i64, &str) -> bool,
+        touched: &mut HashSet<String>,
+    ) -> Result<Rows> {
+        let targets = self.chunks(|k| chunk_filter(k));
+        let mut out = RewriteOutcome::default();
+        let mut rewritten = Vec::new();
+        let mut written_paths = Vec::new();
+        for (key, entry) in &targets {
+            let hits: Vec<usize> = (0..entry.times.len()).filter(|&i| remove(entry.times[i], &entry.scenes[i])).collect();
+            if hits.is_empty() {
+                continue;
+            }
+            out.rows_removed += hits.len();
+            touched.extend(hits.iter().map(|&i| entry.scenes[i].to_string()));
+            let gen = entry.file.gen + 1;
+            if hits.len() == entry.times.len() {
+                out.chunks_removed += 1;
+                rewritten.push(Rewritten { chunk: key.to_ref(), gen, len: 0, rows: vec![], stats: PixelStats::default() });
+                continue;
+            }
+            let (batch, order) = sorted_rows(&self.read_chunk(entry)?, |t, s| !remove(t, s))?;
+            let Some(batch) = batch else { continue };
+            let path = self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band, gen);
+            let len = local::chunk_file::write_new(&path, &batch)?;
+            written_paths.push((path, len));
+            let rows = order.iter().map(|&i| (entry.times[i], entry.scenes[i].to_string())).collect();
+            out.chunks_rewritten += 1;
+            rewritten.push(Rewritten { chunk: key.to_ref(), gen, len, rows, stats: chunk::batch_stats(&batch, self.meta.grid.tile_px as usize) });
+        }
+        Ok((out, rewritten, written_paths))
+    }
+
     /// Drops committed rewrites (each file and its length) from the page
     /// cache, as a scene's commit drops what it appended, unless the
     /// warehouse keeps written pages.
-    fn drop_rewritten(&self, files: &[(PathBuf, u64)]) {
+    pub(super) fn drop_rewritten(&self, files: &[(PathBuf, u64)]) {
         if self.fs_sync.drop_written {
             local::drop_written_ranges(&files.iter().map(|(path, len)| (path.clone(), 0, *len)).collect::<Vec<_>>());
         }

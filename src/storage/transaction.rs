@@ -14,7 +14,7 @@ use arrow_schema::SchemaRef;
 
 use super::catalog::ChunkKey;
 use super::local::{self, fs_sync, CatalogLog, Syncs, SYNC_BATCH};
-use super::log::{Appended, PixelStats, Record};
+use super::log::{Appended, PixelStats, Record, Rewritten};
 use super::paths::Month;
 use super::{chunk, lock, read, CollectionStore};
 use crate::collection::Collection;
@@ -90,7 +90,7 @@ impl CollectionStore {
     /// Appends one scene durably and atomically (see the module docs). A
     /// scene id already present adds nothing (`duplicate`). Blocking.
     pub fn append_scene(&self, scene_id: &str, time_ms: i64, observations: Vec<Observation>) -> Result<AppendOutcome> {
-        match self.begin_scene(scene_id, time_ms, None)? {
+        match self.begin_scene(scene_id, time_ms, None, false)? {
             None => Ok(AppendOutcome { duplicate: true, ..Default::default() }),
             Some(mut scene) => {
                 let encoded = observations.into_iter().map(|o| Encoded::new(&self.meta, scene_id, time_ms, o)).collect::<Result<Vec<_>>>()?;
@@ -115,8 +115,8 @@ impl CollectionStore {
     /// `None` if it is busy or the scene is there already (a later
     /// `begin_scene` tells which). For writing a scene while its rows still
     /// stream in: such a writer lets go when [`SceneWriter::contended`].
-    pub fn try_begin_scene(&self, scene_id: &str, time_ms: i64, fingerprint: Option<&str>) -> Result<Option<SceneWriter<'_>>> {
-        self.scene_writer(scene_id, time_ms, fingerprint, || match self.writer.try_lock() {
+    pub fn try_begin_scene(&self, scene_id: &str, time_ms: i64, fingerprint: Option<&str>, replace: bool) -> Result<Option<SceneWriter<'_>>> {
+        self.scene_writer(scene_id, time_ms, fingerprint, replace, || match self.writer.try_lock() {
             Ok(log) => Some(log),
             Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => None,
@@ -128,8 +128,8 @@ impl CollectionStore {
     /// Holds the collection's writer until committed or dropped; dropping it
     /// uncommitted undoes its appends (see [`SceneWriter`]'s `Drop`).
     /// Blocking.
-    pub fn begin_scene(&self, scene_id: &str, time_ms: i64, fingerprint: Option<&str>) -> Result<Option<SceneWriter<'_>>> {
-        self.scene_writer(scene_id, time_ms, fingerprint, || Some(self.take_writer()))
+    pub fn begin_scene(&self, scene_id: &str, time_ms: i64, fingerprint: Option<&str>, replace: bool) -> Result<Option<SceneWriter<'_>>> {
+        self.scene_writer(scene_id, time_ms, fingerprint, replace, || Some(self.take_writer()))
     }
 
     /// A writer for scene `scene_id` with the lock `take` gives; `None` if it
@@ -139,15 +139,33 @@ impl CollectionStore {
         scene_id: &str,
         time_ms: i64,
         fingerprint: Option<&str>,
+        replace: bool,
         take: impl FnOnce() -> Option<std::sync::MutexGuard<'s, CatalogLog>>,
     ) -> Result<Option<SceneWriter<'s>>> {
         let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
         let Some(log) = take() else { return Ok(None) };
-        if self.check_scene(scene_id, time_ms, fingerprint)? {
-            return Ok(None);
-        }
+        let replacing = match self.check_scene(scene_id, time_ms, fingerprint) {
+            Ok(true) => return Ok(None),
+            Ok(false) => false,
+            Err(_) if replace => true,
+            Err(e) => return Err(e),
+        };
         let mut writer = SceneWriter::new(self, log, scene_id, time_ms, month);
         writer.fingerprint = fingerprint.map(str::to_string);
+        if replacing {
+            // The stored scene's rows leave in the same commit as this
+            // scene's arrive: its chunks are rewritten without them now, and
+            // this scene appends to those new generations.
+            let mut touched = std::collections::HashSet::new();
+            let (_, rewritten, files) = self.without_rows(|_| true, |_, s| s == scene_id, &mut touched)?;
+            for r in &rewritten {
+                let key = ChunkKey::from_ref(&r.chunk)?;
+                writer.overlay.insert(key, (r.gen, r.len));
+            }
+            writer.dirs.extend(files.iter().map(|(p, _)| p.parent().unwrap_or(self.paths.root()).to_path_buf()));
+            writer.replaced_files = files.into_iter().map(|(p, _)| p).collect();
+            writer.replaces = rewritten;
+        }
         Ok(Some(writer))
     }
 }
@@ -162,6 +180,12 @@ pub struct SceneWriter<'a> {
     time_ms: i64,
     /// The client's fingerprint of the scene's content, if it gave one.
     fingerprint: Option<String>,
+    /// Replacing a stored scene: its chunks rewritten without it (committed
+    /// with this scene), each chunk's new generation and length (appends go
+    /// there), and the files written for them (removed if uncommitted).
+    replaces: Vec<Rewritten>,
+    overlay: HashMap<ChunkKey, (u32, u64)>,
+    replaced_files: Vec<PathBuf>,
     month: Month,
     appended: Vec<Appended>,
     /// Appended files not synced yet.
@@ -187,6 +211,9 @@ impl<'a> SceneWriter<'a> {
             scene_id: scene_id.to_string(),
             time_ms,
             fingerprint: None,
+            replaces: Vec::new(),
+            overlay: HashMap::new(),
+            replaced_files: Vec::new(),
             month,
             appended: Vec::new(),
             files: Vec::new(),
@@ -232,9 +259,12 @@ impl<'a> SceneWriter<'a> {
                 )));
             }
             let key = ChunkKey { tile: obs.tile, month: self.month, band: obs.band.clone() };
-            let (gen, committed) = {
-                let idx = read(&store.index);
-                idx.chunks.get(&key).map_or_else(|| (idx.retired.get(&key).copied().unwrap_or(0), 0), |e| (e.file.gen, e.len))
+            let (gen, committed) = match self.overlay.get(&key) {
+                Some(&at) => at,
+                None => {
+                    let idx = read(&store.index);
+                    idx.chunks.get(&key).map_or_else(|| (idx.retired.get(&key).copied().unwrap_or(0), 0), |e| (e.file.gen, e.len))
+                }
             };
             let path = store.paths.chunk(&store.meta.name, key.tile, self.month, &key.band, gen);
             if committed == 0 {
@@ -310,6 +340,7 @@ impl<'a> SceneWriter<'a> {
             scene_id: std::mem::take(&mut self.scene_id),
             time_ms: self.time_ms,
             fingerprint: self.fingerprint.take(),
+            replaces: std::mem::take(&mut self.replaces),
             chunks: std::mem::take(&mut self.appended),
         };
         self.store.commit(&mut self.log, record)?;
@@ -339,6 +370,11 @@ impl Drop for SceneWriter<'_> {
         for (path, len) in self.undo.drain(..).rev() {
             if let Err(e) = local::undo_append(&path, len) {
                 tracing::warn!(path = %path.display(), error = %e, "could not undo an uncommitted append (a restart cuts it off)");
+            }
+        }
+        for path in self.replaced_files.drain(..) {
+            if let Err(e) = local::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove an uncommitted rewrite (a restart does)");
             }
         }
         for dir in self.created.drain(..).rev() {
@@ -384,6 +420,8 @@ pub struct SceneCommit<'s> {
     scene_id: String,
     time_ms: i64,
     fingerprint: Option<String>,
+    /// Replace a scene stored under this id with another time or content.
+    replace: bool,
     small: bool,
     /// Tiles received and not yet appended by `writer`, with their position
     /// in the scene's plan: all of a small scene; a large one's next group.
@@ -402,12 +440,21 @@ impl<'s> SceneCommit<'s> {
     /// A commit of scene `scene_id` at `time_ms` (with the client's
     /// `fingerprint` of its content, if any) touching `tiles` tiles; yields
     /// are counted in `counters`.
-    pub fn new(store: &'s CollectionStore, scene_id: &str, time_ms: i64, fingerprint: Option<&str>, tiles: usize, counters: Arc<Counters>) -> Self {
+    pub fn new(
+        store: &'s CollectionStore,
+        scene_id: &str,
+        time_ms: i64,
+        fingerprint: Option<&str>,
+        replace: bool,
+        tiles: usize,
+        counters: Arc<Counters>,
+    ) -> Self {
         Self {
             store,
             scene_id: scene_id.to_string(),
             time_ms,
             fingerprint: fingerprint.map(str::to_string),
+            replace,
             small: tiles <= TILE_GROUP,
             pending: Vec::new(),
             early: None,
@@ -444,7 +491,7 @@ impl<'s> SceneCommit<'s> {
                 return Ok(Step::Continue);
             }
             if self.early.is_none() {
-                self.early = self.store.try_begin_scene(&self.scene_id, self.time_ms, self.fingerprint.as_deref())?;
+                self.early = self.store.try_begin_scene(&self.scene_id, self.time_ms, self.fingerprint.as_deref(), self.replace)?;
             }
             if let Some(w) = self.early.as_mut() {
                 for (_, obs) in &self.pending[self.appended..] {
@@ -468,7 +515,7 @@ impl<'s> SceneCommit<'s> {
         let observations: Vec<Encoded> = self.pending.drain(..).flat_map(|(_, o)| o).collect();
         let w = match &mut self.writer {
             Some(w) => w,
-            None => match self.store.begin_scene(&self.scene_id, self.time_ms, self.fingerprint.as_deref())? {
+            None => match self.store.begin_scene(&self.scene_id, self.time_ms, self.fingerprint.as_deref(), self.replace)? {
                 Some(w) => self.writer.insert(w),
                 None => return Ok(false),
             },
