@@ -309,6 +309,11 @@ async fn ingest_errors_name_what_to_do() {
     let (ok, stderr) = run(&server.uri, &["--collection", "four", junk.to_str().unwrap()]);
     assert!(!ok && stderr.contains("notes_20240601.tif: GDAL cannot open it as a raster"), "{stderr}");
     assert!(!stderr.contains("NULL pointer"), "{stderr}");
+    // A Level-1C product into a Level-2A profile collection: refused with the reason.
+    let l1c = dir.path().join("S2A_MSIL1C_20240615T020301_N0510_R060_T52SCG_20240615T035214_B04.tif");
+    make_cog(&l1c, 1, &[], &[]);
+    let (ok, stderr) = run(&server.uri, &["--collection", "l2a", "--profile", "sentinel2_l2a", l1c.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("Level-1C product") && stderr.contains("sentinel2_l2a"), "{stderr}");
     // NaN as the nodata of a float band, in JSON.
     client
         .create_collection(&serde_json::json!({"name": "f", "grid": {"resolution": 10}, "bands": [{"name": "v", "dtype": "float32", "nodata": "nan"}]}))
