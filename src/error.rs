@@ -59,6 +59,9 @@ pub enum Error {
     /// The call ran past the server's request timeout.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A resource another process holds (a warehouse directory).
+    #[error("{0}")]
+    InUse(String),
     /// A request the server recognises but does not serve (yet).
     #[error("{0}")]
     Unimplemented(String),
@@ -111,6 +114,7 @@ impl Error {
             Error::Exhausted(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::InUse(_) => Code::FailedPrecondition,
             Error::Io { .. } => Code::Internal,
             Error::Arrow { .. } => Code::Internal,
             Error::Gdal { .. } => Code::Internal,

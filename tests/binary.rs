@@ -152,3 +152,24 @@ async fn a_scene_touching_more_chunks_than_open_file_limit_is_ingested() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_warehouse_is_refused_and_the_first_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let wh = dir.path().join("wh");
+    let (mut first, uri) = spawn_server(&mut serve_command(&wh));
+    let out = serve_command(&wh).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second server must not start: {stderr}");
+    assert!(stderr.contains("in use by another pixelquery process") && stderr.contains(&format!("pid {}", first.id())), "{stderr}");
+    assert!(stderr.contains(wh.to_str().unwrap()), "names the directory: {stderr}");
+    let mut client = pixelquery_client::Client::connect(&uri).await.unwrap();
+    assert_eq!(client.health().await.unwrap()["status"], "ok");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Once the first is gone (however it ended) the warehouse opens again.
+    let (mut again, uri) = spawn_server(&mut serve_command(&wh));
+    assert_eq!(pixelquery_client::Client::connect(&uri).await.unwrap().health().await.unwrap()["status"], "ok");
+    again.kill().unwrap();
+    again.wait().unwrap();
+}

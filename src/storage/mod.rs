@@ -241,6 +241,8 @@ pub struct Warehouse {
     fs_sync: Arc<fs_sync::FsSync>,
     /// Ingest activity since start (the health action reports it).
     pub counters: Arc<crate::counters::Counters>,
+    /// This process's exclusive hold on the directory.
+    _lock: local::RootLock,
 }
 
 impl Warehouse {
@@ -254,6 +256,7 @@ impl Warehouse {
     /// cached or not) as `options` say.
     pub fn open_with(root: &Path, options: WriteOptions) -> Result<Self> {
         let names = local::open_root(root)?;
+        let lock = local::lock_root(root)?;
         let paths = WarehousePaths::new(root);
         // Opened before any write (see `FsSync`).
         let fs_sync = Arc::new(fs_sync::FsSync::open(root, options));
@@ -276,7 +279,7 @@ impl Warehouse {
             tracing::info!(collection = %name, chunks = read(&store.index).chunks.len(), scenes = store.scene_count(), "opened collection");
             collections.insert(name, Arc::new(store));
         }
-        Ok(Self { paths, collections: RwLock::new(collections), create: Mutex::new(()), fs_sync, counters: Arc::default() })
+        Ok(Self { paths, collections: RwLock::new(collections), create: Mutex::new(()), fs_sync, counters: Arc::default(), _lock: lock })
     }
 
     pub fn root(&self) -> &Path {

@@ -185,6 +185,43 @@ pub fn open_dir(dir: &Path) -> Result<File> {
     File::open(dir).map_err(Error::io(dir))
 }
 
+/// The lock file of a warehouse directory.
+pub const LOCK_FILE: &str = "pixelquery.lock";
+
+/// The exclusive lock on a warehouse directory, held while its warehouse
+/// is open: two servers on one directory would both believe they own its
+/// catalog logs. The kernel lets it go when the process ends, however it
+/// ends.
+#[derive(Debug)]
+pub struct RootLock {
+    _file: File,
+}
+
+/// Takes the warehouse's lock, writing this process's id into the lock
+/// file; `InUse` naming the directory and the holder's pid if another
+/// process holds it.
+pub fn lock_root(root: &Path) -> Result<RootLock> {
+    use std::io::{Read, Write};
+    let path = root.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(Error::io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).and_then(|_| file.write_all(format!("{}\n", std::process::id()).as_bytes())).map_err(Error::io(&path))?;
+            Ok(RootLock { _file: file })
+        }
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(Error::InUse(format!(
+                "warehouse {} is in use by another pixelquery process (pid {}); one server per warehouse directory",
+                root.display(),
+                holder.trim()
+            )))
+        }
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(&path)(e)),
+    }
+}
+
 /// Creates the warehouse root if missing; the names of its entries.
 pub fn open_root(root: &Path) -> Result<Vec<String>> {
     fs::create_dir_all(root).map_err(Error::io(root))?;
