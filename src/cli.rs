@@ -271,6 +271,11 @@ pub struct ServeArgs {
     /// Most tiles one raster may touch.
     #[arg(long, env = "PIXELQUERY_MAX_TILES", default_value_t = 250_000)]
     pub max_tiles: u64,
+    /// New ingests are refused while the warehouse's file system has less
+    /// than this many MiB free (reads, deletes and health keep working), so
+    /// the disk does not fill up under a running ingest.
+    #[arg(long, env = "PIXELQUERY_MIN_FREE_MB", default_value_t = 256)]
+    pub min_free_mb: u64,
     /// Threads warping one scene's tiles (default: one per core).
     #[arg(long, env = "PIXELQUERY_WARP_THREADS")]
     pub warp_threads: Option<usize>,
@@ -366,6 +371,7 @@ impl ServeArgs {
             ingest: IngestOptions {
                 max_raster_bytes: self.max_raster_mb.saturating_mul(1 << 20),
                 max_tiles: self.max_tiles,
+                min_free_bytes: self.min_free_mb.saturating_mul(1 << 20),
                 warp_threads: self.warp_threads.unwrap_or_else(default_threads).max(1),
                 dispatch: Default::default(),
             },

@@ -70,7 +70,15 @@ impl Config {
             warehouse: warehouse.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_message_bytes: 64 << 20,
-            ingest: IngestOptions { max_raster_bytes: 4 << 30, max_tiles: 250_000, warp_threads: default_threads(), dispatch: Default::default() },
+            ingest: IngestOptions {
+                max_raster_bytes: 4 << 30,
+                max_tiles: 250_000,
+                // The command line's default is 256 MiB (`--min-free-mb`);
+                // embedded servers and tests opt in.
+                min_free_bytes: 0,
+                warp_threads: default_threads(),
+                dispatch: Default::default(),
+            },
             ingest_roots: Vec::new(),
             auth: None,
             tls: None,

@@ -3,9 +3,33 @@
 //! Client mistakes carry the field and the offending value; server faults
 //! keep their source chain. `Status` appears only in `into_status`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The warehouse directory, which errors and logs never show: a path below
+/// it is shown from the collection down (`<warehouse>/s2/tiles/...`, which
+/// names the collection, tile, month and band), any other as its file name.
+static WAREHOUSE_ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Sets the directory [`shown`] hides (the first warehouse opened).
+pub fn hide_warehouse_root(root: &Path) {
+    let _ = WAREHOUSE_ROOT.set(root.to_path_buf());
+}
+
+/// `path` as errors show it: without the server's own directories.
+pub fn shown(path: &Path) -> String {
+    if let Some(rel) = WAREHOUSE_ROOT.get().and_then(|root| path.strip_prefix(root).ok()) {
+        return format!("<warehouse>/{}", rel.display());
+    }
+    path.file_name().map_or_else(|| "<file>".into(), |n| n.to_string_lossy().to_string())
+}
+
+/// Free bytes of the warehouse's file system, where known.
+fn warehouse_free_bytes() -> Option<u64> {
+    WAREHOUSE_ROOT.get().and_then(|root| crate::storage::local::free_bytes(root))
+}
 
 /// Longest message sent to a client (values are cut so one bad field cannot
 /// echo megabytes back).
@@ -23,7 +47,7 @@ pub enum Error {
     #[error("{what} already exists{detail}")]
     AlreadyExists { what: String, detail: String },
     /// A filesystem operation failed.
-    #[error("io error on {path}: {source}")]
+    #[error("io error on {}: {source}", shown(path))]
     Io {
         path: PathBuf,
         #[source]
@@ -44,7 +68,7 @@ pub enum Error {
         source: gdal::errors::GdalError,
     },
     /// A stored file does not look like what we wrote.
-    #[error("corrupt {path}: {reason}")]
+    #[error("corrupt {}: {reason}", shown(path))]
     Corrupt { path: PathBuf, reason: String },
     /// No valid credentials.
     #[error("unauthenticated: {0}")]
@@ -121,6 +145,17 @@ impl Error {
             Error::Corrupt { .. } => Code::Internal,
             Error::Internal(_) => Code::Internal,
         };
+        if let Error::Io { path, source } = &self {
+            if source.raw_os_error() == Some(libc::ENOSPC) || source.kind() == std::io::ErrorKind::StorageFull {
+                let free = warehouse_free_bytes().map_or_else(|| "?".into(), |b| (b >> 20).to_string());
+                let msg = format!(
+                    "the warehouse's file system is full ({free} MiB free) while writing {}: nothing of this request was kept; delete scenes (DoAction delete) to free space",
+                    shown(path)
+                );
+                tracing::warn!(error = %msg, "request failed");
+                return tonic::Status::new(Code::ResourceExhausted, msg);
+            }
+        }
         let mut msg = self.to_string();
         if code == Code::Internal {
             tracing::warn!(error = %msg, "request failed");

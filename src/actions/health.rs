@@ -15,7 +15,7 @@ impl Health {
     pub const DOC: ActionDoc = ActionDoc {
         name: "health",
         role: Role::Read,
-        description: "Server status: {\"status\": \"ok\", \"version\", \"collections\", \"ingest\": {\"tiles_warped\", \"tiles_warped_while_streaming\", \"tiles_put_aside\", \"early_writers_yielded\"}}. Body: empty.",
+        description: "Server status: {\"status\": \"ok\", \"version\", \"collections\", \"free_mb\" (free space of the warehouse's file system), \"ingest\": {\"tiles_warped\", \"tiles_warped_while_streaming\", \"tiles_put_aside\", \"early_writers_yielded\"}}. Body: empty.",
         takes_write_slot: false,
     };
 
@@ -30,6 +30,7 @@ impl Health {
             "status": "ok",
             "version": env!("CARGO_PKG_VERSION"),
             "collections": warehouse.collections().len(),
+            "free_mb": warehouse.free_bytes().map(|b| b >> 20),
             "ingest": {
                 "tiles_warped": c.tiles_warped.load(Relaxed),
                 "tiles_warped_while_streaming": c.tiles_warped_while_streaming.load(Relaxed),

@@ -46,6 +46,8 @@ pub struct IngestOptions {
     pub max_raster_bytes: u64,
     /// Most tiles one raster may touch.
     pub max_tiles: u64,
+    /// New ingests are refused below this many free bytes in the warehouse.
+    pub min_free_bytes: u64,
     /// Threads warping the tiles of one scene.
     pub warp_threads: usize,
     /// When a tile goes to the warp pool.
@@ -281,6 +283,13 @@ where
 {
     let started = Instant::now();
     let store = warehouse.collection(&spec.collection)?;
+    if let Some(free) = warehouse.free_bytes().filter(|f| *f < opts.min_free_bytes) {
+        return Err(Error::Exhausted(format!(
+            "the warehouse's file system has {} MiB free, under the server's --min-free-mb of {}: new ingests are refused until scenes are deleted (reads and deletes work)",
+            free >> 20,
+            opts.min_free_bytes >> 20
+        )));
+    }
     let bands = plan_bands(&spec, &store.meta)?;
     let raster_bytes: u64 = bands.iter().map(|b| b.dtype.size() as u64).sum::<u64>() * spec.width as u64 * spec.height as u64;
     if raster_bytes > opts.max_raster_bytes {
@@ -708,7 +717,7 @@ mod tests {
         let values: Vec<u16> = (0..size * size).map(|i| if (i / size) % 41 == 7 { 0 } else { (i * 13 % 3000) as u16 + 1 }).collect();
         for name in [SENT_EARLY, "sent_on_time"] {
             let dispatch = if name == SENT_EARLY { TileDispatch::AtOnce } else { TileDispatch::WhenRowsArrive };
-            let opts = IngestOptions { max_raster_bytes: 1 << 30, max_tiles: 10_000, warp_threads: 2, dispatch };
+            let opts = IngestOptions { max_raster_bytes: 1 << 30, max_tiles: 10_000, min_free_bytes: 0, warp_threads: 2, dispatch };
             let req = format!(
                 r#"{{"collection": "{name}", "scene_id": "s", "acquired_at": "2024-06-15T02:03:04Z", "crs": "EPSG:32652", "geotransform": [316000, 10, 0, 4160000, 0, -10], "width": {size}, "height": {size}, "bands": [{{"name": "red", "dtype": "uint16", "nodata": 0}}], "resampling": "bilinear"}}"#
             );

@@ -114,7 +114,11 @@ impl CollectionStore {
             since_snapshot: AtomicU64::new(0),
         };
         store.recover_files()?;
-        store.write_snapshot()?;
+        // The snapshot is derived from the log: a full disk must not keep
+        // the warehouse from opening (its deletes are how space is freed).
+        if let Err(e) = store.write_snapshot() {
+            tracing::warn!(collection = %store.meta.name, error = %e, "writing the catalog snapshot failed; the log keeps the catalog");
+        }
         Ok(store)
     }
 
@@ -257,6 +261,7 @@ impl Warehouse {
     pub fn open_with(root: &Path, options: WriteOptions) -> Result<Self> {
         let names = local::open_root(root)?;
         let lock = local::lock_root(root)?;
+        crate::error::hide_warehouse_root(root);
         let paths = WarehousePaths::new(root);
         // Opened before any write (see `FsSync`).
         let fs_sync = Arc::new(fs_sync::FsSync::open(root, options));
@@ -284,6 +289,11 @@ impl Warehouse {
 
     pub fn root(&self) -> &Path {
         self.paths.root()
+    }
+
+    /// Free bytes of the warehouse's file system, where known.
+    pub fn free_bytes(&self) -> Option<u64> {
+        local::free_bytes(self.paths.root())
     }
 
     pub fn collection(&self, name: &str) -> Result<Arc<CollectionStore>> {

@@ -185,6 +185,23 @@ pub fn open_dir(dir: &Path) -> Result<File> {
     File::open(dir).map_err(Error::io(dir))
 }
 
+/// Free bytes (for an unprivileged writer) of the file system holding
+/// `dir`; `None` if it cannot be asked.
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` a buffer of the size
+    // statvfs(3) fills; it is read only when the call succeeded.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// The lock file of a warehouse directory.
 pub const LOCK_FILE: &str = "pixelquery.lock";
 
