@@ -917,6 +917,12 @@ fn average<T: Sample>(src: &SourceBand<'_, T>, bx: (f64, f64), by: (f64, f64)) -
 
 /// The value covering the most area of a target pixel (ties: the smallest
 /// value), among valid source pixels.
+/// The most common valid value under the target pixel's footprint
+/// `bx` x `by` (source pixel units). The rule, documented in
+/// `docs/protocol.md`: each value counts the area of the target pixel it
+/// covers (partly covered source pixels count their covered part); the
+/// value covering the largest area wins; on a tie of areas the smaller
+/// value wins. `None` where no valid pixel is under the footprint.
 fn mode<T: Sample>(src: &SourceBand<'_, T>, bx: (f64, f64), by: (f64, f64)) -> Option<T> {
     let mut tally: Vec<(T, f64)> = Vec::new();
     footprint(src, bx, by, |i, w| {
@@ -952,6 +958,22 @@ fn bilinear<T: Sample>(src: &SourceBand<'_, T>, x: f64, y: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mode_picks_the_largest_area_then_the_smaller_value() {
+        let values = [5u16, 3, 5, 0, 7, 9];
+        let src = SourceBand { values: &values, nodata: Some(0), valid: None, width: 6, height: 1 };
+        // 5 covers two pixels, 3 one: the larger area wins.
+        assert_eq!(mode(&src, (0.0, 3.0), (0.0, 1.0)), Some(5));
+        // 5 and 3 cover one pixel each: the smaller value wins.
+        assert_eq!(mode(&src, (0.0, 2.0), (0.0, 1.0)), Some(3));
+        // Partly covered pixels count their covered part: 5 covers half a
+        // pixel, 3 a whole one.
+        assert_eq!(mode(&src, (0.5, 2.0), (0.0, 1.0)), Some(3));
+        // Nodata does not count; 7 and 9 tie: 7.
+        assert_eq!(mode(&src, (3.0, 6.0), (0.0, 1.0)), Some(7));
+        assert_eq!(mode(&src, (3.0, 4.0), (0.0, 1.0)), None);
+    }
 
     fn coords(points: &[(f64, f64)]) -> TileCoords {
         let (sx, sy): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
