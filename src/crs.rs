@@ -17,12 +17,37 @@ use crate::error::{Error, Result};
 /// read is the client's mistake: `Invalid { field, .. }`.
 pub fn spatial_ref(field: &str, definition: &str) -> Result<SpatialRef> {
     let def = definition.trim();
-    if def.is_empty() || def.len() > 16 * 1024 || def.contains('\0') {
-        return Err(Error::invalid(field, def, "expected an EPSG code such as EPSG:32652, WKT or a PROJ string"));
+    if def.is_empty() || def.len() > 16 * 1024 || def.contains('\0') || !self_contained(def) {
+        return Err(Error::invalid(
+            field,
+            def,
+            "expected an EPSG code such as EPSG:32652, WKT, PROJJSON or a PROJ string (URLs, file names and +init= are not read)",
+        ));
     }
     let mut srs = SpatialRef::from_definition(def).map_err(|e| Error::invalid(field, def, &format!("GDAL cannot parse this CRS: {e}")))?;
     srs.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
     Ok(srs)
+}
+
+/// Whether `def` has a form whose parsing reads no file and opens no
+/// connection: `AUTH:CODE` (EPSG:32652, OGC:CRS84), an OGC URN, WKT (a
+/// keyword and a bracket), PROJJSON (`{`) or a PROJ string without
+/// `+init=`. GDAL's parser would otherwise fetch URLs and read files
+/// (`.prj`, `.xml`) named by a client.
+fn self_contained(def: &str) -> bool {
+    let upper = def.to_ascii_uppercase();
+    if def.starts_with('{') || upper.starts_with("URN:OGC:DEF:CRS:") {
+        return true;
+    }
+    if def.starts_with('+') {
+        return !upper.contains("INIT=");
+    }
+    let word = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+    if let Some((authority, code)) = def.split_once(':') {
+        return word(authority) && word(code) && !authority.contains('.');
+    }
+    let keyword: String = def.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    !keyword.is_empty() && def[keyword.len()..].trim_start().starts_with(['[', '('])
 }
 
 /// The WKT of a CRS definition (what chunk metadata and `describe` carry).
@@ -112,6 +137,33 @@ impl Transformer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_self_contained_definitions_are_parsed() {
+        for ok in [
+            "EPSG:32652",
+            "OGC:CRS84",
+            "urn:ogc:def:crs:EPSG::4326",
+            "+proj=sinu +lon_0=0 +R=6378137 +units=m",
+            "GEOGCS[\"WGS 84\"]",
+            "{\"type\": \"GeographicCRS\"}",
+        ] {
+            assert!(self_contained(ok), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1:9/crs",
+            "https://example.org/4326.prj",
+            "/etc/some.prj",
+            "./local.prj",
+            "+init=epsg:4326",
+            "+proj=longlat +init=x",
+            "file.prj",
+            "/vsicurl/http://x",
+        ] {
+            assert!(!self_contained(bad), "{bad}");
+            assert!(spatial_ref("crs", bad).unwrap_err().to_string().contains("not read"), "{bad}");
+        }
+    }
 
     #[test]
     fn a_thread_keeps_its_recent_transforms_and_makes_each_once() {

@@ -27,6 +27,11 @@ fn start() -> anyhow::Result<ExitCode> {
     // Before any thread exists: a thread takes its malloc arena at its
     // first allocation.
     cap_malloc_arenas();
+    // PROJ fetches transformation grids from the network when allowed; a
+    // server connects nowhere unless its operator says so.
+    if std::env::var_os("PROJ_NETWORK").is_none() {
+        std::env::set_var("PROJ_NETWORK", "OFF");
+    }
     let cli = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Command::Serve(args) = &cli.command {

@@ -191,3 +191,49 @@ async fn a_call_past_the_clients_grpc_timeout_ends_with_deadline_exceeded() {
     assert_eq!(snapshot(&server.warehouse()), before, "a timed-out DoPut writes nothing");
     server.shutdown().await;
 }
+
+/// A CRS given as a URL or a file name is refused without being read: no
+/// connection reaches the URL's listener, no file is opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crs_definitions_never_fetch_urls_or_read_files() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/crs.prj", listener.local_addr().unwrap());
+    let prj = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        prj.path(),
+        "GEOGCS[\"WGS 84\",DATUM[\"WGS_1984\",SPHEROID[\"WGS 84\",6378137,298.257223563]],PRIMEM[\"Greenwich\",0],UNIT[\"degree\",0.0174532925199433]]",
+    )
+    .unwrap();
+    for crs in [url.as_str(), prj.path().to_str().unwrap(), "+init=epsg:4326"] {
+        let q = pixelquery_client::proto::Query { collection: "s2".into(), bbox: vec![127.0, 37.5, 127.1, 37.6], bbox_crs: crs.into(), ..Default::default() };
+        let (code, msg) = code_of(client.flight_info(&q).await);
+        assert_eq!(code, tonic::Code::InvalidArgument, "{crs}: {msg}");
+        assert!(msg.contains("bbox_crs") && msg.contains("not read"), "{crs}: {msg}");
+    }
+    assert!(listener.accept().is_err(), "the server connected to the CRS URL");
+    server.shutdown().await;
+}
+
+/// Two `authorization` headers are refused, whichever comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_authorization_headers_are_refused() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), with_auth).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.uri.clone()).unwrap().connect().await.unwrap();
+    let mut raw = arrow_flight::flight_service_client::FlightServiceClient::new(channel);
+    for (first, second) in [(READ_TOKEN, "nonsense"), ("nonsense", READ_TOKEN), (READ_TOKEN, READ_TOKEN)] {
+        let mut request = tonic::Request::new(arrow_flight::Action::new("health", ""));
+        request.metadata_mut().append("authorization", format!("Bearer {first}").parse().unwrap());
+        request.metadata_mut().append("authorization", format!("Bearer {second}").parse().unwrap());
+        let status = raw.do_action(request).await.expect_err("refused");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("one authorization header"), "{status:?}");
+    }
+    let mut one = tonic::Request::new(arrow_flight::Action::new("health", ""));
+    one.metadata_mut().insert("authorization", format!("Bearer {READ_TOKEN}").parse().unwrap());
+    assert!(raw.do_action(one).await.is_ok());
+    server.shutdown().await;
+}

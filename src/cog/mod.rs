@@ -66,8 +66,9 @@ pub struct ScenePlan {
     pub bytes: u64,
 }
 
-/// Raster files under `paths` (directories recursively; `.tif`, `.tiff`,
-/// any case), sorted. GDAL `/vsi...` paths are taken as they are.
+/// Raster files under `paths` (directories recursively, links to
+/// directories not followed; `.tif`, `.tiff`, any case), sorted. GDAL
+/// `/vsi...` paths are taken as they are.
 pub fn discover(paths: &[String]) -> (Vec<String>, Vec<Failure>) {
     let (mut files, mut failures) = (Vec::new(), Vec::new());
     let is_tiff = |p: &Path| p.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("tif") || e.eq_ignore_ascii_case("tiff"));
@@ -84,9 +85,13 @@ pub fn discover(paths: &[String]) -> (Vec<String>, Vec<Failure>) {
                     Ok(entries) => {
                         for e in entries.flatten() {
                             let q = e.path();
-                            if q.is_dir() {
+                            // Links to directories are not followed: a link
+                            // loop would make the scan endless, and a link
+                            // may lead out of an ingest root.
+                            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                            if is_dir {
                                 stack.push(q);
-                            } else if is_tiff(&q) {
+                            } else if is_tiff(&q) && !q.is_dir() {
                                 files.push(q.to_string_lossy().to_string());
                             }
                         }
@@ -564,7 +569,19 @@ pub fn check_allowed(path: &str, roots: &[String]) -> Result<String> {
 
 #[cfg(test)]
 mod profile_tests {
-    use super::profile_mismatch;
+    use super::{discover, profile_mismatch};
+
+    #[test]
+    fn a_directory_link_loop_ends_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("x_20240601.tif"), b"").unwrap();
+        std::os::unix::fs::symlink(dir.path(), sub.join("loop")).unwrap();
+        let (files, failures) = discover(&[dir.path().to_string_lossy().to_string()]);
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert!(failures.is_empty(), "{failures:?}");
+    }
 
     #[test]
     fn level_one_products_do_not_go_into_level_two_profiles() {
