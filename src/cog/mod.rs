@@ -541,10 +541,35 @@ pub fn parse_band_map(s: &str) -> Result<Vec<(usize, String)>> {
         .collect()
 }
 
-/// Accepts a path for server-side ingest only under an allowed root:
-/// local paths are resolved (symlinks, `..`) and must lie below a root
-/// directory; `/vsi...` paths must start with a root given as such a prefix
-/// and hold no `..` segment.
+/// Whether `path` is `root` or lies below it, component by component (a
+/// root `.../drop` does not admit `.../drop_evil`).
+fn below(path: &str, root: &str) -> bool {
+    let root = root.trim_end_matches('/');
+    path.strip_prefix(root).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// `path` made absolute and cleaned of `.` and `..` without touching the
+/// file system.
+fn lexical(path: &str) -> Option<PathBuf> {
+    let mut out = if Path::new(path).is_absolute() { PathBuf::new() } else { std::env::current_dir().ok()? };
+    for c in Path::new(path).components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Some(out)
+}
+
+/// Accepts a path for server-side ingest only under an allowed root. A
+/// path outside every root, by its text alone, gets one answer before the
+/// file system is touched (so the answer tells nothing of what exists
+/// there); then local paths are resolved (symlinks) and must still lie
+/// below a root directory. `/vsi...` paths must lie below a root given as
+/// such a prefix and hold no `..` segment.
 pub fn check_allowed(path: &str, roots: &[String]) -> Result<String> {
     if roots.is_empty() {
         return Err(Error::invalid("paths", path, "server-side ingest is disabled: start the server with --ingest-root DIR"));
@@ -553,8 +578,18 @@ pub fn check_allowed(path: &str, roots: &[String]) -> Result<String> {
         return Err(Error::invalid("paths", path, "not a usable path"));
     }
     if path.starts_with("/vsi") {
-        let ok = !path.split('/').any(|seg| seg == "..") && roots.iter().any(|r| r.starts_with("/vsi") && path.starts_with(r.as_str()));
+        let ok = !path.split('/').any(|seg| seg == "..") && roots.iter().any(|r| r.starts_with("/vsi") && below(path, r));
         return if ok { Ok(path.to_string()) } else { Err(Error::invalid("paths", path, "outside the server's allowed ingest roots")) };
+    }
+    let outside = || Error::invalid("paths", path, "outside the server's allowed ingest roots");
+    let text = lexical(path).ok_or_else(outside)?;
+    // The roots as configured and as resolved (a root may be reached
+    // through a link); resolving the server's own roots tells a client
+    // nothing.
+    let local_roots: Vec<PathBuf> =
+        roots.iter().filter(|r| !r.starts_with("/vsi")).flat_map(|r| [lexical(r), std::fs::canonicalize(r).ok()]).flatten().collect();
+    if !local_roots.iter().any(|r| text.starts_with(r)) {
+        return Err(outside());
     }
     let resolved = std::fs::canonicalize(path).map_err(|e| Error::invalid("paths", path, &format!("cannot be read by the server: {e}")))?;
     for r in roots.iter().filter(|r| !r.starts_with("/vsi")) {
@@ -569,7 +604,27 @@ pub fn check_allowed(path: &str, roots: &[String]) -> Result<String> {
 
 #[cfg(test)]
 mod profile_tests {
-    use super::{discover, profile_mismatch};
+    use super::{check_allowed, discover, profile_mismatch};
+
+    #[test]
+    fn ingest_roots_are_whole_path_components_and_outside_paths_get_one_answer() {
+        let roots = vec!["/vsis3/bucket/drop".to_string()];
+        assert!(check_allowed("/vsis3/bucket/drop/a.tif", &roots).is_ok());
+        assert!(check_allowed("/vsis3/bucket/drop_evil/a.tif", &roots).is_err(), "a sibling sharing the prefix");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("drop");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::create_dir(dir.path().join("drop_evil")).unwrap();
+        std::fs::write(dir.path().join("drop_evil").join("a.tif"), b"").unwrap();
+        let roots = vec![root.to_string_lossy().to_string()];
+        let outside = |p: &std::path::Path| check_allowed(p.to_str().unwrap(), &roots).unwrap_err().to_string();
+        // Existing or not, outside is outside: the same answer.
+        let exists = outside(&dir.path().join("drop_evil").join("a.tif"));
+        let missing = outside(&dir.path().join("drop_evil").join("none.tif"));
+        assert!(exists.contains("outside the server's allowed ingest roots"), "{exists}");
+        assert_eq!(exists.replace("a.tif", ""), missing.replace("none.tif", ""));
+        assert!(outside(&root.join("..").join("drop_evil").join("a.tif")).contains("outside"));
+    }
 
     #[test]
     fn a_directory_link_loop_ends_the_scan() {
