@@ -133,7 +133,7 @@ impl CollectionStore {
                 return Err(Error::Corrupt { path: path.clone(), reason: format!("holds {on_disk} bytes but {} were committed", e.len) });
             }
             if on_disk > e.len {
-                tracing::warn!(path = %path.display(), committed = e.len, found = on_disk, "cutting an uncommitted chunk tail");
+                tracing::warn!(path = %crate::error::shown(path), committed = e.len, found = on_disk, "cutting an uncommitted chunk tail");
                 local::chunk_file::truncate(path, e.len)?;
             }
         }
@@ -145,7 +145,7 @@ impl CollectionStore {
                 .and_then(WarehousePaths::parse_chunk)
                 .is_some_and(|(tile, month, band, gen)| idx.chunks.get(&ChunkKey { tile, month, band }).is_some_and(|e| e.file.gen == gen));
             if !known {
-                tracing::warn!(path = %path.display(), "removing a file no commit refers to");
+                tracing::warn!(path = %crate::error::shown(&path), "removing a file no commit refers to");
                 local::remove_file(&path)?;
             }
         }
@@ -270,7 +270,7 @@ impl Warehouse {
             if name.starts_with(paths::DELETED_PREFIX) {
                 // A delete the server died in: finish it.
                 let dir = paths.root().join(&name);
-                tracing::warn!(dir = %dir.display(), "removing a deleted collection's directory");
+                tracing::warn!(dir = %crate::error::shown(&dir), "removing a deleted collection's directory");
                 local::remove_dir_all(&dir)?;
                 continue;
             }

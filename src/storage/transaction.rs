@@ -369,12 +369,12 @@ impl Drop for SceneWriter<'_> {
         }
         for (path, len) in self.undo.drain(..).rev() {
             if let Err(e) = local::undo_append(&path, len) {
-                tracing::warn!(path = %path.display(), error = %e, "could not undo an uncommitted append (a restart cuts it off)");
+                tracing::warn!(path = %crate::error::shown(&path), error = %e, "could not undo an uncommitted append (a restart cuts it off)");
             }
         }
         for path in self.replaced_files.drain(..) {
             if let Err(e) = local::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "could not remove an uncommitted rewrite (a restart does)");
+                tracing::warn!(path = %crate::error::shown(&path), error = %e, "could not remove an uncommitted rewrite (a restart does)");
             }
         }
         for dir in self.created.drain(..).rev() {

@@ -29,7 +29,7 @@ impl CatalogLog {
         let (records, len) = parse(path, &bytes)?;
         let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(path).map_err(Error::io(path))?;
         if len < bytes.len() as u64 {
-            tracing::warn!(path = %path.display(), kept = len, found = bytes.len(), "cutting a torn catalog log tail");
+            tracing::warn!(path = %crate::error::shown(path), kept = len, found = bytes.len(), "cutting a torn catalog log tail");
             file.set_len(len).and_then(|_| file.sync_data()).map_err(Error::io(path))?;
         }
         let count = records.len() as u64;

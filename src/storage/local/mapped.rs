@@ -259,7 +259,7 @@ impl Drop for ChunkFile {
     fn drop(&mut self) {
         if self.obsolete.load(Ordering::Acquire) {
             if let Err(e) = fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "removing a superseded chunk file");
+                tracing::warn!(path = %crate::error::shown(&self.path), error = %e, "removing a superseded chunk file");
             }
         }
     }
