@@ -27,6 +27,7 @@ fn start() -> anyhow::Result<ExitCode> {
     // Before any thread exists: a thread takes its malloc arena at its
     // first allocation.
     cap_malloc_arenas();
+    raise_open_file_limit();
     // PROJ fetches transformation grids from the network when allowed; a
     // server connects nowhere unless its operator says so.
     if std::env::var_os("PROJ_NETWORK").is_none() {
@@ -48,6 +49,21 @@ fn start() -> anyhow::Result<ExitCode> {
 /// another. One arena per core (the tcache still keeps small allocations
 /// thread-local) held it at 200-220 MiB, flat. `MALLOC_ARENA_MAX` or a
 /// `GLIBC_TUNABLES` arena setting in the environment wins.
+/// Raises the soft limit of open files to the hard one: each connection,
+/// and each chunk file a scene or a read holds, is a descriptor, and the
+/// usual soft limit of 1024 is soon reached by a busy server.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to
+    // an rlimit this function owns.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn cap_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

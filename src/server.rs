@@ -42,6 +42,14 @@ pub const SEND_BUFFER: usize = 8 << 20;
 /// A TLS handshake that has not finished by then is dropped.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
+/// A plain connection that has sent no byte by then is dropped: silent
+/// sockets would otherwise hold a file descriptor each for ever.
+pub const FIRST_BYTE: Duration = Duration::from_secs(10);
+
+/// How often an idle connection is pinged, and how long its answer may
+/// take before the connection is dropped (a peer that went away).
+const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::from_secs(20));
+
 /// Opens the warehouse named by `config` (rebuilding its catalog) and
 /// returns the shared state. Blocking.
 pub fn open_state(config: &Config) -> crate::error::Result<Arc<AppState>> {
@@ -66,7 +74,9 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(2 * STREAM_WINDOW)
         .max_frame_size(1 << 20)
-        .max_send_buf_size(SEND_BUFFER);
+        .max_send_buf_size(SEND_BUFFER)
+        .keep_alive_interval(Some(KEEP_ALIVE.0))
+        .keep_alive_timeout(KEEP_ALIVE.1);
     // hyper's other defaults stay: at most 200 concurrent streams per
     // connection (tonic's transport set no limit), 16 KiB of headers.
 
@@ -97,7 +107,14 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
         tokio::spawn(async move {
             let hyper_svc = TowerToHyperService::new(svc);
             let served = match tls {
-                None => serve_connection(&http, TokioIo::new(stream), hyper_svc, stopping).await,
+                None => {
+                    // HTTP/2 starts with the client's preface: wait for its
+                    // first byte, not for ever.
+                    if !matches!(tokio::time::timeout(FIRST_BYTE, stream.peek(&mut [0u8; 1])).await, Ok(Ok(n)) if n > 0) {
+                        return tracing::debug!(%peer, "no bytes from a new connection; closed");
+                    }
+                    serve_connection(&http, TokioIo::new(stream), hyper_svc, stopping).await
+                }
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => serve_connection(&http, TokioIo::new(stream), hyper_svc, stopping).await,
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),

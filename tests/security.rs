@@ -237,3 +237,26 @@ async fn two_authorization_headers_are_refused() {
     assert!(raw.do_action(one).await.is_ok());
     server.shutdown().await;
 }
+
+/// A connection that sends nothing is closed after the first-byte timeout
+/// instead of holding a descriptor for ever; clients meanwhile are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::start().await;
+    let addr = server.uri.trim_start_matches("grpc://").to_string();
+    let mut silent: Vec<tokio::net::TcpStream> = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut client = server.client().await;
+    assert_eq!(client.health().await.unwrap()["status"], "ok");
+    let started = std::time::Instant::now();
+    for s in &mut silent {
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(pixelquery::server::FIRST_BYTE + Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a silent connection was still open: {read:?}");
+    }
+    assert!(started.elapsed() <= pixelquery::server::FIRST_BYTE + Duration::from_secs(5));
+    server.shutdown().await;
+}
