@@ -58,8 +58,10 @@ fn make_cog_offset(path: &Path, bands: usize, offset: u16) {
     make_cog_with(path, bands, &[], &[], offset);
 }
 
+/// Runs `pixelquery ingest --server SERVER ARGS` with `RUST_BACKTRACE=1`
+/// (errors must still be one line): (ok, stdout, stderr).
 fn cli(server: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pixelquery")).arg("ingest").args(["--server", server]).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pixelquery")).env("RUST_BACKTRACE", "1").arg("ingest").args(["--server", server]).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
 }
 
@@ -289,9 +291,8 @@ async fn ingest_errors_name_what_to_do() {
     let file = dir.path().join("field_20240601.tif");
     let file = file.to_str().unwrap();
     let run = |server: &str, args: &[&str]| {
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_pixelquery")).env("RUST_BACKTRACE", "1").arg("ingest").args(["--server", server]).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+        let (ok, _, stderr) = cli(server, args);
+        (ok, stderr)
     };
     // A URL without its scheme, and a port nobody listens on.
     let port = server.uri.rsplit(':').next().unwrap().to_string();

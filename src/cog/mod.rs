@@ -391,24 +391,23 @@ pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure
             let first = &group[0].0;
             let mut paths: Vec<String> = group.iter().map(|(i, _)| i.path.clone()).collect();
             paths.sort();
+            let fail_all =
+                |reason: String, failures: &mut Vec<Failure>| failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
+            // Checked before the files are read for their fingerprint.
+            let profile = opts.profile.as_deref();
+            if let Some(reason) = profile_mismatch(&key.label, profile).or_else(|| group.iter().find_map(|(i, _)| profile_mismatch(&i.stem, profile))) {
+                fail_all(reason, &mut failures);
+                continue;
+            }
             let fingerprint = match fingerprint(&paths) {
                 Ok(f) => f,
                 Err(reason) => {
-                    failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
+                    fail_all(reason, &mut failures);
                     continue;
                 }
             };
             let base = scene_id(key.product.as_deref(), &key.label, fingerprint);
             let scene_id = if split { format!("{base}_{}m", (first.geotransform[1].abs() * 100.0).round() / 100.0) } else { base };
-            let fail_all =
-                |reason: String, failures: &mut Vec<Failure>| failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
-            if let Some(reason) = group
-                .iter()
-                .find_map(|(i, _)| profile_mismatch(&key.label, opts.profile.as_deref()).or_else(|| profile_mismatch(&i.stem, opts.profile.as_deref())))
-            {
-                fail_all(reason, &mut failures);
-                continue;
-            }
             let (time_ms, time_source) = match acquisition_time(first, opts) {
                 Ok(t) => t,
                 Err(reason) => {

@@ -245,10 +245,7 @@ pub async fn connect(opts: &ServerOptions) -> crate::error::Result<Client> {
     let connect = pixelquery_client::ConnectOptions { token: opts.token.clone(), tls_root_cert };
     let mut client = Client::connect_with(&opts.server, &connect).await.map_err(|e| unreachable(&opts.server, e))?;
     if let (Some(user), Some(password)) = (&opts.user, &opts.password) {
-        client.handshake(user, password).await.map_err(|e| match e.status() {
-            None => unreachable(&opts.server, e),
-            Some(_) => client_error("--user/--password")(e),
-        })?;
+        client.handshake(user, password).await.map_err(|e| call_error(opts, "--user/--password", e))?;
     }
     Ok(client)
 }
@@ -293,6 +290,9 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
     use crate::error::Error;
     let client = connect(&args.server).await?;
     let server = &args.server.server;
+    let band_map = args.bands.as_deref().map(super::parse_band_map).transpose()?.unwrap_or_default();
+    let paths = args.paths.clone();
+    let (files, discovered) = tokio::task::spawn_blocking(move || super::discover(&paths)).await.map_err(|e| Error::Internal(e.to_string()))?;
     let mut c = client.try_clone();
     let desc = match c.describe(&args.collection).await {
         Ok(d) => d,
@@ -300,10 +300,9 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
             let body = match (&args.profile, args.create) {
                 (Some(p), _) => serde_json::json!({"name": args.collection, "profile": p}),
                 (None, true) => {
-                    let (files, _) = super::discover(&args.paths);
                     let first =
                         files.first().cloned().ok_or_else(|| Error::invalid("paths", &args.paths, "no .tif/.tiff file to create the collection from"))?;
-                    let (name, band_map) = (args.collection.clone(), args.bands.as_deref().map(super::parse_band_map).transpose()?.unwrap_or_default());
+                    let (name, band_map) = (args.collection.clone(), band_map.clone());
                     tokio::task::spawn_blocking(move || super::collection_for_file(&first, &name, &band_map))
                         .await
                         .map_err(|e| Error::Internal(e.to_string()))??
@@ -325,20 +324,18 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
     let opts = super::CogOptions {
         collection: args.collection.clone(),
         collection_bands,
-        band_map: args.bands.as_deref().map(super::parse_band_map).transpose()?.unwrap_or_default(),
+        band_map,
         time_ms: args.time.as_deref().map(|t| crate::wire::parse_time("--time", t)).transpose()?,
         resampling: args.resampling.clone().unwrap_or_default(),
         replace: args.replace,
         profile: desc["profile"].as_str().map(str::to_string),
     };
-    let paths = args.paths.clone();
-    let (files, scenes, failures) = tokio::task::spawn_blocking(move || {
-        let (files, mut failures) = super::discover(&paths);
+    let count = files.len();
+    let (scenes, failures) = tokio::task::spawn_blocking(move || {
         let (scenes, more) = super::plan(&files, &opts);
-        failures.extend(more);
-        (files, scenes, failures)
+        (scenes, discovered.into_iter().chain(more).collect())
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))?;
-    Ok(send_all(&client, scenes, failures, files.len(), args.jobs).await)
+    Ok(send_all(&client, scenes, failures, count, args.jobs).await)
 }

@@ -33,7 +33,7 @@ use crate::crs;
 use crate::error::{Error, Result};
 use crate::grid::{GridSpec, TileId};
 use crate::sample::Sample;
-use crate::storage::{AppendOutcome, CollectionStore, Encoded, Observation, SceneCommit, Step, Warehouse};
+use crate::storage::{AppendOutcome, CollectionStore, Encoded, Observation, SceneCommit, SceneStatus, Step, Warehouse};
 use crate::warp::{self, SourceGeometry};
 use crate::wire::IngestSpec;
 use crate::with_arrow_type;
@@ -301,11 +301,7 @@ where
     }
     // Another scene under this id is refused here, before any pixel is
     // read, unless this one replaces it (atomically, at its commit).
-    let retry = match store.check_scene(&spec.scene_id, spec.acquired_at_ms, spec.fingerprint.as_deref()) {
-        Err(_) if spec.replace => false,
-        other => other?,
-    };
-    if retry {
+    if store.check_scene(&spec.scene_id, spec.acquired_at_ms, spec.fingerprint.as_deref(), spec.replace)? == SceneStatus::Retry {
         // A retry of an acknowledged scene: read the stream to its end so the
         // client's writes complete, keep nothing (the CRS is still checked).
         let (crs_def, grid_wkt) = (spec.crs.clone(), store.meta.grid.crs_wkt.clone());

@@ -198,7 +198,7 @@ fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Answer> {
             let (x, y) = point_to_grid(&grid, *xy, crs)?;
             let tile = grid.tile_of(x, y);
             let (col, row) = grid.pixel_of(tile, x, y).ok_or_else(|| Error::invalid("point", xy, "falls on no pixel of the grid"))?;
-            point = Some((tile, row as usize * grid.tile_px as usize + col as usize));
+            point = Some(row as usize * grid.tile_px as usize + col as usize);
             TileFilter::Set([tile].into())
         }
     };
@@ -213,7 +213,7 @@ fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Answer> {
         .collect();
     let selection = Selection { store, spec, bands, chunks };
     Ok(match point {
-        Some((_, index)) => Answer::Point(PointAnswer { selection, index }),
+        Some(index) => Answer::Point(PointAnswer { selection, index }),
         None => Answer::Chunks(ChunkAnswer { selection }),
     })
 }

@@ -32,6 +32,17 @@ pub mod snapshot;
 mod transaction;
 
 pub use catalog::{ChunkEntry, ChunkKey, StoredScene};
+
+/// What a scene about to be written is to the collection ([`CollectionStore::check_scene`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SceneStatus {
+    /// No scene is stored under its id.
+    New,
+    /// The stored scene under its id is this one: nothing to write.
+    Retry,
+    /// Another scene is stored under its id, and this one replaces it.
+    Replaces,
+}
 pub use read::PixelRows;
 pub use rewrite::{sorted_rows, RewriteOutcome};
 pub use transaction::{chunk_metadata, AppendOutcome, Encoded, Observation, SceneCommit, SceneWriter, Step, TILE_GROUP};
@@ -161,15 +172,19 @@ impl CollectionStore {
         read(&self.index).scenes.get(scene_id).cloned()
     }
 
-    /// Whether scene `scene_id` is stored already as this put describes it
-    /// (`true`: a retry, nothing to write); `AlreadyExists` when it is stored
-    /// with another acquisition time or another content fingerprint.
-    pub fn check_scene(&self, scene_id: &str, time_ms: i64, fingerprint: Option<&str>) -> Result<bool> {
-        let Some(stored) = self.scene(scene_id) else { return Ok(false) };
+    /// What writing scene `scene_id` at `time_ms` (with `fingerprint`)
+    /// means against what is stored: a new scene, a retry of the stored one
+    /// (nothing to write), or, with `replace`, a replacement of another
+    /// scene stored under its id; without `replace` that is `AlreadyExists`.
+    pub fn check_scene(&self, scene_id: &str, time_ms: i64, fingerprint: Option<&str>, replace: bool) -> Result<SceneStatus> {
+        let Some(stored) = self.scene(scene_id) else { return Ok(SceneStatus::New) };
         let other_time = stored.time_ms != time_ms;
         let other_content = matches!((stored.fingerprint.as_deref(), fingerprint), (Some(a), Some(b)) if a != b);
         if !other_time && !other_content {
-            return Ok(true);
+            return Ok(SceneStatus::Retry);
+        }
+        if replace {
+            return Ok(SceneStatus::Replaces);
         }
         let what = if other_time {
             format!("stored with acquisition time {}, this put says {}", crate::wire::format_time(stored.time_ms), crate::wire::format_time(time_ms))
@@ -328,9 +343,8 @@ impl Warehouse {
         let store = read(&self.collections).get(name).cloned().ok_or_else(|| Error::not_found(format!("collection {name:?}")))?;
         let _writer = store.take_writer();
         let (dir, gone) = (self.paths.collection_dir(name), self.paths.deleted_collection_dir(name));
-        if gone.exists() {
-            local::remove_dir_all(&gone)?;
-        }
+        // A delete of this name that could not remove its files.
+        local::remove_dir_all_if_present(&gone)?;
         local::rename(&dir, &gone)?;
         local::sync_dir(self.paths.root())?;
         write(&self.collections).remove(name);

@@ -16,7 +16,7 @@ use super::catalog::ChunkKey;
 use super::local::{self, fs_sync, CatalogLog, Syncs, SYNC_BATCH};
 use super::log::{Appended, PixelStats, Record, Rewritten};
 use super::paths::Month;
-use super::{chunk, lock, read, CollectionStore};
+use super::{chunk, lock, read, CollectionStore, SceneStatus};
 use crate::collection::Collection;
 use crate::counters::Counters;
 use crate::error::{Error, Result};
@@ -144,11 +144,10 @@ impl CollectionStore {
     ) -> Result<Option<SceneWriter<'s>>> {
         let month = Month::of_ms(time_ms).ok_or_else(|| Error::invalid("acquired_at", time_ms, "out of the representable range"))?;
         let Some(log) = take() else { return Ok(None) };
-        let replacing = match self.check_scene(scene_id, time_ms, fingerprint) {
-            Ok(true) => return Ok(None),
-            Ok(false) => false,
-            Err(_) if replace => true,
-            Err(e) => return Err(e),
+        let replacing = match self.check_scene(scene_id, time_ms, fingerprint, replace)? {
+            SceneStatus::Retry => return Ok(None),
+            SceneStatus::New => false,
+            SceneStatus::Replaces => true,
         };
         let mut writer = SceneWriter::new(self, log, scene_id, time_ms, month);
         writer.fingerprint = fingerprint.map(str::to_string);

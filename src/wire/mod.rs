@@ -132,8 +132,9 @@ struct IngestJson {
     resampling: Option<ResamplingJson>,
     #[serde(default)]
     fingerprint: Option<String>,
+    /// Read by hand, so that a value of another type names the field.
     #[serde(default)]
-    replace: bool,
+    replace: Option<Value>,
 }
 
 impl TryFrom<IngestJson> for pb::IngestRequest {
@@ -156,7 +157,11 @@ impl TryFrom<IngestJson> for pb::IngestRequest {
             resampling,
             resampling_by_band,
             fingerprint: j.fingerprint.unwrap_or_default(),
-            replace: j.replace,
+            replace: match j.replace {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => b,
+                Some(other) => return Err(Error::invalid("replace", other, "expected true or false")),
+            },
         })
     }
 }

@@ -249,6 +249,14 @@ pub fn open_root(root: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Removes a directory and everything below it, if there is one.
+pub fn remove_dir_all_if_present(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(Error::io(dir)),
+    }
+}
+
 /// Removes a directory and everything below it.
 pub fn remove_dir_all(dir: &Path) -> Result<()> {
     fs::remove_dir_all(dir).map_err(Error::io(dir))
