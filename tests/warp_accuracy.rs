@@ -24,11 +24,11 @@ use gdal::DriverManager;
 use pixelquery::grid::{GridSpec, TileId};
 use pixelquery_client::proto;
 
-fn write_tif<T: GdalType + Copy>(path: &Path, values: &[T], w: usize, h: usize, gt: [f64; 6], epsg: u32) {
+fn write_tif<T: GdalType + Copy>(path: &Path, values: &[T], w: usize, h: usize, gt: [f64; 6], crs: &str) {
     let driver = DriverManager::get_driver_by_name("GTiff").unwrap();
     let mut ds = driver.create_with_band_type::<T, _>(path, w, h, 1).unwrap();
     ds.set_geo_transform(&gt).unwrap();
-    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_epsg(epsg).unwrap()).unwrap();
+    ds.set_spatial_ref(&gdal::spatial_ref::SpatialRef::from_definition(crs).unwrap()).unwrap();
     let mut band = ds.rasterband(1).unwrap();
     band.set_no_data_value(Some(0.0)).unwrap();
     band.write((0, 0), (w, h), &mut Buffer::new((w, h), values.to_vec())).unwrap();
@@ -98,7 +98,6 @@ fn compare(ours: &[f64], mask: &[bool], gdal: &[f64], n: usize, acc: &mut Agreem
 async fn run_case<T: GdalType + Copy + Into<f64>>(
     collection: serde_json::Value,
     crs: &str,
-    epsg: u32,
     gt: [f64; 6],
     size: usize,
     values: Vec<T>,
@@ -128,7 +127,7 @@ async fn run_case<T: GdalType + Copy + Into<f64>>(
     let put = client.ingest(&req, pixelquery_client::raster_batches(vec![("v".into(), column)], None, size).unwrap()).await.unwrap();
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src.tif");
-    write_tif(&src, &values, size, size, gt, epsg);
+    write_tif(&src, &values, size, size, gt, crs);
     let scale = scene_scale(crs, gt, size, &grid);
     eprintln!("{method} from {crs}: scene kernel scale {scale:?}");
     let mut acc = Agreement { within_one: 0, both_valid: 0, mask_equal: 0, mask_compared: 0 };
@@ -176,7 +175,7 @@ async fn cubic_from_utm_matches_gdalwarp() {
     let values = smooth(size, (200..260, 100..180));
     let column: ArrayRef = std::sync::Arc::new(UInt16Array::from(values.clone()));
     let coll = serde_json::json!({"name": "c", "bands": [{"name": "v", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}});
-    let a = run_case(coll, "EPSG:32652", 32652, utm_geotransform(size), size, values, column, "uint16", "cubic").await;
+    let a = run_case(coll, "EPSG:32652", utm_geotransform(size), size, values, column, "uint16", "cubic").await;
     assert!(a.within_one as f64 >= 0.999 * a.both_valid as f64);
     assert!(a.mask_equal as f64 >= 0.999 * a.mask_compared as f64);
 }
@@ -191,7 +190,7 @@ async fn average_and_mode_of_3m_down_to_10m_match_gdalwarp() {
     let values = smooth(size, (500..620, 300..400));
     let column: ArrayRef = std::sync::Arc::new(UInt16Array::from(values.clone()));
     let coll = serde_json::json!({"name": "a", "bands": [{"name": "v", "dtype": "uint16", "nodata": 0}], "grid": utm_grid});
-    let a = run_case(coll, "EPSG:32652", 32652, gt, size, values, column, "uint16", "average").await;
+    let a = run_case(coll, "EPSG:32652", gt, size, values, column, "uint16", "average").await;
     assert!(a.within_one as f64 >= 0.99 * a.both_valid as f64);
 
     let classes: Vec<u8> = (0..size * size)
@@ -206,7 +205,7 @@ async fn average_and_mode_of_3m_down_to_10m_match_gdalwarp() {
         .collect();
     let column: ArrayRef = std::sync::Arc::new(UInt8Array::from(classes.clone()));
     let coll = serde_json::json!({"name": "m", "bands": [{"name": "v", "dtype": "uint8", "nodata": 0}], "grid": utm_grid});
-    let m = run_case(coll, "EPSG:32652", 32652, gt, size, classes, column, "uint8", "mode").await;
+    let m = run_case(coll, "EPSG:32652", gt, size, classes, column, "uint8", "mode").await;
     assert!(m.within_one as f64 >= 0.99 * m.both_valid as f64);
 }
 
@@ -246,7 +245,7 @@ async fn adjacent_tiles_have_no_seam() {
     server.shutdown().await;
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src.tif");
-    write_tif(&src, &values, size, size, gt, 32652);
+    write_tif(&src, &values, size, size, gt, "EPSG:32652");
     let grid = GridSpec::default_at(10.0).unwrap();
     let [x0, y0, _, y1] = grid.tile_bounds(west);
     let x1 = grid.tile_bounds(east)[2];
@@ -298,10 +297,10 @@ async fn adjacent_tiles_have_no_seam() {
     assert!(equal as f64 >= 0.999 * compared as f64);
 }
 
-/// A geotransform in `epsg` whose top-left corner is at lon 127.02, lat 37.57.
-fn corner_geotransform(epsg: u32, pixel: f64) -> [f64; 6] {
+/// A geotransform in `crs` whose top-left corner is at lon 127.02, lat 37.57.
+fn corner_geotransform(crs: &str, pixel: f64) -> [f64; 6] {
     let from = pixelquery::crs::spatial_ref("t", "EPSG:4326").unwrap();
-    let to = pixelquery::crs::spatial_ref("t", &format!("EPSG:{epsg}")).unwrap();
+    let to = pixelquery::crs::spatial_ref("t", crs).unwrap();
     let (mut x, mut y) = ([127.02], [37.57]);
     pixelquery::crs::Transformer::new(&from, &to).unwrap().transform(&mut x, &mut y);
     [x[0], pixel, 0.0, y[0], 0.0, -pixel]
@@ -312,7 +311,8 @@ async fn smooth_case(name: &str, epsg: u32, pixel: f64, grid: serde_json::Value,
     let values = smooth(size, (200..260, 100..180));
     let column: ArrayRef = std::sync::Arc::new(UInt16Array::from(values.clone()));
     let coll = serde_json::json!({"name": name, "bands": [{"name": "v", "dtype": "uint16", "nodata": 0}], "grid": grid});
-    run_case(coll, &format!("EPSG:{epsg}"), epsg, corner_geotransform(epsg, pixel), size, values, column, "uint16", method).await
+    let crs = format!("EPSG:{epsg}");
+    run_case(coll, &crs, corner_geotransform(&crs, pixel), size, values, column, "uint16", method).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,5 +333,56 @@ async fn bilinear_and_cubic_from_web_mercator_to_a_utm_grid_match_gdalwarp() {
         let a = smooth_case("m", 3857, 12.0, utm_grid.clone(), method).await;
         assert!(a.within_one as f64 >= 0.999 * a.both_valid as f64, "{method}");
         assert!(a.mask_equal as f64 >= 0.999 * a.mask_compared as f64, "{method}");
+    }
+}
+
+/// A Lambert conformal conic CRS with no EPSG code: WKT is all it has.
+const WKT_ONLY: &str = r#"PROJCS["unnamed LCC",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Lambert_Conformal_Conic_2SP"],PARAMETER["standard_parallel_1",30],PARAMETER["standard_parallel_2",45],PARAMETER["latitude_of_origin",37],PARAMETER["central_meridian",127],PARAMETER["false_easting",0],PARAMETER["false_northing",0],UNIT["metre",1]]"#;
+
+/// A smooth raster with scattered nodata holes, as clouds masked upstream
+/// leave them: discs of radius 0 (one pixel) to 6, at fixed pseudo-random
+/// places.
+fn holed(size: usize) -> Vec<u16> {
+    let mut v = smooth(size, (0..0, 0..0));
+    let mut seed = 0x9e37_79b9_u32;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed as usize
+    };
+    for _ in 0..400 {
+        let (r0, c0, rad) = (next() % size, next() % size, next() % 7);
+        let rad2 = (rad * rad) as isize;
+        for dr in -(rad as isize)..=rad as isize {
+            for dc in -(rad as isize)..=rad as isize {
+                let (r, c) = (r0 as isize + dr, c0 as isize + dc);
+                if dr * dr + dc * dc <= rad2 && (0..size as isize).contains(&r) && (0..size as isize).contains(&c) {
+                    v[r as usize * size + c as usize] = 0;
+                }
+            }
+        }
+    }
+    v
+}
+
+/// gdalwarp leaves a target pixel invalid when the source pixel under its
+/// centre is invalid, for bilinear and cubic too: nodata areas must not
+/// shrink on ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masks_around_scattered_holes_match_gdalwarp() {
+    let size = 512;
+    let values = holed(size);
+    let holes = values.iter().filter(|v| **v == 0).count();
+    assert!(holes > size * size / 50, "holes cover {holes} pixels");
+    for (name, crs, pixel) in [("g", "EPSG:4326", 0.0001), ("w", WKT_ONLY, 9.0)] {
+        for method in ["bilinear", "cubic"] {
+            let column: ArrayRef = std::sync::Arc::new(UInt16Array::from(values.clone()));
+            let coll = serde_json::json!({"name": name, "bands": [{"name": "v", "dtype": "uint16", "nodata": 0}], "grid": {"resolution": 10}});
+            let a = run_case(coll, crs, corner_geotransform(crs, pixel), size, values.clone(), column, "uint16", method).await;
+            assert!(a.mask_compared > 100_000, "{name} {method}: {} pixels compared", a.mask_compared);
+            assert!(a.mask_equal as f64 >= 0.999 * a.mask_compared as f64, "{name} {method}: masks equal on {} of {}", a.mask_equal, a.mask_compared);
+            assert!(a.within_one as f64 >= 0.999 * a.both_valid as f64, "{name} {method}");
+        }
     }
 }

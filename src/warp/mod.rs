@@ -4,7 +4,9 @@
 //! real CRS transform (PROJ via GDAL) and the source's inverse geotransform to
 //! a continuous source position; the kernel samples the source there. Pixels
 //! whose position falls outside the source, or whose support holds no valid
-//! source pixel, are masked. Nodata and invalid pixels never contribute:
+//! source pixel, are masked; so, for nearest, bilinear and cubic, are pixels
+//! whose centre falls on an invalid source pixel (gdalwarp's rule: nodata
+//! areas do not shrink). Nodata and invalid pixels never contribute:
 //! bilinear and cubic renormalise their weights over the valid neighbours.
 //!
 //! How a scene's pixels relate to the grid's is decided once
@@ -526,6 +528,12 @@ fn resample_points<T: Sample>(
                     }
                 }
                 Resampling::Bilinear | Resampling::Cubic => {
+                    // As gdalwarp: a target pixel whose centre falls on an
+                    // invalid source pixel stays invalid, whatever its
+                    // neighbours hold.
+                    if !clean && !src.is_valid((y as usize) * src.width + x as usize) {
+                        continue;
+                    }
                     let v = if let Some(((fx, nx), (fy, ny))) = windows {
                         // Widened, within the stack arrays: weights per pixel,
                         // windows per tile.
@@ -1086,9 +1094,9 @@ mod tests {
         assert_eq!(m, vec![true, false, false, false, false, true]);
         assert_eq!(v, vec![10, 0, 0, 0, 0, 20]);
         let (v, m) = resample(&src, &c, Resampling::Bilinear, 0);
-        // Centre of the four: the nodata pixel is left out, (10 + 20 + 30) / 3.
-        assert!(m[2]);
-        assert_eq!(v[2], 20);
+        // Centre of the four: it falls on the nodata pixel's corner, in
+        // that pixel, so it stays invalid as gdalwarp leaves it.
+        assert!(!m[2]);
         // Exactly on a pixel centre: that pixel alone.
         assert_eq!((v[0], m[0]), (10, true));
         // Halfway between 10 and 20 on the top row.

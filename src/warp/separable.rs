@@ -65,6 +65,9 @@ pub struct Taps<A> {
     /// Whether the position's centre falls inside the source and its taps
     /// carry weight; other positions are masked.
     inside: Vec<bool>,
+    /// The source pixel under each position's centre: where it is invalid,
+    /// bilinear and cubic leave the target pixel invalid (gdalwarp's rule).
+    centre: Vec<u32>,
     /// Smallest and largest source index of any inside position's taps
     /// (zero-weight ones included).
     lo: usize,
@@ -108,7 +111,7 @@ impl<A: Acc> Taps<A> {
                 .max()
                 .unwrap_or(1),
         };
-        let mut taps = Taps { k, idx: vec![0; n * k], w: vec![A::ZERO; n * k], inside: vec![false; n], lo: usize::MAX, hi: 0 };
+        let mut taps = Taps { k, idx: vec![0; n * k], w: vec![A::ZERO; n * k], inside: vec![false; n], centre: vec![0; n], lo: usize::MAX, hi: 0 };
         let last = len as i64 - 1;
         for (p, &x) in centres.iter().enumerate() {
             let start = weights(p, &mut w);
@@ -119,6 +122,7 @@ impl<A: Acc> Taps<A> {
                 continue;
             }
             taps.inside[p] = true;
+            taps.centre[p] = super::floor(x) as u32;
             // Padding taps (average's count varies) repeat the last index
             // with weight 0, so one position's taps stay consecutive.
             for i in 0..k {
@@ -238,8 +242,11 @@ pub fn resample<T: Sample, A: Acc>(src: &SourceBand<'_, T>, method: Resampling, 
         } else {
             // As the per-pixel kernels: cubic's weights may sum below zero.
             let (floor, neg_floor) = (A::of(1e-5), A::of(-1e-5));
-            for (a, d) in num.iter().zip(&den) {
-                let valid = *d > floor || *d < neg_floor;
+            // Average keeps the valid part of its footprint; bilinear and
+            // cubic need a valid centre pixel.
+            let centre_row = (method != Resampling::Average).then(|| yt.centre[r] as usize * src.width);
+            for (c, (a, d)) in num.iter().zip(&den).enumerate() {
+                let valid = (*d > floor || *d < neg_floor) && centre_row.is_none_or(|row| src.is_valid(row + xt.centre[c] as usize));
                 out.push(if valid { (*a / *d).round() } else { fill });
                 mask.push(valid);
             }
