@@ -67,6 +67,10 @@ pub enum Error {
         #[source]
         source: gdal::errors::GdalError,
     },
+    /// Stored bytes fail their checksum (bit rot, a file changed behind
+    /// the server's back): what is damaged, never a wrong value.
+    #[error("data loss: {0}")]
+    DataLoss(String),
     /// A stored file does not look like what we wrote.
     #[error("corrupt {}: {reason}", shown(path))]
     Corrupt { path: PathBuf, reason: String },
@@ -143,6 +147,7 @@ impl Error {
             Error::Arrow { .. } => Code::Internal,
             Error::Gdal { .. } => Code::Internal,
             Error::Corrupt { .. } => Code::Internal,
+            Error::DataLoss(_) => Code::DataLoss,
             Error::Internal(_) => Code::Internal,
         };
         if let Error::Io { path, source } = &self {
@@ -157,7 +162,7 @@ impl Error {
             }
         }
         let mut msg = self.to_string();
-        if code == Code::Internal {
+        if matches!(code, Code::Internal | Code::DataLoss) {
             tracing::warn!(error = %msg, "request failed");
         } else {
             tracing::info!(error = %msg, "request rejected");

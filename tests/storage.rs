@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -553,4 +554,80 @@ fn a_replacing_scene_swaps_the_old_one_in_one_commit() {
     let store = wh.collection("s2").unwrap();
     assert_eq!(first_pixels(&store), [nine_firsts("a", 300), nine_firsts("b", 200)].concat());
     assert_eq!(store.scene("a").map(|s| s.time_ms), Some(T0 + 2000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_reads_as_data_loss_and_verify_finds_exactly_it() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    const H: i64 = 3_600_000;
+    const DAY: i64 = 24 * H;
+    // Three observations appended to one chunk, one in the next month's.
+    for (i, t) in [T0, T0 + H, T0 + 2 * H, T0 + 40 * DAY].into_iter().enumerate() {
+        client.ingest(&aligned_request(&format!("w{i}"), t, 0, 0, 256), red_batches(raster(256, i as u16), 256)).await.unwrap();
+    }
+    let all = || proto::Query { collection: "s2".into(), ..Default::default() };
+    let point = |start: Option<i64>| proto::Query {
+        collection: "s2".into(),
+        point: vec![100.0 * 2560.0 + 1280.0, 201.0 * 2560.0 - 1280.0],
+        bbox_crs: pixelquery::grid::DEFAULT_GRID_CRS.into(),
+        start_ms: start,
+        ..Default::default()
+    };
+    let intact = rows(&client.query(&all()).await.unwrap());
+    assert_eq!(intact.len(), 4);
+    let report = client.action("verify", &serde_json::json!({})).await.unwrap();
+    assert_eq!((report["observations"].as_u64(), report["damaged"].as_array().map(Vec::len)), (Some(4), Some(0)), "{report}");
+
+    // One byte in the middle of the second observation's pixels flips.
+    let mut files: Vec<(u64, PathBuf)> = snapshot(&server.warehouse())
+        .into_iter()
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "arrow"))
+        .map(|(p, bytes)| (bytes.len() as u64, p))
+        .collect();
+    files.sort();
+    let [(one, _), (three, path)] = &files[..] else { panic!("two chunk files: {files:?}") };
+    let per_obs = (three - one) / 2;
+    let at = three - per_obs - per_obs / 2;
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at as usize] ^= 0x10;
+    std::fs::write(path, &bytes).unwrap();
+
+    // Every read touching it says DataLoss, naming what, never a path.
+    for (what, err) in [("query", client.query(&all()).await.map(|_| ())), ("point", client.point(&point(None)).await.map(|_| ()))] {
+        let (code, msg) = code_of(err);
+        assert_eq!(code, tonic::Code::DataLoss, "{what}: {msg}");
+        for part in ["collection s2", "tile x0100_y0200", "band red", "scene w1"] {
+            assert!(msg.contains(part), "{what}: {msg} lacks {part}");
+        }
+        assert!(!msg.contains('/') || !msg.contains(".arrow"), "{what}: a path in {msg}");
+    }
+    // What does not touch it still reads: the later observation of that
+    // chunk, and the other chunk.
+    let later = rows(&client.query(&proto::Query { start_ms: Some(T0 + 2 * H), ..all() }).await.unwrap());
+    assert_eq!(later.iter().map(|r| r.2.as_str()).collect::<Vec<_>>(), vec!["w2", "w3"]);
+    assert_eq!(later, intact[2..].to_vec());
+    assert_eq!(client.point(&point(Some(T0 + 2 * H))).await.unwrap().iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+
+    let report = client.action("verify", &serde_json::json!({"collection": "s2"})).await.unwrap();
+    let damaged = report["damaged"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{report}");
+    assert_eq!((damaged[0]["scene_id"].as_str(), damaged[0]["band"].as_str(), damaged[0]["tile"].as_str()), (Some("w1"), Some("red"), Some("x0100_y0200")));
+    // Compaction refuses to carry damaged bytes into a new generation.
+    let (code, _) = code_of(client.action("compact", &serde_json::json!({"collection": "s2"})).await);
+    assert_eq!(code, tonic::Code::DataLoss);
+
+    // Point reads check a message the first time they touch it (then
+    // trust it until the server restarts): once it failed, it fails again.
+    assert_eq!(code_of(client.point(&point(None)).await).0, tonic::Code::DataLoss);
+
+    // Deleting the damaged scene is possible and leaves the rest whole.
+    client.action("delete", &serde_json::json!({"collection": "s2", "scene_id": "w1"})).await.unwrap();
+    let left = rows(&client.query(&all()).await.unwrap());
+    assert_eq!(left, [&intact[..1], &intact[2..]].concat());
+    let report = client.action("verify", &serde_json::json!({})).await.unwrap();
+    assert_eq!((report["observations"].as_u64(), report["damaged"].as_array().map(Vec::len)), (Some(3), Some(0)), "{report}");
+    assert_eq!(client.point(&point(None)).await.unwrap().iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+    server.shutdown().await;
 }

@@ -12,6 +12,7 @@ mod describe;
 mod health;
 mod ingest_path;
 mod list_collections;
+mod verify;
 
 use serde_json::Value;
 
@@ -27,6 +28,7 @@ use describe::Describe;
 use health::Health;
 use ingest_path::IngestPath;
 use list_collections::ListCollections;
+use verify::Verify;
 
 /// What `ListActions` tells of an action, and the role it needs when auth
 /// is on (writes need `write`; making the server read its own files needs
@@ -43,8 +45,8 @@ pub struct ActionDoc {
 }
 
 /// Every action, in the order `ListActions` gives them.
-pub const ACTIONS: [ActionDoc; 8] =
-    [Health::DOC, ListCollections::DOC, CreateCollection::DOC, Describe::DOC, Delete::DOC, DeleteCollection::DOC, IngestPath::DOC, Compact::DOC];
+pub const ACTIONS: [ActionDoc; 9] =
+    [Health::DOC, ListCollections::DOC, CreateCollection::DOC, Describe::DOC, Delete::DOC, DeleteCollection::DOC, IngestPath::DOC, Compact::DOC, Verify::DOC];
 
 /// An action with its parsed body.
 pub enum Action {
@@ -56,6 +58,7 @@ pub enum Action {
     DeleteCollection(DeleteCollection),
     IngestPath(IngestPath),
     Compact(Compact),
+    Verify(Verify),
 }
 
 impl Action {
@@ -81,6 +84,7 @@ impl Action {
             "delete_collection" => Action::DeleteCollection(DeleteCollection::parse(body)?),
             "ingest_path" => Action::IngestPath(IngestPath::parse(body)?),
             "compact" => Action::Compact(Compact::parse(body)?),
+            "verify" => Action::Verify(Verify::parse(body)?),
             other => {
                 let names: Vec<&str> = ACTIONS.iter().map(|a| a.name).collect();
                 return Err(Error::invalid("action.type", other, &format!("unknown action; available: {}", names.join(", "))));
@@ -101,6 +105,7 @@ impl Action {
             Action::DeleteCollection(a) => a.apply(state),
             Action::IngestPath(a) => a.apply(state),
             Action::Compact(a) => a.apply(state),
+            Action::Verify(a) => a.apply(state),
         }
     }
 }

@@ -28,6 +28,11 @@ impl ChunkKey {
         ChunkRef { tile: self.tile.to_string(), month: self.month.to_string(), band: self.band.clone() }
     }
 
+    /// The chunk as errors name it.
+    pub fn label(&self, collection: &str) -> String {
+        format!("collection {collection}, tile {}, band {}, month {}", self.tile, self.band, self.month)
+    }
+
     pub(super) fn from_ref(r: &ChunkRef) -> Result<Self> {
         let bad = |what: &str| Error::Internal(format!("catalog log names a bad {what}: {r:?}"));
         Ok(ChunkKey { tile: r.tile.parse().map_err(|_| bad("tile"))?, month: Month::parse(&r.month).ok_or_else(|| bad("month"))?, band: r.band.clone() })
@@ -46,7 +51,28 @@ pub struct ChunkEntry {
     pub stats: PixelStats,
     /// Batches appended since the file was last written whole.
     pub appends: u32,
+    /// The committed bytes as checksummed segments, in order from byte 0.
+    pub sums: Vec<Sum>,
 }
+
+/// A checksummed segment of a chunk file: it ends at `end` and starts where
+/// the one before it ends (the first at byte 0). Each holds whole record
+/// batch messages (the first also the schema message); `crc` is the CRC-32
+/// of its bytes, `None` for bytes written before checksums existed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sum {
+    pub end: u64,
+    pub crc: Option<u32>,
+}
+
+/// Epoch milliseconds as RFC 3339 text.
+fn time_text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// Rows of a chunk whose bytes fail their checksum: `(first row, rows)` in
+/// file order.
+pub type Damaged = Vec<(usize, usize)>;
 
 impl ChunkEntry {
     pub fn count_in(&self, start: Option<i64>, end: Option<i64>) -> usize {
@@ -60,14 +86,89 @@ impl ChunkEntry {
         self.file.batches_with(self.len, keep)
     }
 
-    /// The committed batches at `locs`, decoded.
+    /// The committed batches at `locs`, decoded, after their checksums hold.
     pub fn read_batches(&self, schema_end: u64, locs: &[chunk::BatchLoc]) -> Result<Vec<RecordBatch>> {
+        for l in locs {
+            self.check(l.start, l.end, false)?;
+        }
         local::chunk_file::read_batches(&self.file.path, schema_end, locs)
     }
 
-    /// Committed bytes `from..to` as stored, for sending without a copy.
+    /// Committed bytes `from..to` as stored, for sending without a copy,
+    /// after the checksums of the segments they lie in hold.
     pub fn range(&self, from: u64, to: u64) -> Result<bytes::Bytes> {
+        self.check(from, to, false)?;
         self.file.range(self.len, from, to)
+    }
+
+    /// Checks the segments overlapping committed bytes `from..to` against
+    /// their checksums; with `once`, segments a point read found intact
+    /// before since the server started are trusted (a whole segment read
+    /// for one pixel per row would cost far more than the read). A mismatch is
+    /// [`Error::DataLoss`] naming the observations.
+    pub fn check(&self, from: u64, to: u64, once: bool) -> Result<()> {
+        let first = self.sums.partition_point(|s| s.end <= from);
+        for k in first..self.sums.len() {
+            let start = if k == 0 { 0 } else { self.sums[k - 1].end };
+            if start >= to {
+                break;
+            }
+            let Sum { end, crc: Some(crc) } = self.sums[k] else { continue };
+            if once && self.file.was_verified(end) {
+                continue;
+            }
+            if crc32fast::hash(&self.file.range(self.len, start, end)?) != crc {
+                return Err(self.data_loss(&self.damaged_rows(start, end)?));
+            }
+            if once {
+                self.file.mark_verified(end);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every row of the chunk whose bytes fail their checksum, read afresh.
+    pub fn scrub(&self) -> Result<Damaged> {
+        let mut damaged = Vec::new();
+        let mut start = 0;
+        for s in &self.sums {
+            if let Some(crc) = s.crc {
+                if crc32fast::hash(&self.file.range(self.len, start, s.end)?) != crc {
+                    damaged.extend(self.damaged_rows(start, s.end)?);
+                }
+            }
+            start = s.end;
+        }
+        Ok(damaged)
+    }
+
+    /// The rows of the batches within committed bytes `start..end`.
+    fn damaged_rows(&self, start: u64, end: u64) -> Result<Damaged> {
+        let (_, locs) = self.file.batches(self.len)?;
+        let mut first = 0;
+        let mut out = Vec::new();
+        for l in locs {
+            if l.start >= start && l.end <= end {
+                out.push((first, l.rows));
+            }
+            first += l.rows;
+        }
+        Ok(out)
+    }
+
+    /// The error for `rows` whose stored bytes fail their checksum.
+    pub fn data_loss(&self, rows: &[(usize, usize)]) -> Error {
+        let named: Vec<String> = rows
+            .iter()
+            .flat_map(|&(first, n)| first..first + n)
+            .filter_map(|i| Some(format!("{} (scene {})", time_text(*self.times.get(i)?), self.scenes.get(i)?)))
+            .take(8)
+            .collect();
+        Error::DataLoss(format!(
+            "{}: stored observations fail their checksum: {}",
+            self.file.label,
+            if named.is_empty() { "?".into() } else { named.join(", ") }
+        ))
     }
 
     /// The error for stored bytes that are not what was written.
@@ -108,14 +209,16 @@ impl Index {
                 for a in chunks {
                     let key = ChunkKey::from_ref(&a.chunk)?;
                     let e = self.chunks.entry(key.clone()).or_insert_with(|| ChunkEntry {
-                        file: ChunkFile::new(paths.chunk(collection, key.tile, key.month, &key.band, a.gen), a.gen),
+                        file: ChunkFile::new(paths.chunk(collection, key.tile, key.month, &key.band, a.gen), a.gen, key.label(collection)),
                         len: 0,
                         times: Vec::new(),
                         scenes: Vec::new(),
                         stats: PixelStats::default(),
                         appends: 0,
+                        sums: Vec::new(),
                     });
                     e.len = a.len;
+                    e.sums.push(Sum { end: a.len, crc: a.crc });
                     e.times.push(*time_ms);
                     e.scenes.push(scene.clone());
                     e.stats.merge(&a.stats);
@@ -141,13 +244,19 @@ impl Index {
                 self.retired.insert(key.clone(), r.gen);
                 self.chunks.remove(&key)
             } else {
+                let sums = if r.sums.is_empty() {
+                    vec![Sum { end: r.len, crc: None }]
+                } else {
+                    r.sums.iter().map(|&(end, crc)| Sum { end, crc: Some(crc) }).collect()
+                };
                 let entry = ChunkEntry {
-                    file: ChunkFile::new(paths.chunk(collection, key.tile, key.month, &key.band, r.gen), r.gen),
+                    file: ChunkFile::new(paths.chunk(collection, key.tile, key.month, &key.band, r.gen), r.gen, key.label(collection)),
                     len: r.len,
                     times: r.rows.iter().map(|(t, _)| *t).collect(),
                     scenes: r.rows.iter().map(|(_, s)| Arc::from(s.as_str())).collect(),
                     stats: r.stats,
                     appends: 0,
+                    sums,
                 };
                 self.chunks.insert(key, entry)
             };

@@ -82,6 +82,10 @@ pub fn encode(batch: &RecordBatch) -> Result<(usize, Vec<u8>)> {
     Ok((schema_len, std::mem::take(w.get_mut())))
 }
 
+/// Checksummed segments of a chunk file, in order from byte 0: each one's
+/// end and the CRC-32 of its bytes.
+pub type Sums = Vec<(u64, u32)>;
+
 /// Pixel bytes per message when a chunk is written whole (compaction,
 /// delete): small messages let a time-window read skip what it does not
 /// need, as it does for appended observations.
@@ -96,18 +100,24 @@ pub fn rows_per_message(batch: &RecordBatch) -> usize {
 }
 
 /// A chunk's bytes holding `batch` whole, in messages of about
-/// `MESSAGE_PIXEL_BYTES` (what compaction and delete write).
-pub fn encode_whole(batch: &RecordBatch) -> Result<Vec<u8>> {
+/// `MESSAGE_PIXEL_BYTES` (what compaction and delete write), with its
+/// checksummed segments: one per record batch message, the first one
+/// holding the schema message too (see [`Sums`]).
+pub fn encode_whole(batch: &RecordBatch) -> Result<(Vec<u8>, Sums)> {
     let per_message = rows_per_message(batch);
     let mut w = StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(Error::arrow("encoding a chunk schema"))?;
+    let mut sums = Vec::new();
     for first in (0..batch.num_rows()).step_by(per_message) {
         // Rows are taken, not sliced, so every message's list offsets start
         // at 0 (what `read_pixel` relies on).
         let rows = arrow_array::UInt32Array::from_iter_values(first as u32..(first + per_message).min(batch.num_rows()) as u32);
         let part = arrow_select::take::take_record_batch(batch, &rows).map_err(Error::arrow("splitting a chunk"))?;
+        let from = sums.last().map_or(0, |s: &(u64, u32)| s.0 as usize);
         w.write(&part).map_err(Error::arrow("encoding observations"))?;
+        let bytes = w.get_ref();
+        sums.push((bytes.len() as u64, crc32fast::hash(&bytes[from..])));
     }
-    Ok(std::mem::take(w.get_mut()))
+    Ok((std::mem::take(w.get_mut()), sums))
 }
 
 /// Where one record batch message of a chunk file sits, read from its

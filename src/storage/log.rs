@@ -66,6 +66,10 @@ pub struct Appended {
     /// Committed length after the append.
     pub len: u64,
     pub stats: PixelStats,
+    /// CRC-32 of the bytes this append wrote (the previous committed
+    /// length up to `len`); absent in logs written before checksums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc: Option<u32>,
 }
 
 /// The complete new state of a rewritten chunk (`len == 0`: removed).
@@ -78,6 +82,11 @@ pub struct Rewritten {
     /// (time ms, scene id) of every row, in file order.
     pub rows: Vec<(i64, String)>,
     pub stats: PixelStats,
+    /// The file's checksummed segments, in order from byte 0: each one's
+    /// end and the CRC-32 of its bytes (empty in logs written before
+    /// checksums).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sums: Vec<(u64, u32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

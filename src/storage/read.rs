@@ -15,17 +15,26 @@ use crate::error::{Error, Result};
 pub type PixelRows = (Vec<usize>, ArrayRef, Vec<bool>);
 
 impl CollectionStore {
-    /// Reads the committed prefix of a chunk.
+    /// Reads the committed prefix of a chunk, after its checksums hold.
     pub fn read_chunk(&self, entry: &ChunkEntry) -> Result<Vec<RecordBatch>> {
+        entry.check(0, entry.len, false)?;
         local::chunk_file::read(&entry.file.path, entry.len)
     }
 
     /// The batches of a chunk holding rows `keep` selects (row index in
     /// file order, as `entry.times`); other batches are not read.
     pub fn read_rows(&self, entry: &ChunkEntry, keep: impl Fn(usize) -> bool) -> Result<Vec<RecordBatch>> {
+        Ok(self.read_rows_at(entry, keep)?.0)
+    }
+
+    /// [`Self::read_rows`] with the file-order index of every row read (a
+    /// delete reads only the batches of the rows it keeps, so that damaged
+    /// rows it drops cannot stop it).
+    pub fn read_rows_at(&self, entry: &ChunkEntry, keep: impl Fn(usize) -> bool) -> Result<(Vec<RecordBatch>, Vec<usize>)> {
         let (schema_end, picked) = entry.file.batches_with(entry.len, keep)?;
+        let rows = picked.iter().flat_map(|(first, b)| *first..*first + b.rows).collect();
         let locs: Vec<chunk::BatchLoc> = picked.into_iter().map(|(_, b)| b).collect();
-        local::chunk_file::read_batches(&entry.file.path, schema_end, &locs)
+        Ok((entry.read_batches(schema_end, &locs)?, rows))
     }
 
     /// Pixel `index` of the rows `keep` selects: `(row, value, valid)` with
@@ -34,6 +43,9 @@ impl CollectionStore {
     pub fn read_pixel(&self, entry: &ChunkEntry, dtype: DType, index: usize, keep: impl Fn(usize) -> bool) -> Result<Option<PixelRows>> {
         let (_, picked) = entry.file.batches_with(entry.len, &keep)?;
         let locs: Vec<chunk::BatchLoc> = picked.iter().map(|(_, b)| *b).collect();
+        for l in &locs {
+            entry.check(l.start, l.end, true)?;
+        }
         let n = self.meta.grid.tile_px as usize * self.meta.grid.tile_px as usize;
         let data = entry.file.mapped(entry.len)?;
         let Some((bytes, valid)) = chunk::read_pixel(&data[..entry.len as usize], &locs, index, n, dtype.size()) else { return Ok(None) };

@@ -63,7 +63,7 @@ impl CollectionStore {
         let tmp = path.with_extension("compacting");
         let (sorted, order) = sorted_rows(&self.read_chunk(&snap)?, |_, _| true)?;
         let Some(sorted) = sorted else { return Ok(false) };
-        let mut len = local::chunk_file::write_new(&tmp, &sorted)?;
+        let (mut len, mut sums) = local::chunk_file::write_new(&tmp, &sorted)?;
         let mut log = self.take_writer();
         let current = read(&self.index).chunks.get(key).cloned().filter(|cur| cur.file.gen == snap.file.gen);
         let Some(cur) = current else {
@@ -71,7 +71,14 @@ impl CollectionStore {
             return Ok(false);
         };
         if cur.len > snap.len {
+            // The copied batches keep their checksums: their bytes move as they are.
+            let shift = len;
             len = local::chunk_file::copy_tail(&cur.file.path, snap.len, cur.len, &tmp)?;
+            let tail = cur.sums.iter().filter(|s| s.end > snap.len);
+            sums.extend(tail.map(|s| (s.end - snap.len + shift, s.crc.unwrap_or_default())));
+            if cur.sums.iter().any(|s| s.end > snap.len && s.crc.is_none()) {
+                sums.clear();
+            }
         }
         local::rename(&tmp, &path)?;
         local::sync_dir(path.parent().unwrap_or(self.paths.root()))?;
@@ -79,7 +86,7 @@ impl CollectionStore {
         rows.extend((snap.times.len()..cur.times.len()).map(|i| (cur.times[i], cur.scenes[i].to_string())));
         let record = Record::Rewrite {
             reason: "compact".into(),
-            chunks: vec![Rewritten { chunk: key.to_ref(), gen, len, rows, stats: cur.stats }],
+            chunks: vec![Rewritten { chunk: key.to_ref(), gen, len, rows, stats: cur.stats, sums }],
             removed_scenes: vec![],
         };
         self.commit(&mut log, record)?;
@@ -151,17 +158,19 @@ impl CollectionStore {
             let gen = entry.file.gen + 1;
             if hits.len() == entry.times.len() {
                 out.chunks_removed += 1;
-                rewritten.push(Rewritten { chunk: key.to_ref(), gen, len: 0, rows: vec![], stats: PixelStats::default() });
+                rewritten.push(Rewritten { chunk: key.to_ref(), gen, len: 0, rows: vec![], stats: PixelStats::default(), sums: vec![] });
                 continue;
             }
-            let (batch, order) = sorted_rows(&self.read_chunk(entry)?, |t, s| !remove(t, s))?;
+            let (batches, at) = self.read_rows_at(entry, |i| !remove(entry.times[i], &entry.scenes[i]))?;
+            let (batch, order) = sorted_rows(&batches, |t, s| !remove(t, s))?;
             let Some(batch) = batch else { continue };
             let path = self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band, gen);
-            let len = local::chunk_file::write_new(&path, &batch)?;
+            let (len, sums) = local::chunk_file::write_new(&path, &batch)?;
             written_paths.push((path, len));
-            let rows = order.iter().map(|&i| (entry.times[i], entry.scenes[i].to_string())).collect();
+            let rows = order.iter().map(|&i| (entry.times[at[i]], entry.scenes[at[i]].to_string())).collect();
             out.chunks_rewritten += 1;
-            rewritten.push(Rewritten { chunk: key.to_ref(), gen, len, rows, stats: chunk::batch_stats(&batch, self.meta.grid.tile_px as usize) });
+            let stats = chunk::batch_stats(&batch, self.meta.grid.tile_px as usize);
+            rewritten.push(Rewritten { chunk: key.to_ref(), gen, len, rows, stats, sums });
         }
         Ok((out, rewritten, written_paths))
     }

@@ -274,7 +274,7 @@ impl<'a> SceneWriter<'a> {
             // Nothing is committed yet: after a failure here the writer's
             // drop cuts the file back (a crash: the next start does).
             self.undo.push((path.clone(), committed));
-            let (len, file) = local::chunk_file::append(&path, committed, &obs.bytes)?;
+            let (len, crc, file) = local::chunk_file::append(&path, committed, &obs.bytes)?;
             if committed == 0 {
                 self.dirs.push(path.parent().unwrap_or(store.paths.root()).to_path_buf());
             }
@@ -289,7 +289,7 @@ impl<'a> SceneWriter<'a> {
                 local::start_writeback(&file);
             }
             self.files.push((path, file));
-            self.appended.push(Appended { chunk: key.to_ref(), gen, len, stats: obs.stats });
+            self.appended.push(Appended { chunk: key.to_ref(), gen, len, stats: obs.stats, crc: Some(crc) });
             // A large scene touches thousands of chunks: sync and close them
             // as it goes rather than hold a descriptor for each (the usual
             // limit is 1024 per process). Its commit syncs the file system

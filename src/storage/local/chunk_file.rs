@@ -13,10 +13,11 @@ use crate::storage::chunk::{self, message_prefix, BatchLoc, BATCH_BUFFERS, MASK_
 
 /// Appends an [`encode`]d batch to the chunk at `path` whose committed
 /// length is `committed` (0 = new chunk: with its schema message) and
-/// returns the new length with the open file. Bytes past `committed` (a
-/// torn or rolled-back write) are overwritten. The caller fsyncs the file
-/// (a scene syncs all its chunks together).
-pub fn append(path: &Path, committed: u64, (schema_len, bytes): &(usize, Vec<u8>)) -> Result<(u64, File)> {
+/// returns the new length, the CRC-32 of the bytes written and the open
+/// file. Bytes past `committed` (a torn or rolled-back write) are
+/// overwritten. The caller fsyncs the file (a scene syncs all its chunks
+/// together).
+pub fn append(path: &Path, committed: u64, (schema_len, bytes): &(usize, Vec<u8>)) -> Result<(u64, u32, File)> {
     let io = || Error::io(path);
     let mut f = OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(io())?;
     let body = if committed == 0 { &bytes[..] } else { &bytes[*schema_len..] };
@@ -28,16 +29,16 @@ pub fn append(path: &Path, committed: u64, (schema_len, bytes): &(usize, Vec<u8>
     }
     f.seek(SeekFrom::Start(committed)).map_err(io())?;
     f.write_all(body).map_err(io())?;
-    Ok((committed + body.len() as u64, f))
+    Ok((committed + body.len() as u64, crc32fast::hash(body), f))
 }
 
 /// Writes a new chunk file holding `batch` (see [`chunk::encode_whole`])
-/// and fsyncs it; returns its length.
-pub fn write_new(path: &Path, batch: &RecordBatch) -> Result<u64> {
-    let bytes = chunk::encode_whole(batch)?;
+/// and fsyncs it; returns its length and its checksummed segments.
+pub fn write_new(path: &Path, batch: &RecordBatch) -> Result<(u64, chunk::Sums)> {
+    let (bytes, sums) = chunk::encode_whole(batch)?;
     let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(path).map_err(Error::io(path))?;
     f.write_all(&bytes).and_then(|_| f.sync_data()).map_err(Error::io(path))?;
-    Ok(bytes.len() as u64)
+    Ok((bytes.len() as u64, sums))
 }
 
 /// Appends bytes `[from, to)` of chunk `src` (whole record batch messages
@@ -180,7 +181,7 @@ mod tests {
         assert_eq!(batches[0].schema().metadata().get("band").map(String::as_str), Some("red"));
         // A rewrite's tail copy keeps whole messages readable.
         let path2 = dir.path().join("red.1.arrow");
-        let l0 = write_new(&path2, &batch(&schema, 1, "x")).unwrap();
+        let (l0, _) = write_new(&path2, &batch(&schema, 1, "x")).unwrap();
         let l1 = copy_tail(&path, len, len2, &path2).unwrap();
         assert!(l1 > l0);
         assert_eq!(read(&path2, l1).unwrap().len(), 2);
@@ -195,7 +196,9 @@ mod tests {
         let schema = Arc::new(schema(DType::Uint16, Default::default()));
         // A compacted file: one batch of 3 rows, then 2 appended rows.
         let three: Vec<RecordBatch> = (0..3).map(|i| batch(&schema, 5000 + i, &format!("s{i}"))).collect();
-        let mut len = write_new(&path, &arrow_select::concat::concat_batches(&schema, &three).unwrap()).unwrap();
+        let (mut len, sums) = write_new(&path, &arrow_select::concat::concat_batches(&schema, &three).unwrap()).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        assert_eq!(sums, vec![(len, crc32fast::hash(&whole))], "one message, one segment from byte 0");
         for i in 3..5 {
             len = append(&path, len, &encode(&batch(&schema, 5000 + i, &format!("s{i}"))).unwrap()).unwrap().0;
         }

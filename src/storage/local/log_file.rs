@@ -81,6 +81,7 @@ mod tests {
                 gen: 0,
                 len: 99,
                 stats: PixelStats::default(),
+                crc: Some(7),
             }],
         }
     }

@@ -18,6 +18,12 @@ use crate::storage::chunk;
 pub struct ChunkFile {
     pub path: PathBuf,
     pub gen: u32,
+    /// What the file holds, as errors name it (collection, tile, band,
+    /// month; never the path).
+    pub label: String,
+    /// Ends of the checksummed segments found intact since the server
+    /// opened the warehouse (a generation's committed bytes never change).
+    verified: Mutex<std::collections::HashSet<u64>>,
     /// Superseded by a rewrite: removed once its last holder lets go.
     obsolete: AtomicBool,
     /// Where its batches sit, scanned from the message headers as far as
@@ -136,8 +142,27 @@ struct FileIndex {
 }
 
 impl ChunkFile {
-    pub(in crate::storage) fn new(path: PathBuf, gen: u32) -> Arc<Self> {
-        Arc::new(Self { path, gen, obsolete: AtomicBool::new(false), index: Mutex::new(FileIndex::default()), map: Arc::default(), range_map: Arc::default() })
+    pub(in crate::storage) fn new(path: PathBuf, gen: u32, label: String) -> Arc<Self> {
+        Arc::new(Self {
+            path,
+            gen,
+            label,
+            verified: Mutex::default(),
+            obsolete: AtomicBool::new(false),
+            index: Mutex::new(FileIndex::default()),
+            map: Arc::default(),
+            range_map: Arc::default(),
+        })
+    }
+
+    /// Whether the segment ending at `end` was found intact before.
+    pub fn was_verified(&self, end: u64) -> bool {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).contains(&end)
+    }
+
+    /// Records the segment ending at `end` as found intact.
+    pub fn mark_verified(&self, end: u64) {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).insert(end);
     }
 
     /// The file, opened for mapping its first `len` bytes: a file found
