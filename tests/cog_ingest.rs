@@ -422,3 +422,34 @@ async fn collections_are_made_and_managed_from_the_cli() {
     assert!(ok, "{stderr}");
     server.shutdown().await;
 }
+
+/// A VRT inside the ingest root naming a file outside it (under its own
+/// name or saved as `.tif`) is refused: GDAL opens ingest files with the
+/// GeoTIFF driver only, so no outside pixel comes in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vrt_files_cannot_pull_outside_pixels_into_an_ingest() {
+    let files = tempfile::tempdir().unwrap();
+    let root: PathBuf = files.path().join("allowed");
+    std::fs::create_dir(&root).unwrap();
+    let secret = files.path().join("secret_20240615.tif");
+    make_cog(&secret, 4, &[], &["blue", "green", "red", "nir"]);
+    let vrt = root.join("mosaic_20240616.vrt");
+    let ok = std::process::Command::new("gdal_translate").args(["-q", "-of", "VRT"]).arg(&secret).arg(&vrt).status().unwrap().success();
+    assert!(ok, "gdal_translate -of VRT");
+    let xml = std::fs::read_to_string(&vrt).unwrap();
+    std::fs::write(root.join("disguised_20240617.tif"), xml.replace("relativeToVRT=\"1\">", &format!("relativeToVRT=\"0\">{}/", files.path().display())))
+        .unwrap();
+    let roots = vec![root.to_string_lossy().to_string()];
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.ingest_roots = roots).await;
+    let mut client = server.client().await;
+    client.create_collection(&serde_json::json!({"name": "four", "grid": {"resolution": 10}, "bands": four_bands()})).await.unwrap();
+    let before = snapshot(&server.warehouse());
+    for path in [vrt.clone(), root.join("disguised_20240617.tif"), root.clone()] {
+        match client.action("ingest_path", &serde_json::json!({"collection": "four", "paths": [path]})).await {
+            Ok(report) => assert!(report["scenes"].as_array().is_none_or(|s| s.is_empty()), "{path:?}: {report}"),
+            Err(e) => assert_eq!(e.status().map(|s| s.code()), Some(tonic::Code::InvalidArgument), "{path:?}: {e}"),
+        }
+    }
+    assert_eq!(snapshot(&server.warehouse()), before, "nothing stored");
+    server.shutdown().await;
+}

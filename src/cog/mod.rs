@@ -138,8 +138,20 @@ fn gdal_dtype(t: GdalDataType) -> Option<DType> {
     })
 }
 
+/// Opens a raster to ingest with GDAL's GeoTIFF driver only (COGs are
+/// GeoTIFFs): a VRT or any other format that names further files is
+/// refused whatever its file name, so a file inside the ingest roots cannot
+/// make GDAL read one outside them. GDAL is told the directory is empty, so
+/// no sibling (an external mask or overview, maybe a link elsewhere) is
+/// read either.
+pub fn open_raster(path: &str) -> gdal::errors::Result<Dataset> {
+    gdal::config::set_thread_local_config_option("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")?;
+    let options = gdal::DatasetOptions { open_flags: gdal::GdalOpenFlags::GDAL_OF_RASTER, allowed_drivers: Some(&["GTiff"]), ..Default::default() };
+    Dataset::open_ex(path, options)
+}
+
 fn inspect(path: &str) -> Result<FileInfo, String> {
-    let ds = Dataset::open(path).map_err(|_| "GDAL cannot open it as a raster (not a GeoTIFF/COG, or unreadable)".to_string())?;
+    let ds = open_raster(path).map_err(|_| "GDAL cannot open it as a raster (not a GeoTIFF/COG, or unreadable)".to_string())?;
     let (w, h) = ds.raster_size();
     let geotransform = ds.geo_transform().map_err(|_| "it has no geotransform (not georeferenced)".to_string())?;
     let crs_wkt = ds.spatial_ref().and_then(|s| s.to_wkt()).map_err(|_| "it has no CRS".to_string())?;
@@ -474,7 +486,7 @@ where
 pub fn read_scene(plan: &ScenePlan, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
     let mut datasets: BTreeMap<&str, Dataset> = BTreeMap::new();
     for f in &plan.files {
-        datasets.insert(f.as_str(), Dataset::open(f).map_err(Error::gdal(format!("opening {f}")))?);
+        datasets.insert(f.as_str(), open_raster(f).map_err(Error::gdal(format!("opening {f}")))?);
     }
     let width = plan.request.width as usize;
     let height = plan.request.height as usize;
