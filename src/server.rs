@@ -61,11 +61,12 @@ pub fn open_state(config: &Config) -> crate::error::Result<Arc<AppState>> {
 /// the open connections' calls to finish. Fails only on unusable TLS
 /// material; a failed accept or connection is logged and serving goes on.
 pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+    let (auth, limit) = (state.auth.clone(), state.limits.request_timeout + BODY_GRACE);
     let service = Arc::new(Service::new(state));
     let generated =
         FlightServiceServer::from_arc(service.clone()).max_decoding_message_size(config.max_message_bytes).max_encoding_message_size(config.max_message_bytes);
     // DoGet bodies go out without tonic's encode copy (see `direct_get`).
-    let svc = ClientDeadline(DirectGet::new(generated, service, config.max_message_bytes));
+    let svc = ClientDeadline { inner: DirectGet::new(generated, service, config.max_message_bytes), auth, limit };
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http.timer(TokioTimer::new())
@@ -157,11 +158,49 @@ where
     conn.await
 }
 
-/// The service behind the connections: takes hyper's request bodies, and
-/// ends a call whose client's `grpc-timeout` passes before it answered
-/// (the server's own limit is `--request-timeout-secs`, applied inside).
+/// The service behind the connections: takes hyper's request bodies,
+/// refuses a call without a valid token from its headers alone, before any
+/// of its body is read (with auth on; `Handshake` signs in, so it passes),
+/// and ends a call whose client's `grpc-timeout`, or the server's request
+/// timeout, passes before it answered. The role a call needs is checked
+/// inside, with the request timeout that covers its handler; this one also
+/// covers reading a request body, which tonic does before the handler.
 #[derive(Clone)]
-struct ClientDeadline<S>(S);
+struct ClientDeadline<S> {
+    inner: S,
+    auth: Option<Arc<crate::auth::Auth>>,
+    limit: Duration,
+}
+
+/// What the outer deadline adds to `--request-timeout-secs`: the handler's
+/// own deadline fires first and a DoPut then has time to undo its appends.
+const BODY_GRACE: Duration = Duration::from_secs(15);
+
+const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
+
+impl<S> ClientDeadline<S> {
+    /// The refusal of a call whose headers carry no valid token, with a
+    /// request id as every answer has (logged with it).
+    fn refusal(&self, req: &http::Request<Incoming>) -> Option<Status> {
+        let auth = self.auth.as_ref()?;
+        if req.uri().path() == HANDSHAKE_PATH {
+            return None;
+        }
+        let mut headers = req.headers().get_all("authorization").iter();
+        let first = headers.next();
+        let error = if headers.next().is_some() {
+            crate::error::Error::Unauthenticated("send one authorization header, not several".into())
+        } else {
+            auth.check(first.map(|v| v.as_bytes())).err()?
+        };
+        let id = crate::flight::request_id();
+        let mut status = tracing::info_span!("call", id, path = req.uri().path()).in_scope(|| error.into_status());
+        if let Ok(v) = id.to_string().parse() {
+            status.metadata_mut().insert("x-request-id", v);
+        }
+        Some(status)
+    }
+}
 
 impl<S> TowerService<http::Request<Incoming>> for ClientDeadline<S>
 where
@@ -173,17 +212,29 @@ where
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<http::Response<Body>, std::convert::Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
-        let deadline = req.headers().get("grpc-timeout").and_then(|v| grpc_timeout(v.as_bytes()));
-        let answer = self.0.call(req.map(Body::new));
+        if let Some(status) = self.refusal(&req) {
+            // The body is dropped unread: the stream is reset, nothing held.
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let client = req.headers().get("grpc-timeout").and_then(|v| grpc_timeout(v.as_bytes()));
+        let server = self.limit;
+        let answer = self.inner.call(req.map(Body::new));
         Box::pin(async move {
-            let Some(limit) = deadline else { return answer.await };
+            let limit = client.map_or(server, |c| c.min(server));
             match tokio::time::timeout(limit, answer).await {
                 Ok(answer) => answer,
-                Err(_) => Ok(Status::deadline_exceeded(format!("the call ran past the client's grpc-timeout of {limit:?}")).into_http()),
+                Err(_) if client.is_some_and(|c| c <= server) => {
+                    Ok(Status::deadline_exceeded(format!("the call ran past the client's grpc-timeout of {limit:?}")).into_http())
+                }
+                Err(_) => Ok(Status::deadline_exceeded(format!(
+                    "the request was not received and answered within the server's request timeout of {} s (--request-timeout-secs)",
+                    (server - BODY_GRACE).as_secs()
+                ))
+                .into_http()),
             }
         })
     }

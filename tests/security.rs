@@ -260,3 +260,46 @@ async fn silent_connections_are_closed() {
     assert!(started.elapsed() <= pixelquery::server::FIRST_BYTE + Duration::from_secs(5));
     server.shutdown().await;
 }
+
+/// Plain HTTP/2 to the server: a DoAction (unary: tonic reads its whole
+/// body before the handler) announcing a 60 MiB message and sending a few
+/// bytes of it, with `token` as its bearer token if any. Returns the
+/// answer's headers, or `None` if none came within 5 s.
+async fn unfinished_action(addr: &str, token: Option<&str>) -> Option<http::HeaderMap> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let mut request = http::Request::post(format!("http://{addr}/arrow.flight.protocol.FlightService/DoAction"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    let (answer, mut body) = h2.send_request(request.body(()).unwrap(), false).unwrap();
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&(60u32 << 20).to_be_bytes());
+    prefix.extend_from_slice(b"\x0a\x06health");
+    body.send_data(prefix.into(), false).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer).await.ok()?.ok()?;
+    std::mem::forget(body);
+    Some(answer.headers().clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_calls_are_refused_before_their_body_is_read() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), with_auth).await;
+    let addr = server.uri.trim_start_matches("grpc://").to_string();
+    for token in [None, Some("not-a-token")] {
+        let started = std::time::Instant::now();
+        let headers = unfinished_action(&addr, token).await.expect("an answer before the body is complete");
+        assert_eq!(headers.get("grpc-status").map(|v| v.to_str().unwrap().to_string()), Some((Code::Unauthenticated as i32).to_string()), "{headers:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    // A valid token's call waits for its body, as it should.
+    assert!(unfinished_action(&addr, Some(READ_TOKEN)).await.is_none());
+    // Served as ever.
+    let mut client = server.client_with_token(READ_TOKEN).await;
+    assert_eq!(client.health().await.unwrap()["status"], "ok");
+    server.shutdown().await;
+}

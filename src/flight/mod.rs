@@ -98,6 +98,11 @@ fn flight_info(answer: &Answer, descriptor: FlightDescriptor) -> Result<FlightIn
 /// Request ids, unique per server process.
 static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A new request id.
+pub fn request_id() -> u64 {
+    NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Service {
     /// Refuses a caller whose token does not carry the role `need` (`None`:
     /// no token needed, as for Handshake). With auth off every caller passes.
@@ -136,7 +141,7 @@ impl Service {
         need: Option<Role>,
         handler: impl std::future::Future<Output = Result<Response<T>, Status>>,
     ) -> Result<Response<T>, Status> {
-        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
+        let id = request_id();
         let span = tracing::info_span!("call", id, rpc);
         let started = Instant::now();
         let result = async {
