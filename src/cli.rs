@@ -316,6 +316,10 @@ pub struct ServeArgs {
     /// Most stored MiB one DoGet ticket may select.
     #[arg(long, env = "PIXELQUERY_MAX_QUERY_MB", default_value_t = 8192)]
     pub max_query_mb: u64,
+    /// Connections served at once; more are closed at once. Default: half
+    /// the open-file limit, between 64 and 8192.
+    #[arg(long, env = "PIXELQUERY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
     /// How a scene's chunk files are made durable: `fs`, one sync of the
     /// warehouse's whole file system for scenes of 8 files or more (each
     /// file's write-back starts as it is appended); `per-file`, an
@@ -382,6 +386,7 @@ impl ServeArgs {
                 max_concurrent_puts: self.max_concurrent_puts as usize,
                 request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
                 max_query_bytes: self.max_query_mb.saturating_mul(1 << 20),
+                max_connections: self.max_connections.map(|n| n as usize),
             },
             writes: crate::storage::WriteOptions {
                 sync: match self.sync {

@@ -55,11 +55,27 @@ pub struct Limits {
     /// queries get `ResourceExhausted` and should fetch GetFlightInfo's
     /// endpoints one by one.
     pub max_query_bytes: u64,
+    /// Connections served at once; past it new ones are closed at once.
+    /// `None`: half the process's open-file limit (at least 64, at most
+    /// 8192), so connections cannot take the descriptors chunk files need.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_concurrent_puts: 16, request_timeout: Duration::from_secs(600), max_query_bytes: 8 << 30 }
+        Self { max_concurrent_puts: 16, request_timeout: Duration::from_secs(600), max_query_bytes: 8 << 30, max_connections: None }
+    }
+}
+
+impl Limits {
+    /// The connection cap: as given, or derived from `RLIMIT_NOFILE`.
+    pub fn connection_cap(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            // SAFETY: getrlimit writes the struct it is given.
+            let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 1024 };
+            (files / 2).clamp(64, 8192) as usize
+        })
     }
 }
 

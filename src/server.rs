@@ -84,6 +84,9 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
     // Each connection holds a receiver; a message asks them to finish, and
     // `closed` resolves once the last one has.
     let (stop, stopping) = tokio::sync::watch::channel(());
+    let cap = config.limits.connection_cap();
+    let connections = Arc::new(tokio::sync::Semaphore::new(cap));
+    let mut refused_logged: Option<std::time::Instant> = None;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -104,8 +107,19 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
         if let Err(e) = stream.set_nodelay(true) {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Full: closed at once, so the descriptors stay for the
+            // connections served and the files they read.
+            drop(stream);
+            if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                tracing::warn!(%peer, cap, "connection limit reached (--max-connections); new connections are closed");
+                refused_logged = Some(std::time::Instant::now());
+            }
+            continue;
+        };
         let (http, svc, tls, stopping) = (http.clone(), svc.clone(), tls.clone(), stopping.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let hyper_svc = TowerToHyperService::new(svc);
             let served = match tls {
                 None => {

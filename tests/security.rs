@@ -303,3 +303,34 @@ async fn unauthenticated_calls_are_refused_before_their_body_is_read() {
     assert_eq!(client.health().await.unwrap()["status"], "ok");
     server.shutdown().await;
 }
+
+/// Past `--max-connections`, new connections are closed at once (the
+/// descriptors stay for the files the served ones need); one let go makes
+/// room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_closed_and_room_comes_back() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.limits.max_connections = Some(3)).await;
+    let addr = server.uri.trim_start_matches("grpc://").to_string();
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+        let task = tokio::spawn(connection);
+        idle.push((h2.ready().await.unwrap(), task));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut c = pixelquery_client::Client::connect(&server.uri).await?;
+        c.health().await
+    })
+    .await
+    .expect("refused at once, not held");
+    assert!(refused.is_err(), "a fourth connection is served: {refused:?}");
+    let (h2, task) = idle.pop().unwrap();
+    drop(h2);
+    task.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = server.client().await;
+    assert_eq!(client.health().await.unwrap()["status"], "ok");
+    server.shutdown().await;
+}
