@@ -387,6 +387,7 @@ impl ServeArgs {
                 request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
                 max_query_bytes: self.max_query_mb.saturating_mul(1 << 20),
                 max_connections: self.max_connections.map(|n| n as usize),
+                ..Limits::default()
             },
             writes: crate::storage::WriteOptions {
                 sync: match self.sync {

@@ -59,11 +59,20 @@ pub struct Limits {
     /// `None`: half the process's open-file limit (at least 64, at most
     /// 8192), so connections cannot take the descriptors chunk files need.
     pub max_connections: Option<usize>,
+    /// Longest a DoGet reader waits for its client to take more: past it
+    /// the stream ends with `DeadlineExceeded` and its thread is free.
+    pub write_stall: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_concurrent_puts: 16, request_timeout: Duration::from_secs(600), max_query_bytes: 8 << 30, max_connections: None }
+        Self {
+            max_concurrent_puts: 16,
+            request_timeout: Duration::from_secs(600),
+            max_query_bytes: 8 << 30,
+            max_connections: None,
+            write_stall: Duration::from_secs(30),
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use common::*;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use pixelquery::config::TlsPem;
 use pixelquery_client::{proto, Client, ConnectOptions};
 use tonic::Code;
@@ -331,6 +331,43 @@ async fn connections_past_the_cap_are_closed_and_room_comes_back() {
     task.abort();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut client = server.client().await;
+    assert_eq!(client.health().await.unwrap()["status"], "ok");
+    server.shutdown().await;
+}
+
+/// A DoGet whose client stops reading gives its reader thread back after
+/// the write-stall limit, and the stream ends with `DeadlineExceeded`
+/// (never as if complete) when the client reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_whose_client_stops_reading_is_ended_not_parked() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.limits.write_stall = Duration::from_millis(500)).await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    // More than the client's 64 KiB window, the server's send buffer and
+    // the reader's queue hold.
+    for k in 0..20 {
+        let req = ingest_request("s2", &format!("s{k:02}"), T + k * 86_400_000, utm_geotransform(1024), 1024, "nearest");
+        client.ingest(&req, red_batches(raster(1024, k as u16), 1024)).await.unwrap();
+    }
+    let whole = proto::Query { collection: "s2".into(), ..Default::default() };
+    let ticket = prost::Message::encode_to_vec(&whole);
+    let channel = tonic::transport::Endpoint::from_shared(server.uri.replace("grpc://", "http://")).unwrap().connect().await.unwrap();
+    let mut flight = arrow_flight::FlightClient::new(channel);
+    let mut stream = flight.do_get(arrow_flight::Ticket::new(ticket)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut end = Ok(0usize);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(b) => end = end.map(|n| n + b.num_rows()),
+            Err(e) => {
+                end = Err(e);
+                break;
+            }
+        }
+    }
+    let err = end.expect_err("the stream ends with an error");
+    assert!(err.to_string().contains("did not read"), "{err}");
+    // Served as ever.
     assert_eq!(client.health().await.unwrap()["status"], "ok");
     server.shutdown().await;
 }

@@ -38,13 +38,20 @@ const READER_RUN: usize = 4 << 20;
 #[derive(Clone)]
 pub struct Service {
     state: Arc<AppState>,
+    /// One permit per DoGet reading chunks on a blocking thread: a DoGet
+    /// past them waits for one without holding a thread, so readers
+    /// cannot take every blocking thread from the other calls.
+    readers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Service {
     pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+        Self { state, readers: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)) }
     }
 }
+
+/// DoGet readers on blocking threads at once (tokio's pool has 512).
+const MAX_READERS: usize = 256;
 
 /// Runs blocking work (GDAL, file IO) off the async runtime.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -412,7 +419,22 @@ impl FlightService for Service {
             // when the client goes away (the receiver is dropped and `send`
             // fails).
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<FlightData>, Status>>(2);
+            let permit = self.readers.clone().acquire_owned().await.map_err(|_| Error::Internal("the reader pool is closed".into()))?;
+            let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stalled_reader = stalled.clone();
+            let runtime = tokio::runtime::Handle::current();
+            let stall = self.state.limits.write_stall;
             tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                // Waits at most `stall` for room: a client that stops
+                // reading frees the thread (and is told why) after that.
+                let send = |item: Result<Vec<FlightData>, Status>| match runtime.block_on(tokio::time::timeout(stall, tx.send(item))) {
+                    Ok(sent) => sent.is_ok(),
+                    Err(_) => {
+                        stalled_reader.store(true, Ordering::Release);
+                        false
+                    }
+                };
                 let (mut run, mut run_bytes) = (Vec::new(), 0);
                 let mut emit = |fd: FlightData| {
                     run_bytes += fd.data_body.len() + fd.data_header.len();
@@ -421,23 +443,32 @@ impl FlightService for Service {
                         return true;
                     }
                     run_bytes = 0;
-                    tx.blocking_send(Ok(std::mem::take(&mut run))).is_ok()
+                    send(Ok(std::mem::take(&mut run)))
                 };
                 // A panic must end the stream with an error, not look like its end.
                 let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode::write_answer(&p, &mut emit)))
                     .unwrap_or_else(|_| Err(Error::Internal("reading the chunks panicked".into())));
-                if !run.is_empty() && tx.blocking_send(Ok(run)).is_err() {
+                if stalled_reader.load(Ordering::Acquire) || (!run.is_empty() && !send(Ok(run))) {
                     return;
                 }
                 if let Err(e) = res {
-                    let _ = tx.blocking_send(Err(e.into_status()));
+                    send(Err(e.into_status()));
                 }
             });
+            // A reader that gave up on a stalled client ends the stream with
+            // an error, never as if the answer were complete.
+            let stall_end = futures::stream::once(async move {
+                stalled.load(Ordering::Acquire).then(|| {
+                    Err(Status::deadline_exceeded(format!("the client did not read the answer for {stall:?}; the stream was ended")))
+                })
+            })
+            .filter_map(futures::future::ready);
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
                 .flat_map(|run| futures::stream::iter(match run {
                     Ok(run) => run.into_iter().map(Ok).collect::<Vec<_>>(),
                     Err(e) => vec![Err(e)],
                 }))
+                .chain(stall_end)
                 .boxed();
             Ok(Response::new(with_deadline(stream, self.state.limits.request_timeout)))
         })
