@@ -15,6 +15,7 @@
 //! else is a bearer token. Tokens and passwords are compared in constant time
 //! and never logged.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -67,16 +68,39 @@ struct User {
 }
 
 struct Session {
-    token: Vec<u8>,
+    user: String,
     role: Role,
-    expires: Instant,
+    issued: Instant,
 }
+
+/// Failed sign-ins of one user name: how many in a row, and until when
+/// Handshake refuses it without looking at the password.
+#[derive(Default)]
+struct Failures {
+    count: u32,
+    until: Option<Instant>,
+}
+
+/// Sessions one user may hold at once; a new one lets go of their oldest
+/// (never another user's).
+const SESSIONS_PER_USER: usize = 32;
+
+/// Failed sign-ins in a row a user name gets before Handshake backs off:
+/// 1 s, doubling with each further failure, at most [`MAX_BACK_OFF`].
+const FREE_FAILURES: u32 = 3;
+const MAX_BACK_OFF: Duration = Duration::from_secs(60);
+
+/// User names whose failures are remembered at most (names need not exist:
+/// a flood of made-up names must not grow memory without bound).
+const MAX_FAILING_NAMES: usize = 10_000;
 
 /// The credentials of a server with auth on.
 pub struct Auth {
     tokens: Vec<(Vec<u8>, Role)>,
     users: Vec<User>,
-    sessions: Mutex<Vec<Session>>,
+    /// Live sessions by token (a hash lookup with the map's random keys).
+    sessions: Mutex<HashMap<Vec<u8>, Session>>,
+    failures: Mutex<HashMap<Vec<u8>, Failures>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -95,7 +119,7 @@ impl Auth {
 
     /// Parses access-file text; the error names the line, never the secret.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let mut auth = Auth { tokens: Vec::new(), users: Vec::new(), sessions: Mutex::new(Vec::new()) };
+        let mut auth = Auth { tokens: Vec::new(), users: Vec::new(), sessions: Mutex::default(), failures: Mutex::default() };
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -148,13 +172,9 @@ impl Auth {
                 found = Some(*role);
             }
         }
-        let now = Instant::now();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|s| s.expires > now);
-        for s in sessions.iter() {
-            if constant_time_eq(&s.token, token) {
-                found = Some(s.role);
-            }
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(session) = sessions.get(token).filter(|s| s.issued.elapsed() < SESSION_TTL) {
+            found = Some(session.role);
         }
         found.ok_or_else(|| Error::Unauthenticated("invalid or expired bearer token".into()))
     }
@@ -170,21 +190,58 @@ impl Auth {
             Some(i) => (&decoded[..i], &decoded[i + 1..]),
             None => return Err(Error::Unauthenticated("the Basic credentials must be user:password".into())),
         };
-        let mut role = None;
+        let now = Instant::now();
+        {
+            let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(until) = failures.get(user).and_then(|f| f.until).filter(|u| *u > now) {
+                return Err(Error::Unauthenticated(format!(
+                    "too many failed sign-ins for this user: retry in {} s",
+                    until.duration_since(now).as_secs_f64().ceil() as u64
+                )));
+            }
+        }
+        let mut found = None;
         for u in &self.users {
             let name_ok = constant_time_eq(u.name.as_bytes(), user);
             let pass_ok = constant_time_eq(&u.password, password);
             if name_ok & pass_ok {
-                role = Some(u.role);
+                found = Some((u.name.clone(), u.role));
             }
         }
-        let role = role.ok_or_else(|| Error::Unauthenticated("wrong user name or password".into()))?;
+        let Some((name, role)) = found else {
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            if failures.len() >= MAX_FAILING_NAMES && !failures.contains_key(user) {
+                failures.retain(|_, f| f.until.is_some_and(|u| u > now));
+                if failures.len() >= MAX_FAILING_NAMES {
+                    failures.clear();
+                }
+            }
+            let f = failures.entry(user.to_vec()).or_default();
+            f.count += 1;
+            if f.count >= FREE_FAILURES {
+                let wait = Duration::from_secs(1u64 << (f.count - FREE_FAILURES).min(6)).min(MAX_BACK_OFF);
+                f.until = Some(now + wait);
+            }
+            return Err(Error::Unauthenticated("wrong user name or password".into()));
+        };
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
         let token = random_token()?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if sessions.len() >= MAX_SESSIONS {
-            sessions.remove(0);
+        sessions.retain(|_, s| s.issued.elapsed() < SESSION_TTL);
+        let oldest = |sessions: &HashMap<Vec<u8>, Session>, of: Option<&str>| {
+            sessions.iter().filter(|(_, s)| of.is_none_or(|u| s.user == u)).min_by_key(|(_, s)| s.issued).map(|(t, _)| t.clone())
+        };
+        if sessions.values().filter(|s| s.user == name).count() >= SESSIONS_PER_USER {
+            if let Some(t) = oldest(&sessions, Some(&name)) {
+                sessions.remove(&t);
+            }
         }
-        sessions.push(Session { token: token.as_bytes().to_vec(), role, expires: Instant::now() + SESSION_TTL });
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(t) = oldest(&sessions, None) {
+                sessions.remove(&t);
+            }
+        }
+        sessions.insert(token.as_bytes().to_vec(), Session { user: name, role, issued: now });
         Ok((token, role))
     }
 }
@@ -280,6 +337,57 @@ mod tests {
         assert_eq!(auth.check(Some(format!("Bearer {token}").as_bytes())).unwrap(), Role::Admin);
         let wrong = "Basic YWxpY2U6d3Jvbmc="; // alice:wrong
         assert!(matches!(auth.handshake(Some(wrong.as_bytes())), Err(Error::Unauthenticated(_))));
+    }
+
+    fn basic(user: &str, password: &str) -> String {
+        use base64_test::encode;
+        format!("Basic {}", encode(format!("{user}:{password}").as_bytes()))
+    }
+
+    mod base64_test {
+        pub fn encode(bytes: &[u8]) -> String {
+            const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut out = String::new();
+            for c in bytes.chunks(3) {
+                let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+                for i in 0..4 {
+                    out.push(if i <= c.len() { A[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn failed_sign_ins_back_off_per_user_and_sessions_are_capped_per_user() {
+        let auth = Auth::parse(
+            "admin alice:alice-password-long
+read bob:bob-password-longer
+",
+        )
+        .unwrap();
+        assert_eq!(basic("alice", "alice-password-long"), "Basic YWxpY2U6YWxpY2UtcGFzc3dvcmQtbG9uZw==");
+        for _ in 0..FREE_FAILURES {
+            let e = auth.handshake(Some(basic("alice", "guess").as_bytes())).unwrap_err();
+            assert!(e.to_string().contains("wrong user name or password"), "{e}");
+        }
+        // Backing off: even the right password is refused, saying why.
+        let e = auth.handshake(Some(basic("alice", "alice-password-long").as_bytes())).unwrap_err();
+        assert!(e.to_string().contains("too many failed sign-ins"), "{e}");
+        // Another user is not held back.
+        let (bob, _) = auth.handshake(Some(basic("bob", "bob-password-longer").as_bytes())).unwrap();
+        // Once the wait is over, the right password works and clears it.
+        std::thread::sleep(Duration::from_millis(1100));
+        auth.handshake(Some(basic("alice", "alice-password-long").as_bytes())).unwrap();
+        // Many sessions of one user let go of that user's oldest only.
+        let first = auth.handshake(Some(basic("alice", "alice-password-long").as_bytes())).unwrap().0;
+        for _ in 0..3 * SESSIONS_PER_USER {
+            auth.handshake(Some(basic("alice", "alice-password-long").as_bytes())).unwrap();
+        }
+        assert!(auth.check(Some(format!("Bearer {first}").as_bytes())).is_err(), "alice's oldest session is gone");
+        assert_eq!(auth.check(Some(format!("Bearer {bob}").as_bytes())).unwrap(), Role::Read, "bob's session stays");
+        let alices = auth.sessions.lock().unwrap().values().filter(|s| s.user == "alice").count();
+        assert_eq!(alices, SESSIONS_PER_USER);
     }
 
     #[test]

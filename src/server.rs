@@ -66,7 +66,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
     let generated =
         FlightServiceServer::from_arc(service.clone()).max_decoding_message_size(config.max_message_bytes).max_encoding_message_size(config.max_message_bytes);
     // DoGet bodies go out without tonic's encode copy (see `direct_get`).
-    let svc = ClientDeadline { inner: DirectGet::new(generated, service, config.max_message_bytes), auth, limit };
+    let svc = ClientDeadline { inner: DirectGet::new(generated, service, config.max_message_bytes), auth, limit, peer: None };
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http.timer(TokioTimer::new())
@@ -117,7 +117,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
             }
             continue;
         };
-        let (http, svc, tls, stopping) = (http.clone(), svc.clone(), tls.clone(), stopping.clone());
+        let (http, mut svc, tls, stopping) = (http.clone(), svc.clone(), tls.clone(), stopping.clone());
+        svc.peer = Some(peer);
         tokio::spawn(async move {
             let _permit = permit;
             let hyper_svc = TowerToHyperService::new(svc);
@@ -184,6 +185,9 @@ struct ClientDeadline<S> {
     inner: S,
     auth: Option<Arc<crate::auth::Auth>>,
     limit: Duration,
+    /// The connection's peer, on every log line of its calls (auth
+    /// failures included).
+    peer: Option<std::net::SocketAddr>,
 }
 
 /// What the outer deadline adds to `--request-timeout-secs`: the handler's
@@ -208,7 +212,7 @@ impl<S> ClientDeadline<S> {
             auth.check(first.map(|v| v.as_bytes())).err()?
         };
         let id = crate::flight::request_id();
-        let mut status = tracing::info_span!("call", id, path = req.uri().path()).in_scope(|| error.into_status());
+        let mut status = tracing::info_span!("call", id, path = req.uri().path(), peer = ?self.peer).in_scope(|| error.into_status());
         if let Ok(v) = id.to_string().parse() {
             status.metadata_mut().insert("x-request-id", v);
         }
@@ -236,7 +240,8 @@ where
         }
         let client = req.headers().get("grpc-timeout").and_then(|v| grpc_timeout(v.as_bytes()));
         let server = self.limit;
-        let answer = self.inner.call(req.map(Body::new));
+        let span = tracing::info_span!("conn", peer = ?self.peer);
+        let answer = tracing::Instrument::instrument(self.inner.call(req.map(Body::new)), span);
         Box::pin(async move {
             let limit = client.map_or(server, |c| c.min(server));
             match tokio::time::timeout(limit, answer).await {
