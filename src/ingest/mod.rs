@@ -277,6 +277,33 @@ impl<'a> Receiver<'a> {
 }
 
 /// Runs a whole DoPut: `stream` yields the raster's record batches.
+/// MiB of raster buffers all ingests may hold at once: half the machine's
+/// memory (4 GiB where it cannot be read). `--max-raster-mb` bounds one
+/// raster; this bounds their sum, so concurrent puts cannot together take
+/// more memory than the machine has.
+fn raster_budget() -> &'static Arc<tokio::sync::Semaphore> {
+    static BUDGET: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
+    BUDGET.get_or_init(|| {
+        let total_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok());
+        let mib = total_kib.map_or(4096, |k| (k / 1024 / 2).max(256));
+        Arc::new(tokio::sync::Semaphore::new(mib.min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize))
+    })
+}
+
+/// Takes `bytes` of raster buffer (in whole MiB) from `budget` for as long
+/// as the permit lives, or refuses with `ResourceExhausted` at once.
+fn take_raster_budget(budget: &Arc<tokio::sync::Semaphore>, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit> {
+    let mib = bytes.div_ceil(1 << 20).clamp(1, u32::MAX as u64) as u32;
+    budget.clone().try_acquire_many_owned(mib).map_err(|_| {
+        Error::Exhausted(format!(
+            "this raster needs {mib} MiB of buffer and only {} MiB of the server's budget for raster buffers (half its memory) are free while other rasters are ingested; retry later or send smaller rasters",
+            budget.available_permits()
+        ))
+    })
+}
+
 pub async fn ingest<S>(warehouse: Arc<Warehouse>, opts: IngestOptions, spec: IngestSpec, mut stream: S) -> Result<PutSummary>
 where
     S: Stream<Item = Result<RecordBatch>> + Unpin,
@@ -299,6 +326,7 @@ where
             &format!("raster of {raster_bytes} bytes exceeds the server limit of {} bytes", opts.max_raster_bytes),
         ));
     }
+    let _raster = take_raster_budget(raster_budget(), raster_bytes)?;
     // Another scene under this id is refused here, before any pixel is
     // read, unless this one replaces it (atomically, at its commit).
     if store.check_scene(&spec.scene_id, spec.acquired_at_ms, spec.fingerprint.as_deref(), spec.replace)? == SceneStatus::Retry {
@@ -391,7 +419,7 @@ fn summary(spec: &IngestSpec, o: AppendOutcome, started: Instant) -> PutSummary 
 /// scene leaked about 300 KiB each: the load test's resident memory grew
 /// from 385 to 867 MiB in 60 s of writes). Sized by the first caller.
 fn warp_pool(threads: usize) -> &'static crate::pool::Pool {
-    static POOL: std::sync::OnceLock<crate::pool::Pool> = std::sync::OnceLock::new();
+    static POOL: std::sync::OnceLock<crate::pool::Pool> = OnceLock::new();
     POOL.get_or_init(|| crate::pool::Pool::try_new("warp", threads).expect("starting the warp threads"))
 }
 
@@ -736,5 +764,19 @@ mod tests {
         let (early, on_time) = (chunks(dir.path(), SENT_EARLY), chunks(dir.path(), "sent_on_time"));
         assert_eq!(early.keys().collect::<Vec<_>>(), on_time.keys().collect::<Vec<_>>());
         assert!(early == on_time, "the same pixels either way");
+    }
+
+    #[test]
+    fn raster_buffers_in_flight_stay_within_the_budget() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(100));
+        let first = take_raster_budget(&budget, 60 << 20).unwrap();
+        let refused = take_raster_budget(&budget, 50 << 20).unwrap_err();
+        assert!(matches!(refused, Error::Exhausted(ref m) if m.contains("50 MiB")), "{refused}");
+        // A small raster still fits; one let go makes room for the other.
+        let small = take_raster_budget(&budget, 1).unwrap();
+        drop(first);
+        let _second = take_raster_budget(&budget, 50 << 20).unwrap();
+        drop(small);
+        assert!(raster_budget().available_permits() >= 256);
     }
 }
