@@ -179,6 +179,18 @@ impl Auth {
         found.ok_or_else(|| Error::Unauthenticated("invalid or expired bearer token".into()))
     }
 
+    /// The role of a caller from all its `authorization` header values:
+    /// exactly one is taken (with several, which one would count is a guess
+    /// a client should not rely on).
+    pub fn check_headers<'a>(&self, values: impl IntoIterator<Item = &'a [u8]>) -> Result<Role> {
+        let mut values = values.into_iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(Error::Unauthenticated("send one authorization header, not several".into()));
+        }
+        self.check(first)
+    }
+
     /// `Handshake`: checks a `Basic base64(user:password)` header and issues
     /// a session token for the user's role.
     pub fn handshake(&self, header: Option<&[u8]>) -> Result<(String, Role)> {

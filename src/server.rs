@@ -204,13 +204,7 @@ impl<S> ClientDeadline<S> {
         if req.uri().path() == HANDSHAKE_PATH {
             return None;
         }
-        let mut headers = req.headers().get_all("authorization").iter();
-        let first = headers.next();
-        let error = if headers.next().is_some() {
-            crate::error::Error::Unauthenticated("send one authorization header, not several".into())
-        } else {
-            auth.check(first.map(|v| v.as_bytes())).err()?
-        };
+        let error = auth.check_headers(req.headers().get_all("authorization").iter().map(|v| v.as_bytes())).err()?;
         let id = crate::flight::request_id();
         let mut status = tracing::info_span!("call", id, path = req.uri().path(), peer = ?self.peer).in_scope(|| error.into_status());
         if let Ok(v) = id.to_string().parse() {

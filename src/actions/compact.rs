@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::ActionDoc;
 use crate::auth::Role;
 use crate::collection;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::grid::TileId;
 use crate::state::AppState;
 use crate::wire;
@@ -38,5 +38,5 @@ impl Compact {
 }
 
 fn parse_tiles(tiles: &[String]) -> Result<HashSet<TileId>> {
-    tiles.iter().enumerate().map(|(i, t)| t.parse().map_err(|e: crate::grid::GridError| Error::invalid(&format!("tiles[{i}]"), t, &e.to_string()))).collect()
+    tiles.iter().enumerate().map(|(i, t)| super::parse_tile(&format!("tiles[{i}]"), t)).collect()
 }

@@ -8,7 +8,6 @@ use super::ActionDoc;
 use crate::auth::Role;
 use crate::collection;
 use crate::error::{Error, Result};
-use crate::grid::TileId;
 use crate::state::AppState;
 use crate::storage::CollectionStore;
 use crate::wire::{self, format_time};
@@ -36,8 +35,7 @@ impl Delete {
 }
 
 fn delete(store: &CollectionStore, d: pb::Delete) -> Result<crate::storage::RewriteOutcome> {
-    let tile: Option<TileId> =
-        if d.tile.is_empty() { None } else { Some(d.tile.parse().map_err(|e: crate::grid::GridError| Error::invalid("tile", &d.tile, &e.to_string()))?) };
+    let tile = super::optional_tile(&d.tile)?;
     let scene = (!d.scene_id.is_empty()).then_some(d.scene_id.clone());
     let (start, end) = (d.start_ms, d.end_ms);
     if tile.is_none() && scene.is_none() && start.is_none() && end.is_none() {

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::ActionDoc;
 use crate::auth::Role;
 use crate::collection;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::grid::TileId;
 use crate::state::AppState;
 use crate::storage::CollectionStore;
@@ -35,7 +35,7 @@ impl Describe {
         if d.tile.is_empty() {
             Ok(collection(&store))
         } else {
-            let t: TileId = d.tile.parse().map_err(|e: crate::grid::GridError| Error::invalid("tile", &d.tile, &e.to_string()))?;
+            let t = super::parse_tile("tile", &d.tile)?;
             Ok(tile(&store, t))
         }
     }

@@ -110,6 +110,16 @@ impl Action {
     }
 }
 
+/// A tile id given in field `field` of an action's body.
+fn parse_tile(field: &str, tile: &str) -> Result<crate::grid::TileId> {
+    tile.parse().map_err(|e: crate::grid::GridError| Error::invalid(field, tile, &e.to_string()))
+}
+
+/// An optional tile id (empty: none) given in field `tile`.
+fn optional_tile(tile: &str) -> Result<Option<crate::grid::TileId>> {
+    (!tile.is_empty()).then(|| parse_tile("tile", tile)).transpose()
+}
+
 /// Parses and runs one action (blocking, as [`Action::apply`]).
 pub fn run(state: &AppState, name: &str, body: &[u8]) -> Result<Value> {
     Action::parse(name, body)?.apply(state)

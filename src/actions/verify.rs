@@ -8,7 +8,6 @@ use super::ActionDoc;
 use crate::auth::Role;
 use crate::collection;
 use crate::error::{Error, Result};
-use crate::grid::TileId;
 use crate::state::AppState;
 use crate::wire::{self, format_time};
 
@@ -51,11 +50,7 @@ impl Verify {
 
     pub fn apply(self, state: &AppState) -> Result<Value> {
         let stores = if self.0.collection.is_empty() { state.warehouse.collections() } else { vec![state.warehouse.collection(&self.0.collection)?] };
-        let tile: Option<TileId> = if self.0.tile.is_empty() {
-            None
-        } else {
-            Some(self.0.tile.parse().map_err(|e: crate::grid::GridError| Error::invalid("tile", &self.0.tile, &e.to_string()))?)
-        };
+        let tile = super::optional_tile(&self.0.tile)?;
         let (mut observations, mut bytes, mut damaged) = (0usize, 0u64, Vec::new());
         for store in stores {
             for (key, entry) in store.chunks(|k| tile.is_none_or(|t| k.tile == t)) {

@@ -276,7 +276,6 @@ impl<'a> Receiver<'a> {
     }
 }
 
-/// Runs a whole DoPut: `stream` yields the raster's record batches.
 /// MiB of raster buffers all ingests may hold at once: half the machine's
 /// memory (4 GiB where it cannot be read). `--max-raster-mb` bounds one
 /// raster; this bounds their sum, so concurrent puts cannot together take
@@ -304,6 +303,7 @@ fn take_raster_budget(budget: &Arc<tokio::sync::Semaphore>, bytes: u64) -> Resul
     })
 }
 
+/// Runs a whole DoPut: `stream` yields the raster's record batches.
 pub async fn ingest<S>(warehouse: Arc<Warehouse>, opts: IngestOptions, spec: IngestSpec, mut stream: S) -> Result<PutSummary>
 where
     S: Stream<Item = Result<RecordBatch>> + Unpin,
@@ -419,7 +419,7 @@ fn summary(spec: &IngestSpec, o: AppendOutcome, started: Instant) -> PutSummary 
 /// scene leaked about 300 KiB each: the load test's resident memory grew
 /// from 385 to 867 MiB in 60 s of writes). Sized by the first caller.
 fn warp_pool(threads: usize) -> &'static crate::pool::Pool {
-    static POOL: std::sync::OnceLock<crate::pool::Pool> = OnceLock::new();
+    static POOL: OnceLock<crate::pool::Pool> = OnceLock::new();
     POOL.get_or_init(|| crate::pool::Pool::try_new("warp", threads).expect("starting the warp threads"))
 }
 
