@@ -272,6 +272,10 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
         ),
         ("unknown action", Call::Action("drop_everything", Bytes::new()), Code::InvalidArgument, "action.type"),
         ("describe unknown tile form", Call::Action("describe", json(serde_json::json!({"collection": "s2", "tile": "x1_y1"}))), Code::InvalidArgument, "tile"),
+        ("verify unknown tile form", Call::Action("verify", json(serde_json::json!({"collection": "s2", "tile": "x1_y1"}))), Code::InvalidArgument, "tile"),
+        ("verify tile without collection", Call::Action("verify", json(serde_json::json!({"tile": "x0001_y0001"}))), Code::InvalidArgument, "tile"),
+        ("verify unknown field", Call::Action("verify", json(serde_json::json!({"colection": "s2"}))), Code::InvalidArgument, "action.body"),
+        ("verify unknown collection", Call::Action("verify", json(serde_json::json!({"collection": "nope"}))), Code::NotFound, "nope"),
         // Oversized.
         (
             "raster over --max-raster-mb",
@@ -340,6 +344,7 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
             Code::PermissionDenied,
             "delete needs the write role",
         ),
+        ("read token verify", as_(Some(READ_TOKEN), Call::Action("verify", json(serde_json::json!({})))), Code::PermissionDenied, "write role"),
         (
             "read token compact",
             as_(Some(READ_TOKEN), Call::Action("compact", json(serde_json::json!({"collection": "s2"})))),

@@ -59,6 +59,14 @@ fn binary_refuses_to_serve_beyond_loopback_without_auth() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 1") && !stderr.contains("tooshort"), "{stderr}");
+
+    // A connection cap of 0 would serve no one.
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_pixelquery")).args(["serve", "--max-connections", "0", "--warehouse"]).arg(dir.path().join("wh")).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--max-connections") && stderr.contains('0'), "{stderr}");
+    assert!(!dir.path().join("wh").exists(), "nothing is created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
