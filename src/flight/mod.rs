@@ -79,7 +79,7 @@ async fn plan(state: &AppState, spec: QuerySpec) -> Result<Answer> {
     // Tiles (every ticket GetFlightInfo hands out) and whole collections are
     // looked up in the in-memory catalog: microseconds, no hop to a
     // blocking thread. A bbox or point goes through GDAL.
-    if matches!(spec.area, wire::Area::All | wire::Area::Tiles(_)) {
+    if spec.load.is_none() && matches!(spec.area, wire::Area::All | wire::Area::Tiles(_)) {
         return query::plan(&state.warehouse, spec);
     }
     let wh = state.warehouse.clone();

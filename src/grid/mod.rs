@@ -127,7 +127,7 @@ pub struct TileRange {
 
 impl TileRange {
     #[allow(clippy::reversed_empty_ranges)]
-    const EMPTY: TileRange = TileRange { ix: 1..=0, iy: 1..=0 };
+    pub const EMPTY: TileRange = TileRange { ix: 1..=0, iy: 1..=0 };
 
     /// Number of tiles, saturating.
     pub fn len(&self) -> u64 {

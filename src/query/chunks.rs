@@ -59,8 +59,14 @@ impl ChunkAnswer {
                 let tiles = [k.tile.to_string()];
                 let bands = [k.band.clone()];
                 let ticket = wire::query_json(&s.store.meta.name, &tiles, &bands, start, end);
-                let spec =
-                    QuerySpec { collection: s.store.meta.name.clone(), area: Area::Tiles(vec![k.tile]), start_ms: start, end_ms: end, bands: bands.to_vec() };
+                let spec = QuerySpec {
+                    collection: s.store.meta.name.clone(),
+                    area: Area::Tiles(vec![k.tile]),
+                    start_ms: start,
+                    end_ms: end,
+                    bands: bands.to_vec(),
+                    load: None,
+                };
                 let band = s.bands.iter().filter(|b| b.name == k.band).cloned().collect();
                 let one = ChunkAnswer { selection: Selection { store: s.store.clone(), spec, bands: band, chunks: vec![(k.clone(), e.clone())] } };
                 (ticket, one)

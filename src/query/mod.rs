@@ -8,6 +8,7 @@
 //! ([`Piece`]); the transport (`flight/`) frames them.
 
 mod chunks;
+mod load;
 mod point;
 
 use std::collections::HashSet;
@@ -24,6 +25,7 @@ use crate::storage::{self, ChunkEntry, ChunkKey, CollectionStore, Warehouse};
 use crate::wire::{Area, QuerySpec};
 
 pub use chunks::ChunkAnswer;
+pub use load::{output_schema, LoadAnswer};
 pub use point::{point_schema, PointAnswer};
 
 /// One message of an answer's stream, after its schema.
@@ -41,6 +43,8 @@ pub enum Answer {
     Chunks(ChunkAnswer),
     /// One location's series, one endpoint: the query itself.
     Point(PointAnswer),
+    /// Windows of an output grid, one endpoint per window and band.
+    Load(Box<LoadAnswer>),
 }
 
 impl Answer {
@@ -49,17 +53,27 @@ impl Answer {
         match self {
             Answer::Chunks(a) => a.schema(),
             Answer::Point(a) => Ok(a.schema()),
+            Answer::Load(a) => a.schema(),
         }
     }
 
-    /// Observations covered (exact, from the catalog's times).
+    /// Rows answered: observations (exact, from the catalog's times), or
+    /// slices of windows for a load.
     pub fn total_records(&self) -> u64 {
-        self.selection().total_records()
+        match self {
+            Answer::Chunks(a) => a.selection.total_records(),
+            Answer::Point(a) => a.selection.total_records(),
+            Answer::Load(a) => a.total_records(),
+        }
     }
 
-    /// Stored bytes covered.
+    /// Stored bytes covered, or bytes of a load's pixels and masks.
     pub fn total_bytes(&self) -> u64 {
-        self.selection().total_bytes()
+        match self {
+            Answer::Chunks(a) => a.selection.total_bytes(),
+            Answer::Point(a) => a.selection.total_bytes(),
+            Answer::Load(a) => a.total_bytes(),
+        }
     }
 
     /// The tickets of the answer's endpoints; `own` is the query's own
@@ -68,6 +82,7 @@ impl Answer {
         match self {
             Answer::Chunks(a) => a.per_chunk().into_iter().map(|(ticket, _)| ticket).collect(),
             Answer::Point(_) => vec![own.to_vec()],
+            Answer::Load(a) => a.tickets(),
         }
     }
 
@@ -77,13 +92,7 @@ impl Answer {
         match self {
             Answer::Chunks(a) => a.write(emit),
             Answer::Point(a) => a.write(emit),
-        }
-    }
-
-    fn selection(&self) -> &Selection {
-        match self {
-            Answer::Chunks(a) => &a.selection,
-            Answer::Point(a) => &a.selection,
+            Answer::Load(a) => a.write(emit),
         }
     }
 }
@@ -188,6 +197,9 @@ pub fn plan(warehouse: &Warehouse, spec: QuerySpec) -> Result<Answer> {
 
 fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Answer> {
     let bands: Vec<Band> = store.meta.select_bands("bands", &spec.bands)?.into_iter().cloned().collect();
+    if spec.load.is_some() {
+        return Ok(Answer::Load(Box::new(load::plan(store, spec, bands)?)));
+    }
     let grid = store.meta.grid_spec();
     let mut point = None;
     let tiles = match &spec.area {

@@ -133,7 +133,7 @@ pub struct TileCoords {
     pub sy: Vec<f64>,
     /// Whether any target pixel maps inside the source raster.
     pub touches: bool,
-    /// Tile edge in pixels.
+    /// Tile edge (a target's row length) in pixels.
     pub n: usize,
     /// Source positions of the pixel corners, `(n + 1) x (n + 1)` row-major,
     /// for kernels that read a target pixel's whole footprint
@@ -149,6 +149,11 @@ pub struct TileCoords {
     /// The smallest and largest finite values of `sx` and of `sy`, taken
     /// once per tile (each band's kernel needs them).
     pub ranges: Ranges,
+    /// Compute every pixel the same way whatever else the target holds:
+    /// no shortcut chosen for the target as a whole (a wholly valid source
+    /// window), whose arithmetic may round a pixel differently. Loads set
+    /// it so that a window equals the same pixels of any larger load.
+    pub seamless: bool,
 }
 
 /// Finite ranges of source x and y positions ([`finite_range`]).
@@ -269,6 +274,7 @@ pub fn tile_coords(
                 axes: None,
                 scale: (1.0, 1.0),
                 ranges: (None, None),
+                seamless: false,
             }
         }
         Placement::Axes => {
@@ -283,7 +289,7 @@ pub fn tile_coords(
                 y_edges: along(n + 1, 0.0, target_gt[3], target_gt[5], inv[3], inv[5]),
             };
             let touches = axes.xs.iter().any(|x| *x >= 0.0 && *x < w) && axes.ys.iter().any(|y| *y >= 0.0 && *y < h);
-            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: None, axes: Some(axes), scale, ranges: (None, None) }
+            TileCoords { sx: Vec::new(), sy: Vec::new(), touches, n, corners: None, copy: None, axes: Some(axes), scale, ranges: (None, None), seamless: false }
         }
         Placement::General => {
             let map = ExactMap { target_gt, src_inverse: src.inverse, to_source };
@@ -302,8 +308,37 @@ pub fn tile_coords(
             let corners = with_corners.then(|| grid_points(n + 1, 0.0));
             let touches = sx.iter().zip(&sy).any(|(x, y)| *x >= 0.0 && *x < w && *y >= 0.0 && *y < h);
             let ranges = ranges(&sx, &sy);
-            TileCoords { sx, sy, touches, n, corners, copy: None, axes: None, scale, ranges }
+            TileCoords { sx, sy, touches, n, corners, copy: None, axes: None, scale, ranges, seamless: false }
         }
+    }
+}
+
+/// Where the pixels of a `width`-wide target fall in a `src_w` x `src_h`
+/// source, from positions the caller computed: every pixel centre
+/// (row-major) and, for kernels that read footprints, every pixel corner.
+/// The per-pixel kernels run on it.
+pub fn target_points(sx: Vec<f64>, sy: Vec<f64>, corners: Option<Positions>, width: usize, scale: (f64, f64), (src_w, src_h): (usize, usize)) -> TileCoords {
+    let (w, h) = (src_w as f64, src_h as f64);
+    let touches = sx.iter().zip(&sy).any(|(x, y)| *x >= 0.0 && *x < w && *y >= 0.0 && *y < h);
+    let ranges = ranges(&sx, &sy);
+    TileCoords { sx, sy, touches, n: width, corners, copy: None, axes: None, scale, ranges, seamless: true }
+}
+
+/// [`target_points`] for a target whose columns and rows each map to one
+/// source x and y (same CRS, north-up): the separable kernels run on it.
+pub fn target_axes(axes: Axes, scale: (f64, f64), (src_w, src_h): (usize, usize)) -> TileCoords {
+    let touches = axes.xs.iter().any(|x| *x >= 0.0 && *x < src_w as f64) && axes.ys.iter().any(|y| *y >= 0.0 && *y < src_h as f64);
+    TileCoords {
+        sx: Vec::new(),
+        sy: Vec::new(),
+        touches,
+        n: axes.xs.len(),
+        corners: None,
+        copy: None,
+        axes: Some(axes),
+        scale,
+        ranges: (None, None),
+        seamless: true,
     }
 }
 
@@ -409,33 +444,40 @@ pub fn resample<T: Sample>(src: &SourceBand<'_, T>, coords: &TileCoords, method:
             // Cubic's negative lobes and renormalisation over holes lose
             // too much in f32 (0.2 % of pixels off by one in a unit test).
             return if T::NARROW && method != Resampling::Cubic {
-                resample_axes::<T, f32>(src, axes, coords.scale, method, fill)
+                resample_axes::<T, f32>(src, axes, coords.scale, method, fill, coords.seamless)
             } else {
-                resample_axes::<T, f64>(src, axes, coords.scale, method, fill)
+                resample_axes::<T, f64>(src, axes, coords.scale, method, fill, coords.seamless)
             };
         }
         // Mode is not separable: per pixel, as in the general case.
         let (sx, sy, corners) = axes.points();
         let ranges = ranges(&sx, &sy);
-        return resample_points(src, &sx, &sy, ranges, Some(&corners), coords.n, coords.scale, method, fill);
+        return resample_points(src, &sx, &sy, ranges, Some(&corners), coords.n, coords.scale, method, fill, coords.seamless);
     }
-    resample_points(src, &coords.sx, &coords.sy, coords.ranges, coords.corners.as_ref(), coords.n, coords.scale, method, fill)
+    resample_points(src, &coords.sx, &coords.sy, coords.ranges, coords.corners.as_ref(), coords.n, coords.scale, method, fill, coords.seamless)
 }
 
-fn resample_axes<T: Sample, A: separable::Acc>(src: &SourceBand<'_, T>, axes: &Axes, scale: (f64, f64), method: Resampling, fill: T) -> (Vec<T>, Vec<bool>) {
+fn resample_axes<T: Sample, A: separable::Acc>(
+    src: &SourceBand<'_, T>,
+    axes: &Axes,
+    scale: (f64, f64),
+    method: Resampling,
+    fill: T,
+    seamless: bool,
+) -> (Vec<T>, Vec<bool>) {
     let xt = separable::Taps::<A>::new(method, scale.0, &axes.xs, &axes.x_edges, src.width);
     let yt = separable::Taps::<A>::new(method, scale.1, &axes.ys, &axes.y_edges, src.height);
     #[cfg(target_arch = "x86_64")]
     if gather::available() {
         // SAFETY: the CPU has AVX2 and FMA (checked).
-        return unsafe { separable::resample_avx2(src, method, &xt, &yt, fill) };
+        return unsafe { separable::resample_avx2(src, method, &xt, &yt, fill, seamless) };
     }
-    separable::resample(src, method, &xt, &yt, fill)
+    separable::resample(src, method, &xt, &yt, fill, seamless)
 }
 
 /// The per-pixel kernels: `sx`/`sy` hold each target pixel centre's source
 /// position (`ranges` their finite ranges), `corners` its `(n + 1) x (n + 1)` pixel corners, `scale` the
-/// bilinear and cubic kernel scales.
+/// bilinear and cubic kernel scales; `seamless` as [`TileCoords::seamless`].
 #[allow(clippy::too_many_arguments)]
 fn resample_points<T: Sample>(
     src: &SourceBand<'_, T>,
@@ -447,6 +489,7 @@ fn resample_points<T: Sample>(
     scale: (f64, f64),
     method: Resampling,
     fill: T,
+    seamless: bool,
 ) -> (Vec<T>, Vec<bool>) {
     let widened = scale != (1.0, 1.0) && matches!(method, Resampling::Bilinear | Resampling::Cubic);
     let (mut wx, mut wy) = (Vec::new(), Vec::new());
@@ -460,13 +503,14 @@ fn resample_points<T: Sample>(
     // Bilinear on 16-bit integers, eight pixels at a time where the CPU
     // allows (see `gather`).
     let gather = match (method, widened, windows) {
+        _ if seamless => None,
         (Resampling::Bilinear, false, _) => gather::Bilinear16::new(src, (1.0, 1.0), (0, 2), (0, 2)),
         (Resampling::Bilinear, true, Some((wx, wy))) => gather::Bilinear16::new(src, scale, wx, wy),
         _ => None,
     };
     // Whether every source pixel a widened kernel (or the gathering one)
     // may read is valid (then its taps need no checks).
-    let clean = (widened || gather.is_some()) && {
+    let clean = !seamless && (widened || gather.is_some()) && {
         let reach = |s: f64| (if method == Resampling::Cubic { 2.0 } else { 1.0 } / s).ceil() + 1.0;
         let span = |range: Option<(f64, f64)>, len: usize, r: f64| {
             let (lo, hi) = range?;
@@ -986,7 +1030,7 @@ mod tests {
     fn coords(points: &[(f64, f64)]) -> TileCoords {
         let (sx, sy): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
         let ranges = ranges(&sx, &sy);
-        TileCoords { sx, sy, touches: true, n: points.len(), corners: None, copy: None, axes: None, scale: (1.0, 1.0), ranges }
+        TileCoords { sx, sy, touches: true, n: points.len(), corners: None, copy: None, axes: None, scale: (1.0, 1.0), ranges, seamless: false }
     }
 
     #[test]
@@ -1168,6 +1212,7 @@ mod tests {
             axes: None,
             scale: (1.0, 1.0),
             ranges: (None, None),
+            seamless: false,
         };
         for (nodata, valid) in [(Some(0u16), None), (None, None), (Some(0), Some(&valid[..]))] {
             let src = SourceBand { values: &values, nodata, valid, width: 3, height: 3 };

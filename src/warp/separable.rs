@@ -151,15 +151,25 @@ impl<A: Acc> Taps<A> {
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn resample_avx2<T: Sample, A: Acc>(src: &SourceBand<'_, T>, method: Resampling, xt: &Taps<A>, yt: &Taps<A>, fill: T) -> (Vec<T>, Vec<bool>) {
-    resample(src, method, xt, yt, fill)
+pub unsafe fn resample_avx2<T: Sample, A: Acc>(
+    src: &SourceBand<'_, T>,
+    method: Resampling,
+    xt: &Taps<A>,
+    yt: &Taps<A>,
+    fill: T,
+    seamless: bool,
+) -> (Vec<T>, Vec<bool>) {
+    resample(src, method, xt, yt, fill, seamless)
 }
 
 /// Resamples one band onto one tile from per-column and per-row taps.
 /// Nearest copies the sample values; mode is not separable (the caller
-/// handles it per pixel).
+/// handles it per pixel). `seamless`: every pixel is computed the same
+/// way whatever else the target holds (no shortcut for a target whose
+/// whole source window is valid), so a pixel's value does not depend on
+/// the target's extent.
 #[inline(always)]
-pub fn resample<T: Sample, A: Acc>(src: &SourceBand<'_, T>, method: Resampling, xt: &Taps<A>, yt: &Taps<A>, fill: T) -> (Vec<T>, Vec<bool>) {
+pub fn resample<T: Sample, A: Acc>(src: &SourceBand<'_, T>, method: Resampling, xt: &Taps<A>, yt: &Taps<A>, fill: T, seamless: bool) -> (Vec<T>, Vec<bool>) {
     let (n, m) = (xt.inside.len(), yt.inside.len());
     if !xt.any_inside() || !yt.any_inside() {
         return (vec![fill; n * m], vec![false; n * m]);
@@ -179,7 +189,7 @@ pub fn resample<T: Sample, A: Acc>(src: &SourceBand<'_, T>, method: Resampling, 
         return (out, mask);
     }
     let outside: Vec<usize> = (0..n).filter(|c| !xt.inside[*c]).collect();
-    let clean = window_is_valid(src, (xt.lo, xt.hi), (yt.lo, yt.hi));
+    let clean = !seamless && window_is_valid(src, (xt.lo, xt.hi), (yt.lo, yt.hi));
     // Horizontal passes of the last `yt.k` source rows (row s in slot
     // s % k: the rows one target row reads are consecutive, so distinct).
     let ky = yt.k;
@@ -350,16 +360,16 @@ mod tests {
                         let yt = super::Taps::<f32>::new(method, scale.1, &axes.ys, &axes.y_edges, size);
                         // SAFETY: the CPU has AVX2 and FMA (checked).
                         assert!(
-                            super::resample(&band, method, &xt, &yt, 0) == unsafe { super::resample_avx2(&band, method, &xt, &yt, 0) },
+                            super::resample(&band, method, &xt, &yt, 0, false) == unsafe { super::resample_avx2(&band, method, &xt, &yt, 0, false) },
                             "{method:?} at {pixel} m"
                         );
                     }
                     let (a, am) = resample(&band, &coords, method, 0);
-                    let (b, bm) = resample_points(&band, &sx, &sy, ranges(&sx, &sy), Some(&corners), coords.n, scale, method, 0);
+                    let (b, bm) = resample_points(&band, &sx, &sy, ranges(&sx, &sy), Some(&corners), coords.n, scale, method, 0, false);
                     agree(&a, &am, &b, &bm, method, pixel);
                     let band = SourceBand { values: &wide, nodata: nodata.map(|_| -4_999_000), valid: mask, width: size, height: size };
                     let (a, am) = resample(&band, &coords, method, 0);
-                    let (b, bm) = resample_points(&band, &sx, &sy, ranges(&sx, &sy), Some(&corners), coords.n, scale, method, 0);
+                    let (b, bm) = resample_points(&band, &sx, &sy, ranges(&sx, &sy), Some(&corners), coords.n, scale, method, 0, false);
                     agree(&a, &am, &b, &bm, method, pixel);
                 }
             }

@@ -8,9 +8,11 @@
 
 mod collection;
 mod command;
+mod load;
 
 pub use collection::build_collection;
 pub use command::{Command, Expect, FLIGHT_SQL_TYPE_PREFIX, INGEST_TYPE_URL, QUERY_TYPE_URL};
+pub use load::{Fuse, Geometry, GroupBy, LoadSpec, OutputSpec, Ring};
 
 use std::collections::BTreeMap;
 
@@ -184,6 +186,16 @@ struct QueryJson {
     bands: Vec<String>,
     #[serde(default)]
     point: Vec<f64>,
+    #[serde(default)]
+    geometry: Option<Value>,
+    #[serde(default)]
+    geometry_crs: String,
+    #[serde(default)]
+    output: Option<Value>,
+    #[serde(default)]
+    groupby: String,
+    #[serde(default)]
+    fuse: String,
 }
 
 /// An optional JSON time (absent or null: `None`).
@@ -206,8 +218,41 @@ impl TryFrom<QueryJson> for pb::Query {
             end_ms: opt_time("end", j.end)?,
             bands: j.bands,
             point: j.point,
+            geometry: load::geometry_from_json(j.geometry)?,
+            geometry_crs: j.geometry_crs,
+            output: match j.output {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(load::output_from_json(v)?),
+            },
+            groupby: j.groupby,
+            fuse: j.fuse,
         })
     }
+}
+
+/// The JSON form of a `Query` (endpoint tickets are JSON so that they can
+/// be read, logged and rebuilt by hand).
+pub fn query_message_json(q: &pb::Query) -> Vec<u8> {
+    let mut m = serde_json::Map::new();
+    m.insert("collection".into(), q.collection.clone().into());
+    let mut put = |k: &str, v: Value, present: bool| {
+        if present {
+            m.insert(k.into(), v);
+        }
+    };
+    put("tiles", q.tiles.clone().into(), !q.tiles.is_empty());
+    put("bbox", q.bbox.clone().into(), !q.bbox.is_empty());
+    put("bbox_crs", q.bbox_crs.clone().into(), !q.bbox_crs.is_empty());
+    put("start", q.start_ms.into(), q.start_ms.is_some());
+    put("end", q.end_ms.into(), q.end_ms.is_some());
+    put("bands", q.bands.clone().into(), !q.bands.is_empty());
+    put("point", q.point.clone().into(), !q.point.is_empty());
+    put("geometry", serde_json::from_str(&q.geometry).unwrap_or(Value::Null), !q.geometry.is_empty());
+    put("geometry_crs", q.geometry_crs.clone().into(), !q.geometry_crs.is_empty());
+    put("output", q.output.as_ref().map(load::output_to_json).unwrap_or(Value::Null), q.output.is_some());
+    put("groupby", q.groupby.clone().into(), !q.groupby.is_empty());
+    put("fuse", q.fuse.clone().into(), !q.fuse.is_empty());
+    serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -464,6 +509,9 @@ pub struct QuerySpec {
     pub start_ms: Option<i64>,
     pub end_ms: Option<i64>,
     pub bands: Vec<String>,
+    /// The analysis-ready keys (DESIGN §4b), if any: the answer is then
+    /// resampled onto an output grid and served in windows.
+    pub load: Option<LoadSpec>,
 }
 
 impl QuerySpec {
@@ -481,7 +529,15 @@ pub const MAX_QUERY_TILES: usize = 10_000;
 /// Validates a query (ListFlights criteria arrive as a query without tiles
 /// or point); an empty collection is allowed for criteria only.
 fn validate_query(q: pb::Query) -> Result<QuerySpec> {
-    let pb::Query { collection, tiles, bbox, bbox_crs, start_ms, end_ms, bands, point } = q;
+    let pb::Query { collection, tiles, bbox, bbox_crs, start_ms, end_ms, bands, point, geometry, geometry_crs, output, groupby, fuse } = q;
+    let load = load::load_spec(&geometry, &geometry_crs, output, &groupby, &fuse)?;
+    if load.is_some() && !point.is_empty() {
+        return Err(Error::invalid(
+            "point",
+            &point,
+            "a point answer takes none of geometry, output, groupby and fuse yet; query the area with a bbox and output instead",
+        ));
+    }
     if !collection.is_empty() {
         validate_collection_name("collection", &collection)?;
     }
@@ -527,7 +583,7 @@ fn validate_query(q: pb::Query) -> Result<QuerySpec> {
     } else {
         Area::All
     };
-    Ok(QuerySpec { collection, area, start_ms, end_ms, bands })
+    Ok(QuerySpec { collection, area, start_ms, end_ms, bands, load })
 }
 
 /// Decodes a `Query` (GetFlightInfo / GetSchema cmd, or a DoGet ticket).
@@ -544,7 +600,7 @@ pub fn query_spec(q: pb::Query) -> Result<QuerySpec> {
 /// Decodes ListFlights criteria; empty bytes mean everything.
 pub fn decode_criteria(bytes: &[u8]) -> Result<QuerySpec> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(QuerySpec { collection: String::new(), area: Area::All, start_ms: None, end_ms: None, bands: vec![] });
+        return Ok(QuerySpec { collection: String::new(), area: Area::All, start_ms: None, end_ms: None, bands: vec![], load: None });
     }
     let c: pb::Criteria = decode::<_, CriteriaJson>("criteria.expression", bytes)?;
     validate_query(pb::Query {
@@ -556,6 +612,36 @@ pub fn decode_criteria(bytes: &[u8]) -> Result<QuerySpec> {
         bands: c.bands,
         ..Default::default()
     })
+}
+
+impl QuerySpec {
+    /// The query as a message again (to narrow it into endpoint tickets).
+    pub fn to_message(&self) -> pb::Query {
+        let mut q =
+            pb::Query { collection: self.collection.clone(), start_ms: self.start_ms, end_ms: self.end_ms, bands: self.bands.clone(), ..Default::default() };
+        match &self.area {
+            Area::All => {}
+            Area::Tiles(t) => q.tiles = t.iter().map(|t| t.to_string()).collect(),
+            Area::BBox { bbox, crs } => (q.bbox, q.bbox_crs) = (bbox.to_vec(), crs.clone()),
+            Area::Point { xy, crs } => (q.point, q.bbox_crs) = (xy.to_vec(), crs.clone()),
+        }
+        if let Some(l) = &self.load {
+            if let Some(g) = &l.geometry {
+                (q.geometry, q.geometry_crs) = (g.text.clone(), g.crs.clone());
+            }
+            let o = &l.output;
+            q.output = Some(pb::Output {
+                crs: o.crs.clone().unwrap_or_default(),
+                resolution: o.resolution.map(|(x, y)| vec![x, y]).unwrap_or_default(),
+                resampling: o.resampling.map(|r| r.name().to_string()).unwrap_or_default(),
+                resampling_by_band: o.resampling_by_band.iter().map(|(b, r)| (b.clone(), r.name().to_string())).collect(),
+                window: o.window,
+                at: o.at.map(|(r, c)| vec![r, c]).unwrap_or_default(),
+            });
+            (q.groupby, q.fuse) = (l.groupby.name().to_string(), l.fuse.name().to_string());
+        }
+        q
+    }
 }
 
 /// Encodes a query as the JSON ticket of one endpoint.

@@ -27,10 +27,14 @@ def test_quickstart_notebook_executes(server, monkeypatch, tmp_path):
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)
     images = [base64.b64decode(o["data"]["image/png"]) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 2, f"expected a map and a time-series plot, got {len(images)} images"
+    assert len(images) == 3, f"expected two maps and a time-series plot, got {len(images)} images"
     for img in images:
         w, h = png_size(img)
         assert w > 200 and h > 100 and len(img) > 5000
+    # The UTM load: 200 x 200 pixels of 20 m, one slice per date.
+    load = [c for c in nb.cells if c.cell_type == "code" and "client.load(" in c.source][0]
+    text = "".join(o["data"].get("text/plain", "") for o in load.outputs if "data" in o)
+    assert "time: 4" in text and "y: 200" in text and "x: 200" in text, text
     # The time series saw all four dates at the point.
     last = [c for c in nb.cells if c.cell_type == "code" and "ts[[" in c.source][0]
     html = "".join(o["data"].get("text/plain", "") for o in last.outputs if "data" in o)

@@ -215,6 +215,22 @@ impl Client {
         Ok(out)
     }
 
+    /// An analysis-ready load (a query with `output`, `geometry`, `groupby`
+    /// or `fuse`): the answer's schema, whose metadata holds the output grid
+    /// (`crs`, `geotransform`, `width`, `height`, `times`, `labels`), and
+    /// every window's slices (one row per window, band and slice; `row` and
+    /// `col` place it), fetched endpoint by endpoint.
+    pub async fn load(&mut self, query: &proto::Query) -> Result<(arrow_schema::SchemaRef, Vec<RecordBatch>)> {
+        let info = self.flight_info(query).await?;
+        let schema = Arc::new(info.clone().try_decode_schema().map_err(|e| ClientError::Answer(format!("the load's schema does not decode: {e}")))?);
+        let mut out = Vec::new();
+        for ep in info.endpoint {
+            let ticket = ep.ticket.ok_or_else(|| ClientError::Answer("endpoint without ticket".into()))?;
+            out.extend(self.do_get(ticket.ticket).await?);
+        }
+        Ok((schema, out))
+    }
+
     /// One location's time series: a query with `point` given as the ticket.
     pub async fn point(&mut self, query: &proto::Query) -> Result<Vec<RecordBatch>> {
         self.do_get(Bytes::from(query.encode_to_vec())).await
