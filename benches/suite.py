@@ -6,7 +6,8 @@ this script folds in.
 
 Anchors: a pyarrow in-memory Flight server serving the same bytes, a pyarrow
 Flight DoPut sink keeping batches in memory (both in their own process),
-gdalwarp on the same raster and grid.
+gdalwarp on the same raster and grid, odc-stac loading the same COGs
+(rows 8 and 9: `load_rows.py`).
 
     python benches/suite.py --binary target/release/pixelquery [--results FILE...]
 """
@@ -29,7 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from pixelquery_flight import Client
 from pixelquery_flight.testing import LocalServer
+
+import load_rows
 
 SINUSOIDAL = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6378137 +units=m +no_defs"
 # Top-left corner of a block of whole 10 m grid tiles (2560 m) near Seoul.
@@ -208,7 +212,7 @@ def main():
     ap.add_argument("--results", nargs="*", default=[], help="outputs of the Rust benches (RESULT lines)")
     ap.add_argument("--size", type=int, default=10980, help="side of the reprojected raster (row 3 and 7)")
     ap.add_argument("--out", help="also write the table (markdown) here")
-    ap.add_argument("--only", default="1234567", help="rows to run, e.g. 15")
+    ap.add_argument("--only", default="123456789", help="rows to run, e.g. 15")
     args = ap.parse_args()
     rust = {}
     for path in args.results:
@@ -301,6 +305,16 @@ def main():
         # ---- 5. Point time series, 1000 observations x 4 bands -----------
         if "5" in args.only:
             point_series(client, rng, table)
+        # ---- 8, 9. Analysis-ready loads -------------------------------------
+        if "8" in args.only or "9" in args.only:
+            pq = Client(server.uri)
+            if "8" in args.only:
+                load_rows.load_row(client, pq, work, table)
+            if "9" in args.only:
+                load_rows.memory_row(client, pq, server, table, rss_peak_kib, reset_rss_peak)
+        # ---- 10. Pixel steps (cargo bench --bench pixel_steps) -------------
+        if "steps_mpxs" in rust:
+            load_rows.steps_row(rust, table)
         # ---- 6. Per-file COG ingest (cargo bench --bench cog_ingest) -----
         if "cog_ms" in rust:
             split = f" (server's DoPut {rust['cog_server_ms']:.0f}; client's read alone {rust['cog_read_ms']:.0f}; warp alone on one thread {rust['cog_scene_warp_ms']:.0f})" if "cog_read_ms" in rust and "cog_scene_warp_ms" in rust else ""

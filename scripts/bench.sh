@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Anchors of rows 8 and 9 (not needed by the tests).
+.venv/bin/python -c "import odc.stac, pystac, numexpr" 2>/dev/null || .venv/bin/python -m pip install -q "odc-stac>=0.3" "pystac>=1.8" "numexpr>=2.8"
 cargo build --release --bin pixelquery
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -14,6 +16,7 @@ export PIXELQUERY_BENCH_DIR="${PIXELQUERY_BENCH_DIR:-$out}"
 cargo bench --bench append | tee "$out/append.txt"
 cargo bench --bench cog_ingest | tee "$out/cog.txt"
 cargo bench --bench warp_kernel | tee "$out/kernel.txt"
+cargo bench --bench pixel_steps | tee "$out/steps.txt"
 echo "== $(date -u +%Y-%m-%d) $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(. /etc/os-release && echo "$PRETTY_NAME")"
 .venv/bin/python benches/suite.py --binary target/release/pixelquery --size "${SIZE:-10980}" \
-  --results "$out/append.txt" "$out/cog.txt" "$out/kernel.txt" --out "${BENCH_TABLE:-benches/latest.md}"
+  --results "$out/append.txt" "$out/cog.txt" "$out/kernel.txt" "$out/steps.txt" --out "${BENCH_TABLE:-benches/latest.md}"

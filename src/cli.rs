@@ -199,6 +199,11 @@ pub struct IngestArgs {
     /// arrive); without it such a scene is refused.
     #[arg(long)]
     pub replace: bool,
+    /// The products' processing baseline (Sentinel-2: 04.00), for files
+    /// whose metadata and name do not say it; `scale` applies Sentinel-2's
+    /// -0.1 offset from baseline 04.00 on.
+    #[arg(long)]
+    pub baseline: Option<String>,
     /// Scenes sent at once.
     #[arg(long, env = "PIXELQUERY_JOBS", default_value_t = 2)]
     pub jobs: usize,
@@ -222,6 +227,7 @@ impl IngestArgs {
             time: self.time.clone(),
             resampling: self.resampling.clone(),
             replace: self.replace,
+            baseline: self.baseline.clone(),
             jobs: self.jobs,
         }
     }

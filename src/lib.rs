@@ -13,7 +13,8 @@
 //! - [`auth`]: access file, bearer tokens, roles, Handshake
 //! - [`cog`]: GeoTIFF/COG files into scenes (CLI ingest, ingest_path)
 //! - [`ingest`]: DoPut stream -> warp -> append
-//! - [`query`]: query -> chunks -> record batches, point series
+//! - [`query`]: query -> chunks -> record batches, point series, load windows
+//! - [`compute`]: per-observation steps: QA masks, scale/offset, band math
 //! - [`wire`]: commands and protobuf/JSON requests into validated requests
 //! - [`warp`]: resampling kernels
 //! - [`storage`]: chunk files, the catalog, storage paths
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod cog;
 pub mod collection;
+pub mod compute;
 pub mod config;
 pub mod counters;
 pub mod crs;

@@ -56,6 +56,7 @@ pub fn collection(c: &CollectionStore) -> Value {
     if let Value::Object(m) = &mut v {
         m.insert("tiles".into(), c.tiles().len().into());
         m.insert("scenes".into(), c.scene_count().into());
+        m.insert("processing_baselines".into(), serde_json::to_value(c.baselines()).unwrap_or(Value::Null));
         m.insert("chunks".into(), chunks.len().into());
         m.insert("start".into(), start.map(format_time).into());
         m.insert("end".into(), end.map(format_time).into());

@@ -16,7 +16,7 @@ impl IngestPath {
     pub const DOC: ActionDoc = ActionDoc {
         name: "ingest_path",
         role: Role::Admin,
-        description: "The server reads GeoTIFF/COG files it can see (local paths, GDAL /vsi... paths) under its --ingest-root directories and ingests them as `pixelquery ingest` does. Body: {\"collection\", \"paths\": [...], \"bands\"?: \"1:blue,...\", \"time\"?, \"resampling\"?, \"replace\"?: false}. Returns {\"files\", \"scenes\": [...], \"failures\": [{\"path\", \"reason\"}]}.",
+        description: "The server reads GeoTIFF/COG files it can see (local paths, GDAL /vsi... paths) under its --ingest-root directories and ingests them as `pixelquery ingest` does. Body: {\"collection\", \"paths\": [...], \"bands\"?: \"1:blue,...\", \"time\"?, \"resampling\"?, \"replace\"?: false, \"baseline\"?: \"04.00\"}. Returns {\"files\", \"scenes\": [...], \"failures\": [{\"path\", \"reason\"}]}.",
         takes_write_slot: true,
     };
 
@@ -45,6 +45,8 @@ struct IngestPathBody {
     resampling: Option<String>,
     #[serde(default)]
     replace: bool,
+    #[serde(default)]
+    baseline: Option<String>,
 }
 
 fn ingest_path(state: &AppState, b: IngestPathBody) -> Result<crate::cog::send::IngestReport> {
@@ -63,6 +65,7 @@ fn ingest_path(state: &AppState, b: IngestPathBody) -> Result<crate::cog::send::
         resampling: b.resampling.unwrap_or_default(),
         replace: b.replace,
         profile: store.meta.profile.clone(),
+        baseline: b.baseline,
     };
     let (files, mut failures) = crate::cog::discover(&paths);
     // A directory may hold links leading outside the roots: check each file.

@@ -44,6 +44,9 @@ pub struct CogOptions {
     /// The collection's built-in profile, if it has one: products of
     /// another processing level are refused.
     pub profile: Option<String>,
+    /// The processing baseline of every file (else each file's metadata or
+    /// product id says it, if it does).
+    pub baseline: Option<String>,
 }
 
 /// A file or scene that cannot be ingested, and why.
@@ -181,6 +184,20 @@ fn inspect(path: &str) -> Result<FileInfo, String> {
     }
     let stem = Path::new(path).file_stem().and_then(|s| s.to_str()).unwrap_or(path).to_string();
     Ok(FileInfo { path: path.to_string(), stem, width: w as u32, height: h as u32, geotransform, crs_wkt, dtypes, nodata, descriptions, metadata })
+}
+
+/// The processing baseline a file's metadata (`PROCESSING_BASELINE`) or
+/// its product id (`..._N0400_...`) gives.
+fn baseline_of(info: &FileInfo, product: Option<&str>) -> Option<String> {
+    if let Some((_, v)) = info.metadata.iter().find(|(k, _)| k.eq_ignore_ascii_case("PROCESSING_BASELINE")) {
+        return Some(v.trim().to_string());
+    }
+    let names = [product.unwrap_or(""), info.stem.as_str()];
+    names
+        .iter()
+        .flat_map(|n| n.split(['_', '.']))
+        .find(|part| part.len() == 5 && part.starts_with('N') && part[1..].bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_string)
 }
 
 /// Scene id from product metadata, if the file carries one.
@@ -460,6 +477,7 @@ pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure
                 resampling_by_band: Default::default(),
                 fingerprint: fingerprint.map(|f| format!("crc32:{f:08x}")).unwrap_or_default(),
                 replace: opts.replace,
+                processing_baseline: opts.baseline.clone().or_else(|| baseline_of(first, key.product.as_deref())).unwrap_or_default(),
             };
             scenes.push(ScenePlan { request, sources, files: paths, time_source, bytes });
         }

@@ -280,6 +280,8 @@ pub struct SendOptions {
     pub resampling: Option<String>,
     /// Replace scenes stored under the same id with another time or content.
     pub replace: bool,
+    /// The processing baseline of every file (`--baseline`).
+    pub baseline: Option<String>,
     /// Scenes sent at once.
     pub jobs: usize,
 }
@@ -328,6 +330,7 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
         time_ms: args.time.as_deref().map(|t| crate::wire::parse_time("--time", t)).transpose()?,
         resampling: args.resampling.clone().unwrap_or_default(),
         replace: args.replace,
+        baseline: args.baseline.clone(),
         profile: desc["profile"].as_str().map(str::to_string),
     };
     let count = files.len();

@@ -612,7 +612,8 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
     };
     let spec = &plan.spec;
     let total = plan.tiles.len();
-    let mut commit = SceneCommit::new(store, &spec.scene_id, spec.acquired_at_ms, spec.fingerprint.as_deref(), spec.replace, total, plan.counters.clone());
+    let mut commit = SceneCommit::new(store, &spec.scene_id, spec.acquired_at_ms, spec.fingerprint.as_deref(), spec.replace, total, plan.counters.clone())
+        .with_baseline(spec.baseline.clone());
     let cut_short = || stop(Error::Internal("the raster stream ended before its last row".into()));
     let (mut tiles, mut ended) = (0, false);
     while tiles < total || !ended {

@@ -66,6 +66,7 @@ impl ChunkAnswer {
                     end_ms: end,
                     bands: bands.to_vec(),
                     load: None,
+                    steps: s.spec.steps.clone(),
                 };
                 let band = s.bands.iter().filter(|b| b.name == k.band).cloned().collect();
                 let one = ChunkAnswer { selection: Selection { store: s.store.clone(), spec, bands: band, chunks: vec![(k.clone(), e.clone())] } };

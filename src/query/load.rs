@@ -20,6 +20,7 @@ use arrow_array::{ArrayRef, ArrowPrimitiveType, BooleanArray, ListArray, Primiti
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
+use super::steps::{self, Outputs};
 use super::Piece;
 use crate::collection::{Band, DType, Resampling};
 use crate::crs;
@@ -97,6 +98,8 @@ pub struct LoadAnswer {
     grid: GridSpec,
     spec: QuerySpec,
     load: LoadSpec,
+    /// The answer's bands and steps; `bands` are the stored bands read.
+    outputs: Arc<Outputs>,
     bands: Vec<Band>,
     methods: Vec<Resampling>,
     out: OutGrid,
@@ -156,7 +159,8 @@ fn intersect(a: [f64; 4], b: [f64; 4]) -> [f64; 4] {
 }
 
 /// Plans a load. Blocking (GDAL).
-pub fn plan(store: Arc<CollectionStore>, spec: QuerySpec, bands: Vec<Band>) -> Result<LoadAnswer> {
+pub fn plan(store: Arc<CollectionStore>, spec: QuerySpec, outputs: Arc<Outputs>) -> Result<LoadAnswer> {
+    let bands = outputs.inputs.clone();
     let load = spec.load.clone().ok_or_else(|| Error::Internal("a load planned without its keys".into()))?;
     let grid = store.meta.grid_spec();
     let o = &load.output;
@@ -283,7 +287,7 @@ pub fn plan(store: Arc<CollectionStore>, spec: QuerySpec, bands: Vec<Band>) -> R
         }
     }
     let all: HashSet<(i64, Arc<str>)> = on_tile.values().flatten().cloned().collect();
-    let groups = group(&store, &grid, &spec, load.groupby, all)?;
+    let groups = group(&store, &grid, &spec, &bands, load.groupby, all)?;
     let group_of: HashMap<(i64, Arc<str>), usize> = groups.iter().enumerate().flat_map(|(g, gr)| gr.members.iter().map(move |m| (m.clone(), g))).collect();
     for w in &mut windows {
         let mut gs: Vec<usize> = w.tiles.iter().filter_map(|t| on_tile.get(&t)).flatten().filter_map(|o| group_of.get(o).copied()).collect();
@@ -293,7 +297,7 @@ pub fn plan(store: Arc<CollectionStore>, spec: QuerySpec, bands: Vec<Band>) -> R
     }
     // A window no observation reaches is left out.
     windows.retain(|w| !w.groups.is_empty() || o.at.is_some());
-    Ok(LoadAnswer { store, grid, spec, load, bands, methods, out, windows, groups, masks, chunks })
+    Ok(LoadAnswer { store, grid, spec, load, bands, methods, out, windows, groups, masks, chunks, outputs })
 }
 
 /// The grid tiles a window's pixels read: its outline through the exact
@@ -339,10 +343,10 @@ fn block_scale(grid: &GridSpec, out: &OutGrid, to_grid: &crs::Transformer, (bc, 
 }
 
 /// The groups the observations form, ordered by (first time, label).
-fn group(store: &CollectionStore, grid: &GridSpec, spec: &QuerySpec, by: GroupBy, all: HashSet<(i64, Arc<str>)>) -> Result<Vec<Group>> {
+fn group(store: &CollectionStore, grid: &GridSpec, spec: &QuerySpec, bands: &[Band], by: GroupBy, all: HashSet<(i64, Arc<str>)>) -> Result<Vec<Group>> {
     let mut obs: Vec<(i64, Arc<str>)> = all.into_iter().collect();
     obs.sort();
-    let lon = if by == GroupBy::SolarDay { scene_longitudes(store, grid, spec, &obs)? } else { HashMap::new() };
+    let lon = if by == GroupBy::SolarDay { scene_longitudes(store, grid, spec, bands, &obs)? } else { HashMap::new() };
     let mut by_key: BTreeMap<String, Vec<(i64, Arc<str>)>> = BTreeMap::new();
     for (t, s) in obs {
         let key = match by {
@@ -374,9 +378,9 @@ fn solar_date(t: i64, lon: f64) -> String {
 /// The longitude of each scene's footprint centre: the circular mean of the
 /// centres of every stored tile holding it (all of the catalog, so that a
 /// scene falls on the same solar day whichever area is loaded).
-fn scene_longitudes(store: &CollectionStore, grid: &GridSpec, spec: &QuerySpec, obs: &[(i64, Arc<str>)]) -> Result<HashMap<Arc<str>, f64>> {
+fn scene_longitudes(store: &CollectionStore, grid: &GridSpec, spec: &QuerySpec, bands: &[Band], obs: &[(i64, Arc<str>)]) -> Result<HashMap<Arc<str>, f64>> {
     let scenes: HashSet<&str> = obs.iter().map(|(_, s)| &**s).collect();
-    let first_band = spec.bands.first().cloned().or_else(|| store.meta.bands.first().map(|b| b.name.clone())).unwrap_or_default();
+    let first_band = bands.first().map(|b| b.name.clone()).unwrap_or_default();
     let (start, end) = (spec.start_ms, spec.end_ms);
     let mut tiles_of: HashMap<Arc<str>, HashSet<TileId>> = HashMap::new();
     for (k, e) in store.chunks(|k| k.band == first_band && start.is_none_or(|s| k.month.end_ms() > s) && end.is_none_or(|e| k.month.start_ms() < e)) {
@@ -404,12 +408,13 @@ fn scene_longitudes(store: &CollectionStore, grid: &GridSpec, spec: &QuerySpec, 
 }
 
 impl LoadAnswer {
-    /// The stream's pixel type: the bands' (one for all), float32 for `mean`.
+    /// The stream's pixel type: the bands' (one for all), float32 for
+    /// `mean` and for scaled or computed values.
     fn dtype(&self) -> Result<DType> {
         if self.load.fuse == Fuse::Mean {
             return Ok(DType::Float32);
         }
-        super::common_dtype(&self.bands)
+        self.outputs.dtype(&self.store.meta)
     }
 
     pub fn schema(&self) -> Result<SchemaRef> {
@@ -424,7 +429,7 @@ impl LoadAnswer {
             ("height".to_string(), self.out.height.to_string()),
             ("times".to_string(), serde_json::to_string(&times).unwrap_or_default()),
             ("labels".to_string(), serde_json::to_string(&labels).unwrap_or_default()),
-            ("bands".to_string(), serde_json::to_string(&self.bands.iter().map(|b| &b.name).collect::<Vec<_>>()).unwrap_or_default()),
+            ("bands".to_string(), serde_json::to_string(&self.outputs.names).unwrap_or_default()),
             ("groupby".to_string(), self.load.groupby.name().to_string()),
             ("fuse".to_string(), self.load.fuse.name().to_string()),
         ]);
@@ -433,22 +438,22 @@ impl LoadAnswer {
 
     /// Slices served (one row per window, group and band).
     pub fn total_records(&self) -> u64 {
-        self.windows.iter().map(|w| w.groups.len() as u64).sum::<u64>() * self.bands.len() as u64
+        self.windows.iter().map(|w| w.groups.len() as u64).sum::<u64>() * self.outputs.names.len() as u64
     }
 
     /// Bytes of the pixels and masks served.
     pub fn total_bytes(&self) -> u64 {
         let size = self.dtype().map_or(4, |d| d.size()) as u64;
-        self.windows.iter().map(|w| w.groups.len() as u64 * (w.width * w.height) as u64).sum::<u64>() * self.bands.len() as u64 * (size + 1)
+        self.windows.iter().map(|w| w.groups.len() as u64 * (w.width * w.height) as u64).sum::<u64>() * self.outputs.names.len() as u64 * (size + 1)
     }
 
     /// One ticket per window and band: the query narrowed to them.
     pub fn tickets(&self) -> Vec<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.windows.len() * self.bands.len());
+        let mut out = Vec::with_capacity(self.windows.len() * self.outputs.names.len());
         for w in &self.windows {
-            for b in &self.bands {
+            for name in &self.outputs.names {
                 let mut spec = self.spec.clone();
-                spec.bands = vec![b.name.clone()];
+                spec.bands = vec![name.clone()];
                 if let Some(l) = &mut spec.load {
                     l.output.at = Some((w.row, w.col));
                 }
@@ -468,9 +473,9 @@ impl LoadAnswer {
             let scaled = self.methods.iter().any(|m| matches!(m, Resampling::Bilinear | Resampling::Cubic));
             let place = Placed::new(&self.grid, &self.out, w, &to_grid.transformer, footprints, scaled);
             let inside = self.inside(w);
-            for (b, band) in self.bands.iter().enumerate() {
+            for name in &self.outputs.names {
                 for &g in &w.groups {
-                    let batch = crate::with_arrow_type!(band.dtype, T => self.slice::<T>(&schema, w, &place, &inside, b, g)?);
+                    let batch = self.slice(&schema, w, &place, &inside, name, g)?;
                     if !emit(Piece::Batch(batch)) {
                         return Ok(());
                     }
@@ -493,41 +498,49 @@ impl LoadAnswer {
         Some(keep)
     }
 
-    /// One group of one band in one window, warped and fused, as a row.
-    fn slice<T: ArrowPrimitiveType>(
-        &self,
-        schema: &SchemaRef,
-        w: &Window,
-        place: &Placed,
-        inside: &Option<Vec<bool>>,
-        b: usize,
-        g: usize,
-    ) -> Result<RecordBatch>
-    where
-        T::Native: Sample,
-    {
-        let band = &self.bands[b];
+    /// One group of one output band in one window as a row: each member's
+    /// stored bands masked (and scaled), warped, fused, then computed.
+    fn slice(&self, schema: &SchemaRef, w: &Window, place: &Placed, inside: &Option<Vec<bool>>, name: &str, g: usize) -> Result<RecordBatch> {
         let group = &self.groups[g];
-        let nodata = band.nodata.map(T::Native::from_f64);
-        let fill = nodata.unwrap_or_else(|| T::Native::from_f64(0.0));
         let n = w.width * w.height;
-        let mut fused = Fused::<T::Native>::new(self.load.fuse, n, fill);
-        for (values, valid) in self.mosaics::<T>(w, place, band, group)? {
-            let src = SourceBand { values: &values, nodata: None, valid: Some(&valid), width: place.src_w, height: place.src_h };
-            let (mut px, mut mask) = place.resample(&src, self.methods[b], fill);
-            if let Some(keep) = inside {
-                for ((m, v), k) in mask.iter_mut().zip(px.iter_mut()).zip(keep) {
-                    if !*k && *m {
-                        *m = false;
-                        *v = fill;
-                    }
-                }
+        let keeps = self.keeps(w, place, group)?;
+        let index = |b: &str| self.bands.iter().position(|x| x.name == b);
+        let (pixels, mask): (ArrayRef, Vec<bool>) = if self.outputs.steps.floats() {
+            let needed: Vec<usize> = match self.outputs.steps.program(name) {
+                Some(p) => p.bands.iter().filter_map(|b| index(b)).collect(),
+                None => index(name).into_iter().collect(),
+            };
+            let mut fused: Vec<Option<(Vec<f32>, Vec<bool>)>> = vec![None; self.bands.len()];
+            for i in needed {
+                let band = &self.bands[i];
+                let scale = |(t, s): &(i64, Arc<str>)| {
+                    let baseline = steps::store_baseline(&self.store, s);
+                    steps::factors(&self.store.meta, band, self.outputs.steps.scale, baseline.as_deref(), *t)
+                };
+                let floats: Vec<Option<Mosaic<f32>>> = crate::with_arrow_type!(band.dtype, T => self
+                    .mosaics::<T>(w, place, band, group)?
+                    .into_iter()
+                    .zip(&group.members)
+                    .map(|(m, member)| {
+                        let (k, o) = scale(member);
+                        m.map(|(values, valid)| (values.iter().map(|v| (v.to_f64() * k + o) as f32).collect(), valid))
+                    })
+                    .collect());
+                let floats = floats.into_iter();
+                let (v, m) = self.fuse::<f32>(place, inside, i, n, f32::NAN, floats, &keeps);
+                fused[i] = Some(match v {
+                    Finished::Native(v, _) | Finished::Mean(v, _) => (v, m),
+                });
             }
-            fused.add(&px, &mask);
-        }
-        let (pixels, mask): (ArrayRef, Vec<bool>) = match fused.finish() {
-            Finished::Native(v, m) => (Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(v), None)), m),
-            Finished::Mean(v, m) => (Arc::new(PrimitiveArray::<arrow_array::types::Float32Type>::new(ScalarBuffer::from(v), None)), m),
+            let (v, m) = match self.outputs.steps.program(name) {
+                Some(_) => steps::computed(&self.outputs, name, &fused, n),
+                None => index(name).and_then(|i| fused[i].take()).unwrap_or_else(|| (vec![f32::NAN; n], vec![false; n])),
+            };
+            (Arc::new(arrow_array::Float32Array::from(v)), m)
+        } else {
+            let i = index(name).ok_or_else(|| Error::Internal(format!("output band {name} is not read")))?;
+            let band = &self.bands[i];
+            crate::with_arrow_type!(band.dtype, T => self.fused_native::<T>(w, place, inside, i, group, &keeps)?)
         };
         let list = |values: ArrayRef| -> Result<ListArray> {
             let field = Arc::new(Field::new_list_field(values.data_type().clone(), false));
@@ -536,7 +549,7 @@ impl LoadAnswer {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(TimestampMillisecondArray::from(vec![group.time]).with_timezone("UTC")),
             Arc::new(StringArray::from(vec![group.label.as_str()])),
-            Arc::new(StringArray::from(vec![band.name.as_str()])),
+            Arc::new(StringArray::from(vec![name])),
             Arc::new(UInt32Array::from(vec![w.row as u32])),
             Arc::new(UInt32Array::from(vec![w.col as u32])),
             Arc::new(UInt32Array::from(vec![w.height as u32])),
@@ -547,9 +560,89 @@ impl LoadAnswer {
         RecordBatch::try_new(schema.clone(), columns).map_err(Error::arrow("building an output slice"))
     }
 
-    /// Each member of `group` found on the window's tiles, as a mosaic of
-    /// those tiles (values and validity), in the group's order.
-    fn mosaics<T: ArrowPrimitiveType>(&self, w: &Window, place: &Placed, band: &Band, group: &Group) -> Result<Vec<Mosaic<T::Native>>>
+    /// Input band `i` of `group` fused in its own pixel type (float32 for
+    /// `mean`).
+    fn fused_native<T: ArrowPrimitiveType>(
+        &self,
+        w: &Window,
+        place: &Placed,
+        inside: &Option<Vec<bool>>,
+        i: usize,
+        group: &Group,
+        keeps: &Option<Vec<Option<Vec<bool>>>>,
+    ) -> Result<(ArrayRef, Vec<bool>)>
+    where
+        T::Native: Sample,
+    {
+        let band = &self.bands[i];
+        let fill = T::Native::from_f64(band.nodata.unwrap_or(0.0));
+        let members = self.mosaics::<T>(w, place, band, group)?.into_iter();
+        let (v, m) = self.fuse::<T::Native>(place, inside, i, w.width * w.height, fill, members, keeps);
+        Ok(match v {
+            Finished::Native(v, _) => (Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(v), None)) as ArrayRef, m),
+            Finished::Mean(v, _) => (Arc::new(arrow_array::Float32Array::from(v)) as ArrayRef, m),
+        })
+    }
+
+    /// Per member of `group`, the pixels of the window's mosaic its mask
+    /// band leaves valid (`None` without a mask).
+    fn keeps(&self, w: &Window, place: &Placed, group: &Group) -> Result<Option<Vec<Option<Vec<bool>>>>> {
+        let Some((band, rule)) = &self.outputs.steps.mask else { return Ok(None) };
+        let keeps: Vec<Option<Vec<bool>>> = crate::with_arrow_type!(band.dtype, T => self
+            .mosaics::<T>(w, place, band, group)?
+            .into_iter()
+            .map(|m| m.map(|(values, valid)| values.iter().zip(&valid).map(|(v, ok)| *ok && rule.keeps(v.to_f64())).collect()))
+            .collect());
+        Ok(Some(keeps))
+    }
+
+    /// Members' mosaics of input band `i` (values and validity, `None`
+    /// where a member lacks the band) masked, warped onto the window,
+    /// clipped to the geometry and fused. A member whose mask band is
+    /// missing is masked whole.
+    #[allow(clippy::too_many_arguments)]
+    fn fuse<V: Sample>(
+        &self,
+        place: &Placed,
+        inside: &Option<Vec<bool>>,
+        i: usize,
+        n: usize,
+        fill: V,
+        members: impl Iterator<Item = Option<(Vec<V>, Vec<bool>)>>,
+        keeps: &Option<Vec<Option<Vec<bool>>>>,
+    ) -> (Finished<V>, Vec<bool>) {
+        let mut fused = Fused::<V>::new(self.load.fuse, n, fill);
+        for (m, member) in members.enumerate() {
+            let Some((values, mut valid)) = member else { continue };
+            if let Some(keeps) = keeps {
+                match keeps.get(m).and_then(Option::as_ref) {
+                    Some(k) => valid.iter_mut().zip(k).for_each(|(v, k)| *v &= *k),
+                    None => continue,
+                }
+            }
+            let src = SourceBand { values: &values, nodata: None, valid: Some(&valid), width: place.src_w, height: place.src_h };
+            let (mut px, mut mask) = place.resample(&src, self.methods[i], fill);
+            if let Some(keep) = inside {
+                for ((m, v), k) in mask.iter_mut().zip(px.iter_mut()).zip(keep) {
+                    if !*k && *m {
+                        *m = false;
+                        *v = fill;
+                    }
+                }
+            }
+            fused.add(&px, &mask);
+        }
+        let finished = fused.finish();
+        let mask = match &finished {
+            Finished::Native(_, m) | Finished::Mean(_, m) => m.clone(),
+        };
+        (finished, mask)
+    }
+
+    /// Each member of `group` as a mosaic of the window's tiles (values
+    /// and validity), in the group's order; `None` for a member the band
+    /// has no row of there.
+    fn mosaics<T: ArrowPrimitiveType>(&self, w: &Window, place: &Placed, band: &Band, group: &Group) -> Result<Vec<Option<Mosaic<T::Native>>>>
     where
         T::Native: Sample,
     {
@@ -591,7 +684,7 @@ impl LoadAnswer {
                 }
             }
         }
-        Ok(mosaics.into_iter().flatten().collect())
+        Ok(mosaics)
     }
 }
 
@@ -640,19 +733,11 @@ impl Placed {
             };
             warp::target_axes(axes, scale, (src_w, src_h))
         } else {
+            let map = LatticeMap::new(out, to_grid, p, (c0, c0 + w.width as i64 + 1), (r0, r0 + w.height as i64 + 1));
             let points = |cols: usize, rows: usize, offset: f64| -> (Vec<f64>, Vec<f64>) {
-                let mut xs = Vec::with_capacity(cols * rows);
-                let mut ys = Vec::with_capacity(cols * rows);
-                for r in 0..rows {
-                    let y = out.y((r0 + r as i64) as f64 + offset);
-                    for c in 0..cols {
-                        xs.push(out.x((c0 + c as i64) as f64 + offset));
-                        ys.push(y);
-                    }
-                }
-                to_grid.transform(&mut xs, &mut ys);
+                let (mut xs, mut ys) = map.positions((c0, cols), (r0, rows), offset);
                 for (x, y) in xs.iter_mut().zip(ys.iter_mut()) {
-                    (*x, *y) = (*x / p - gc0, -*y / p - gr0);
+                    (*x, *y) = (*x - gc0, *y - gr0);
                 }
                 (xs, ys)
             };
@@ -703,6 +788,110 @@ impl Placed {
     /// The mosaic column and row of a tile's first pixel.
     fn offset(&self, tile: TileId, n: usize) -> (usize, usize) {
         (((tile.ix - *self.tiles.ix.start()) as usize) * n, ((*self.tiles.iy.end() - tile.iy) as usize) * n)
+    }
+}
+
+/// Output lattice pixels per side of a [`LatticeMap`] cell.
+const NODE: i64 = 16;
+/// Largest error, in grid pixels, a cell's interpolation may have at its
+/// centre; cells beyond it are transformed exactly.
+const MAX_ERROR: f64 = 0.0005;
+
+/// Global grid pixel positions (column `x / p`, row `-y / p`) of output
+/// lattice positions: the exact transform at nodes every [`NODE`] pixels
+/// of the output lattice, bilinear interpolation between them. Nodes and
+/// cells are fixed on the lattice, so a position maps to the same value in
+/// every window and load; a cell whose interpolation misses its exactly
+/// transformed centre by more than [`MAX_ERROR`] (or holds a point the
+/// transform cannot map) is transformed point by point.
+struct LatticeMap<'a> {
+    out: &'a OutGrid,
+    to_grid: &'a crs::Transformer,
+    p: f64,
+    /// First node column and row (in units of `NODE` pixels), and counts.
+    k0: i64,
+    m0: i64,
+    nk: usize,
+    nm: usize,
+    nodes: Vec<(f64, f64)>,
+    exact: Vec<bool>,
+}
+
+impl<'a> LatticeMap<'a> {
+    /// Covers global columns `cols.0..=cols.1` and rows `rows.0..=rows.1`.
+    fn new(out: &'a OutGrid, to_grid: &'a crs::Transformer, p: f64, cols: (i64, i64), rows: (i64, i64)) -> Self {
+        let (k0, k1) = (cols.0.div_euclid(NODE), cols.1.div_euclid(NODE) + 1);
+        let (m0, m1) = (rows.0.div_euclid(NODE), rows.1.div_euclid(NODE) + 1);
+        let (nk, nm) = ((k1 - k0 + 1) as usize, (m1 - m0 + 1) as usize);
+        let grid = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
+            let (mut xs, mut ys): (Vec<f64>, Vec<f64>) = pts.iter().map(|(c, r)| (out.x(*c), out.y(*r))).unzip();
+            to_grid.transform(&mut xs, &mut ys);
+            xs.into_iter().zip(ys).map(|(x, y)| (x / p, -y / p)).collect()
+        };
+        let at: Vec<(f64, f64)> = (0..nm).flat_map(|m| (0..nk).map(move |k| (((k0 + k as i64) * NODE) as f64, ((m0 + m as i64) * NODE) as f64))).collect();
+        let nodes = grid(&at);
+        let half = NODE as f64 / 2.0;
+        let centres: Vec<(f64, f64)> =
+            (0..nm - 1).flat_map(|m| (0..nk - 1).map(move |k| (((k0 + k as i64) * NODE) as f64 + half, ((m0 + m as i64) * NODE) as f64 + half))).collect();
+        let exact_centres = grid(&centres);
+        let mut map = LatticeMap { out, to_grid, p, k0, m0, nk, nm, nodes, exact: Vec::new() };
+        map.exact = centres
+            .iter()
+            .zip(&exact_centres)
+            .map(|((c, r), (ex, ey))| {
+                let (ix, iy) = map.interpolate(*c, *r);
+                let error = (ix - ex).abs() + (iy - ey).abs();
+                error.is_nan() || error > MAX_ERROR
+            })
+            .collect();
+        map
+    }
+
+    /// The interpolated position of global lattice position `(c, r)`.
+    #[inline]
+    fn interpolate(&self, c: f64, r: f64) -> (f64, f64) {
+        let (k, m) = ((c / NODE as f64).floor(), (r / NODE as f64).floor());
+        let (t, s) = ((c - k * NODE as f64) / NODE as f64, (r - m * NODE as f64) / NODE as f64);
+        let (k, m) = ((k as i64 - self.k0) as usize, (m as i64 - self.m0) as usize);
+        let node = |dk: usize, dm: usize| self.nodes[(m + dm).min(self.nm - 1) * self.nk + (k + dk).min(self.nk - 1)];
+        let (a, b, c2, d) = (node(0, 0), node(1, 0), node(0, 1), node(1, 1));
+        let top = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
+        let bottom = (c2.0 + (d.0 - c2.0) * t, c2.1 + (d.1 - c2.1) * t);
+        (top.0 + (bottom.0 - top.0) * s, top.1 + (bottom.1 - top.1) * s)
+    }
+
+    /// Positions of `cols.1 x rows.1` lattice points from global column
+    /// `cols.0` and row `rows.0`, each at `+ offset`, row-major.
+    fn positions(&self, cols: (i64, usize), rows: (i64, usize), offset: f64) -> (Vec<f64>, Vec<f64>) {
+        let n = cols.1 * rows.1;
+        let (mut xs, mut ys) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut exact_at = Vec::new();
+        for r in 0..rows.1 {
+            let v = (rows.0 + r as i64) as f64 + offset;
+            let m = (v / NODE as f64).floor() as i64 - self.m0;
+            for c in 0..cols.1 {
+                let u = (cols.0 + c as i64) as f64 + offset;
+                let k = (u / NODE as f64).floor() as i64 - self.k0;
+                let cell = (m.clamp(0, self.nm as i64 - 2) as usize) * (self.nk - 1) + k.clamp(0, self.nk as i64 - 2) as usize;
+                if self.exact[cell] {
+                    exact_at.push(xs.len());
+                    xs.push(self.out.x(u));
+                    ys.push(self.out.y(v));
+                } else {
+                    let (x, y) = self.interpolate(u, v);
+                    xs.push(x);
+                    ys.push(y);
+                }
+            }
+        }
+        if !exact_at.is_empty() {
+            let (mut ex, mut ey): (Vec<f64>, Vec<f64>) = exact_at.iter().map(|&i| (xs[i], ys[i])).unzip();
+            self.to_grid.transform(&mut ex, &mut ey);
+            for (j, &i) in exact_at.iter().enumerate() {
+                (xs[i], ys[i]) = (ex[j] / self.p, -ey[j] / self.p);
+            }
+        }
+        (xs, ys)
     }
 }
 
@@ -809,6 +998,25 @@ pub fn output_schema(dtype: DType) -> Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lattice_map_is_within_a_thousandth_of_a_pixel_of_the_exact_transform() {
+        let grid = GridSpec::default_at(10.0).unwrap();
+        for (crs, x, y, res) in [("EPSG:32652", 330_000.0, 4_150_000.0, 10.0), ("EPSG:32652", 300_000.0, 4_200_000.0, 20.0), ("EPSG:4326", 127.0, 37.5, 0.0001)]
+        {
+            let to_grid = crs::cached(("output.crs", crs), ("grid.crs", &grid.crs)).unwrap();
+            let (c0, r0) = ((x / res) as i64, (-y / res) as i64);
+            let out = OutGrid { crs: crs.into(), crs_wkt: String::new(), same_crs: false, rx: res, ry: res, col0: c0, row0: r0, width: 300, height: 200 };
+            let p = grid.pixel_size();
+            let map = LatticeMap::new(&out, &to_grid.transformer, p, (c0, c0 + 301), (r0, r0 + 201));
+            let (ax, ay) = map.positions((c0, 300), (r0, 200), 0.5);
+            let (mut ex, mut ey): (Vec<f64>, Vec<f64>) =
+                (0..200).flat_map(|r| (0..300).map(move |c| (((c0 + c) as f64 + 0.5) * res, -((r0 + r) as f64 + 0.5) * res))).unzip();
+            to_grid.transformer.transform(&mut ex, &mut ey);
+            let worst = ax.iter().zip(&ay).zip(ex.iter().zip(&ey)).map(|((a, b), (x, y))| (a - x / p).abs().max((b + y / p).abs())).fold(0.0, f64::max);
+            assert!(worst < 0.001, "{crs} at {res}: {worst} grid pixels");
+        }
+    }
 
     #[test]
     fn solar_dates_follow_longitude() {

@@ -10,6 +10,7 @@
 mod chunks;
 mod load;
 mod point;
+mod steps;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::wire::{Area, QuerySpec};
 pub use chunks::ChunkAnswer;
 pub use load::{output_schema, LoadAnswer};
 pub use point::{point_schema, PointAnswer};
+pub use steps::{observation, BandPixels, Outputs, StepsAnswer};
 
 /// One message of an answer's stream, after its schema.
 pub enum Piece {
@@ -45,6 +47,9 @@ pub enum Answer {
     Point(PointAnswer),
     /// Windows of an output grid, one endpoint per window and band.
     Load(Box<LoadAnswer>),
+    /// Tiles with mask, scale or compute applied, one endpoint per tile
+    /// and month.
+    Steps(StepsAnswer),
 }
 
 impl Answer {
@@ -52,8 +57,9 @@ impl Answer {
     pub fn schema(&self) -> Result<SchemaRef> {
         match self {
             Answer::Chunks(a) => a.schema(),
-            Answer::Point(a) => Ok(a.schema()),
+            Answer::Point(a) => a.schema(),
             Answer::Load(a) => a.schema(),
+            Answer::Steps(a) => a.schema(),
         }
     }
 
@@ -64,6 +70,7 @@ impl Answer {
             Answer::Chunks(a) => a.selection.total_records(),
             Answer::Point(a) => a.selection.total_records(),
             Answer::Load(a) => a.total_records(),
+            Answer::Steps(a) => a.total_records(),
         }
     }
 
@@ -73,6 +80,7 @@ impl Answer {
             Answer::Chunks(a) => a.selection.total_bytes(),
             Answer::Point(a) => a.selection.total_bytes(),
             Answer::Load(a) => a.total_bytes(),
+            Answer::Steps(a) => a.total_bytes(),
         }
     }
 
@@ -83,6 +91,7 @@ impl Answer {
             Answer::Chunks(a) => a.per_chunk().into_iter().map(|(ticket, _)| ticket).collect(),
             Answer::Point(_) => vec![own.to_vec()],
             Answer::Load(a) => a.tickets(),
+            Answer::Steps(a) => a.tickets(),
         }
     }
 
@@ -93,6 +102,7 @@ impl Answer {
             Answer::Chunks(a) => a.write(emit),
             Answer::Point(a) => a.write(emit),
             Answer::Load(a) => a.write(emit),
+            Answer::Steps(a) => a.write(emit),
         }
     }
 }
@@ -196,9 +206,10 @@ pub fn plan(warehouse: &Warehouse, spec: QuerySpec) -> Result<Answer> {
 }
 
 fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Answer> {
-    let bands: Vec<Band> = store.meta.select_bands("bands", &spec.bands)?.into_iter().cloned().collect();
+    let outputs = Arc::new(Outputs::resolve(&store.meta, &spec)?);
+    let bands: Vec<Band> = outputs.inputs.clone();
     if spec.load.is_some() {
-        return Ok(Answer::Load(Box::new(load::plan(store, spec, bands)?)));
+        return Ok(Answer::Load(Box::new(load::plan(store, spec, outputs)?)));
     }
     let grid = store.meta.grid_spec();
     let mut point = None;
@@ -224,9 +235,11 @@ fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Answer> {
         .filter(|(_, e)| e.count_in(start, end) > 0)
         .collect();
     let selection = Selection { store, spec, bands, chunks };
-    Ok(match point {
-        Some(index) => Answer::Point(PointAnswer { selection, index }),
-        None => Answer::Chunks(ChunkAnswer { selection }),
+    let steps = outputs.steps.any().then_some(outputs);
+    Ok(match (point, steps) {
+        (Some(index), steps) => Answer::Point(PointAnswer { selection, index, outputs: steps }),
+        (None, Some(outputs)) => Answer::Steps(StepsAnswer { selection, out: outputs }),
+        (None, None) => Answer::Chunks(ChunkAnswer { selection }),
     })
 }
 

@@ -7,6 +7,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
+use super::steps::{self, BandPixels, Outputs};
 use super::{emit_rows, Piece, Selection};
 use crate::collection::Band;
 use crate::error::{Error, Result};
@@ -20,16 +21,36 @@ pub struct PointAnswer {
     pub selection: Selection,
     /// The pixel holding the point, by its index in its tile.
     pub index: usize,
+    /// With mask, scale or compute: the answer's bands and steps.
+    pub outputs: Option<Arc<Outputs>>,
 }
 
 impl PointAnswer {
-    pub fn schema(&self) -> SchemaRef {
-        Arc::new(point_schema(&self.selection.bands))
+    pub fn schema(&self) -> Result<SchemaRef> {
+        let Some(out) = &self.outputs else { return Ok(Arc::new(point_schema(&self.selection.bands))) };
+        let dtype = out.dtype(&self.selection.store.meta)?;
+        let bands: Vec<Band> = out
+            .names
+            .iter()
+            .map(|n| Band {
+                name: n.clone(),
+                dtype,
+                nodata: None,
+                scale: None,
+                offset: None,
+                offset_note: None,
+                resampling: crate::collection::Resampling::Nearest,
+            })
+            .collect();
+        Ok(Arc::new(point_schema(&bands)))
     }
 
     /// The series in pieces of about [`SERIES_MESSAGE_BYTES`]. Blocking.
     pub fn write(&self, emit: &mut dyn FnMut(Piece) -> bool) -> Result<()> {
-        let series = self.series()?;
+        let mut series = self.series()?;
+        if let Some(out) = &self.outputs {
+            series = self.apply(out, &series)?;
+        }
         let row_bytes = series.get_array_memory_size() / series.num_rows().max(1);
         emit_rows(&series, (SERIES_MESSAGE_BYTES / row_bytes.max(1)).max(1), emit);
         Ok(())
@@ -124,6 +145,61 @@ impl PointAnswer {
         }
         RecordBatch::try_new(schema, columns).map_err(Error::arrow("building the point series"))
     }
+}
+
+impl PointAnswer {
+    /// The series with the steps applied, observation by observation.
+    fn apply(&self, out: &Outputs, series: &RecordBatch) -> Result<RecordBatch> {
+        let meta = &self.selection.store.meta;
+        let times = series.column(0).as_primitive::<arrow_array::types::TimestampMillisecondType>();
+        let scenes = series.column(1).as_string::<i32>();
+        let mut columns: Vec<Vec<ArrayRef>> = vec![Vec::new(); out.names.len()];
+        let mut valids: Vec<Vec<bool>> = vec![Vec::new(); out.names.len()];
+        for r in 0..series.num_rows() {
+            let inputs: Vec<Option<BandPixels>> = (0..out.inputs.len())
+                .map(|b| {
+                    let valid = series.column(4 + 2 * b).as_boolean().value(r);
+                    Some(BandPixels { values: series.column(3 + 2 * b).slice(r, 1), valid: vec![valid] })
+                })
+                .collect();
+            let baseline = steps::store_baseline(&self.selection.store, scenes.value(r));
+            for (k, (values, valid)) in steps::observation(out, meta, inputs, 1, baseline.as_deref(), times.value(r)).into_iter().enumerate() {
+                columns[k].push(values);
+                valids[k].push(valid[0]);
+            }
+        }
+        let schema = self.schema()?;
+        let mut cols: Vec<ArrayRef> = series.columns()[..3].to_vec();
+        for (k, parts) in columns.into_iter().enumerate() {
+            let field = schema.field(3 + 2 * k);
+            let joined = if parts.is_empty() {
+                arrow_array::new_empty_array(field.data_type())
+            } else {
+                let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+                arrow_select::concat::concat(&refs).map_err(Error::arrow("joining point values"))?
+            };
+            let joined = arrow_cast_to(&joined, field.data_type())?;
+            let nulls = arrow_buffer::NullBuffer::from(valids[k].clone());
+            let data = joined.to_data().into_builder().nulls(Some(nulls)).build().map_err(Error::arrow("masking point values"))?;
+            cols.push(arrow_array::make_array(data));
+            cols.push(Arc::new(BooleanArray::from(std::mem::take(&mut valids[k]))));
+        }
+        RecordBatch::try_new(schema, cols).map_err(Error::arrow("building the point series"))
+    }
+}
+
+/// `a` as `to` (point values read as stored keep their type; a band
+/// missing from an observation comes as float32 nulls).
+fn arrow_cast_to(a: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
+    if a.data_type() == to {
+        return Ok(a.clone());
+    }
+    let values = steps::as_f64(a);
+    let dtype = crate::collection::DType::from_arrow(to).ok_or_else(|| Error::Internal(format!("no pixel type {to:?}")))?;
+    Ok(crate::with_arrow_type!(dtype, T => {
+        let v: Vec<<T as arrow_array::ArrowPrimitiveType>::Native> = values.iter().map(|v| crate::warp::Sample::from_f64(*v)).collect();
+        Arc::new(arrow_array::PrimitiveArray::<T>::new(arrow_buffer::ScalarBuffer::from(v), None)) as ArrayRef
+    }))
 }
 
 /// Schema of a point time series: time, scene_id, tile_id, then per band the

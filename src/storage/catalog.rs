@@ -184,6 +184,8 @@ pub struct StoredScene {
     pub time_ms: i64,
     /// The client's fingerprint of the content, if it gave one.
     pub fingerprint: Option<String>,
+    /// The product's processing baseline, if known.
+    pub baseline: Option<String>,
 }
 
 #[derive(Default)]
@@ -202,9 +204,9 @@ impl Index {
     pub(super) fn apply(&mut self, record: &Record, paths: &WarehousePaths, collection: &str) -> Result<Vec<Arc<ChunkFile>>> {
         let mut superseded = Vec::new();
         match record {
-            Record::Scene { scene_id, time_ms, fingerprint, replaces, chunks } => {
+            Record::Scene { scene_id, time_ms, fingerprint, baseline, replaces, chunks } => {
                 self.rewrite(replaces, paths, collection, &mut superseded)?;
-                self.scenes.insert(scene_id.clone(), StoredScene { time_ms: *time_ms, fingerprint: fingerprint.clone() });
+                self.scenes.insert(scene_id.clone(), StoredScene { time_ms: *time_ms, fingerprint: fingerprint.clone(), baseline: baseline.clone() });
                 let scene: Arc<str> = Arc::from(scene_id.as_str());
                 for a in chunks {
                     let key = ChunkKey::from_ref(&a.chunk)?;

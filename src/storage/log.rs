@@ -100,6 +100,10 @@ pub enum Record {
         /// written before it existed, and when the client gave none).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fingerprint: Option<String>,
+        /// The product's processing baseline (Sentinel-2 `04.00`), when the
+        /// client or the file said it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        baseline: Option<String>,
         /// For a scene replacing one stored under its id: the chunks
         /// rewritten without the old scene's rows, applied before
         /// `chunks` (whose appends go to these new generations).

@@ -210,6 +210,16 @@ impl CollectionStore {
         t
     }
 
+    /// How many scenes of each processing baseline (`unknown`: none
+    /// recorded).
+    pub fn baselines(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for s in read(&self.index).scenes.values() {
+            *out.entry(s.baseline.clone().unwrap_or_else(|| "unknown".into())).or_insert(0) += 1;
+        }
+        out
+    }
+
     pub fn scene_count(&self) -> usize {
         read(&self.index).scenes.len()
     }

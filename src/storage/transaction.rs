@@ -179,6 +179,8 @@ pub struct SceneWriter<'a> {
     time_ms: i64,
     /// The client's fingerprint of the scene's content, if it gave one.
     fingerprint: Option<String>,
+    /// The product's processing baseline, if known.
+    baseline: Option<String>,
     /// Replacing a stored scene: its chunks rewritten without it (committed
     /// with this scene), each chunk's new generation and length (appends go
     /// there), and the files written for them (removed if uncommitted).
@@ -210,6 +212,7 @@ impl<'a> SceneWriter<'a> {
             scene_id: scene_id.to_string(),
             time_ms,
             fingerprint: None,
+            baseline: None,
             replaces: Vec::new(),
             overlay: HashMap::new(),
             replaced_files: Vec::new(),
@@ -339,6 +342,7 @@ impl<'a> SceneWriter<'a> {
             scene_id: std::mem::take(&mut self.scene_id),
             time_ms: self.time_ms,
             fingerprint: self.fingerprint.take(),
+            baseline: self.baseline.take(),
             replaces: std::mem::take(&mut self.replaces),
             chunks: std::mem::take(&mut self.appended),
         };
@@ -419,6 +423,7 @@ pub struct SceneCommit<'s> {
     scene_id: String,
     time_ms: i64,
     fingerprint: Option<String>,
+    baseline: Option<String>,
     /// Replace a scene stored under this id with another time or content.
     replace: bool,
     small: bool,
@@ -453,6 +458,7 @@ impl<'s> SceneCommit<'s> {
             scene_id: scene_id.to_string(),
             time_ms,
             fingerprint: fingerprint.map(str::to_string),
+            baseline: None,
             replace,
             small: tiles <= TILE_GROUP,
             pending: Vec::new(),
@@ -462,6 +468,12 @@ impl<'s> SceneCommit<'s> {
             writer: None,
             counters,
         }
+    }
+
+    /// Records the product's processing baseline with the scene.
+    pub fn with_baseline(mut self, baseline: Option<String>) -> Self {
+        self.baseline = baseline;
+        self
     }
 
     /// How long the caller may wait for the next tile before calling
@@ -491,6 +503,9 @@ impl<'s> SceneCommit<'s> {
             }
             if self.early.is_none() {
                 self.early = self.store.try_begin_scene(&self.scene_id, self.time_ms, self.fingerprint.as_deref(), self.replace)?;
+                if let Some(w) = self.early.as_mut() {
+                    w.baseline = self.baseline.clone();
+                }
             }
             if let Some(w) = self.early.as_mut() {
                 for (_, obs) in &self.pending[self.appended..] {
@@ -515,7 +530,10 @@ impl<'s> SceneCommit<'s> {
         let w = match &mut self.writer {
             Some(w) => w,
             None => match self.store.begin_scene(&self.scene_id, self.time_ms, self.fingerprint.as_deref(), self.replace)? {
-                Some(w) => self.writer.insert(w),
+                Some(mut w) => {
+                    w.baseline = self.baseline.clone();
+                    self.writer.insert(w)
+                }
                 None => return Ok(false),
             },
         };

@@ -9,10 +9,12 @@
 mod collection;
 mod command;
 mod load;
+mod steps;
 
 pub use collection::build_collection;
 pub use command::{Command, Expect, FLIGHT_SQL_TYPE_PREFIX, INGEST_TYPE_URL, QUERY_TYPE_URL};
 pub use load::{Fuse, Geometry, GroupBy, LoadSpec, OutputSpec, Ring};
+pub use steps::{MaskSpec, StepsSpec};
 
 use std::collections::BTreeMap;
 
@@ -137,6 +139,8 @@ struct IngestJson {
     /// Read by hand, so that a value of another type names the field.
     #[serde(default)]
     replace: Option<Value>,
+    #[serde(default)]
+    processing_baseline: Option<String>,
 }
 
 impl TryFrom<IngestJson> for pb::IngestRequest {
@@ -164,6 +168,7 @@ impl TryFrom<IngestJson> for pb::IngestRequest {
                 Some(Value::Bool(b)) => b,
                 Some(other) => return Err(Error::invalid("replace", other, "expected true or false")),
             },
+            processing_baseline: j.processing_baseline.unwrap_or_default(),
         })
     }
 }
@@ -196,6 +201,12 @@ struct QueryJson {
     groupby: String,
     #[serde(default)]
     fuse: String,
+    #[serde(default)]
+    mask: Option<Value>,
+    #[serde(default)]
+    scale: Option<Value>,
+    #[serde(default)]
+    compute: Option<Value>,
 }
 
 /// An optional JSON time (absent or null: `None`).
@@ -226,6 +237,13 @@ impl TryFrom<QueryJson> for pb::Query {
             },
             groupby: j.groupby,
             fuse: j.fuse,
+            mask: steps::mask_from_json(j.mask)?,
+            scale: match j.scale {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => b,
+                Some(other) => return Err(Error::invalid("scale", other, "expected true or false")),
+            },
+            compute: steps::compute_from_json(j.compute)?,
         })
     }
 }
@@ -252,6 +270,9 @@ pub fn query_message_json(q: &pb::Query) -> Vec<u8> {
     put("output", q.output.as_ref().map(load::output_to_json).unwrap_or(Value::Null), q.output.is_some());
     put("groupby", q.groupby.clone().into(), !q.groupby.is_empty());
     put("fuse", q.fuse.clone().into(), !q.fuse.is_empty());
+    put("mask", q.mask.as_ref().map(steps::mask_to_json).unwrap_or(Value::Null), q.mask.is_some());
+    put("scale", Value::Bool(q.scale), q.scale);
+    put("compute", Value::Object(q.compute.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect()), !q.compute.is_empty());
     serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
 }
 
@@ -410,6 +431,8 @@ pub struct IngestSpec {
     pub fingerprint: Option<String>,
     /// Replace a scene stored under this id with another time or content.
     pub replace: bool,
+    /// The product's processing baseline, normalised to `NN.NN`.
+    pub baseline: Option<String>,
 }
 
 pub fn decode_ingest(bytes: &[u8]) -> Result<IngestSpec> {
@@ -425,6 +448,14 @@ pub fn ingest_spec(r: pb::IngestRequest) -> Result<IngestSpec> {
     if r.fingerprint.len() > 128 || r.fingerprint.chars().any(|c| c.is_control()) {
         return Err(Error::invalid("fingerprint", &r.fingerprint, "must be at most 128 bytes without control characters"));
     }
+    let baseline = match r.processing_baseline.trim() {
+        "" => None,
+        b => Some(
+            crate::compute::parse_baseline(b)
+                .map(|h| format!("{:02}.{:02}", h / 100, h % 100))
+                .ok_or_else(|| Error::invalid("processing_baseline", b, "expected a processing baseline such as 04.00 or N0400"))?,
+        ),
+    };
     if r.crs.trim().is_empty() {
         return Err(Error::invalid("crs", &r.crs, "required: an EPSG code such as EPSG:32652, WKT or a PROJ string"));
     }
@@ -479,6 +510,7 @@ pub fn ingest_spec(r: pb::IngestRequest) -> Result<IngestSpec> {
         bands,
         fingerprint: (!r.fingerprint.is_empty()).then_some(r.fingerprint),
         replace: r.replace,
+        baseline,
     })
 }
 
@@ -512,6 +544,8 @@ pub struct QuerySpec {
     /// The analysis-ready keys (DESIGN §4b), if any: the answer is then
     /// resampled onto an output grid and served in windows.
     pub load: Option<LoadSpec>,
+    /// `mask`, `scale`, `compute`.
+    pub steps: StepsSpec,
 }
 
 impl QuerySpec {
@@ -529,8 +563,10 @@ pub const MAX_QUERY_TILES: usize = 10_000;
 /// Validates a query (ListFlights criteria arrive as a query without tiles
 /// or point); an empty collection is allowed for criteria only.
 fn validate_query(q: pb::Query) -> Result<QuerySpec> {
-    let pb::Query { collection, tiles, bbox, bbox_crs, start_ms, end_ms, bands, point, geometry, geometry_crs, output, groupby, fuse } = q;
+    let pb::Query { collection, tiles, bbox, bbox_crs, start_ms, end_ms, bands, point, geometry, geometry_crs, output, groupby, fuse, mask, scale, compute } =
+        q;
     let load = load::load_spec(&geometry, &geometry_crs, output, &groupby, &fuse)?;
+    let steps = steps::steps_spec(mask, scale, compute)?;
     if load.is_some() && !point.is_empty() {
         return Err(Error::invalid(
             "point",
@@ -543,6 +579,9 @@ fn validate_query(q: pb::Query) -> Result<QuerySpec> {
     }
     for (i, b) in bands.iter().enumerate() {
         validate_band_name(&format!("bands[{i}]"), b)?;
+    }
+    if !steps.compute.is_empty() && bands.is_empty() {
+        return Err(Error::invalid("bands", "[]", "with compute, list the bands the answer holds (stored bands and computed names)"));
     }
     if let (Some(s), Some(e)) = (start_ms, end_ms) {
         if s >= e {
@@ -583,7 +622,7 @@ fn validate_query(q: pb::Query) -> Result<QuerySpec> {
     } else {
         Area::All
     };
-    Ok(QuerySpec { collection, area, start_ms, end_ms, bands, load })
+    Ok(QuerySpec { collection, area, start_ms, end_ms, bands, load, steps })
 }
 
 /// Decodes a `Query` (GetFlightInfo / GetSchema cmd, or a DoGet ticket).
@@ -600,7 +639,15 @@ pub fn query_spec(q: pb::Query) -> Result<QuerySpec> {
 /// Decodes ListFlights criteria; empty bytes mean everything.
 pub fn decode_criteria(bytes: &[u8]) -> Result<QuerySpec> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(QuerySpec { collection: String::new(), area: Area::All, start_ms: None, end_ms: None, bands: vec![], load: None });
+        return Ok(QuerySpec {
+            collection: String::new(),
+            area: Area::All,
+            start_ms: None,
+            end_ms: None,
+            bands: vec![],
+            load: None,
+            steps: StepsSpec::default(),
+        });
     }
     let c: pb::Criteria = decode::<_, CriteriaJson>("criteria.expression", bytes)?;
     validate_query(pb::Query {
@@ -625,6 +672,15 @@ impl QuerySpec {
             Area::BBox { bbox, crs } => (q.bbox, q.bbox_crs) = (bbox.to_vec(), crs.clone()),
             Area::Point { xy, crs } => (q.point, q.bbox_crs) = (xy.to_vec(), crs.clone()),
         }
+        let st = &self.steps;
+        q.mask = st.mask.as_ref().map(|m| match m {
+            MaskSpec::Qa => pb::Mask { qa: true, ..Default::default() },
+            MaskSpec::Invalid { band, values } => pb::Mask { band: band.clone(), invalid: values.clone(), ..Default::default() },
+            MaskSpec::Valid { band, values } => pb::Mask { band: band.clone(), valid: values.clone(), ..Default::default() },
+            MaskSpec::Bits { band, bits } => pb::Mask { band: band.clone(), bits: bits.clone(), ..Default::default() },
+        });
+        q.scale = st.scale;
+        q.compute = st.compute.iter().cloned().collect();
         if let Some(l) = &self.load {
             if let Some(g) = &l.geometry {
                 (q.geometry, q.geometry_crs) = (g.text.clone(), g.crs.clone());

@@ -75,3 +75,32 @@ def test_a_bad_load_is_refused_with_its_field(loaded):
         loaded.load("s2", bbox=[127.0, 37.5, 127.1, 37.6], resolution=-1)
     with pytest.raises(InvalidRequest, match="groupby"):
         loaded.load("s2", bbox=[127.0, 37.5, 127.1, 37.6], groupby="week")
+
+
+def test_mask_scale_and_compute_on_query_load_and_timeseries(client):
+    refl = dict(dtype="uint16", nodata=0, scale=1e-4, offset=-0.1)
+    client.create_collection("s2", bands=[dict(name="red", **refl), dict(name="nir", **refl), dict(name="scl", dtype="uint16", nodata=0)],
+                             grid={"resolution": 10})
+    # One tile of the default grid, on its lattice: pixels are copied.
+    x0, y0 = 4380 * 2560.0, 1634 * 2560.0
+    rows, cols = np.mgrid[0:256, 0:256]
+    red = (1000 + (rows * 7 + cols) % 2000).astype(np.uint16)
+    nir = (3000 + (rows + cols * 3) % 3000).astype(np.uint16)
+    scl = np.where(cols < 64, 9, 4).astype(np.uint8)  # a cloud over the first quarter
+    sinu = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6378137 +units=m +no_defs"
+    client.ingest(np.stack([red, nir, scl.astype(np.uint16)]), transform=[x0, 10, 0, y0, 0, -10], crs=sinu,
+                  time="2024-06-15T02:03:04Z", bands=["red", "nir", "scl"], collection="s2", scene_id="a", baseline="04.00")
+    steps = dict(mask={"band": "scl", "invalid": [3, 8, 9, 10]}, scale=True, compute={"ndvi": "(nir - red) / (nir + red)"})
+    want = ((nir * 1e-4 - 0.1) - (red * 1e-4 - 0.1)) / ((nir * 1e-4 - 0.1) + (red * 1e-4 - 0.1))
+    table = client.query("s2", bands=["ndvi"], **steps)
+    assert table.num_rows == 1 and table["band"][0].as_py() == "ndvi"
+    got = table["pixels"][0].values.to_numpy().reshape(256, 256)
+    mask = table["mask"][0].values.to_numpy(zero_copy_only=False).reshape(256, 256)
+    assert (mask == (cols >= 64)).all()
+    np.testing.assert_allclose(got[mask], want[mask], atol=1e-6)
+    ds = client.load("s2", bbox=[x0, y0 - 2560, x0 + 2560, y0], bbox_crs=sinu, resampling="nearest", window=128, **steps)
+    np.testing.assert_array_equal(np.isnan(ds.ndvi.values[0]), ~mask)
+    np.testing.assert_allclose(ds.ndvi.values[0][mask], got[mask])
+    ts = client.timeseries(x0 + 1000.5, y0 - 500.5, "s2", crs=sinu, **steps)
+    assert ts["ndvi_valid"].tolist() == [True]
+    assert abs(ts["ndvi"].iloc[0] - got[50, 100]) < 1e-7

@@ -75,6 +75,7 @@ mod tests {
             scene_id: id.into(),
             time_ms: 5,
             fingerprint: None,
+            baseline: None,
             replaces: vec![],
             chunks: vec![Appended {
                 chunk: ChunkRef { tile: "x0001_y0001".into(), month: "2024-06".into(), band: "red".into() },

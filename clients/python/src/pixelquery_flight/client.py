@@ -185,7 +185,7 @@ class Client:
     def ingest(self, array: np.ndarray, *, transform: Any, crs: Any, time: TimeLike, bands: Union[str, Sequence[str]],
                collection: str, scene_id: Optional[str] = None, nodata: Any = None, valid: Optional[np.ndarray] = None,
                resampling: Union[None, str, Mapping[str, str]] = None, fingerprint: Optional[str] = None,
-               replace: bool = False) -> dict:
+               replace: bool = False, baseline: Optional[str] = None) -> dict:
         """Sends one raster with DoPut, streamed in row strips.
 
         ``array`` is 2-D ``(height, width)`` or band-first 3-D
@@ -263,6 +263,8 @@ class Client:
             descriptor["fingerprint"] = fingerprint
         if replace:
             descriptor["replace"] = True
+        if baseline is not None:
+            descriptor["processing_baseline"] = str(baseline)
         fields = [pa.field(n, pa_type, nullable=False) for n in names]
         if valid_all is not None:
             fields.append(pa.field("valid", pa.bool_(), nullable=False))
@@ -316,6 +318,22 @@ class Client:
     # ---- queries -------------------------------------------------------
 
     @staticmethod
+    def _steps(q: dict, mask, scale, compute) -> dict:
+        """Adds the per-observation steps: ``mask`` (``"qa"`` or a band
+        rule such as ``{"band": "scl", "invalid": [3, 8, 9, 10]}``),
+        ``scale`` (physical values) and ``compute`` (``{"ndvi": "(nir -
+        red) / (nir + red)"}``; name computed bands in ``bands``)."""
+        if mask is not None:
+            q["mask"] = mask if isinstance(mask, str) else dict(mask)
+        if scale:
+            q["scale"] = True
+        if compute:
+            q["compute"] = dict(compute)
+            if "bands" not in q:
+                q["bands"] = list(compute)
+        return q
+
+    @staticmethod
     def _query(collection: str, tiles, bbox, bbox_crs, start, end, bands, point=None) -> dict:
         q: dict = {"collection": collection}
         if tiles is not None:
@@ -336,13 +354,15 @@ class Client:
 
     def query(self, collection: str, *, tiles: Union[None, str, Sequence[str]] = None, bbox: Optional[Sequence[float]] = None,
               bbox_crs: Any = "EPSG:4326", start: Optional[TimeLike] = None, end: Optional[TimeLike] = None,
-              bands: Union[None, str, Sequence[str]] = None, progress: Optional[bool] = None, max_workers: int = 4) -> pa.Table:
+              bands: Union[None, str, Sequence[str]] = None, progress: Optional[bool] = None, max_workers: int = 4,
+              mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None) -> pa.Table:
         """Observations as an Arrow table (``tile_id``, ``band``, ``time``,
         ``scene_id``, ``pixels``, ``mask``), fetched endpoint by endpoint in
         parallel. ``start`` is inclusive, ``end`` exclusive. Grid metadata
         (``crs``, ``tile_px``, ``tile_span``, ``pixel_size``) is in the
-        schema metadata."""
-        q = self._query(collection, tiles, bbox, bbox_crs, start, end, bands)
+        schema metadata. ``mask``, ``scale`` and ``compute`` apply on the
+        server (see ``load``)."""
+        q = self._steps(self._query(collection, tiles, bbox, bbox_crs, start, end, bands), mask, scale, compute)
         with mapped():
             info = self._flight.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(q)), options=self._options)
         endpoints = list(info.endpoints)
@@ -427,7 +447,8 @@ class Client:
              time: Optional[Sequence[TimeLike]] = None, start: Optional[TimeLike] = None, end: Optional[TimeLike] = None,
              crs: Any = None, resolution: Union[None, float, Sequence[float]] = None,
              resampling: Union[None, str, Mapping[str, str]] = None, groupby: Optional[str] = None, fuse: Optional[str] = None,
-             chunks: Optional[Mapping[str, int]] = None, window: Optional[int] = None, max_workers: int = 4):
+             chunks: Optional[Mapping[str, int]] = None, window: Optional[int] = None, max_workers: int = 4,
+             mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None):
         """An analysis-ready load as an ``xarray.Dataset`` (dims ``time``,
         ``y``, ``x``; one variable per band), resampled on the server from
         the stored tiles onto the grid of ``crs`` and ``resolution`` (pixel
@@ -440,6 +461,13 @@ class Client:
         ``first``, ``last``, ``min``, ``max`` or ``mean``. Masked pixels are
         NaN in float bands and the band's nodata (or 0) otherwise.
 
+        ``mask`` (``"qa"``: the collection's cloud rules, or
+        ``{"band": "scl", "invalid": [...]}`` / ``"bits"`` / ``"valid"``),
+        ``scale=True`` (``value * scale + offset``, Sentinel-2's offset per
+        processing baseline) and ``compute`` (``{"ndvi": "(nir - red) /
+        (nir + red)"}``) run on the server: mask and scale per observation
+        before the warp, compute after the fuse.
+
         With ``chunks`` (as for dask: ``{"x": 1024, "y": 1024}``; ``{}``
         for the server's default windows) the variables are dask arrays with
         one chunk per server window, fetched only when computed. The CRS is
@@ -451,7 +479,7 @@ class Client:
             if isinstance(time, (str, bytes)) or len(time) != 2:
                 raise InvalidRequest(f"invalid time = {time!r}: expected (start, end)")
             start, end = time
-        q = self._query(collection, None, bbox, bbox_crs, start, end, bands)
+        q = self._steps(self._query(collection, None, bbox, bbox_crs, start, end, bands), mask, scale, compute)
         if geometry is not None:
             q["geometry"] = dict(geometry)
             q["geometry_crs"] = _crs(geometry_crs)
@@ -543,13 +571,14 @@ class Client:
                                                            "fuse": meta.get("fuse", "last")})
 
     def timeseries(self, lon: float, lat: float, collection: str, *, crs: Any = "EPSG:4326", start: Optional[TimeLike] = None,
-                   end: Optional[TimeLike] = None, bands: Union[None, str, Sequence[str]] = None):
+                   end: Optional[TimeLike] = None, bands: Union[None, str, Sequence[str]] = None,
+                   mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None):
         """One location's time series as a ``pandas.DataFrame`` indexed by
         time: ``scene_id``, ``tile_id``, and per band the value (NaN when
         invalid) and ``<band>_valid``. ``lon``/``lat`` are x/y in ``crs``."""
         import pandas as pd
 
-        q = self._query(collection, None, None, crs, start, end, bands, point=(lon, lat))
+        q = self._steps(self._query(collection, None, None, crs, start, end, bands, point=(lon, lat)), mask, scale, compute)
         with mapped():
             table = self._flight.do_get(flight.Ticket(json.dumps(q)), options=self._options).read_all()
         df = table.to_pandas()
