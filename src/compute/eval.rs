@@ -59,10 +59,16 @@ fn eval(e: &Expr, inputs: &[&[f32]], start: usize, out: &mut [f32], pool: &mut V
         }
         Expr::Bin(op, a, b) => {
             eval(a, inputs, start, out, pool);
-            let mut t = take(pool, n);
-            eval(b, inputs, start, &mut t, pool);
-            binary(*op, out, &t);
-            pool.push(t);
+            // A band on the right is read where it is, not copied.
+            match &**b {
+                Expr::Band(j) => binary(*op, out, &inputs[*j][start..start + n]),
+                _ => {
+                    let mut t = take(pool, n);
+                    eval(b, inputs, start, &mut t, pool);
+                    binary(*op, out, &t);
+                    pool.push(t);
+                }
+            }
         }
         Expr::Call(f, args) => {
             eval(&args[0], inputs, start, out, pool);

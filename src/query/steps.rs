@@ -76,8 +76,15 @@ pub struct BandPixels {
 pub fn mask_keep(out: &Outputs, inputs: &[Option<BandPixels>], n: usize) -> Option<Vec<bool>> {
     let (band, rule) = out.steps.mask.as_ref()?;
     let Some(Some(m)) = out.input_index(&band.name).map(|i| &inputs[i]) else { return Some(vec![false; n]) };
-    let values = as_f64(&m.values);
-    Some(values.iter().zip(&m.valid).map(|(v, ok)| *ok && rule.keeps(*v)).collect())
+    let Some(d) = DType::from_arrow(m.values.data_type()) else { return Some(vec![false; n]) };
+    Some(crate::with_arrow_type!(d, T => keep_where::<T>(&m.values, &m.valid, rule)))
+}
+
+fn keep_where<T: ArrowPrimitiveType>(values: &ArrayRef, valid: &[bool], rule: &compute::MaskRule) -> Vec<bool>
+where
+    T::Native: Sample,
+{
+    values.as_primitive::<T>().values().iter().zip(valid).map(|(v, ok)| *ok && rule.keeps(v.to_f64())).collect()
 }
 
 /// The values of any pixel type as f64.
@@ -103,7 +110,21 @@ pub fn factors(meta: &Collection, band: &Band, scale: bool, baseline: Option<&st
 /// the scene's baseline), else as they are.
 pub fn to_f32(meta: &Collection, band: &Band, values: &ArrayRef, scale: bool, baseline: Option<&str>, time_ms: i64) -> Vec<f32> {
     let (k, o) = factors(meta, band, scale, baseline, time_ms);
-    as_f64(values).into_iter().map(|v| (v * k + o) as f32).collect()
+    match DType::from_arrow(values.data_type()) {
+        Some(d) => crate::with_arrow_type!(d, T => scaled::<T>(values, k, o)),
+        None => vec![f32::NAN; values.len()],
+    }
+}
+
+fn scaled<T: ArrowPrimitiveType>(values: &ArrayRef, k: f64, o: f64) -> Vec<f32>
+where
+    T::Native: Sample,
+{
+    let v = values.as_primitive::<T>().values();
+    if k == 1.0 && o == 0.0 {
+        return v.iter().map(|x| x.to_f32()).collect();
+    }
+    v.iter().map(|x| (x.to_f64() * k + o) as f32).collect()
 }
 
 /// Evaluates the expression named `name` over float32 inputs (indexed as
@@ -157,7 +178,11 @@ pub fn observation(
         masked
             .iter()
             .zip(&out.inputs)
-            .map(|(b, band)| b.as_ref().map(|b| (to_f32(meta, band, &b.values, out.steps.scale, baseline, time_ms), b.valid.clone())))
+            .map(|(b, band)| {
+                // The mask band only masks unless the answer names or computes with it.
+                let used = out.names.contains(&band.name) || out.steps.compute.iter().any(|(_, p)| p.bands.contains(&band.name));
+                b.as_ref().filter(|_| used).map(|b| (to_f32(meta, band, &b.values, out.steps.scale, baseline, time_ms), b.valid.clone()))
+            })
             .collect()
     } else {
         Vec::new()
