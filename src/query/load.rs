@@ -676,8 +676,8 @@ impl LoadAnswer {
                         for row in 0..n {
                             let to = (oy + row) * place.src_w + ox;
                             mv[to..to + n].copy_from_slice(&values.values()[p0 + row * n..p0 + row * n + n]);
-                            for (c, v) in mm[to..to + n].iter_mut().enumerate() {
-                                *v = valid.value(m0 + row * n + c);
+                            for (v, bit) in mm[to..to + n].iter_mut().zip(valid.values().slice(m0 + row * n, n).iter()) {
+                                *v = bit;
                             }
                         }
                     }
