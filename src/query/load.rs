@@ -523,13 +523,12 @@ impl LoadAnswer {
                     .zip(&group.members)
                     .map(|(m, member)| {
                         let (k, o) = scale(member);
-                        m.map(|(values, valid)| (values.iter().map(|v| (v.to_f64() * k + o) as f32).collect(), valid))
+                        m.map(|(values, valid)| (steps::scale_values(&values, k, o), valid))
                     })
                     .collect());
                 let floats = floats.into_iter();
-                let (v, m) = self.fuse::<f32>(place, inside, i, n, f32::NAN, floats, &keeps);
-                fused[i] = Some(match v {
-                    Finished::Native(v, _) | Finished::Mean(v, _) => (v, m),
+                fused[i] = Some(match self.fuse::<f32>(place, inside, i, n, f32::NAN, floats, &keeps) {
+                    Finished::Native(v, m) | Finished::Mean(v, m) => (v, m),
                 });
             }
             let (v, m) = match self.outputs.steps.program(name) {
@@ -577,10 +576,9 @@ impl LoadAnswer {
         let band = &self.bands[i];
         let fill = T::Native::from_f64(band.nodata.unwrap_or(0.0));
         let members = self.mosaics::<T>(w, place, band, group)?.into_iter();
-        let (v, m) = self.fuse::<T::Native>(place, inside, i, w.width * w.height, fill, members, keeps);
-        Ok(match v {
-            Finished::Native(v, _) => (Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(v), None)) as ArrayRef, m),
-            Finished::Mean(v, _) => (Arc::new(arrow_array::Float32Array::from(v)) as ArrayRef, m),
+        Ok(match self.fuse::<T::Native>(place, inside, i, w.width * w.height, fill, members, keeps) {
+            Finished::Native(v, m) => (Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(v), None)) as ArrayRef, m),
+            Finished::Mean(v, m) => (Arc::new(arrow_array::Float32Array::from(v)) as ArrayRef, m),
         })
     }
 
@@ -610,7 +608,7 @@ impl LoadAnswer {
         fill: V,
         members: impl Iterator<Item = Option<(Vec<V>, Vec<bool>)>>,
         keeps: &Option<Vec<Option<Vec<bool>>>>,
-    ) -> (Finished<V>, Vec<bool>) {
+    ) -> Finished<V> {
         let mut fused = Fused::<V>::new(self.load.fuse, n, fill);
         for (m, member) in members.enumerate() {
             let Some((values, mut valid)) = member else { continue };
@@ -632,11 +630,7 @@ impl LoadAnswer {
             }
             fused.add(&px, &mask);
         }
-        let finished = fused.finish();
-        let mask = match &finished {
-            Finished::Native(_, m) | Finished::Mean(_, m) => m.clone(),
-        };
-        (finished, mask)
+        fused.finish()
     }
 
     /// Each member of `group` as a mosaic of the window's tiles (values

@@ -120,7 +120,11 @@ fn scaled<T: ArrowPrimitiveType>(values: &ArrayRef, k: f64, o: f64) -> Vec<f32>
 where
     T::Native: Sample,
 {
-    let v = values.as_primitive::<T>().values();
+    scale_values(values.as_primitive::<T>().values(), k, o)
+}
+
+/// `value * k + o` of each value, as float32 (in f64, then rounded).
+pub fn scale_values<V: Sample>(v: &[V], k: f64, o: f64) -> Vec<f32> {
     if k == 1.0 && o == 0.0 {
         return v.iter().map(|x| x.to_f32()).collect();
     }
