@@ -5,12 +5,40 @@
 
 pub mod eval;
 pub mod expr;
+pub mod reduce;
 
 use crate::collection::{Band, Collection};
 use crate::error::{Error, Result};
-use crate::wire::{MaskSpec, StepsSpec};
+use crate::wire::{MaskSpec, ReduceHow, StepsSpec};
 
 pub use expr::Program;
+pub use reduce::{Period, Reducer, Slot};
+
+/// A temporal reduction, resolved against a collection.
+#[derive(Debug, Clone)]
+pub struct Reduce {
+    pub period: Period,
+    pub how: Reduction,
+}
+
+#[derive(Debug, Clone)]
+pub enum Reduction {
+    Reducer(Reducer),
+    /// Per pixel, every band of the observation where the expression
+    /// computed as [`QUALITY`] is highest.
+    Quality,
+}
+
+/// The name the quality expression of a `reduce` is computed under
+/// (never a band name: those take no parentheses).
+pub const QUALITY: &str = "quality()";
+
+impl Reduce {
+    /// Whether the answer holds counts (uint16) rather than float32.
+    pub fn counts(&self) -> bool {
+        matches!(self.how, Reduction::Reducer(Reducer::Count))
+    }
+}
 
 /// How a mask band marks pixels (resolved against the collection).
 #[derive(Debug, Clone, PartialEq)]
@@ -48,11 +76,12 @@ pub struct Steps {
     pub scale: bool,
     /// Named expressions, in the order given.
     pub compute: Vec<(String, Program)>,
+    pub reduce: Option<Reduce>,
 }
 
 impl Steps {
     pub fn none() -> Self {
-        Steps { mask: None, scale: false, compute: Vec::new() }
+        Steps { mask: None, scale: false, compute: Vec::new(), reduce: None }
     }
 
     /// Whether any step applies.
@@ -99,7 +128,24 @@ impl Steps {
             let program = expr::parse(&format!("compute.{name}"), text, &|b| meta.band(b).is_some())?;
             compute.push((name.clone(), program));
         }
-        Ok(Steps { mask, scale: spec.scale, compute })
+        let reduce = match &spec.reduce {
+            None => None,
+            Some(r) => Some(Reduce {
+                period: r.period,
+                how: match &r.how {
+                    ReduceHow::Reducer(x) => Reduction::Reducer(*x),
+                    ReduceHow::Quality(text) => {
+                        let program = match compute.iter().find(|(n, _)| n == text.trim()) {
+                            Some((_, p)) => p.clone(),
+                            None => expr::parse("reduce.quality", text, &|b| meta.band(b).is_some())?,
+                        };
+                        compute.push((QUALITY.to_string(), program));
+                        Reduction::Quality
+                    }
+                },
+            }),
+        };
+        Ok(Steps { mask, scale: spec.scale, compute, reduce })
     }
 
     /// The stored bands an answer of `wanted` names must read: stored

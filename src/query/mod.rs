@@ -10,6 +10,7 @@
 mod chunks;
 mod load;
 mod point;
+mod reduce;
 mod steps;
 
 use std::collections::HashSet;
@@ -28,6 +29,7 @@ use crate::wire::{Area, QuerySpec};
 pub use chunks::ChunkAnswer;
 pub use load::{output_schema, LoadAnswer};
 pub use point::{point_schema, PointAnswer};
+pub use reduce::ReduceAnswer;
 pub use steps::{observation, BandPixels, Outputs, StepsAnswer};
 
 /// One message of an answer's stream, after its schema.
@@ -50,6 +52,8 @@ pub enum Answer {
     /// Tiles with mask, scale or compute applied, one endpoint per tile
     /// and month.
     Steps(StepsAnswer),
+    /// Tiles reduced over periods, one endpoint per tile and period.
+    Reduce(ReduceAnswer),
 }
 
 impl Answer {
@@ -60,6 +64,7 @@ impl Answer {
             Answer::Point(a) => a.schema(),
             Answer::Load(a) => a.schema(),
             Answer::Steps(a) => a.schema(),
+            Answer::Reduce(a) => a.schema(),
         }
     }
 
@@ -71,6 +76,7 @@ impl Answer {
             Answer::Point(a) => a.selection.total_records(),
             Answer::Load(a) => a.total_records(),
             Answer::Steps(a) => a.total_records(),
+            Answer::Reduce(a) => a.total_records(),
         }
     }
 
@@ -81,6 +87,7 @@ impl Answer {
             Answer::Point(a) => a.selection.total_bytes(),
             Answer::Load(a) => a.total_bytes(),
             Answer::Steps(a) => a.total_bytes(),
+            Answer::Reduce(a) => a.total_bytes(),
         }
     }
 
@@ -92,6 +99,7 @@ impl Answer {
             Answer::Point(_) => vec![own.to_vec()],
             Answer::Load(a) => a.tickets(),
             Answer::Steps(a) => a.tickets(),
+            Answer::Reduce(a) => a.tickets(),
         }
     }
 
@@ -103,6 +111,7 @@ impl Answer {
             Answer::Point(a) => a.write(emit),
             Answer::Load(a) => a.write(emit),
             Answer::Steps(a) => a.write(emit),
+            Answer::Reduce(a) => a.write(emit),
         }
     }
 }
@@ -235,7 +244,10 @@ fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Answer> {
         .filter(|(_, e)| e.count_in(start, end) > 0)
         .collect();
     let selection = Selection { store, spec, bands, chunks };
-    let steps = outputs.steps.any().then_some(outputs);
+    if point.is_none() && outputs.steps.reduce.is_some() {
+        return Ok(Answer::Reduce(ReduceAnswer::new(selection, outputs)));
+    }
+    let steps = (outputs.steps.any() || outputs.steps.reduce.is_some()).then_some(outputs);
     Ok(match (point, steps) {
         (Some(index), steps) => Answer::Point(PointAnswer { selection, index, outputs: steps }),
         (None, Some(outputs)) => Answer::Steps(StepsAnswer { selection, out: outputs }),

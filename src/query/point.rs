@@ -7,9 +7,11 @@ use arrow_array::cast::AsArray;
 use arrow_array::{new_null_array, Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
+use super::reduce::{self, Layers};
 use super::steps::{self, BandPixels, Outputs};
 use super::{emit_rows, Piece, Selection};
-use crate::collection::Band;
+use crate::collection::{Band, DType};
+use crate::compute::Slot;
 use crate::error::{Error, Result};
 use crate::storage::chunk;
 
@@ -28,6 +30,9 @@ pub struct PointAnswer {
 impl PointAnswer {
     pub fn schema(&self) -> Result<SchemaRef> {
         let Some(out) = &self.outputs else { return Ok(Arc::new(point_schema(&self.selection.bands))) };
+        if let Some(dtype) = out.reduced_dtype() {
+            return Ok(Arc::new(reduced_point_schema(&out.names, dtype)));
+        }
         let dtype = out.dtype(&self.selection.store.meta)?;
         let bands: Vec<Band> = out
             .names
@@ -48,7 +53,9 @@ impl PointAnswer {
     /// The series in pieces of about [`SERIES_MESSAGE_BYTES`]. Blocking.
     pub fn write(&self, emit: &mut dyn FnMut(Piece) -> bool) -> Result<()> {
         let mut series = self.series()?;
-        if let Some(out) = &self.outputs {
+        if let Some(out) = self.outputs.as_ref().filter(|o| o.steps.reduce.is_some()) {
+            series = self.reduce(out, &series)?;
+        } else if let Some(out) = &self.outputs {
             series = self.apply(out, &series)?;
         }
         let row_bytes = series.get_array_memory_size() / series.num_rows().max(1);
@@ -148,6 +155,64 @@ impl PointAnswer {
 }
 
 impl PointAnswer {
+    /// One row per period: every observation's outputs (mask, scale,
+    /// compute) reduced as a tile's pixels are.
+    fn reduce(&self, out: &Outputs, series: &RecordBatch) -> Result<RecordBatch> {
+        let meta = &self.selection.store.meta;
+        let Some(r) = &out.steps.reduce else { return Err(Error::Internal("a point reduce without reduce".into())) };
+        let times = series.column(0).as_primitive::<arrow_array::types::TimestampMillisecondType>();
+        let scenes = series.column(1).as_string::<i32>();
+        let (_, slot_of) = reduce::slots(r.period, self.selection.spec.start_ms, times.values().iter().copied());
+        let names = out.work_names();
+        let mut periods: Vec<(Slot, Vec<Layers>)> = Vec::new();
+        for row in 0..series.num_rows() {
+            let slot = slot_of(times.value(row));
+            if periods.last().is_none_or(|(s, _)| *s != slot) {
+                periods.push((slot, names.iter().map(|_| Layers::default()).collect()));
+            }
+            let inputs: Vec<Option<BandPixels>> = (0..out.inputs.len())
+                .map(|b| {
+                    let valid = series.column(4 + 2 * b).as_boolean().value(row);
+                    Some(BandPixels { values: series.column(3 + 2 * b).slice(row, 1), valid: vec![valid] })
+                })
+                .collect();
+            let baseline = steps::store_baseline(&self.selection.store, scenes.value(row));
+            let layers = reduce::observation_layers(out, meta, inputs, 1, &names, baseline.as_deref(), times.value(row));
+            let period = &mut periods.last_mut().expect("a period was pushed").1;
+            period.iter_mut().zip(layers).for_each(|(p, l)| p.0.push(l));
+        }
+        let schema = self.schema()?;
+        let tile = series.column(2).as_string::<i32>();
+        let tile_id = if series.num_rows() > 0 { tile.value(0) } else { "" };
+        let mut values: Vec<Vec<ArrayRef>> = vec![Vec::new(); out.names.len()];
+        let mut valids: Vec<Vec<bool>> = vec![Vec::new(); out.names.len()];
+        for (_, layers) in &mut periods {
+            for (k, (v, ok)) in reduce::reduce_all(r, std::mem::take(layers), 1).into_iter().enumerate() {
+                values[k].push(v);
+                valids[k].push(ok[0]);
+            }
+        }
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMillisecondArray::from(periods.iter().map(|(s, _)| s.start).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(StringArray::from(periods.iter().map(|(s, _)| s.label.as_str()).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(vec![tile_id; periods.len()])),
+        ];
+        for (k, parts) in values.into_iter().enumerate() {
+            let field = schema.field(3 + 2 * k);
+            let joined = if parts.is_empty() {
+                arrow_array::new_empty_array(field.data_type())
+            } else {
+                let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+                arrow_select::concat::concat(&refs).map_err(Error::arrow("joining reduced values"))?
+            };
+            let nulls = arrow_buffer::NullBuffer::from(valids[k].clone());
+            let data = joined.to_data().into_builder().nulls(Some(nulls)).build().map_err(Error::arrow("masking reduced values"))?;
+            cols.push(arrow_array::make_array(data));
+            cols.push(Arc::new(BooleanArray::from(std::mem::take(&mut valids[k]))));
+        }
+        RecordBatch::try_new(schema, cols).map_err(Error::arrow("building a reduced point series"))
+    }
+
     /// The series with the steps applied, observation by observation.
     fn apply(&self, out: &Outputs, series: &RecordBatch) -> Result<RecordBatch> {
         let meta = &self.selection.store.meta;
@@ -200,6 +265,19 @@ fn arrow_cast_to(a: &ArrayRef, to: &DataType) -> Result<ArrayRef> {
         let v: Vec<<T as arrow_array::ArrowPrimitiveType>::Native> = values.iter().map(|v| crate::warp::Sample::from_f64(*v)).collect();
         Arc::new(arrow_array::PrimitiveArray::<T>::new(arrow_buffer::ScalarBuffer::from(v), None)) as ArrayRef
     }))
+}
+
+/// Schema of a reduced point series: time (the period's start), label,
+/// tile_id, then per band the value (null when invalid) and
+/// `<band>_valid`.
+pub fn reduced_point_schema(names: &[String], dtype: DType) -> Schema {
+    let mut fields =
+        vec![Field::new("time", chunk::time_type(), false), Field::new("label", DataType::Utf8, false), Field::new("tile_id", DataType::Utf8, false)];
+    for n in names {
+        fields.push(Field::new(n, dtype.arrow(), true));
+        fields.push(Field::new(format!("{n}_valid"), DataType::Boolean, false));
+    }
+    Schema::new(fields)
 }
 
 /// Schema of a point time series: time, scene_id, tile_id, then per band the

@@ -46,8 +46,28 @@ impl Outputs {
                 ));
             }
         }
-        let inputs = if steps.any() { steps.inputs(meta, &names) } else { names.iter().filter_map(|n| meta.band(n).cloned()).collect() };
+        let mut work = names.clone();
+        if steps.program(compute::QUALITY).is_some() {
+            work.push(compute::QUALITY.to_string());
+        }
+        let inputs = if steps.any() { steps.inputs(meta, &work) } else { names.iter().filter_map(|n| meta.band(n).cloned()).collect() };
         Ok(Outputs { names, inputs, steps })
+    }
+
+    /// The names computed per observation: the answer's, then the quality
+    /// expression of a `reduce` by quality.
+    pub fn work_names(&self) -> Vec<String> {
+        let mut w = self.names.clone();
+        if self.steps.program(compute::QUALITY).is_some() {
+            w.push(compute::QUALITY.to_string());
+        }
+        w
+    }
+
+    /// The answer's pixel type once reduced: uint16 for `count`, else
+    /// float32.
+    pub fn reduced_dtype(&self) -> Option<DType> {
+        self.steps.reduce.as_ref().map(|r| if r.counts() { DType::Uint16 } else { DType::Float32 })
     }
 
     /// The pixel type of every output: float32 when scaled or computed,
@@ -85,6 +105,14 @@ where
     T::Native: Sample,
 {
     values.as_primitive::<T>().values().iter().zip(valid).map(|(v, ok)| *ok && rule.keeps(v.to_f64())).collect()
+}
+
+/// Value `i` of an array of any pixel type as f64.
+pub fn value_f64(a: &ArrayRef, i: usize) -> f64 {
+    match DType::from_arrow(a.data_type()) {
+        Some(d) => crate::with_arrow_type!(d, T => a.as_primitive::<T>().value(i).to_f64()),
+        None => f64::NAN,
+    }
 }
 
 /// The values of any pixel type as f64.
@@ -191,7 +219,7 @@ pub fn observation(
     } else {
         Vec::new()
     };
-    out.names
+    out.work_names()
         .iter()
         .map(|name| {
             if out.steps.program(name).is_some() {

@@ -14,7 +14,7 @@ mod steps;
 pub use collection::build_collection;
 pub use command::{Command, Expect, FLIGHT_SQL_TYPE_PREFIX, INGEST_TYPE_URL, QUERY_TYPE_URL};
 pub use load::{Fuse, Geometry, GroupBy, LoadSpec, OutputSpec, Ring};
-pub use steps::{MaskSpec, StepsSpec};
+pub use steps::{MaskSpec, ReduceHow, ReduceSpec, StepsSpec};
 
 use std::collections::BTreeMap;
 
@@ -207,6 +207,10 @@ struct QueryJson {
     scale: Option<Value>,
     #[serde(default)]
     compute: Option<Value>,
+    #[serde(default)]
+    reduce: Option<Value>,
+    #[serde(default)]
+    into: String,
 }
 
 /// An optional JSON time (absent or null: `None`).
@@ -244,6 +248,8 @@ impl TryFrom<QueryJson> for pb::Query {
                 Some(other) => return Err(Error::invalid("scale", other, "expected true or false")),
             },
             compute: steps::compute_from_json(j.compute)?,
+            reduce: steps::reduce_from_json(j.reduce)?,
+            into: j.into,
         })
     }
 }
@@ -273,6 +279,8 @@ pub fn query_message_json(q: &pb::Query) -> Vec<u8> {
     put("mask", q.mask.as_ref().map(steps::mask_to_json).unwrap_or(Value::Null), q.mask.is_some());
     put("scale", Value::Bool(q.scale), q.scale);
     put("compute", Value::Object(q.compute.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect()), !q.compute.is_empty());
+    put("reduce", q.reduce.as_ref().map(steps::reduce_to_json).unwrap_or(Value::Null), q.reduce.is_some());
+    put("into", q.into.clone().into(), !q.into.is_empty());
     serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
 }
 
@@ -563,10 +571,31 @@ pub const MAX_QUERY_TILES: usize = 10_000;
 /// Validates a query (ListFlights criteria arrive as a query without tiles
 /// or point); an empty collection is allowed for criteria only.
 fn validate_query(q: pb::Query) -> Result<QuerySpec> {
-    let pb::Query { collection, tiles, bbox, bbox_crs, start_ms, end_ms, bands, point, geometry, geometry_crs, output, groupby, fuse, mask, scale, compute } =
-        q;
+    let pb::Query {
+        collection,
+        tiles,
+        bbox,
+        bbox_crs,
+        start_ms,
+        end_ms,
+        bands,
+        point,
+        geometry,
+        geometry_crs,
+        output,
+        groupby,
+        fuse,
+        mask,
+        scale,
+        compute,
+        reduce,
+        into,
+    } = q;
     let load = load::load_spec(&geometry, &geometry_crs, output, &groupby, &fuse)?;
-    let steps = steps::steps_spec(mask, scale, compute)?;
+    let steps = steps::steps_spec(mask, scale, compute, reduce, into)?;
+    if steps.into.is_some() && !point.is_empty() {
+        return Err(Error::invalid("into", steps.into.as_deref().unwrap_or_default(), "a point answer cannot be stored as a collection; reduce an area"));
+    }
     if load.is_some() && !point.is_empty() {
         return Err(Error::invalid(
             "point",
@@ -681,6 +710,8 @@ impl QuerySpec {
         });
         q.scale = st.scale;
         q.compute = st.compute.iter().cloned().collect();
+        q.reduce = st.reduce.as_ref().map(ReduceSpec::to_message);
+        q.into = st.into.clone().unwrap_or_default();
         if let Some(l) = &self.load {
             if let Some(g) = &l.geometry {
                 (q.geometry, q.geometry_crs) = (g.text.clone(), g.crs.clone());

@@ -6,6 +6,7 @@ use pixelquery_proto::v1 as pb;
 use serde_json::Value;
 
 use crate::collection::validate_band_name;
+use crate::compute::reduce::{Period, Reducer};
 use crate::error::{Error, Result};
 
 /// Most named expressions one query may compute.
@@ -30,13 +31,84 @@ pub enum MaskSpec {
     },
 }
 
-/// `mask`, `scale` and `compute` of a query.
+/// `mask`, `scale`, `compute`, `reduce` and `into` of a query.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StepsSpec {
     pub mask: Option<MaskSpec>,
     pub scale: bool,
     /// `(name, expression)` in name order.
     pub compute: Vec<(String, String)>,
+    pub reduce: Option<ReduceSpec>,
+    /// The collection a reduced answer is stored as.
+    pub into: Option<String>,
+}
+
+/// A `reduce` key: a period and a reducer or a quality expression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReduceSpec {
+    pub period: Period,
+    pub how: ReduceHow,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReduceHow {
+    Reducer(Reducer),
+    /// An expression over band names (checked against the collection later).
+    Quality(String),
+}
+
+impl ReduceSpec {
+    pub fn to_message(&self) -> pb::Reduce {
+        let mut r = pb::Reduce { period: self.period.name(), ..Default::default() };
+        match &self.how {
+            ReduceHow::Reducer(x) => r.reducer = x.name(),
+            ReduceHow::Quality(q) => r.quality = q.clone(),
+        }
+        r
+    }
+}
+
+/// JSON `reduce`: `{"period", "reducer" | "quality"}`.
+pub(super) fn reduce_from_json(v: Option<Value>) -> Result<Option<pb::Reduce>> {
+    let mut m = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(m)) => m,
+        Some(other) => return Err(Error::invalid("reduce", other, "expected {\"period\": ..., \"reducer\" | \"quality\": ...}")),
+    };
+    let mut text = |k: &str| match m.remove(k) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(Error::invalid(&format!("reduce.{k}"), other, "expected a string")),
+    };
+    let r = pb::Reduce { period: text("period")?, reducer: text("reducer")?, quality: text("quality")? };
+    if let Some(k) = m.keys().next() {
+        return Err(Error::invalid(&format!("reduce.{k}"), k, "unknown key; expected period and one of reducer, quality"));
+    }
+    Ok(Some(r))
+}
+
+/// JSON form of a `Reduce` message (for endpoint tickets).
+pub(super) fn reduce_to_json(r: &pb::Reduce) -> Value {
+    let mut o = serde_json::Map::new();
+    o.insert("period".into(), r.period.clone().into());
+    if !r.reducer.is_empty() {
+        o.insert("reducer".into(), r.reducer.clone().into());
+    }
+    if !r.quality.is_empty() {
+        o.insert("quality".into(), r.quality.clone().into());
+    }
+    Value::Object(o)
+}
+
+fn reduce_spec(r: Option<pb::Reduce>) -> Result<Option<ReduceSpec>> {
+    let Some(r) = r else { return Ok(None) };
+    let period = Period::parse("reduce.period", if r.period.is_empty() { "all" } else { &r.period })?;
+    let how = match (r.reducer.is_empty(), r.quality.trim().is_empty()) {
+        (false, true) => ReduceHow::Reducer(Reducer::parse("reduce.reducer", &r.reducer)?),
+        (true, false) => ReduceHow::Quality(r.quality),
+        _ => return Err(Error::invalid("reduce", &r.reducer, "give exactly one of reducer and quality")),
+    };
+    Ok(Some(ReduceSpec { period, how }))
 }
 
 /// JSON `mask`: `"qa"` or `{"band", "invalid" | "valid" | "bits"}`.
@@ -103,7 +175,13 @@ pub(super) fn mask_to_json(m: &pb::Mask) -> Value {
 
 /// Validates the steps of a query (names and shapes; the collection's
 /// bands are checked later).
-pub(super) fn steps_spec(mask: Option<pb::Mask>, scale: bool, compute: std::collections::HashMap<String, String>) -> Result<StepsSpec> {
+pub(super) fn steps_spec(
+    mask: Option<pb::Mask>,
+    scale: bool,
+    compute: std::collections::HashMap<String, String>,
+    reduce: Option<pb::Reduce>,
+    into: String,
+) -> Result<StepsSpec> {
     let mask = match mask {
         None => None,
         Some(m) if m.qa => {
@@ -135,5 +213,15 @@ pub(super) fn steps_spec(mask: Option<pb::Mask>, scale: bool, compute: std::coll
     for (name, _) in &compute {
         validate_band_name(&format!("compute.{name}"), name)?;
     }
-    Ok(StepsSpec { mask, scale, compute })
+    let reduce = reduce_spec(reduce)?;
+    let into = if into.is_empty() {
+        None
+    } else {
+        crate::collection::validate_collection_name("into", &into)?;
+        if reduce.is_none() {
+            return Err(Error::invalid("into", &into, "stores a reduced answer: give reduce too"));
+        }
+        Some(into)
+    };
+    Ok(StepsSpec { mask, scale, compute, reduce, into })
 }

@@ -318,11 +318,18 @@ class Client:
     # ---- queries -------------------------------------------------------
 
     @staticmethod
-    def _steps(q: dict, mask, scale, compute) -> dict:
+    def _steps(q: dict, mask, scale, compute, reduce=None, into=None) -> dict:
         """Adds the per-observation steps: ``mask`` (``"qa"`` or a band
         rule such as ``{"band": "scl", "invalid": [3, 8, 9, 10]}``),
         ``scale`` (physical values) and ``compute`` (``{"ndvi": "(nir -
-        red) / (nir + red)"}``; name computed bands in ``bands``)."""
+        red) / (nir + red)"}``; name computed bands in ``bands``), then
+        ``reduce`` (``{"period": "month", "reducer": "median"}`` or
+        ``{"period": "year", "quality": "ndvi"}``) and ``into`` (store the
+        reduced answer as that collection)."""
+        if reduce is not None:
+            q["reduce"] = dict(reduce)
+        if into is not None:
+            q["into"] = into
         if mask is not None:
             q["mask"] = mask if isinstance(mask, str) else dict(mask)
         if scale:
@@ -355,14 +362,18 @@ class Client:
     def query(self, collection: str, *, tiles: Union[None, str, Sequence[str]] = None, bbox: Optional[Sequence[float]] = None,
               bbox_crs: Any = "EPSG:4326", start: Optional[TimeLike] = None, end: Optional[TimeLike] = None,
               bands: Union[None, str, Sequence[str]] = None, progress: Optional[bool] = None, max_workers: int = 4,
-              mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None) -> pa.Table:
+              mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None,
+              reduce: Optional[Mapping[str, str]] = None, into: Optional[str] = None) -> pa.Table:
         """Observations as an Arrow table (``tile_id``, ``band``, ``time``,
         ``scene_id``, ``pixels``, ``mask``), fetched endpoint by endpoint in
         parallel. ``start`` is inclusive, ``end`` exclusive. Grid metadata
         (``crs``, ``tile_px``, ``tile_span``, ``pixel_size``) is in the
-        schema metadata. ``mask``, ``scale`` and ``compute`` apply on the
-        server (see ``load``)."""
-        q = self._steps(self._query(collection, tiles, bbox, bbox_crs, start, end, bands), mask, scale, compute)
+        schema metadata. ``mask``, ``scale``, ``compute`` and ``reduce``
+        apply on the server (see ``load``); reduced rows carry ``label``
+        (the period) and ``time`` (its start). With ``into`` the reduced
+        answer is stored as that collection and the table is one row:
+        ``collection``, ``observations``, ``bytes``, ``duplicate``."""
+        q = self._steps(self._query(collection, tiles, bbox, bbox_crs, start, end, bands), mask, scale, compute, reduce, into)
         with mapped():
             info = self._flight.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(q)), options=self._options)
         endpoints = list(info.endpoints)
@@ -572,13 +583,13 @@ class Client:
 
     def timeseries(self, lon: float, lat: float, collection: str, *, crs: Any = "EPSG:4326", start: Optional[TimeLike] = None,
                    end: Optional[TimeLike] = None, bands: Union[None, str, Sequence[str]] = None,
-                   mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None):
+                   mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None,
+                   reduce: Optional[Mapping[str, str]] = None):
         """One location's time series as a ``pandas.DataFrame`` indexed by
         time: ``scene_id``, ``tile_id``, and per band the value (NaN when
-        invalid) and ``<band>_valid``. ``lon``/``lat`` are x/y in ``crs``."""
-        import pandas as pd
-
-        q = self._steps(self._query(collection, None, None, crs, start, end, bands, point=(lon, lat)), mask, scale, compute)
+        invalid) and ``<band>_valid``. ``lon``/``lat`` are x/y in ``crs``.
+        With ``reduce``, one row per period (``label``; time = its start)."""
+        q = self._steps(self._query(collection, None, None, crs, start, end, bands, point=(lon, lat)), mask, scale, compute, reduce)
         with mapped():
             table = self._flight.do_get(flight.Ticket(json.dumps(q)), options=self._options).read_all()
         df = table.to_pandas()
