@@ -122,6 +122,14 @@ impl Service {
         Ok(())
     }
 
+    /// A query storing its answer (`into`) writes: it needs the write role.
+    fn authorize_into(&self, rpc: &str, metadata: &MetadataMap, spec: &QuerySpec) -> Result<()> {
+        match spec.steps.into {
+            Some(_) => self.authorize(&format!("{rpc} with into"), metadata, Some(Role::Write)),
+            None => Ok(()),
+        }
+    }
+
     /// Runs one call: a request id (on every log line of the call and sent
     /// back as `x-request-id`), the auth check, the deadline, and a panic
     /// turned into `Internal` (logged with the RPC; the server keeps serving).
@@ -371,8 +379,10 @@ impl FlightService for Service {
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         let (metadata, _, descriptor) = request.into_parts();
+        let md = &metadata;
         self.call("GetFlightInfo", &metadata, Some(Role::Read), async move {
             let spec = query("GetFlightInfo", command(&descriptor, Expect::Query)?)?;
+            self.authorize_into("GetFlightInfo", md, &spec)?;
             let p = plan(&self.state, spec).await?;
             Ok(Response::new(flight_info(&p, descriptor)?))
         })
@@ -385,8 +395,10 @@ impl FlightService for Service {
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let (metadata, _, descriptor) = request.into_parts();
+        let md = &metadata;
         self.call("GetSchema", &metadata, Some(Role::Read), async move {
             let spec = query("GetSchema", command(&descriptor, Expect::Query)?)?;
+            self.authorize_into("GetSchema", md, &spec)?;
             let p = plan(&self.state, spec).await?;
             let schema = p.schema()?;
             let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
@@ -399,8 +411,10 @@ impl FlightService for Service {
 
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let (metadata, _, ticket) = request.into_parts();
+        let md = &metadata;
         self.call("DoGet", &metadata, Some(Role::Read), async move {
             let spec = query("DoGet", Command::decode("ticket", &ticket.ticket, Expect::Query)?)?;
+            self.authorize_into("DoGet", md, &spec)?;
             let p = plan(&self.state, spec).await?;
             let max = self.state.limits.max_query_bytes;
             if p.total_bytes() > max {

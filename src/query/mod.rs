@@ -8,6 +8,7 @@
 //! ([`Piece`]); the transport (`flight/`) frames them.
 
 mod chunks;
+mod into;
 mod load;
 mod point;
 mod reduce;
@@ -27,6 +28,7 @@ use crate::storage::{self, ChunkEntry, ChunkKey, CollectionStore, Warehouse};
 use crate::wire::{Area, QuerySpec};
 
 pub use chunks::ChunkAnswer;
+pub use into::IntoAnswer;
 pub use load::{output_schema, LoadAnswer};
 pub use point::{point_schema, PointAnswer};
 pub use reduce::ReduceAnswer;
@@ -54,6 +56,8 @@ pub enum Answer {
     Steps(StepsAnswer),
     /// Tiles reduced over periods, one endpoint per tile and period.
     Reduce(ReduceAnswer),
+    /// A reduce stored as a collection; one endpoint, the query.
+    Into(Box<IntoAnswer>),
 }
 
 impl Answer {
@@ -65,6 +69,7 @@ impl Answer {
             Answer::Load(a) => a.schema(),
             Answer::Steps(a) => a.schema(),
             Answer::Reduce(a) => a.schema(),
+            Answer::Into(a) => a.schema(),
         }
     }
 
@@ -77,6 +82,7 @@ impl Answer {
             Answer::Load(a) => a.total_records(),
             Answer::Steps(a) => a.total_records(),
             Answer::Reduce(a) => a.total_records(),
+            Answer::Into(_) => 1,
         }
     }
 
@@ -88,6 +94,7 @@ impl Answer {
             Answer::Load(a) => a.total_bytes(),
             Answer::Steps(a) => a.total_bytes(),
             Answer::Reduce(a) => a.total_bytes(),
+            Answer::Into(_) => 0,
         }
     }
 
@@ -100,6 +107,7 @@ impl Answer {
             Answer::Load(a) => a.tickets(),
             Answer::Steps(a) => a.tickets(),
             Answer::Reduce(a) => a.tickets(),
+            Answer::Into(_) => vec![own.to_vec()],
         }
     }
 
@@ -112,6 +120,7 @@ impl Answer {
             Answer::Load(a) => a.write(emit),
             Answer::Steps(a) => a.write(emit),
             Answer::Reduce(a) => a.write(emit),
+            Answer::Into(a) => a.write(emit),
         }
     }
 }
@@ -209,9 +218,19 @@ fn point_to_grid(grid: &GridSpec, xy: [f64; 2], crs_def: &str) -> Result<(f64, f
 }
 
 /// Resolves a query against the catalog. Blocking (GDAL for bbox/point).
-pub fn plan(warehouse: &Warehouse, spec: QuerySpec) -> Result<Answer> {
+pub fn plan(warehouse: &Arc<Warehouse>, spec: QuerySpec) -> Result<Answer> {
     let store = warehouse.collection(&spec.collection)?;
-    plan_in(store, spec)
+    let Some(target) = spec.steps.into.clone() else { return plan_in(store, spec) };
+    if target == spec.collection {
+        return Err(Error::invalid("into", &target, "is the collection queried: store the answer under another name"));
+    }
+    match plan_in(store, spec)? {
+        Answer::Reduce(reduce) => {
+            into::check_target(warehouse, &target, &reduce)?;
+            Ok(Answer::Into(Box::new(IntoAnswer { warehouse: warehouse.clone(), target, reduce })))
+        }
+        _ => Err(Error::invalid("into", &target, "stores a reduce of tiles (no output grid, no point) for now")),
+    }
 }
 
 fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Answer> {

@@ -264,6 +264,8 @@ impl CollectionStore {
 pub struct Warehouse {
     paths: WarehousePaths,
     collections: RwLock<BTreeMap<String, Arc<CollectionStore>>>,
+    /// Collections still being written whole: hidden from readers.
+    pending: RwLock<std::collections::HashSet<String>>,
     /// Serialises collection creation (check-then-create).
     create: Mutex<()>,
     /// The warehouse's file system, for commits that sync it whole.
@@ -291,6 +293,7 @@ impl Warehouse {
         // Opened before any write (see `FsSync`).
         let fs_sync = Arc::new(fs_sync::FsSync::open(root, options));
         let mut collections = BTreeMap::new();
+        let mut pending = std::collections::HashSet::new();
         for name in names {
             if name.starts_with(paths::DELETED_PREFIX) {
                 // A delete the server died in: finish it.
@@ -307,9 +310,20 @@ impl Warehouse {
             let meta: Collection = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt { path: meta_path.clone(), reason: e.to_string() })?;
             let store = CollectionStore::open(&paths, meta, fs_sync.clone())?;
             tracing::info!(collection = %name, chunks = read(&store.index).chunks.len(), scenes = store.scene_count(), "opened collection");
+            if paths.collection_pending(&name).exists() {
+                pending.insert(name.clone());
+            }
             collections.insert(name, Arc::new(store));
         }
-        Ok(Self { paths, collections: RwLock::new(collections), create: Mutex::new(()), fs_sync, counters: Arc::default(), _lock: lock })
+        Ok(Self {
+            paths,
+            collections: RwLock::new(collections),
+            pending: RwLock::new(pending),
+            create: Mutex::new(()),
+            fs_sync,
+            counters: Arc::default(),
+            _lock: lock,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -322,21 +336,56 @@ impl Warehouse {
     }
 
     pub fn collection(&self, name: &str) -> Result<Arc<CollectionStore>> {
-        read(&self.collections).get(name).cloned().ok_or_else(|| Error::not_found(format!("collection {name:?}")))
+        match self.any_collection(name) {
+            Some((store, false)) => Ok(store),
+            _ => Err(Error::not_found(format!("collection {name:?}"))),
+        }
+    }
+
+    /// A collection, visible or still being written whole (`true`).
+    pub fn any_collection(&self, name: &str) -> Option<(Arc<CollectionStore>, bool)> {
+        let store = read(&self.collections).get(name).cloned()?;
+        Some((store, read(&self.pending).contains(name)))
     }
 
     pub fn collections(&self) -> Vec<Arc<CollectionStore>> {
-        read(&self.collections).values().cloned().collect()
+        let pending = read(&self.pending);
+        read(&self.collections).values().filter(|c| !pending.contains(&c.meta.name)).cloned().collect()
     }
 
     /// Creates a collection durably. Blocking.
     pub fn create_collection(&self, meta: Collection) -> Result<Arc<CollectionStore>> {
+        self.create(meta, false)
+    }
+
+    /// Creates a collection that stays hidden until [`Warehouse::publish`]
+    /// (after a crash too): one written whole, as a reduce `into` does.
+    /// Blocking.
+    pub fn create_pending_collection(&self, meta: Collection) -> Result<Arc<CollectionStore>> {
+        self.create(meta, true)
+    }
+
+    /// Makes a pending collection visible, durably. Blocking.
+    pub fn publish(&self, name: &str) -> Result<()> {
+        let marker = self.paths.collection_pending(name);
+        local::remove_file(&marker)?;
+        local::sync_dir(&self.paths.collection_dir(name))?;
+        write(&self.pending).remove(name);
+        Ok(())
+    }
+
+    fn create(&self, meta: Collection, pending: bool) -> Result<Arc<CollectionStore>> {
         let _g = lock(&self.create);
         if read(&self.collections).contains_key(&meta.name) {
-            return Err(Error::AlreadyExists { what: format!("collection {:?}", meta.name), detail: String::new() });
+            let detail = if read(&self.pending).contains(&meta.name) { "a reduce into is writing it; run that reduce again to finish it" } else { "" };
+            return Err(Error::AlreadyExists { what: format!("collection {:?}", meta.name), detail: detail.to_string() });
         }
         let dir = self.paths.collection_dir(&meta.name);
         local::ensure_dir(&dir, self.paths.root())?;
+        if pending {
+            local::write_atomic(&self.paths.collection_pending(&meta.name), "tmp", b"")?;
+            write(&self.pending).insert(meta.name.clone());
+        }
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Internal(e.to_string()))?;
         local::write_atomic(&self.paths.collection_meta(&meta.name), "tmp", &json)?;
         let store = Arc::new(CollectionStore::open(&self.paths, meta, self.fs_sync.clone())?);
@@ -352,6 +401,7 @@ impl Warehouse {
         let _g = lock(&self.create);
         let store = read(&self.collections).get(name).cloned().ok_or_else(|| Error::not_found(format!("collection {name:?}")))?;
         let _writer = store.take_writer();
+        write(&self.pending).remove(name);
         let (dir, gone) = (self.paths.collection_dir(name), self.paths.deleted_collection_dir(name));
         // A delete of this name that could not remove its files.
         local::remove_dir_all_if_present(&gone)?;

@@ -98,6 +98,12 @@ impl WarehousePaths {
         self.root.join(format!("{DELETED_PREFIX}{collection}"))
     }
 
+    /// Present while a collection is being written whole (a reduce
+    /// `into`): such a collection is hidden until the file is removed.
+    pub fn collection_pending(&self, collection: &str) -> PathBuf {
+        self.collection_dir(collection).join("pending")
+    }
+
     pub fn collection_meta(&self, collection: &str) -> PathBuf {
         self.collection_dir(collection).join("collection.json")
     }

@@ -192,3 +192,89 @@ def test_bad_reductions_are_refused_naming_the_field(cube):
                           ({"period": "month", "quality": "swir"}, "reduce.quality")]:
         with pytest.raises(InvalidRequest, match=field.replace(".", r"\.")):
             client.query("s2", bands="red", reduce=reduce)
+
+
+def stored_rows(client, name):
+    """{(scene_id, band): (time, values, valid)} of a collection."""
+    t = client.query(name)
+    return {(t["scene_id"][r].as_py(), t["band"][r].as_py()): (t["time"][r].value, t["pixels"][r].values.to_numpy(zero_copy_only=False),
+                                                               t["mask"][r].values.to_numpy(zero_copy_only=False)) for r in range(t.num_rows)}
+
+
+def test_into_stores_the_reduce_as_a_collection_once(cube):
+    client = cube[0]
+    kw = dict(bands=["red", "nir"], mask=MASK, reduce={"period": "month", "reducer": "median"})
+    answer = client.query("s2", **kw)
+    first = client.query("s2", into="s2_monthly", **kw)
+    assert first.to_pylist() == [{"collection": "s2_monthly", "observations": 6, "bytes": first["bytes"][0].as_py(), "duplicate": False}]
+    assert "s2_monthly" in [c["name"] for c in client.collections()]
+    d = client.describe("s2_monthly")
+    assert d["scenes"] == 3 and [b["dtype"] for b in d["bands"]] == ["float32", "float32"]
+    got = stored_rows(client, "s2_monthly")
+    for r in range(answer.num_rows):
+        label, band = answer["label"][r].as_py(), answer["band"][r].as_py()
+        time, values, valid = got[(label, band)]
+        assert time == answer["time"][r].value
+        np.testing.assert_array_equal(valid, answer["mask"][r].values.to_numpy(zero_copy_only=False))
+        np.testing.assert_array_equal(values[valid], answer["pixels"][r].values.to_numpy(zero_copy_only=False)[valid])
+    again = client.query("s2", into="s2_monthly", **kw)
+    assert again["duplicate"].to_pylist() == [True] and again["observations"].to_pylist() == [0]
+    with pytest.raises(InvalidRequest, match="into"):
+        client.query("s2", **{**kw, "bands": ["red"]}, into="s2_monthly")
+    with pytest.raises(InvalidRequest, match="into"):
+        client.query("s2", **kw, into="s2")
+    with pytest.raises(InvalidRequest, match="into"):
+        client.query("s2", bands="red", into="s2_other")
+
+
+def test_into_survives_sigkill_during_its_commit(tmp_path):
+    import threading
+    import time as clock
+
+    from pixelquery_flight import Client
+    from pixelquery_flight.testing import LocalServer
+
+    wh = tmp_path / "wh"
+    kw = dict(bands=["red", "nir"], mask=MASK, reduce={"period": "P2D", "reducer": "mean"})
+    with LocalServer(wh) as s, Client(s.uri) as c:
+        make(c)
+        want = rows_by(c.query("s2", **kw))
+    seen = []
+    for k, delay in enumerate([0.0, 0.05, 0.15, 0.4]):
+        target = f"s2_p2d_{k}"
+        s = LocalServer(wh)
+        c = Client(s.uri)
+        thread = threading.Thread(target=lambda: _swallow(lambda: c.query("s2", into=target, **kw)))
+        thread.start()
+        marker = wh / target / "pending"
+        deadline = clock.monotonic() + 30
+        while not marker.exists() and thread.is_alive() and clock.monotonic() < deadline:
+            clock.sleep(0.002)
+        clock.sleep(delay)
+        s.kill()
+        thread.join()
+        c.close()
+        s.stop()
+        with LocalServer(wh) as s2, Client(s2.uri) as c2:
+            names = [x["name"] for x in c2.collections()]
+            if target in names:
+                seen.append("whole")
+                assert c2.describe(target)["scenes"] == len({k[0] for k in want})
+            else:
+                seen.append("absent")
+            done = c2.query("s2", into=target, **kw)
+            assert done["collection"].to_pylist() == [target]
+            got = stored_rows(c2, target)
+            assert {k for k in got} == set(want)
+            for key, (values, valid) in want.items():
+                np.testing.assert_array_equal(got[key][2], valid)
+                np.testing.assert_array_equal(got[key][1][valid], values[valid])
+    print("after SIGKILL:", seen)
+    assert "absent" in seen
+
+
+def _swallow(f):
+    try:
+        f()
+    except Exception:
+        pass
