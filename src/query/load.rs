@@ -20,9 +20,11 @@ use arrow_array::{ArrayRef, ArrowPrimitiveType, BooleanArray, ListArray, Primiti
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
+use super::reduce::{self, Layer, Layers};
 use super::steps::{self, Outputs};
 use super::Piece;
 use crate::collection::{Band, DType, Resampling};
+use crate::compute::{self, Period, Reduction, Slot};
 use crate::crs;
 use crate::error::{Error, Result};
 use crate::grid::{GridSpec, TileId, TileRange};
@@ -111,6 +113,10 @@ pub struct LoadAnswer {
     masks: Vec<Vec<Ring>>,
     /// The stored chunks the windows read, by tile, month and band.
     chunks: HashMap<(TileId, Month, String), ChunkEntry>,
+    /// With `reduce`: each period and the groups in it, in time order.
+    periods: Vec<(Slot, Vec<usize>)>,
+    /// Where `all` and `P<n>D` periods start.
+    origin: i64,
 }
 
 /// Points along the edges of a rectangle, `EDGE_POINTS` per edge.
@@ -297,7 +303,19 @@ pub fn plan(store: Arc<CollectionStore>, spec: QuerySpec, outputs: Arc<Outputs>)
     }
     // A window no observation reaches is left out.
     windows.retain(|w| !w.groups.is_empty() || o.at.is_some());
-    Ok(LoadAnswer { store, grid, spec, load, bands, methods, out, windows, groups, masks, chunks, outputs })
+    let origin = Period::origin(spec.start_ms, groups.iter().map(|g| g.time).min().unwrap_or(0));
+    let mut periods: Vec<(Slot, Vec<usize>)> = Vec::new();
+    if let Some(r) = &outputs.steps.reduce {
+        for (g, group) in groups.iter().enumerate() {
+            let slot = r.period.slot(group.time, origin);
+            match periods.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, gs)) => gs.push(g),
+                None => periods.push((slot, vec![g])),
+            }
+        }
+        periods.sort_by_key(|(s, _)| s.start);
+    }
+    Ok(LoadAnswer { store, grid, spec, load, bands, methods, out, windows, groups, masks, chunks, outputs, periods, origin })
 }
 
 /// The grid tiles a window's pixels read: its outline through the exact
@@ -411,6 +429,9 @@ impl LoadAnswer {
     /// The stream's pixel type: the bands' (one for all), float32 for
     /// `mean` and for scaled or computed values.
     fn dtype(&self) -> Result<DType> {
+        if let Some(d) = self.outputs.reduced_dtype() {
+            return Ok(d);
+        }
         if self.load.fuse == Fuse::Mean {
             return Ok(DType::Float32);
         }
@@ -419,8 +440,11 @@ impl LoadAnswer {
 
     pub fn schema(&self) -> Result<SchemaRef> {
         let dtype = self.dtype()?;
-        let times: Vec<i64> = self.groups.iter().map(|g| g.time).collect();
-        let labels: Vec<&str> = self.groups.iter().map(|g| g.label.as_str()).collect();
+        let (times, labels): (Vec<i64>, Vec<&str>) = if self.outputs.steps.reduce.is_some() {
+            self.periods.iter().map(|(s, _)| (s.start, s.label.as_str())).unzip()
+        } else {
+            self.groups.iter().map(|g| (g.time, g.label.as_str())).unzip()
+        };
         let meta = HashMap::from([
             ("collection".to_string(), self.store.meta.name.clone()),
             ("crs".to_string(), self.out.crs_wkt.clone()),
@@ -438,13 +462,21 @@ impl LoadAnswer {
 
     /// Slices served (one row per window, group and band).
     pub fn total_records(&self) -> u64 {
-        self.windows.iter().map(|w| w.groups.len() as u64).sum::<u64>() * self.outputs.names.len() as u64
+        self.windows.iter().map(|w| self.slices(w)).sum::<u64>() * self.outputs.names.len() as u64
+    }
+
+    /// Slices of a window per band: its groups, or the periods they fall in.
+    fn slices(&self, w: &Window) -> u64 {
+        if self.outputs.steps.reduce.is_none() {
+            return w.groups.len() as u64;
+        }
+        self.periods.iter().filter(|(_, gs)| gs.iter().any(|g| w.groups.contains(g))).count() as u64
     }
 
     /// Bytes of the pixels and masks served.
     pub fn total_bytes(&self) -> u64 {
         let size = self.dtype().map_or(4, |d| d.size()) as u64;
-        self.windows.iter().map(|w| w.groups.len() as u64 * (w.width * w.height) as u64).sum::<u64>() * self.outputs.names.len() as u64 * (size + 1)
+        self.windows.iter().map(|w| self.slices(w) * (w.width * w.height) as u64).sum::<u64>() * self.outputs.names.len() as u64 * (size + 1)
     }
 
     /// One ticket per window and band: the query narrowed to them.
@@ -454,6 +486,11 @@ impl LoadAnswer {
             for name in &self.outputs.names {
                 let mut spec = self.spec.clone();
                 spec.bands = vec![name.clone()];
+                // A window's own observations would move the origin of
+                // `all` and `P<n>D` periods: the ticket pins it.
+                if spec.steps.reduce.is_some() && spec.start_ms.is_none() {
+                    spec.start_ms = Some(self.origin);
+                }
                 if let Some(l) = &mut spec.load {
                     l.output.at = Some((w.row, w.col));
                 }
@@ -473,6 +510,12 @@ impl LoadAnswer {
             let scaled = self.methods.iter().any(|m| matches!(m, Resampling::Bilinear | Resampling::Cubic));
             let place = Placed::new(&self.grid, &self.out, w, &to_grid.transformer, footprints, scaled);
             let inside = self.inside(w);
+            if self.outputs.steps.reduce.is_some() {
+                if !self.reduced_rows(&schema, w, &place, &inside, emit)? {
+                    return Ok(());
+                }
+                continue;
+            }
             for name in &self.outputs.names {
                 for &g in &w.groups {
                     let batch = self.slice(&schema, w, &place, &inside, name, g)?;
@@ -498,9 +541,16 @@ impl LoadAnswer {
         Some(keep)
     }
 
-    /// One group of one output band in one window as a row: each member's
-    /// stored bands masked (and scaled), warped, fused, then computed.
+    /// One group of one output band in one window as a row.
     fn slice(&self, schema: &SchemaRef, w: &Window, place: &Placed, inside: &Option<Vec<bool>>, name: &str, g: usize) -> Result<RecordBatch> {
+        let group = &self.groups[g];
+        let (pixels, mask) = self.slice_values(w, place, inside, name, g)?;
+        output_row(schema, w, name, group.time, &group.label, pixels, mask)
+    }
+
+    /// One group of one output band in one window: each member's stored
+    /// bands masked (and scaled), warped, fused, then computed.
+    fn slice_values(&self, w: &Window, place: &Placed, inside: &Option<Vec<bool>>, name: &str, g: usize) -> Result<(ArrayRef, Vec<bool>)> {
         let group = &self.groups[g];
         let n = w.width * w.height;
         let keeps = self.keeps(w, place, group)?;
@@ -541,22 +591,42 @@ impl LoadAnswer {
             let band = &self.bands[i];
             crate::with_arrow_type!(band.dtype, T => self.fused_native::<T>(w, place, inside, i, group, &keeps)?)
         };
-        let list = |values: ArrayRef| -> Result<ListArray> {
-            let field = Arc::new(Field::new_list_field(values.data_type().clone(), false));
-            ListArray::try_new(field, OffsetBuffer::from_lengths([values.len()]), values, None).map_err(Error::arrow("building an output list"))
+        Ok((pixels, mask))
+    }
+
+    /// Each period of one window as rows, one per output band: the
+    /// period's groups (fused, computed) reduced per pixel.
+    fn reduced_rows(&self, schema: &SchemaRef, w: &Window, place: &Placed, inside: &Option<Vec<bool>>, emit: &mut dyn FnMut(Piece) -> bool) -> Result<bool> {
+        let Some(r) = &self.outputs.steps.reduce else { return Ok(true) };
+        let n = w.width * w.height;
+        let passes: Vec<Vec<String>> = match r.how {
+            Reduction::Quality => vec![self.outputs.work_names()],
+            Reduction::Reducer(_) => self.outputs.names.iter().map(|n| vec![n.clone()]).collect(),
         };
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(TimestampMillisecondArray::from(vec![group.time]).with_timezone("UTC")),
-            Arc::new(StringArray::from(vec![group.label.as_str()])),
-            Arc::new(StringArray::from(vec![name])),
-            Arc::new(UInt32Array::from(vec![w.row as u32])),
-            Arc::new(UInt32Array::from(vec![w.col as u32])),
-            Arc::new(UInt32Array::from(vec![w.height as u32])),
-            Arc::new(UInt32Array::from(vec![w.width as u32])),
-            Arc::new(list(pixels)?),
-            Arc::new(list(Arc::new(BooleanArray::from(mask)))?),
-        ];
-        RecordBatch::try_new(schema.clone(), columns).map_err(Error::arrow("building an output slice"))
+        for (slot, groups) in &self.periods {
+            let present: Vec<usize> = groups.iter().copied().filter(|g| w.groups.contains(g)).collect();
+            if present.is_empty() {
+                continue;
+            }
+            for names in &passes {
+                let mut layers: Vec<Layers> = Vec::with_capacity(names.len());
+                for name in names {
+                    let mut l = Layers::default();
+                    for &g in &present {
+                        let (values, valid) = self.slice_values(w, place, inside, name, g)?;
+                        l.0.push(Some(Layer { values, valid: arrow_buffer::BooleanBuffer::from(valid), factors: (1.0, 0.0) }));
+                    }
+                    layers.push(l);
+                }
+                let shown = names.iter().filter(|x| x.as_str() != compute::QUALITY);
+                for (name, (values, valid)) in shown.zip(reduce::reduce_all(r, layers, n)) {
+                    if !emit(Piece::Batch(output_row(schema, w, name, slot.start, &slot.label, values, valid)?)) {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Input band `i` of `group` fused in its own pixel type (float32 for
@@ -971,6 +1041,26 @@ impl<T: Sample> Fused<T> {
         }
         Finished::Native(self.values, self.mask)
     }
+}
+
+/// One slice of one output band in one window as a row.
+fn output_row(schema: &SchemaRef, w: &Window, name: &str, time: i64, label: &str, pixels: ArrayRef, mask: Vec<bool>) -> Result<RecordBatch> {
+    let list = |values: ArrayRef| -> Result<ListArray> {
+        let field = Arc::new(Field::new_list_field(values.data_type().clone(), false));
+        ListArray::try_new(field, OffsetBuffer::from_lengths([values.len()]), values, None).map_err(Error::arrow("building an output list"))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMillisecondArray::from(vec![time]).with_timezone("UTC")),
+        Arc::new(StringArray::from(vec![label])),
+        Arc::new(StringArray::from(vec![name])),
+        Arc::new(UInt32Array::from(vec![w.row as u32])),
+        Arc::new(UInt32Array::from(vec![w.col as u32])),
+        Arc::new(UInt32Array::from(vec![w.height as u32])),
+        Arc::new(UInt32Array::from(vec![w.width as u32])),
+        Arc::new(list(pixels)?),
+        Arc::new(list(Arc::new(BooleanArray::from(mask)))?),
+    ];
+    RecordBatch::try_new(schema.clone(), columns).map_err(Error::arrow("building an output slice"))
 }
 
 /// Columns of an output answer (DESIGN §4b).

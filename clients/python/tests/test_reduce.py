@@ -278,3 +278,24 @@ def _swallow(f):
         f()
     except Exception:
         pass
+
+
+def test_load_reduce_equals_the_tile_reduce_on_the_same_grid(cube):
+    client = cube[0]
+    bbox = [X0, Y0 - N * 10, X0 + N * 10, Y0]
+    for reduce in ({"period": "month", "reducer": "median"}, {"period": "month", "reducer": "count"},
+                   {"period": "all", "quality": "(nir - red) / (nir + red)"}):
+        tiles = rows_by(client.query("s2", bands=["red", "nir"], mask=MASK, reduce=reduce))
+        ds = client.load("s2", bands=["red", "nir"], bbox=bbox, bbox_crs=UTM52, crs=UTM52, resolution=10, resampling="nearest",
+                         mask=MASK, reduce=reduce, chunks={"x": 128, "y": 128})
+        labels = list(ds.label.values)
+        assert labels == sorted({k[0] for k in tiles})
+        for band in ("red", "nir"):
+            cube_ = ds[band].values
+            assert cube_.dtype == (np.uint16 if reduce.get("reducer") == "count" else np.float32)
+            for k, label in enumerate(labels):
+                values, ok = tiles[(label, band)]
+                got = cube_[k].reshape(-1)
+                np.testing.assert_array_equal(got[ok], values[ok])
+                if got.dtype.kind == "f":
+                    assert np.isnan(got[~ok]).all()

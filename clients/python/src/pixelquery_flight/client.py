@@ -459,7 +459,8 @@ class Client:
              crs: Any = None, resolution: Union[None, float, Sequence[float]] = None,
              resampling: Union[None, str, Mapping[str, str]] = None, groupby: Optional[str] = None, fuse: Optional[str] = None,
              chunks: Optional[Mapping[str, int]] = None, window: Optional[int] = None, max_workers: int = 4,
-             mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None):
+             mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None,
+             reduce: Optional[Mapping[str, str]] = None):
         """An analysis-ready load as an ``xarray.Dataset`` (dims ``time``,
         ``y``, ``x``; one variable per band), resampled on the server from
         the stored tiles onto the grid of ``crs`` and ``resolution`` (pixel
@@ -477,7 +478,10 @@ class Client:
         ``scale=True`` (``value * scale + offset``, Sentinel-2's offset per
         processing baseline) and ``compute`` (``{"ndvi": "(nir - red) /
         (nir + red)"}``) run on the server: mask and scale per observation
-        before the warp, compute after the fuse.
+        before the warp, compute after the fuse. ``reduce`` (``{"period":
+        "month", "reducer": "median"}``, or ``"quality": "<expr>"`` for
+        best-pixel composites) reduces each period per pixel, last: ``time``
+        is then the period's start and ``label`` its name (``2024-06``).
 
         With ``chunks`` (as for dask: ``{"x": 1024, "y": 1024}``; ``{}``
         for the server's default windows) the variables are dask arrays with
@@ -490,7 +494,7 @@ class Client:
             if isinstance(time, (str, bytes)) or len(time) != 2:
                 raise InvalidRequest(f"invalid time = {time!r}: expected (start, end)")
             start, end = time
-        q = self._steps(self._query(collection, None, bbox, bbox_crs, start, end, bands), mask, scale, compute)
+        q = self._steps(self._query(collection, None, bbox, bbox_crs, start, end, bands), mask, scale, compute, reduce)
         if geometry is not None:
             q["geometry"] = dict(geometry)
             q["geometry_crs"] = _crs(geometry_crs)
@@ -525,6 +529,8 @@ class Client:
         def fill_of(band):
             if dtype.kind == "f":
                 return np.nan
+            if reduce is not None:
+                return 0
             nodata = described.get(band, {}).get("nodata")
             return 0 if nodata is None else nodata
 
