@@ -3,6 +3,7 @@ numpy over the same stored observations."""
 
 import json
 import os
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -299,3 +300,51 @@ def test_load_reduce_equals_the_tile_reduce_on_the_same_grid(cube):
                 np.testing.assert_array_equal(got[ok], values[ok])
                 if got.dtype.kind == "f":
                     assert np.isnan(got[~ok]).all()
+
+
+def _status_kib(pid, key):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def test_a_yearly_median_holds_about_one_years_observations_of_one_band(tmp_path):
+    from pixelquery_flight import Client
+    from pixelquery_flight.testing import LocalServer
+
+    wh = tmp_path / "wh"
+    days = 365
+    with LocalServer(wh) as s, Client(s.uri) as c:
+        c.create_collection("y", bands=[{"name": "red", "dtype": "uint16", "nodata": 0}], grid={"crs": UTM52, "resolution": 10, "tile_span": 2560})
+        rng = np.random.default_rng(3)
+        for k, t in enumerate(dates(days, start="2023-01-01", step_hours=24)):
+            c.ingest(rng.integers(1, 10000, (1, N, N)).astype(np.uint16), transform=[X0, 10, 0, Y0, 0, -10], crs=UTM52, time=t,
+                     bands="red", collection="y", scene_id=f"d{k:03d}", resampling="nearest")
+    observation_bytes = days * N * N * 2 + days * N * N // 8
+    # A fresh server. Its heap (RssAnon) is sampled while it answers; the
+    # chunk files it maps to verify checksums are page cache (RssFile),
+    # reported beside it.
+    with LocalServer(wh) as s, Client(s.uri) as c:
+        anon0, total0 = _status_kib(s.proc.pid, "RssAnon") * 1024, _status_kib(s.proc.pid, "VmRSS") * 1024
+        peak = [anon0]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], _status_kib(s.proc.pid, "RssAnon") * 1024)
+                stop.wait(0.001)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            t = c.query("y", reduce={"period": "year", "reducer": "median"})
+        finally:
+            stop.set()
+            sampler.join()
+        assert t.num_rows == 1 and t["label"].to_pylist() == ["2023"]
+        anon = peak[0] - anon0
+        total = _status_kib(s.proc.pid, "VmHWM") * 1024 - total0
+    print(f"heap growth {anon / 2**20:.1f} MiB ({anon / observation_bytes:.2f}x), RSS with mapped files {total / 2**20:.1f} MiB "
+          f"({total / observation_bytes:.2f}x), for {observation_bytes / 2**20:.1f} MiB of observations")
+    assert anon < 1.5 * observation_bytes
