@@ -7,6 +7,8 @@ pub mod eval;
 pub mod expr;
 pub mod reduce;
 
+use std::sync::Arc;
+
 use crate::collection::{Band, Collection};
 use crate::error::{Error, Result};
 use crate::wire::{MaskSpec, ReduceHow, StepsSpec};
@@ -73,6 +75,9 @@ impl MaskRule {
 pub struct Steps {
     /// The mask band and its rule.
     pub mask: Option<(Band, MaskRule)>,
+    /// The rule's answer for every 16-bit value (mask bands are mostly
+    /// 8- or 16-bit classes and bit fields).
+    pub mask_table: Option<Arc<Vec<bool>>>,
     pub scale: bool,
     /// Named expressions, in the order given.
     pub compute: Vec<(String, Program)>,
@@ -81,7 +86,7 @@ pub struct Steps {
 
 impl Steps {
     pub fn none() -> Self {
-        Steps { mask: None, scale: false, compute: Vec::new(), reduce: None }
+        Steps { mask: None, mask_table: None, scale: false, compute: Vec::new(), reduce: None }
     }
 
     /// Whether any step applies.
@@ -145,7 +150,8 @@ impl Steps {
                 },
             }),
         };
-        Ok(Steps { mask, scale: spec.scale, compute, reduce })
+        let mask_table = mask.as_ref().map(|(_, rule): &(Band, MaskRule)| Arc::new((0..=u16::MAX as u32).map(|v| rule.keeps(v as f64)).collect()));
+        Ok(Steps { mask, mask_table, scale: spec.scale, compute, reduce })
     }
 
     /// The stored bands an answer of `wanted` names must read: stored

@@ -179,24 +179,26 @@ impl Reducer {
         }
     }
 
-    /// One pixel's valid values (in time order; reordered in place) reduced;
-    /// `None` where there are none (`count` is never `None`).
-    pub fn apply(&self, v: &mut [f32]) -> Option<f32> {
+    /// One pixel's valid values (in time order, as [`key`]s; reordered in
+    /// place) reduced; `None` where there are none (`count` is never
+    /// `None`).
+    pub fn apply(&self, v: &mut [i32]) -> Option<f32> {
         if v.is_empty() {
             return (*self == Reducer::Count).then_some(0.0);
         }
         let n = v.len() as f64;
+        let f = |k: &i32| from_key(*k) as f64;
         Some(match self {
             Reducer::Count => v.len() as f32,
-            Reducer::First => v[0],
-            Reducer::Last => v[v.len() - 1],
-            Reducer::Min => v.iter().copied().fold(f32::INFINITY, f32::min),
-            Reducer::Max => v.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-            Reducer::Sum => v.iter().map(|x| *x as f64).sum::<f64>() as f32,
-            Reducer::Mean => (v.iter().map(|x| *x as f64).sum::<f64>() / n) as f32,
+            Reducer::First => from_key(v[0]),
+            Reducer::Last => from_key(v[v.len() - 1]),
+            Reducer::Min => from_key(*v.iter().min().unwrap_or(&0)),
+            Reducer::Max => from_key(*v.iter().max().unwrap_or(&0)),
+            Reducer::Sum => v.iter().map(f).sum::<f64>() as f32,
+            Reducer::Mean => (v.iter().map(f).sum::<f64>() / n) as f32,
             Reducer::Std => {
-                let mean = v.iter().map(|x| *x as f64).sum::<f64>() / n;
-                (v.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt() as f32
+                let mean = v.iter().map(f).sum::<f64>() / n;
+                (v.iter().map(|x| (f(x) - mean).powi(2)).sum::<f64>() / n).sqrt() as f32
             }
             Reducer::Median => percentile(v, 50.0),
             Reducer::Percentile(p) => percentile(v, *p),
@@ -204,17 +206,31 @@ impl Reducer {
     }
 }
 
+/// A float32 as an integer of the same order ([`f32::total_cmp`]'s), so
+/// that selecting and comparing are integer operations.
+#[inline]
+pub fn key(v: f32) -> i32 {
+    let b = v.to_bits() as i32;
+    b ^ ((((b >> 31) as u32) >> 1) as i32)
+}
+
+/// The float32 of a [`key`].
+#[inline]
+pub fn from_key(k: i32) -> f32 {
+    f32::from_bits((k ^ ((((k >> 31) as u32) >> 1) as i32)) as u32)
+}
+
 /// numpy's default (linear) percentile of non-empty `v`.
-fn percentile(v: &mut [f32], p: f64) -> f32 {
+fn percentile(v: &mut [i32], p: f64) -> f32 {
     let at = p / 100.0 * (v.len() - 1) as f64;
     let lo = at.floor() as usize;
-    let (_, a, rest) = v.select_nth_unstable_by(lo, f32::total_cmp);
-    let a = *a as f64;
     let frac = at - lo as f64;
+    let (_, a, rest) = v.select_nth_unstable(lo);
+    let a = from_key(*a) as f64;
     if frac == 0.0 || rest.is_empty() {
         return a as f32;
     }
-    let b = rest.iter().copied().fold(f32::INFINITY, f32::min) as f64;
+    let b = from_key(*rest.iter().min().unwrap_or(&0)) as f64;
     // numpy's lerp: from the nearer end, so that the ends are exact.
     let d = b - a;
     (if frac >= 0.5 { b - d * (1.0 - frac) } else { a + d * frac }) as f32
@@ -286,7 +302,7 @@ mod tests {
 
     #[test]
     fn reducers_match_numpy() {
-        let v = [3.0f32, 1.0, 4.0, 1.0, 5.0, 9.0];
+        let v: Vec<i32> = [3.0f32, 1.0, 4.0, 1.0, 5.0, 9.0].into_iter().map(key).collect();
         let r = |r: Reducer| r.apply(&mut v.clone());
         assert_eq!(r(Reducer::Median), Some(3.5));
         assert_eq!(r(Reducer::Percentile(10.0)), Some(1.0));
@@ -300,6 +316,17 @@ mod tests {
         assert!((r(Reducer::Std).unwrap() - 2.733_536_6).abs() < 1e-6);
         assert_eq!(Reducer::Count.apply(&mut []), Some(0.0));
         assert_eq!(Reducer::Median.apply(&mut []), None);
+    }
+
+    #[test]
+    fn keys_order_as_floats_do() {
+        let v = [f32::NEG_INFINITY, -3.5, -0.0, 0.0, 1e-30, 2.0, f32::INFINITY];
+        for w in v.windows(2) {
+            assert!(key(w[0]) < key(w[1]), "{w:?}");
+        }
+        for x in v {
+            assert_eq!(from_key(key(x)).to_bits(), x.to_bits());
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use super::steps::{self, BandPixels, Outputs};
 use super::{emit_rows, Piece, Selection};
 use crate::collection::DType;
+use crate::compute::reduce::key;
 use crate::compute::{self, Period, Reduce, Reducer, Reduction, Slot};
 use crate::error::{Error, Result};
 use crate::grid::TileId;
@@ -66,7 +67,7 @@ impl Layers {
             .filter_map(|l| l.values.as_primitive_opt::<T>().map(|a| (&a.values()[..], &l.valid, l.factors)))
             .collect();
         let m = cols.len().max(1);
-        let mut scratch = vec![0f32; BLOCK * m];
+        let mut scratch = vec![0i32; BLOCK * m];
         let mut count = [0usize; BLOCK];
         let (mut out, mut valid) = (vec![f32::NAN; n], vec![false; n]);
         for first in (0..n).step_by(BLOCK) {
@@ -78,7 +79,7 @@ impl Layers {
                     let px = first + j;
                     if bits.value(px) {
                         // As `steps::scale_values` scales: f64, then rounded.
-                        scratch[j * m + count[j]] = if plain { values[px].to_f32() } else { (values[px].to_f64() * k + o) as f32 };
+                        scratch[j * m + count[j]] = key(if plain { values[px].to_f32() } else { (values[px].to_f64() * k + o) as f32 });
                         count[j] += 1;
                     }
                 }
@@ -334,7 +335,7 @@ impl ReduceAnswer {
         let mut i = 0;
         while i < chunks.len() {
             let month = chunks[i].0.month;
-            let mut by_band: Vec<HashMap<(i64, Arc<str>), BandPixels>> = (0..self.out.inputs.len()).map(|_| HashMap::new()).collect();
+            let mut by_band: Vec<HashMap<(i64, Arc<str>), (ArrayRef, BooleanBuffer)>> = (0..self.out.inputs.len()).map(|_| HashMap::new()).collect();
             let mut obs: BTreeSet<(i64, Arc<str>)> = BTreeSet::new();
             while i < chunks.len() && chunks[i].0.month == month {
                 let (k, e) = chunks[i];
@@ -348,20 +349,63 @@ impl ReduceAnswer {
                 let pixels = batch.column(4).as_list::<i32>();
                 let masks = batch.column(5).as_list::<i32>();
                 for r in 0..batch.num_rows() {
-                    let valid: Vec<bool> = masks.value(r).as_boolean().iter().map(|v| v.unwrap_or(false)).collect();
+                    let mask = masks.value(r);
+                    let mask = mask.as_boolean();
+                    let valid = match mask.nulls() {
+                        None => mask.values().clone(),
+                        Some(nulls) => mask.values() & nulls.inner(),
+                    };
                     let key = (times.value(r), Arc::<str>::from(scenes.value(r)));
                     obs.insert(key.clone());
-                    by_band[b].insert(key, BandPixels { values: pixels.value(r), valid });
+                    by_band[b].insert(key, (pixels.value(r), valid));
                 }
             }
+            // Stored bands alone need no per-pixel steps but the mask: their
+            // validity stays bit-packed.
+            let plain = names.iter().all(|n| self.out.steps.program(n).is_none());
             for (time, scene) in obs {
-                let inputs: Vec<Option<BandPixels>> = by_band.iter_mut().map(|m| m.remove(&(time, scene.clone()))).collect();
+                let inputs: Vec<Option<(ArrayRef, BooleanBuffer)>> = by_band.iter_mut().map(|m| m.remove(&(time, scene.clone()))).collect();
                 let baseline = steps::store_baseline(&s.store, &scene);
-                let layers = observation_layers(&self.out, meta, inputs, n, names, baseline.as_deref(), time);
+                let layers = if plain {
+                    self.plain_layers(inputs, n, names, baseline.as_deref(), time)
+                } else {
+                    let inputs = inputs.into_iter().map(|b| b.map(|(values, valid)| BandPixels { values, valid: valid.iter().collect() })).collect();
+                    observation_layers(&self.out, meta, inputs, n, names, baseline.as_deref(), time)
+                };
                 out.iter_mut().zip(layers).for_each(|(o, l)| o.0.push(l));
             }
         }
         Ok(out)
+    }
+
+    /// Layers of stored bands: each band's validity and the mask's, as bits.
+    fn plain_layers(
+        &self,
+        inputs: Vec<Option<(ArrayRef, BooleanBuffer)>>,
+        n: usize,
+        names: &[String],
+        baseline: Option<&str>,
+        time: i64,
+    ) -> Vec<Option<Layer>> {
+        let out = &self.out;
+        let keep: Option<BooleanBuffer> =
+            out.steps.mask.as_ref().map(|(band, rule)| match out.inputs.iter().position(|b| b.name == band.name).and_then(|i| inputs[i].as_ref()) {
+                Some((values, valid)) => &steps::keep_bits(values, rule, out.steps.mask_table.as_deref()) & valid,
+                None => BooleanBuffer::new_unset(n),
+            });
+        names
+            .iter()
+            .map(|name| {
+                let i = out.inputs.iter().position(|b| &b.name == name)?;
+                let (values, valid) = inputs[i].as_ref()?;
+                let valid = match &keep {
+                    Some(k) => valid & k,
+                    None => valid.clone(),
+                };
+                let factors = steps::factors(&self.selection.store.meta, &out.inputs[i], out.steps.scale, baseline, time);
+                Some(Layer { values: values.clone(), valid, factors })
+            })
+            .collect()
     }
 
     /// Whether stored band `band` is read for `names`: one of them, used by

@@ -97,7 +97,44 @@ pub fn mask_keep(out: &Outputs, inputs: &[Option<BandPixels>], n: usize) -> Opti
     let (band, rule) = out.steps.mask.as_ref()?;
     let Some(Some(m)) = out.input_index(&band.name).map(|i| &inputs[i]) else { return Some(vec![false; n]) };
     let Some(d) = DType::from_arrow(m.values.data_type()) else { return Some(vec![false; n]) };
+    if let Some(table) = &out.steps.mask_table {
+        let lookup = |i: usize| table[i];
+        match d {
+            DType::Uint8 => {
+                return Some(
+                    m.values.as_primitive::<arrow_array::types::UInt8Type>().values().iter().zip(&m.valid).map(|(v, ok)| *ok && lookup(*v as usize)).collect(),
+                )
+            }
+            DType::Uint16 => {
+                return Some(
+                    m.values.as_primitive::<arrow_array::types::UInt16Type>().values().iter().zip(&m.valid).map(|(v, ok)| *ok && lookup(*v as usize)).collect(),
+                )
+            }
+            _ => {}
+        }
+    }
     Some(crate::with_arrow_type!(d, T => keep_where::<T>(&m.values, &m.valid, rule)))
+}
+
+/// [`mask_keep`]'s rule over one mask band's values, as bits (`table`:
+/// the rule's answer for every 16-bit value).
+pub fn keep_bits(values: &ArrayRef, rule: &compute::MaskRule, table: Option<&Vec<bool>>) -> arrow_buffer::BooleanBuffer {
+    let n = values.len();
+    match (DType::from_arrow(values.data_type()), table) {
+        (Some(DType::Uint8), Some(t)) => {
+            let v = values.as_primitive::<arrow_array::types::UInt8Type>().values();
+            arrow_buffer::BooleanBuffer::collect_bool(n, |i| t[v[i] as usize])
+        }
+        (Some(DType::Uint16), Some(t)) => {
+            let v = values.as_primitive::<arrow_array::types::UInt16Type>().values();
+            arrow_buffer::BooleanBuffer::collect_bool(n, |i| t[v[i] as usize])
+        }
+        (Some(d), _) => crate::with_arrow_type!(d, T => {
+            let v = values.as_primitive::<T>().values();
+            arrow_buffer::BooleanBuffer::collect_bool(n, |i| rule.keeps(v[i].to_f64()))
+        }),
+        (None, _) => arrow_buffer::BooleanBuffer::new_unset(n),
+    }
 }
 
 fn keep_where<T: ArrowPrimitiveType>(values: &ArrayRef, valid: &[bool], rule: &compute::MaskRule) -> Vec<bool>

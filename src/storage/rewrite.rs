@@ -198,6 +198,9 @@ pub fn sorted_rows(batches: &[RecordBatch], keep: impl Fn(i64, &str) -> bool) ->
     }
     let mut order = kept;
     order.sort_by_key(|&i| times.value(i));
+    if order.len() == all.num_rows() && order.iter().enumerate().all(|(k, &i)| k == i) {
+        return Ok((Some(all), order));
+    }
     let take = UInt32Array::from(order.iter().map(|&i| i as u32).collect::<Vec<_>>());
     let batch = arrow_select::take::take_record_batch(&all, &take).map_err(Error::arrow("ordering chunk rows"))?;
     Ok((Some(batch), order))
