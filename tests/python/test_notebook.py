@@ -27,7 +27,7 @@ def test_quickstart_notebook_executes(server, monkeypatch, tmp_path):
     out.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, out)
     images = [base64.b64decode(o["data"]["image/png"]) for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 3, f"expected two maps and a time-series plot, got {len(images)} images"
+    assert len(images) == 4, f"expected two maps, a time-series plot and the monthly median maps, got {len(images)} images"
     for img in images:
         w, h = png_size(img)
         assert w > 200 and h > 100 and len(img) > 5000
