@@ -69,7 +69,7 @@ fn command(d: &FlightDescriptor, expect: Expect) -> Result<Command> {
 /// The query a read RPC was given; Flight SQL goes to its own room.
 fn query(rpc: &str, command: Command) -> Result<QuerySpec> {
     match command {
-        Command::Query(q) => Ok(q),
+        Command::Query(q) => Ok(*q),
         Command::FlightSql { command, .. } => Err(sql::unsupported(rpc, &command)),
         Command::Ingest(_) => Err(Error::invalid("descriptor.cmd", "IngestRequest", "an IngestRequest goes to DoPut")),
     }

@@ -59,7 +59,8 @@ impl Layers {
     where
         T::Native: Sample,
     {
-        let cols: Vec<(&[T::Native], &BooleanBuffer, (f64, f64))> = self
+        type Column<'a, V> = (&'a [V], &'a BooleanBuffer, (f64, f64));
+        let cols: Vec<Column<'_, T::Native>> = self
             .0
             .iter()
             .flatten()
@@ -129,7 +130,7 @@ impl Layers {
 /// Every output band reduced over its layers (`quality`: the layers of
 /// [`compute::QUALITY`], last in `layers`): values as the answer's pixel
 /// type, and validity.
-pub fn reduce_all(reduce: &Reduce, mut layers: Vec<Layers>, n: usize) -> Vec<(ArrayRef, Vec<bool>)> {
+pub fn reduce_all(reduce: &Reduce, mut layers: Vec<Layers>, n: usize) -> Vec<Reduced> {
     match reduce.how {
         Reduction::Reducer(r) => layers
             .iter()
@@ -216,6 +217,12 @@ pub fn observation_layers(
         .collect()
 }
 
+/// A reduced band: values in the answer's pixel type, and validity.
+pub type Reduced = (ArrayRef, Vec<bool>);
+
+/// One stored band of one observation: values and validity bits.
+type Stored = (ArrayRef, BooleanBuffer);
+
 /// Tile answers with `reduce`: one endpoint per tile and period.
 pub struct ReduceAnswer {
     pub selection: Selection,
@@ -239,7 +246,7 @@ impl ReduceAnswer {
             }
             units.into_iter().collect()
         };
-        units.sort_by(|a, b| (a.0, a.1.start).cmp(&(b.0, b.1.start)));
+        units.sort_by_key(|(tile, slot)| (*tile, slot.start));
         ReduceAnswer { selection, out, units }
     }
 
@@ -305,7 +312,7 @@ impl ReduceAnswer {
     /// Every output band of `tile` over `slot`, reduced: one band at a
     /// time (all at once for `quality`, which picks every band at one
     /// observation). Blocking (file IO).
-    pub fn reduced(&self, tile: TileId, slot: &Slot) -> Result<Vec<(String, (ArrayRef, Vec<bool>))>> {
+    pub fn reduced(&self, tile: TileId, slot: &Slot) -> Result<Vec<(String, Reduced)>> {
         let reduce = self.out.steps.reduce.as_ref().ok_or_else(|| Error::Internal("a reduce answer without reduce".into()))?;
         let n = (self.selection.store.meta.grid.tile_px as usize).pow(2);
         let passes: Vec<Vec<String>> = match reduce.how {
@@ -335,7 +342,7 @@ impl ReduceAnswer {
         let mut i = 0;
         while i < chunks.len() {
             let month = chunks[i].0.month;
-            let mut by_band: Vec<HashMap<(i64, Arc<str>), (ArrayRef, BooleanBuffer)>> = (0..self.out.inputs.len()).map(|_| HashMap::new()).collect();
+            let mut by_band: Vec<HashMap<(i64, Arc<str>), Stored>> = (0..self.out.inputs.len()).map(|_| HashMap::new()).collect();
             let mut obs: BTreeSet<(i64, Arc<str>)> = BTreeSet::new();
             while i < chunks.len() && chunks[i].0.month == month {
                 let (k, e) = chunks[i];
@@ -364,7 +371,7 @@ impl ReduceAnswer {
             // validity stays bit-packed.
             let plain = names.iter().all(|n| self.out.steps.program(n).is_none());
             for (time, scene) in obs {
-                let inputs: Vec<Option<(ArrayRef, BooleanBuffer)>> = by_band.iter_mut().map(|m| m.remove(&(time, scene.clone()))).collect();
+                let inputs: Vec<Option<Stored>> = by_band.iter_mut().map(|m| m.remove(&(time, scene.clone()))).collect();
                 let baseline = steps::store_baseline(&s.store, &scene);
                 let layers = if plain {
                     self.plain_layers(inputs, n, names, baseline.as_deref(), time)

@@ -54,7 +54,7 @@ pub enum Expect {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// A query: chunks of tiles, or a point series.
-    Query(QuerySpec),
+    Query(Box<QuerySpec>),
     /// One raster to ingest.
     Ingest(IngestSpec),
     /// A Flight SQL command, by its message name (`CommandStatementQuery`).
@@ -71,7 +71,7 @@ impl Command {
             }
         }
         match expect {
-            Expect::Query => Ok(Command::Query(query_spec(super::decode::<_, QueryJson>(field, bytes)?)?)),
+            Expect::Query => Ok(Command::Query(Box::new(query_spec(super::decode::<_, QueryJson>(field, bytes)?)?))),
             Expect::Ingest => Ok(Command::Ingest(ingest_spec(super::decode::<_, IngestJson>(field, bytes)?)?)),
         }
     }
@@ -79,7 +79,7 @@ impl Command {
     fn from_any(field: &str, any: prost_types::Any, expect: Expect) -> Result<Command> {
         let malformed = |e: prost::DecodeError| Error::invalid(field, &any.type_url, &format!("malformed protobuf in the Any's value: {e}"));
         let command = match any.type_url.as_str() {
-            QUERY_TYPE_URL => Command::Query(query_spec(pb::Query::decode(any.value.as_slice()).map_err(malformed)?)?),
+            QUERY_TYPE_URL => Command::Query(Box::new(query_spec(pb::Query::decode(any.value.as_slice()).map_err(malformed)?)?)),
             INGEST_TYPE_URL => Command::Ingest(ingest_spec(pb::IngestRequest::decode(any.value.as_slice()).map_err(malformed)?)?),
             url => match url.strip_prefix(FLIGHT_SQL_TYPE_PREFIX) {
                 Some(name) => return Ok(Command::FlightSql { command: name.to_string(), body: any.value.into() }),
