@@ -276,3 +276,39 @@ async fn bad_expressions_name_the_expression_and_the_position() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_masks_baselines_and_scale_are_refused_naming_the_field() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client
+        .create_collection(&serde_json::json!({"name": "c", "grid": {"resolution": 10},
+            "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}, {"name": "scl", "dtype": "uint8"}]}))
+        .await
+        .unwrap();
+    let mask = |m: proto::Mask| proto::Query { mask: Some(m), ..q("c") };
+    for (query, field, want) in [
+        (mask(proto::Mask { band: "cloud".into(), invalid: vec![9], ..Default::default() }), "mask.band", "no such band"),
+        (mask(proto::Mask { band: "scl".into(), invalid: vec![9], valid: vec![4], ..Default::default() }), "mask", "exactly one"),
+        (mask(proto::Mask { band: "scl".into(), ..Default::default() }), "mask", "exactly one"),
+        (mask(proto::Mask { band: "scl".into(), bits: vec![64], ..Default::default() }), "mask.bits", "0 to 63"),
+        (mask(proto::Mask { qa: true, ..Default::default() }), "mask", "no QA rules"),
+    ] {
+        let (code, message) = code_of(client.query(&query).await);
+        assert_eq!(code, tonic::Code::InvalidArgument, "{field}: {message}");
+        assert!(message.contains(field) && message.contains(want), "{field}: {message}");
+    }
+    // JSON: scale must be a boolean.
+    let (code, message) = code_of(client.do_get(br#"{"collection": "c", "scale": "yes"}"#.to_vec().into()).await);
+    assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
+    assert!(message.contains("scale") && message.contains("true or false"), "{message}");
+    // An ingest with a baseline that is none: refused, nothing stored.
+    let mut req = on_tile("c", "b", T0, 16, &[("red", "uint16")]);
+    req.processing_baseline = "latest".into();
+    let values: ArrayRef = Arc::new(UInt16Array::from(vec![7u16; 256]));
+    let (code, message) = code_of(client.ingest(&req, pixelquery_client::raster_batches(vec![("red".into(), values)], None, 16).unwrap()).await);
+    assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
+    assert!(message.contains("processing_baseline") && message.contains("latest"), "{message}");
+    assert_eq!(client.describe("c").await.unwrap()["scenes"], 0);
+    server.shutdown().await;
+}
