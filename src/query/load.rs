@@ -20,7 +20,7 @@ use arrow_array::{ArrayRef, ArrowPrimitiveType, BooleanArray, ListArray, Primiti
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use super::reduce::{self, Layer, Layers};
+use super::reduce::{self, Layer, Layers, Reduced};
 use super::steps::{self, Outputs};
 use super::Piece;
 use crate::collection::{Band, DType, Resampling};
@@ -117,6 +117,10 @@ pub struct LoadAnswer {
     periods: Vec<(Slot, Vec<usize>)>,
     /// Where `all` and `P<n>D` periods start.
     origin: i64,
+    /// A load snapped to tiles: the columns and rows asked for
+    /// (`[col0, row0, col1, row1)` of the lattice); pixels outside are
+    /// invalid.
+    asked: Option<[i64; 4]>,
 }
 
 /// Points along the edges of a rectangle, `EDGE_POINTS` per edge.
@@ -165,7 +169,9 @@ fn intersect(a: [f64; 4], b: [f64; 4]) -> [f64; 4] {
 }
 
 /// Plans a load. Blocking (GDAL).
-pub fn plan(store: Arc<CollectionStore>, spec: QuerySpec, outputs: Arc<Outputs>) -> Result<LoadAnswer> {
+/// With `snap`, the output is widened to whole tiles of that many pixels
+/// (edges at multiples of it) and each window is one such tile.
+pub fn plan(store: Arc<CollectionStore>, spec: QuerySpec, outputs: Arc<Outputs>, snap: Option<u64>) -> Result<LoadAnswer> {
     let bands = outputs.inputs.clone();
     let load = spec.load.clone().ok_or_else(|| Error::Internal("a load planned without its keys".into()))?;
     let grid = store.meta.grid_spec();
@@ -228,10 +234,15 @@ pub fn plan(store: Arc<CollectionStore>, spec: QuerySpec, outputs: Arc<Outputs>)
     }
 
     // Snapped outward to the lattice; at least one pixel.
-    let (col0, row0) = ((area[0] / rx).floor() as i64, (-area[3] / ry).floor() as i64);
-    let width = (((area[2] / rx).ceil() as i64) - col0).max(1) as u64;
-    let height = (((-area[1] / ry).ceil() as i64) - row0).max(1) as u64;
-    let window = o.window as u64;
+    let (mut col0, mut row0) = ((area[0] / rx).floor() as i64, (-area[3] / ry).floor() as i64);
+    let (mut col1, mut row1) = (((area[2] / rx).ceil() as i64).max(col0 + 1), ((-area[1] / ry).ceil() as i64).max(row0 + 1));
+    let asked = snap.map(|_| [col0, row0, col1, row1]);
+    if let Some(t) = snap.map(|t| t as i64) {
+        (col0, row0) = (col0.div_euclid(t) * t, row0.div_euclid(t) * t);
+        (col1, row1) = ((col1 + t - 1).div_euclid(t) * t, (row1 + t - 1).div_euclid(t) * t);
+    }
+    let (width, height) = ((col1 - col0) as u64, (row1 - row0) as u64);
+    let window = snap.unwrap_or(o.window as u64);
     let (wcols, wrows) = (width.div_ceil(window), height.div_ceil(window));
     if wcols.saturating_mul(wrows) > MAX_WINDOWS as u64 {
         return Err(Error::invalid(
@@ -315,7 +326,7 @@ pub fn plan(store: Arc<CollectionStore>, spec: QuerySpec, outputs: Arc<Outputs>)
         }
         periods.sort_by_key(|(s, _)| s.start);
     }
-    Ok(LoadAnswer { store, grid, spec, load, bands, methods, out, windows, groups, masks, chunks, outputs, periods, origin })
+    Ok(LoadAnswer { store, grid, spec, load, bands, methods, out, windows, groups, masks, chunks, outputs, periods, origin, asked })
 }
 
 /// The grid tiles a window's pixels read: its outline through the exact
@@ -530,10 +541,16 @@ impl LoadAnswer {
 
     /// The window's pixels whose centre lies inside every mask.
     fn inside(&self, w: &Window) -> Option<Vec<bool>> {
-        if self.masks.is_empty() {
+        if self.masks.is_empty() && self.asked.is_none() {
             return None;
         }
         let mut keep = vec![true; w.width * w.height];
+        if let Some([c0, r0, c1, r1]) = self.asked {
+            for (i, k) in keep.iter_mut().enumerate() {
+                let (c, r) = (self.out.col0 + (w.col as usize + i % w.width) as i64, self.out.row0 + (w.row as usize + i / w.width) as i64);
+                *k = c >= c0 && c < c1 && r >= r0 && r < r1;
+            }
+        }
         for rings in &self.masks {
             let m = rasterize(rings, &self.out, w);
             keep.iter_mut().zip(m).for_each(|(k, m)| *k &= m);
@@ -594,39 +611,84 @@ impl LoadAnswer {
         Ok((pixels, mask))
     }
 
-    /// Each period of one window as rows, one per output band: the
-    /// period's groups (fused, computed) reduced per pixel.
+    /// Each period of one window as rows, one per output band.
     fn reduced_rows(&self, schema: &SchemaRef, w: &Window, place: &Placed, inside: &Option<Vec<bool>>, emit: &mut dyn FnMut(Piece) -> bool) -> Result<bool> {
-        let Some(r) = &self.outputs.steps.reduce else { return Ok(true) };
-        let n = w.width * w.height;
-        let passes: Vec<Vec<String>> = match r.how {
-            Reduction::Quality => vec![self.outputs.work_names()],
-            Reduction::Reducer(_) => self.outputs.names.iter().map(|n| vec![n.clone()]).collect(),
-        };
         for (slot, groups) in &self.periods {
-            let present: Vec<usize> = groups.iter().copied().filter(|g| w.groups.contains(g)).collect();
-            if present.is_empty() {
-                continue;
-            }
-            for names in &passes {
-                let mut layers: Vec<Layers> = Vec::with_capacity(names.len());
-                for name in names {
-                    let mut l = Layers::default();
-                    for &g in &present {
-                        let (values, valid) = self.slice_values(w, place, inside, name, g)?;
-                        l.0.push(Some(Layer { values, valid: arrow_buffer::BooleanBuffer::from(valid), factors: (1.0, 0.0) }));
-                    }
-                    layers.push(l);
-                }
-                let shown = names.iter().filter(|x| x.as_str() != compute::QUALITY);
-                for (name, (values, valid)) in shown.zip(reduce::reduce_all(r, layers, n)) {
-                    if !emit(Piece::Batch(output_row(schema, w, name, slot.start, &slot.label, values, valid)?)) {
-                        return Ok(false);
-                    }
+            for (name, (values, valid)) in self.reduce_period(w, place, inside, groups)? {
+                if !emit(Piece::Batch(output_row(schema, w, &name, slot.start, &slot.label, values, valid)?)) {
+                    return Ok(false);
                 }
             }
         }
         Ok(true)
+    }
+
+    /// Every output band of one window over one period (`groups`: the
+    /// period's), its groups fused and computed, reduced per pixel; empty
+    /// where none of them reaches the window.
+    fn reduce_period(&self, w: &Window, place: &Placed, inside: &Option<Vec<bool>>, groups: &[usize]) -> Result<Vec<(String, Reduced)>> {
+        let Some(r) = &self.outputs.steps.reduce else { return Ok(Vec::new()) };
+        let present: Vec<usize> = groups.iter().copied().filter(|g| w.groups.contains(g)).collect();
+        if present.is_empty() {
+            return Ok(Vec::new());
+        }
+        let passes: Vec<Vec<String>> = match r.how {
+            Reduction::Quality => vec![self.outputs.work_names()],
+            Reduction::Reducer(_) => self.outputs.names.iter().map(|n| vec![n.clone()]).collect(),
+        };
+        let mut out = Vec::new();
+        for names in &passes {
+            let mut layers: Vec<Layers> = Vec::with_capacity(names.len());
+            for name in names {
+                let mut l = Layers::default();
+                for &g in &present {
+                    let (values, valid) = self.slice_values(w, place, inside, name, g)?;
+                    l.0.push(Some(Layer { values, valid: arrow_buffer::BooleanBuffer::from(valid), factors: (1.0, 0.0) }));
+                }
+                layers.push(l);
+            }
+            let shown = names.iter().filter(|x| x.as_str() != compute::QUALITY).cloned();
+            out.extend(shown.zip(reduce::reduce_all(r, layers, w.width * w.height)));
+        }
+        Ok(out)
+    }
+
+    /// With `reduce`: (window, period) pairs that hold data, by period.
+    pub fn reduced_units(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (p, (_, groups)) in self.periods.iter().enumerate() {
+            for (i, w) in self.windows.iter().enumerate() {
+                if groups.iter().any(|g| w.groups.contains(g)) {
+                    out.push((i, p));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn period(&self, p: usize) -> &Slot {
+        &self.periods[p].0
+    }
+
+    /// Window `i` reduced over period `p`. Blocking (file IO, GDAL).
+    pub fn reduce_window(&self, i: usize, p: usize) -> Result<Vec<(String, Reduced)>> {
+        let w = &self.windows[i];
+        let to_grid = crs::cached(("output.crs", &self.out.crs), ("grid.crs", &self.grid.crs))?;
+        let footprints = self.methods.iter().any(|m| m.needs_footprint());
+        let scaled = self.methods.iter().any(|m| matches!(m, Resampling::Bilinear | Resampling::Cubic));
+        let place = Placed::new(&self.grid, &self.out, w, &to_grid.transformer, footprints, scaled);
+        self.reduce_period(w, &place, &self.inside(w), &self.periods[p].1)
+    }
+
+    /// The tile of `grid` window `i` covers (a load snapped to its tiles).
+    pub fn window_tile(&self, i: usize, grid: &GridSpec) -> TileId {
+        let w = &self.windows[i];
+        let (c, r) = ((self.out.col0 + w.col as i64) as f64 + w.width as f64 / 2.0, (self.out.row0 + w.row as i64) as f64 + w.height as f64 / 2.0);
+        grid.tile_of(self.out.x(c), self.out.y(r))
+    }
+
+    pub fn outputs(&self) -> &Outputs {
+        &self.outputs
     }
 
     /// Input band `i` of `group` fused in its own pixel type (float32 for

@@ -224,20 +224,29 @@ pub fn plan(warehouse: &Arc<Warehouse>, spec: QuerySpec) -> Result<Answer> {
     if target == spec.collection {
         return Err(Error::invalid("into", &target, "is the collection queried: store the answer under another name"));
     }
-    match plan_in(store, spec)? {
-        Answer::Reduce(reduce) => {
-            into::check_target(warehouse, &target, &reduce)?;
-            Ok(Answer::Into(Box::new(IntoAnswer { warehouse: warehouse.clone(), target, reduce })))
+    let source = if let Some(l) = &spec.load {
+        let meta = &store.meta;
+        let crs_def = l.output.crs.clone().unwrap_or_else(|| meta.grid.crs.clone());
+        let (rx, ry) = l.output.resolution.unwrap_or((meta.grid.pixel_size, meta.grid.pixel_size));
+        let grid = into::output_grid(&crs_def, rx, ry)?;
+        let outputs = Arc::new(Outputs::resolve(meta, &spec)?);
+        let tile_px = grid.tile_px as u64;
+        into::Source::Load { load: Box::new(load::plan(store, spec, outputs, Some(tile_px))?), grid }
+    } else {
+        match plan_in(store, spec)? {
+            Answer::Reduce(reduce) => into::Source::Tiles(Box::new(reduce)),
+            _ => return Err(Error::invalid("into", &target, "stores an area's reduce, not a point's")),
         }
-        _ => Err(Error::invalid("into", &target, "stores a reduce of tiles (no output grid, no point) for now")),
-    }
+    };
+    into::check_target(warehouse, &target, &source)?;
+    Ok(Answer::Into(Box::new(IntoAnswer { warehouse: warehouse.clone(), target, source })))
 }
 
 fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Answer> {
     let outputs = Arc::new(Outputs::resolve(&store.meta, &spec)?);
     let bands: Vec<Band> = outputs.inputs.clone();
     if spec.load.is_some() {
-        return Ok(Answer::Load(Box::new(load::plan(store, spec, outputs)?)));
+        return Ok(Answer::Load(Box::new(load::plan(store, spec, outputs, None)?)));
     }
     let grid = store.meta.grid_spec();
     let mut point = None;

@@ -348,3 +348,21 @@ def test_a_yearly_median_holds_about_one_years_observations_of_one_band(tmp_path
     print(f"heap growth {anon / 2**20:.1f} MiB ({anon / observation_bytes:.2f}x), RSS with mapped files {total / 2**20:.1f} MiB "
           f"({total / observation_bytes:.2f}x), for {observation_bytes / 2**20:.1f} MiB of observations")
     assert anon < 1.5 * observation_bytes
+
+
+def test_load_into_stores_the_windows_on_the_output_grid(cube):
+    client = cube[0]
+    bbox = [X0 + 210, Y0 - 2010, X0 + 2190, Y0 - 230]
+    kw = dict(bands=["red", "nir"], bbox=bbox, bbox_crs=UTM52, crs=UTM52, resolution=20, resampling="average", mask=MASK,
+              reduce={"period": "month", "reducer": "mean"})
+    direct = client.load("s2", **kw)
+    row = client.load("s2", **kw, into="s2_20m")
+    assert row["collection"] == "s2_20m" and row["observations"] > 0 and not row["duplicate"]
+    assert client.load("s2", **kw, into="s2_20m")["duplicate"]
+    d = client.describe("s2_20m")
+    assert (d["grid"]["resolution"], d["grid"]["tile_px"], d["scenes"]) == (20.0, 128, 3)
+    stored = client.load("s2_20m", bands=["red", "nir"], bbox=bbox, bbox_crs=UTM52, crs=UTM52, resolution=20, resampling="nearest")
+    assert list(stored.label.values) == list(direct.label.values) == ["2024-05", "2024-06", "2024-07"]
+    np.testing.assert_array_equal(stored.time.values, direct.time.values)
+    for band in ("red", "nir"):
+        np.testing.assert_array_equal(stored[band].values, direct[band].values)

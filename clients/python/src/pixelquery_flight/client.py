@@ -460,7 +460,7 @@ class Client:
              resampling: Union[None, str, Mapping[str, str]] = None, groupby: Optional[str] = None, fuse: Optional[str] = None,
              chunks: Optional[Mapping[str, int]] = None, window: Optional[int] = None, max_workers: int = 4,
              mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None,
-             reduce: Optional[Mapping[str, str]] = None):
+             reduce: Optional[Mapping[str, str]] = None, into: Optional[str] = None):
         """An analysis-ready load as an ``xarray.Dataset`` (dims ``time``,
         ``y``, ``x``; one variable per band), resampled on the server from
         the stored tiles onto the grid of ``crs`` and ``resolution`` (pixel
@@ -482,6 +482,10 @@ class Client:
         "month", "reducer": "median"}``, or ``"quality": "<expr>"`` for
         best-pixel composites) reduces each period per pixel, last: ``time``
         is then the period's start and ``label`` its name (``2024-06``).
+        With ``into`` the reduced load is stored instead as that collection
+        (on the output grid, in whole tiles; pixels outside the area
+        invalid) and the answer is a dict: ``collection``,
+        ``observations``, ``bytes``, ``duplicate``.
 
         With ``chunks`` (as for dask: ``{"x": 1024, "y": 1024}``; ``{}``
         for the server's default windows) the variables are dask arrays with
@@ -494,7 +498,7 @@ class Client:
             if isinstance(time, (str, bytes)) or len(time) != 2:
                 raise InvalidRequest(f"invalid time = {time!r}: expected (start, end)")
             start, end = time
-        q = self._steps(self._query(collection, None, bbox, bbox_crs, start, end, bands), mask, scale, compute, reduce)
+        q = self._steps(self._query(collection, None, bbox, bbox_crs, start, end, bands), mask, scale, compute, reduce, into)
         if geometry is not None:
             q["geometry"] = dict(geometry)
             q["geometry_crs"] = _crs(geometry_crs)
@@ -513,6 +517,9 @@ class Client:
             q["groupby"] = groupby
         if fuse is not None:
             q["fuse"] = fuse
+        if into is not None:
+            with mapped():
+                return self._flight.do_get(flight.Ticket(json.dumps(q)), options=self._options).read_all().to_pylist()[0]
         with mapped():
             info = self._flight.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(q)), options=self._options)
         meta = {k.decode(): v.decode() for k, v in (info.schema.metadata or {}).items()}
