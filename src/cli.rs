@@ -326,6 +326,9 @@ pub struct ServeArgs {
     /// the open-file limit, between 64 and 8192.
     #[arg(long, env = "PIXELQUERY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
+    /// Seconds a connection may stay open with no call in flight.
+    #[arg(long, env = "PIXELQUERY_IDLE_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
     /// How a scene's chunk files are made durable: `fs`, one sync of the
     /// warehouse's whole file system for scenes of 8 files or more (each
     /// file's write-back starts as it is appended); `per-file`, an
@@ -393,6 +396,7 @@ impl ServeArgs {
                 request_timeout: std::time::Duration::from_secs(self.request_timeout_secs),
                 max_query_bytes: self.max_query_mb.saturating_mul(1 << 20),
                 max_connections: self.max_connections.map(|n| n as usize),
+                idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
                 ..Limits::default()
             },
             writes: crate::storage::WriteOptions {

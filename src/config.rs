@@ -62,6 +62,9 @@ pub struct Limits {
     /// Longest a DoGet reader waits for its client to take more: past it
     /// the stream ends with `DeadlineExceeded` and its thread is free.
     pub write_stall: Duration,
+    /// A connection with no call in flight for this long is closed
+    /// (HTTP/2 GOAWAY; a client reconnects when it next calls).
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -72,6 +75,7 @@ impl Default for Limits {
             max_query_bytes: 8 << 30,
             max_connections: None,
             write_stall: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -66,7 +66,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
     let generated =
         FlightServiceServer::from_arc(service.clone()).max_decoding_message_size(config.max_message_bytes).max_encoding_message_size(config.max_message_bytes);
     // DoGet bodies go out without tonic's encode copy (see `direct_get`).
-    let svc = ClientDeadline { inner: DirectGet::new(generated, service, config.max_message_bytes), auth, limit, peer: None };
+    let svc = ClientDeadline { inner: DirectGet::new(generated, service, config.max_message_bytes), auth, limit, peer: None, calls: Arc::default() };
+    let idle = config.limits.idle_timeout;
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http.timer(TokioTimer::new())
@@ -119,6 +120,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
         };
         let (http, mut svc, tls, stopping) = (http.clone(), svc.clone(), tls.clone(), stopping.clone());
         svc.peer = Some(peer);
+        let calls = Arc::new(Calls::default());
+        svc.calls = calls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let hyper_svc = TowerToHyperService::new(svc);
@@ -129,10 +132,10 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
                     if !matches!(tokio::time::timeout(FIRST_BYTE, stream.peek(&mut [0u8; 1])).await, Ok(Ok(n)) if n > 0) {
                         return tracing::debug!(%peer, "no bytes from a new connection; closed");
                     }
-                    serve_connection(&http, TokioIo::new(stream), hyper_svc, stopping).await
+                    serve_connection(&http, TokioIo::new(stream), hyper_svc, stopping, &calls, idle).await
                 }
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => serve_connection(&http, TokioIo::new(stream), hyper_svc, stopping).await,
+                    Ok(Ok(stream)) => serve_connection(&http, TokioIo::new(stream), hyper_svc, stopping, &calls, idle).await,
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 },
@@ -150,13 +153,76 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, config: &Config, s
     Ok(())
 }
 
-/// Serves one connection; once `stopping` receives, lets its calls
-/// in flight finish and closes it.
+/// The calls in flight on one connection (a response body streaming
+/// counts) and when the last one ended.
+#[derive(Default)]
+struct Calls {
+    open: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Calls {
+    fn start(self: &Arc<Self>) -> CallGuard {
+        self.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        CallGuard(self.clone())
+    }
+
+    /// How long the connection has had no call in flight (`None`: one is).
+    fn idle_for(&self, opened: std::time::Instant) -> Option<Duration> {
+        if self.open.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or(opened);
+        Some(last.elapsed())
+    }
+}
+
+/// Held while a call runs and its answer streams; dropped, it marks the
+/// time.
+struct CallGuard(Arc<Calls>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        self.0.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A response body that holds its call's guard until it is dropped.
+struct Guarded {
+    inner: Body,
+    _guard: CallGuard,
+}
+
+impl http_body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves one connection; once `stopping` receives, or no call has been
+/// in flight for `idle`, lets its calls in flight finish and closes it.
 async fn serve_connection<I, S>(
     http: &hyper::server::conn::http2::Builder<TokioExecutor>,
     io: I,
     svc: S,
     mut stopping: tokio::sync::watch::Receiver<()>,
+    calls: &Calls,
+    idle: Duration,
 ) -> hyper::Result<()>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -165,9 +231,19 @@ where
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut conn = std::pin::pin!(http.serve_connection(io, svc));
-    tokio::select! {
-        served = &mut conn => return served,
-        _ = stopping.changed() => {}
+    let opened = std::time::Instant::now();
+    let check = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            served = &mut conn => return served,
+            _ = stopping.changed() => break,
+            _ = tokio::time::sleep(check) => {
+                if calls.idle_for(opened).is_some_and(|d| d >= idle) {
+                    tracing::debug!(?idle, "connection idle; closed");
+                    break;
+                }
+            }
+        }
     }
     conn.as_mut().graceful_shutdown();
     conn.await
@@ -188,6 +264,8 @@ struct ClientDeadline<S> {
     /// The connection's peer, on every log line of its calls (auth
     /// failures included).
     peer: Option<std::net::SocketAddr>,
+    /// The connection's calls in flight, for its idle timeout.
+    calls: Arc<Calls>,
 }
 
 /// What the outer deadline adds to `--request-timeout-secs`: the handler's
@@ -228,6 +306,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
+        let guard = self.calls.start();
         if let Some(status) = self.refusal(&req) {
             // The body is dropped unread: the stream is reset, nothing held.
             return Box::pin(async move { Ok(status.into_http()) });
@@ -239,7 +318,8 @@ where
         Box::pin(async move {
             let limit = client.map_or(server, |c| c.min(server));
             match tokio::time::timeout(limit, answer).await {
-                Ok(answer) => answer,
+                Ok(Ok(answer)) => Ok(answer.map(|inner| Body::new(Guarded { inner, _guard: guard }))),
+                Ok(Err(never)) => match never {},
                 Err(_) if client.is_some_and(|c| c <= server) => {
                     Ok(Status::deadline_exceeded(format!("the call ran past the client's grpc-timeout of {limit:?}")).into_http())
                 }

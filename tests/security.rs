@@ -371,3 +371,47 @@ async fn a_reader_whose_client_stops_reading_is_ended_not_parked() {
     assert_eq!(client.health().await.unwrap()["status"], "ok");
     server.shutdown().await;
 }
+
+/// A live HTTP/2 connection with no call in flight is closed after
+/// `--idle-timeout-secs`; one with a call in flight is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_busy_ones_kept() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.limits.idle_timeout = Duration::from_secs(1)).await;
+    let addr = server.uri.trim_start_matches("grpc://").to_string();
+    let open = |addr: String| async move {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+        (h2, tokio::spawn(connection))
+    };
+    // Idle after one finished call.
+    let (h2, idle) = open(addr.clone()).await;
+    let mut h2 = h2.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/arrow.flight.protocol.FlightService/ListActions"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (answer, mut body) = h2.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
+    let mut answer = answer.await.unwrap().into_body();
+    while answer.data().await.is_some() {}
+    // Busy: a call whose body never ends.
+    let (h2b, busy) = open(addr.clone()).await;
+    let mut h2b = h2b.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/arrow.flight.protocol.FlightService/DoAction"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (_answer, mut pending) = h2b.send_request(request, false).unwrap();
+    pending.send_data(bytes::Bytes::from_static(&[0, 0, 0, 1, 0]), false).unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle).await;
+    assert!(closed.is_ok(), "the idle connection was still open after 5 s");
+    assert!(!busy.is_finished(), "the connection with a call in flight was closed");
+    pending.send_reset(h2::Reason::CANCEL);
+    busy.abort();
+    // Served as ever.
+    let mut client = server.client().await;
+    assert_eq!(client.health().await.unwrap()["status"], "ok");
+    server.shutdown().await;
+}
