@@ -81,6 +81,18 @@ struct Failures {
     until: Option<Instant>,
 }
 
+impl Failures {
+    /// One more failure: past `free` in a row, a wait of 1 s doubling with
+    /// each further one, at most [`MAX_BACK_OFF`].
+    fn failed(&mut self, now: Instant, free: u32) {
+        self.count += 1;
+        if self.count >= free {
+            let wait = Duration::from_secs(1u64 << (self.count - free).min(6)).min(MAX_BACK_OFF);
+            self.until = Some(now + wait);
+        }
+    }
+}
+
 /// Sessions one user may hold at once; a new one lets go of their oldest
 /// (never another user's).
 const SESSIONS_PER_USER: usize = 32;
@@ -89,6 +101,15 @@ const SESSIONS_PER_USER: usize = 32;
 /// 1 s, doubling with each further failure, at most [`MAX_BACK_OFF`].
 const FREE_FAILURES: u32 = 3;
 const MAX_BACK_OFF: Duration = Duration::from_secs(60);
+
+/// Failed sign-ins in a row one address gets (whatever the user names)
+/// before Handshake backs off for it the same way.
+const FREE_PEER_FAILURES: u32 = 10;
+
+/// The address a call came from, as the connection knows it (a request
+/// extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
 
 /// User names whose failures are remembered at most (names need not exist:
 /// a flood of made-up names must not grow memory without bound).
@@ -101,6 +122,8 @@ pub struct Auth {
     /// Live sessions by token (a hash lookup with the map's random keys).
     sessions: Mutex<HashMap<Vec<u8>, Session>>,
     failures: Mutex<HashMap<Vec<u8>, Failures>>,
+    /// The same per address (at most [`MAX_FAILING_NAMES`] remembered).
+    peer_failures: Mutex<HashMap<std::net::IpAddr, Failures>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -119,7 +142,7 @@ impl Auth {
 
     /// Parses access-file text; the error names the line, never the secret.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let mut auth = Auth { tokens: Vec::new(), users: Vec::new(), sessions: Mutex::default(), failures: Mutex::default() };
+        let mut auth = Auth { tokens: Vec::new(), users: Vec::new(), sessions: Mutex::default(), failures: Mutex::default(), peer_failures: Mutex::default() };
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -192,8 +215,9 @@ impl Auth {
     }
 
     /// `Handshake`: checks a `Basic base64(user:password)` header and issues
-    /// a session token for the user's role.
-    pub fn handshake(&self, header: Option<&[u8]>) -> Result<(String, Role)> {
+    /// a session token for the user's role. Failures back off per user name
+    /// and per `peer` address.
+    pub fn handshake(&self, header: Option<&[u8]>, peer: Option<std::net::IpAddr>) -> Result<(String, Role)> {
         let encoded = header
             .and_then(|h| strip_scheme(h, b"basic "))
             .ok_or_else(|| Error::Unauthenticated("Handshake needs an `authorization: Basic base64(user:password)` header".into()))?;
@@ -203,6 +227,15 @@ impl Auth {
             None => return Err(Error::Unauthenticated("the Basic credentials must be user:password".into())),
         };
         let now = Instant::now();
+        if let Some(ip) = peer {
+            let failures = self.peer_failures.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(until) = failures.get(&ip).and_then(|f| f.until).filter(|u| *u > now) {
+                return Err(Error::Unauthenticated(format!(
+                    "too many failed sign-ins from this address: retry in {} s",
+                    until.duration_since(now).as_secs_f64().ceil() as u64
+                )));
+            }
+        }
         {
             let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(until) = failures.get(user).and_then(|f| f.until).filter(|u| *u > now) {
@@ -228,15 +261,24 @@ impl Auth {
                     failures.clear();
                 }
             }
-            let f = failures.entry(user.to_vec()).or_default();
-            f.count += 1;
-            if f.count >= FREE_FAILURES {
-                let wait = Duration::from_secs(1u64 << (f.count - FREE_FAILURES).min(6)).min(MAX_BACK_OFF);
-                f.until = Some(now + wait);
+            failures.entry(user.to_vec()).or_default().failed(now, FREE_FAILURES);
+            drop(failures);
+            if let Some(ip) = peer {
+                let mut failures = self.peer_failures.lock().unwrap_or_else(|p| p.into_inner());
+                if failures.len() >= MAX_FAILING_NAMES && !failures.contains_key(&ip) {
+                    failures.retain(|_, f| f.until.is_some_and(|u| u > now));
+                    if failures.len() >= MAX_FAILING_NAMES {
+                        failures.clear();
+                    }
+                }
+                failures.entry(ip).or_default().failed(now, FREE_PEER_FAILURES);
             }
             return Err(Error::Unauthenticated("wrong user name or password".into()));
         };
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(user);
+        if let Some(ip) = peer {
+            self.peer_failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        }
         let token = random_token()?;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| s.issued.elapsed() < SESSION_TTL);
@@ -343,12 +385,12 @@ mod tests {
     fn handshake_issues_a_session_token_for_the_users_role() {
         let auth = Auth::parse(FILE).unwrap();
         let basic = format!("Basic {}", "YWxpY2U6YWxpY2UtcGFzc3dvcmQtbG9uZw=="); // alice:alice-password-long
-        let (token, role) = auth.handshake(Some(basic.as_bytes())).unwrap();
+        let (token, role) = auth.handshake(Some(basic.as_bytes()), None).unwrap();
         assert_eq!(role, Role::Admin);
         assert_eq!(token.len(), 64);
         assert_eq!(auth.check(Some(format!("Bearer {token}").as_bytes())).unwrap(), Role::Admin);
         let wrong = "Basic YWxpY2U6d3Jvbmc="; // alice:wrong
-        assert!(matches!(auth.handshake(Some(wrong.as_bytes())), Err(Error::Unauthenticated(_))));
+        assert!(matches!(auth.handshake(Some(wrong.as_bytes()), None), Err(Error::Unauthenticated(_))));
     }
 
     fn basic(user: &str, password: &str) -> String {
@@ -371,6 +413,20 @@ mod tests {
     }
 
     #[test]
+    fn failed_sign_ins_back_off_per_address_whatever_the_user_names() {
+        let auth = Auth::parse("admin alice:alice-password-long\n").unwrap();
+        let (attacker, other): (std::net::IpAddr, std::net::IpAddr) = ("10.0.0.7".parse().unwrap(), "10.0.0.8".parse().unwrap());
+        for k in 0..FREE_PEER_FAILURES {
+            let e = auth.handshake(Some(basic(&format!("user{k}"), "guess").as_bytes()), Some(attacker)).unwrap_err();
+            assert!(e.to_string().contains("wrong user name or password"), "{e}");
+        }
+        // A new name from that address waits; alice from elsewhere does not.
+        let e = auth.handshake(Some(basic("user-new", "guess").as_bytes()), Some(attacker)).unwrap_err();
+        assert!(e.to_string().contains("from this address"), "{e}");
+        auth.handshake(Some(basic("alice", "alice-password-long").as_bytes()), Some(other)).unwrap();
+    }
+
+    #[test]
     fn failed_sign_ins_back_off_per_user_and_sessions_are_capped_per_user() {
         let auth = Auth::parse(
             "admin alice:alice-password-long
@@ -380,21 +436,21 @@ read bob:bob-password-longer
         .unwrap();
         assert_eq!(basic("alice", "alice-password-long"), "Basic YWxpY2U6YWxpY2UtcGFzc3dvcmQtbG9uZw==");
         for _ in 0..FREE_FAILURES {
-            let e = auth.handshake(Some(basic("alice", "guess").as_bytes())).unwrap_err();
+            let e = auth.handshake(Some(basic("alice", "guess").as_bytes()), None).unwrap_err();
             assert!(e.to_string().contains("wrong user name or password"), "{e}");
         }
         // Backing off: even the right password is refused, saying why.
-        let e = auth.handshake(Some(basic("alice", "alice-password-long").as_bytes())).unwrap_err();
+        let e = auth.handshake(Some(basic("alice", "alice-password-long").as_bytes()), None).unwrap_err();
         assert!(e.to_string().contains("too many failed sign-ins"), "{e}");
         // Another user is not held back.
-        let (bob, _) = auth.handshake(Some(basic("bob", "bob-password-longer").as_bytes())).unwrap();
+        let (bob, _) = auth.handshake(Some(basic("bob", "bob-password-longer").as_bytes()), None).unwrap();
         // Once the wait is over, the right password works and clears it.
         std::thread::sleep(Duration::from_millis(1100));
-        auth.handshake(Some(basic("alice", "alice-password-long").as_bytes())).unwrap();
+        auth.handshake(Some(basic("alice", "alice-password-long").as_bytes()), None).unwrap();
         // Many sessions of one user let go of that user's oldest only.
-        let first = auth.handshake(Some(basic("alice", "alice-password-long").as_bytes())).unwrap().0;
+        let first = auth.handshake(Some(basic("alice", "alice-password-long").as_bytes()), None).unwrap().0;
         for _ in 0..3 * SESSIONS_PER_USER {
-            auth.handshake(Some(basic("alice", "alice-password-long").as_bytes())).unwrap();
+            auth.handshake(Some(basic("alice", "alice-password-long").as_bytes()), None).unwrap();
         }
         assert!(auth.check(Some(format!("Bearer {first}").as_bytes())).is_err(), "alice's oldest session is gone");
         assert_eq!(auth.check(Some(format!("Bearer {bob}").as_bytes())).unwrap(), Role::Read, "bob's session stays");

@@ -164,6 +164,14 @@ impl Error {
         let mut msg = self.to_string();
         if matches!(code, Code::Internal | Code::DataLoss) {
             tracing::warn!(error = %msg, "request failed");
+        } else if code == Code::Unauthenticated {
+            // A password-guessing or token-spraying flood must not flood
+            // the log too.
+            match auth_log_room() {
+                Some(0) => tracing::info!(error = %msg, "request rejected"),
+                Some(dropped) => tracing::info!(error = %msg, dropped, "request rejected (earlier rejections not logged)"),
+                None => {}
+            }
         } else {
             tracing::info!(error = %msg, "request rejected");
         }
@@ -175,8 +183,42 @@ impl Error {
     }
 }
 
+/// Authentication failures logged per [`AUTH_LOG_WINDOW`] at most.
+const AUTH_LOG_LINES: u32 = 20;
+const AUTH_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// (window start, lines logged in it, failures not logged since).
+static AUTH_LOG: std::sync::Mutex<(Option<std::time::Instant>, u32, u64)> = std::sync::Mutex::new((None, 0, 0));
+
+/// Whether an authentication failure may be logged now: `Some(n)` with the
+/// failures left out before it, `None` if this one is left out.
+fn auth_log_room() -> Option<u64> {
+    let mut log = AUTH_LOG.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    if log.0.is_none_or(|start| now.duration_since(start) >= AUTH_LOG_WINDOW) {
+        (log.0, log.1) = (Some(now), 0);
+    }
+    if log.1 >= AUTH_LOG_LINES {
+        log.2 += 1;
+        return None;
+    }
+    log.1 += 1;
+    Some(std::mem::take(&mut log.2))
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         e.into_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authentication_failures_are_logged_at_a_bounded_rate() {
+        let logged = (0..1000).filter(|_| auth_log_room().is_some()).count();
+        assert!(logged as u32 <= AUTH_LOG_LINES, "{logged} lines for 1000 failures in one window");
     }
 }

@@ -305,8 +305,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<Incoming>) -> Self::Future {
         let guard = self.calls.start();
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(crate::auth::Peer(peer.ip()));
+        }
         if let Some(status) = self.refusal(&req) {
             // The body is dropped unread: the stream is reset, nothing held.
             return Box::pin(async move { Ok(status.into_http()) });

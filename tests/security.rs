@@ -415,3 +415,22 @@ async fn idle_connections_are_closed_busy_ones_kept() {
     assert_eq!(client.health().await.unwrap()["status"], "ok");
     server.shutdown().await;
 }
+
+/// Failed Handshakes back off per address too: spraying many user names
+/// from one peer is slowed like guessing one user's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_guesses_from_one_address_back_off_whatever_the_names() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), with_auth).await;
+    let mut client = server.client().await;
+    let mut refused = None;
+    for k in 0..12 {
+        let (code, message) = code_of(client.handshake(&format!("user{k}"), "guess").await);
+        assert_eq!(code, Code::Unauthenticated, "{message}");
+        if message.contains("from this address") {
+            refused = Some(k);
+            break;
+        }
+    }
+    assert_eq!(refused, Some(10), "the 11th name from one address should wait");
+    server.shutdown().await;
+}

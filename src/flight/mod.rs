@@ -343,9 +343,10 @@ impl FlightService for Service {
             return Err(Status::unimplemented("auth is off on this server: call the other RPCs without a token"));
         };
         let metadata = request.metadata().clone();
+        let peer = request.extensions().get::<crate::auth::Peer>().map(|p| p.0);
         // Handshake is how a caller without a token gets one: no role needed.
         self.call("Handshake", &metadata, None, async {
-            let (token, role) = auth.handshake(authorization(&metadata))?;
+            let (token, role) = auth.handshake(authorization(&metadata), peer)?;
             tracing::info!(role = role.as_str(), "session token issued");
             let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| Status::internal("token is not ASCII"))?;
             let answer = HandshakeResponse { protocol_version: 0, payload: token.into_bytes().into() };
