@@ -326,6 +326,10 @@ pub struct ServeArgs {
     /// the open-file limit, between 64 and 8192.
     #[arg(long, env = "PIXELQUERY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: Option<u32>,
+    /// Most MiB one collection may hold; a scene past it is refused
+    /// (ResourceExhausted) and nothing of it kept. Default: no quota.
+    #[arg(long, env = "PIXELQUERY_QUOTA_MB_PER_COLLECTION", value_parser = clap::value_parser!(u64).range(1..))]
+    pub quota_mb_per_collection: Option<u64>,
     /// Seconds a connection may stay open with no call in flight.
     #[arg(long, env = "PIXELQUERY_IDLE_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout_secs: u64,
@@ -405,6 +409,7 @@ impl ServeArgs {
                     SyncArg::PerFile => crate::storage::SyncMode::PerFile,
                 },
                 keep_written_pages: self.keep_written_pages,
+                quota_bytes: self.quota_mb_per_collection.map(|m| m.saturating_mul(1 << 20)),
             },
         })
     }

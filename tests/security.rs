@@ -434,3 +434,29 @@ async fn handshake_guesses_from_one_address_back_off_whatever_the_names() {
     assert_eq!(refused, Some(10), "the 11th name from one address should wait");
     server.shutdown().await;
 }
+
+/// With `--quota-mb-per-collection`, a scene that would take a collection
+/// past its quota is refused with ResourceExhausted and nothing is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scene_past_the_collection_quota_is_refused_and_not_kept() {
+    let server = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.writes.quota_bytes = Some(3 << 20)).await;
+    let mut client = server.client().await;
+    create_red_collection(&mut client, "s2").await;
+    client.ingest(&ingest_request("s2", "first", T, utm_geotransform(64), 64, "nearest"), red_batches(raster(64, 0), 64)).await.unwrap();
+    let mut refused = None;
+    for k in 0..40 {
+        let put = client
+            .ingest(&ingest_request("s2", &format!("more{k}"), T + k as i64 + 1, utm_geotransform(64), 64, "nearest"), red_batches(raster(64, 0), 64))
+            .await;
+        if put.is_err() {
+            refused = Some((k, code_of(put)));
+            break;
+        }
+    }
+    let (k, (code, message)) = refused.expect("the quota never refused a scene");
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(message.contains("quota") && message.contains("nothing of it was kept"), "{message}");
+    let d = client.describe("s2").await.unwrap();
+    assert_eq!(d["scenes"], k + 1, "the refused scene left a trace");
+    server.shutdown().await;
+}

@@ -631,3 +631,37 @@ async fn a_flipped_byte_reads_as_data_loss_and_verify_finds_exactly_it() {
     assert_eq!(client.point(&point(None)).await.unwrap().iter().map(|b| b.num_rows()).sum::<usize>(), 3);
     server.shutdown().await;
 }
+
+/// A scene's encoded tiles held until its commit are bounded by bytes, not
+/// only by count: past the limit they are appended as they come, and the
+/// scene still commits whole.
+#[test]
+fn a_scene_holds_a_bounded_number_of_bytes_before_its_commit() {
+    use arrow_array::{BooleanArray, UInt16Array};
+    use pixelquery::grid::TileId;
+    use pixelquery::storage::{Encoded, SceneCommit, Warehouse};
+
+    let dir = tempfile::tempdir().unwrap();
+    let wh = Warehouse::open(dir.path()).unwrap();
+    let store = wh.create_collection(red_collection_meta()).unwrap();
+    let tile = |k: i64| {
+        let obs = pixelquery::storage::Observation {
+            tile: TileId::new(k, 1),
+            band: "red".into(),
+            pixels: std::sync::Arc::new(UInt16Array::from(vec![k as u16 + 1; 256 * 256])),
+            mask: BooleanArray::from(vec![true; 256 * 256]),
+        };
+        vec![Encoded::new(&store.meta, "big", T0, obs).unwrap()]
+    };
+    let limit = 300_000; // about two tiles of 128 KiB
+    let mut commit = SceneCommit::new(&store, "big", T0, None, false, 10, Default::default()).with_pending_limit(limit);
+    let mut most = 0;
+    for k in 0..10 {
+        commit.add(k as usize, tile(k)).unwrap();
+        most = most.max(commit.held_bytes());
+    }
+    assert!(most <= limit + 140_000, "held {most} bytes");
+    let outcome = commit.commit().unwrap();
+    assert_eq!((outcome.observations, outcome.duplicate), (10, false));
+    assert_eq!(store.chunks(|_| true).len(), 10);
+}

@@ -224,6 +224,11 @@ impl CollectionStore {
         read(&self.index).scenes.len()
     }
 
+    /// Committed bytes of every chunk of the collection.
+    pub fn stored_bytes(&self) -> u64 {
+        read(&self.index).chunks.values().map(|e| e.len).sum()
+    }
+
     /// Commits `record` (log append + fsync) and publishes it to readers.
     fn commit(&self, log: &mut CatalogLog, record: Record) -> Result<()> {
         log.append(&record)?;

@@ -311,6 +311,19 @@ impl<'a> SceneWriter<'a> {
     /// Syncs what is left and the new directories, then writes the scene's
     /// log record and publishes it (readers see all of it or none).
     pub fn commit(mut self) -> Result<AppendOutcome> {
+        if let Some(quota) = self.store.fs_sync.quota_bytes {
+            // Dropping `self` on this error undoes the appends.
+            let total = self.store.stored_bytes();
+            if total.saturating_add(self.outcome.bytes) > quota {
+                return Err(Error::Exhausted(format!(
+                    "collection {:?} holds {} MiB and this scene adds {} MiB, past the quota of {} MiB per collection (--quota-mb-per-collection): nothing of it was kept; delete scenes or compact first",
+                    self.store.meta.name,
+                    total >> 20,
+                    self.outcome.bytes.div_ceil(1 << 20),
+                    quota >> 20
+                )));
+            }
+        }
         self.syncs.wait()?;
         let mut dirs = std::mem::take(&mut self.dirs);
         dirs.sort();
@@ -392,6 +405,11 @@ impl Drop for SceneWriter<'_> {
 /// server holds one group of tiles, not every one.
 pub const TILE_GROUP: usize = 256;
 
+/// Encoded bytes a scene holds before its commit at most: past them it is
+/// appended group by group as a large scene is (a very fine grid makes a
+/// few tiles many bytes).
+pub const MAX_PENDING_BYTES: usize = 256 << 20;
+
 /// How often a scene holding the collection's writer while its rows stream
 /// in checks whether another writer waits for it (a stalled client sends
 /// no tiles to wake it).
@@ -430,6 +448,9 @@ pub struct SceneCommit<'s> {
     /// Tiles received and not yet appended by `writer`, with their position
     /// in the scene's plan: all of a small scene; a large one's next group.
     pending: Vec<(usize, Vec<Encoded>)>,
+    /// Encoded bytes in `pending`, and the most held before appending.
+    pending_bytes: usize,
+    pending_limit: usize,
     /// A small scene's writer taken early, and how many of `pending` it has
     /// appended; once it let go it is not taken early again.
     early: Option<SceneWriter<'s>>,
@@ -462,6 +483,8 @@ impl<'s> SceneCommit<'s> {
             replace,
             small: tiles <= TILE_GROUP,
             pending: Vec::new(),
+            pending_bytes: 0,
+            pending_limit: MAX_PENDING_BYTES,
             early: None,
             appended: 0,
             yielded: false,
@@ -476,6 +499,18 @@ impl<'s> SceneCommit<'s> {
         self
     }
 
+    /// Holds at most `bytes` of encoded tiles before appending them (default
+    /// [`MAX_PENDING_BYTES`]).
+    pub fn with_pending_limit(mut self, bytes: usize) -> Self {
+        self.pending_limit = bytes;
+        self
+    }
+
+    /// Encoded bytes held until they are appended or committed.
+    pub fn held_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
     /// How long the caller may wait for the next tile before calling
     /// [`SceneCommit::poll`]; `None`: as long as it takes.
     pub fn wait_limit(&self) -> Option<Duration> {
@@ -484,8 +519,29 @@ impl<'s> SceneCommit<'s> {
 
     /// One tile's observations, `k` its position in the scene's plan.
     pub fn add(&mut self, k: usize, observations: Vec<Encoded>) -> Result<Step> {
+        self.pending_bytes += observations.iter().map(|o| o.bytes.1.len()).sum::<usize>();
         self.pending.push((k, observations));
-        self.poll()
+        let step = self.poll()?;
+        if step == Step::Continue && self.pending_bytes > self.pending_limit {
+            return self.hold_less();
+        }
+        Ok(step)
+    }
+
+    /// Past [`MAX_PENDING_BYTES`]: the scene goes on as a large one (its
+    /// early writer, if any, keeps what it appended and appends the rest).
+    fn hold_less(&mut self) -> Result<Step> {
+        self.small = false;
+        if let Some(w) = self.early.take() {
+            self.writer = Some(w);
+            (self.appended, self.pending_bytes) = (0, 0);
+            self.pending.clear();
+            return Ok(Step::Continue);
+        }
+        if !self.flush()? {
+            return Ok(Step::Duplicate);
+        }
+        Ok(Step::Continue)
     }
 
     /// Applies the writer policy: takes, uses or lets go of the early
@@ -526,6 +582,7 @@ impl<'s> SceneCommit<'s> {
     /// out to be committed already.
     fn flush(&mut self) -> Result<bool> {
         self.pending.sort_by_key(|(k, _)| *k);
+        self.pending_bytes = 0;
         let observations: Vec<Encoded> = self.pending.drain(..).flat_map(|(_, o)| o).collect();
         let w = match &mut self.writer {
             Some(w) => w,

@@ -51,6 +51,9 @@ pub struct WriteOptions {
     /// than reused ones under a sustained ingest, and an ingest's pages are
     /// seldom read soon. Reads of just-ingested data then come from the disk.
     pub keep_written_pages: bool,
+    /// Most bytes one collection may hold; a commit past it is refused
+    /// (`--quota-mb-per-collection`).
+    pub quota_bytes: Option<u64>,
 }
 
 /// The warehouse's file system, synced as a whole.
@@ -65,6 +68,8 @@ pub struct FsSync {
     failed: AtomicBool,
     /// Whether commits drop the pages they wrote once durable.
     pub drop_written: bool,
+    /// [`WriteOptions::quota_bytes`].
+    pub quota_bytes: Option<u64>,
 }
 
 impl FsSync {
@@ -72,7 +77,14 @@ impl FsSync {
     /// where `syncfs` is not available (other systems) or `mode` says so.
     pub fn open(root: &Path, options: WriteOptions) -> Self {
         let root = if cfg!(target_os = "linux") && options.sync == SyncMode::FileSystem { File::open(root).ok() } else { None };
-        Self { root, done: Mutex::new(0), begun: AtomicU64::new(0), failed: AtomicBool::new(false), drop_written: !options.keep_written_pages }
+        Self {
+            root,
+            done: Mutex::new(0),
+            begun: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            drop_written: !options.keep_written_pages,
+            quota_bytes: options.quota_bytes,
+        }
     }
 
     /// Whether [`FsSync::sync`] can be used.
