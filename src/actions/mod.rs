@@ -12,6 +12,7 @@ mod describe;
 mod health;
 mod ingest_path;
 mod list_collections;
+mod stac;
 mod verify;
 
 use serde_json::Value;
@@ -28,6 +29,7 @@ use describe::Describe;
 use health::Health;
 use ingest_path::IngestPath;
 use list_collections::ListCollections;
+use stac::Stac;
 use verify::Verify;
 
 /// What `ListActions` tells of an action, and the role it needs when auth
@@ -45,8 +47,18 @@ pub struct ActionDoc {
 }
 
 /// Every action, in the order `ListActions` gives them.
-pub const ACTIONS: [ActionDoc; 9] =
-    [Health::DOC, ListCollections::DOC, CreateCollection::DOC, Describe::DOC, Delete::DOC, DeleteCollection::DOC, IngestPath::DOC, Compact::DOC, Verify::DOC];
+pub const ACTIONS: [ActionDoc; 10] = [
+    Health::DOC,
+    ListCollections::DOC,
+    CreateCollection::DOC,
+    Describe::DOC,
+    Delete::DOC,
+    DeleteCollection::DOC,
+    IngestPath::DOC,
+    Compact::DOC,
+    Verify::DOC,
+    Stac::DOC,
+];
 
 /// An action with its parsed body.
 pub enum Action {
@@ -59,6 +71,7 @@ pub enum Action {
     IngestPath(IngestPath),
     Compact(Compact),
     Verify(Verify),
+    Stac(Stac),
 }
 
 impl Action {
@@ -85,6 +98,7 @@ impl Action {
             "ingest_path" => Action::IngestPath(IngestPath::parse(body)?),
             "compact" => Action::Compact(Compact::parse(body)?),
             "verify" => Action::Verify(Verify::parse(body)?),
+            "stac" => Action::Stac(Stac::parse(body)?),
             other => {
                 let names: Vec<&str> = ACTIONS.iter().map(|a| a.name).collect();
                 return Err(Error::invalid("action.type", other, &format!("unknown action; available: {}", names.join(", "))));
@@ -106,6 +120,7 @@ impl Action {
             Action::IngestPath(a) => a.apply(state),
             Action::Compact(a) => a.apply(state),
             Action::Verify(a) => a.apply(state),
+            Action::Stac(a) => a.apply(state),
         }
     }
 }

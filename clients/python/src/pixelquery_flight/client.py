@@ -129,6 +129,12 @@ class Client:
             body["tile"] = tile
         return self._action("describe", body)
 
+    def stac(self, name: str) -> dict:
+        """The collection as STAC 1.0: ``{"collection": <Collection>,
+        "items": [<Item per scene>]}`` (``pystac.Collection.from_dict`` and
+        ``pystac.Item.from_dict`` read them)."""
+        return self._action("stac", {"collection": name})
+
     def create_collection(self, name: str, *, profile: Optional[str] = None, bands: Optional[Sequence[Mapping]] = None,
                           grid: Optional[Mapping] = None, resampling: Optional[str] = None) -> dict:
         """Creates a collection from a built-in ``profile`` (``sentinel2_l2a``,
