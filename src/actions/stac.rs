@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::ActionDoc;
 use crate::auth::Role;
-use crate::collection::{self, DType};
+use crate::collection;
 use crate::crs;
 use crate::error::{Error, Result};
 use crate::grid::TileId;
@@ -80,7 +80,7 @@ pub fn catalog(store: &CollectionStore) -> Result<Value> {
         .bands
         .iter()
         .map(|b| {
-            let mut r = json!({"name": b.name, "data_type": data_type(b.dtype), "spatial_resolution": meta.grid.pixel_size});
+            let mut r = json!({"name": b.name, "data_type": b.dtype.name(), "spatial_resolution": meta.grid.pixel_size});
             for (k, v) in [("nodata", b.nodata), ("scale", b.scale), ("offset", b.offset)] {
                 if let Some(v) = v {
                     r[k] = json!(v);
@@ -168,16 +168,4 @@ fn lonlat_ring(b: [f64; 4], t: &crs::Transformer) -> Vec<[f64; 2]> {
     let mut ring: Vec<[f64; 2]> = xs.iter().zip(&ys).map(|(x, y)| [*x, *y]).rev().collect();
     ring.push(ring[0]);
     ring
-}
-
-fn data_type(d: DType) -> &'static str {
-    match d {
-        DType::Uint8 => "uint8",
-        DType::Uint16 => "uint16",
-        DType::Int16 => "int16",
-        DType::Uint32 => "uint32",
-        DType::Int32 => "int32",
-        DType::Float32 => "float32",
-        DType::Float64 => "float64",
-    }
 }

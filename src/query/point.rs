@@ -170,12 +170,7 @@ impl PointAnswer {
             if periods.last().is_none_or(|(s, _)| *s != slot) {
                 periods.push((slot, names.iter().map(|_| Layers::default()).collect()));
             }
-            let inputs: Vec<Option<BandPixels>> = (0..out.inputs.len())
-                .map(|b| {
-                    let valid = series.column(4 + 2 * b).as_boolean().value(row);
-                    Some(BandPixels { values: series.column(3 + 2 * b).slice(row, 1), valid: vec![valid] })
-                })
-                .collect();
+            let inputs = row_inputs(series, out.inputs.len(), row);
             let baseline = steps::store_baseline(&self.selection.store, scenes.value(row));
             let layers = reduce::observation_layers(out, meta, inputs, 1, &names, baseline.as_deref(), times.value(row));
             let period = &mut periods.last_mut().expect("a period was pushed").1;
@@ -197,19 +192,7 @@ impl PointAnswer {
             Arc::new(StringArray::from(periods.iter().map(|(s, _)| s.label.as_str()).collect::<Vec<_>>())),
             Arc::new(StringArray::from(vec![tile_id; periods.len()])),
         ];
-        for (k, parts) in values.into_iter().enumerate() {
-            let field = schema.field(3 + 2 * k);
-            let joined = if parts.is_empty() {
-                arrow_array::new_empty_array(field.data_type())
-            } else {
-                let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-                arrow_select::concat::concat(&refs).map_err(Error::arrow("joining reduced values"))?
-            };
-            let nulls = arrow_buffer::NullBuffer::from(valids[k].clone());
-            let data = joined.to_data().into_builder().nulls(Some(nulls)).build().map_err(Error::arrow("masking reduced values"))?;
-            cols.push(arrow_array::make_array(data));
-            cols.push(Arc::new(BooleanArray::from(std::mem::take(&mut valids[k]))));
-        }
+        cols.extend(value_columns(&schema, values, valids)?);
         RecordBatch::try_new(schema, cols).map_err(Error::arrow("building a reduced point series"))
     }
 
@@ -221,12 +204,7 @@ impl PointAnswer {
         let mut columns: Vec<Vec<ArrayRef>> = vec![Vec::new(); out.names.len()];
         let mut valids: Vec<Vec<bool>> = vec![Vec::new(); out.names.len()];
         for r in 0..series.num_rows() {
-            let inputs: Vec<Option<BandPixels>> = (0..out.inputs.len())
-                .map(|b| {
-                    let valid = series.column(4 + 2 * b).as_boolean().value(r);
-                    Some(BandPixels { values: series.column(3 + 2 * b).slice(r, 1), valid: vec![valid] })
-                })
-                .collect();
+            let inputs = row_inputs(series, out.inputs.len(), r);
             let baseline = steps::store_baseline(&self.selection.store, scenes.value(r));
             for (k, (values, valid)) in steps::observation(out, meta, inputs, 1, baseline.as_deref(), times.value(r)).into_iter().enumerate() {
                 columns[k].push(values);
@@ -235,22 +213,41 @@ impl PointAnswer {
         }
         let schema = self.schema()?;
         let mut cols: Vec<ArrayRef> = series.columns()[..3].to_vec();
-        for (k, parts) in columns.into_iter().enumerate() {
-            let field = schema.field(3 + 2 * k);
-            let joined = if parts.is_empty() {
-                arrow_array::new_empty_array(field.data_type())
-            } else {
-                let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-                arrow_select::concat::concat(&refs).map_err(Error::arrow("joining point values"))?
-            };
-            let joined = arrow_cast_to(&joined, field.data_type())?;
-            let nulls = arrow_buffer::NullBuffer::from(valids[k].clone());
-            let data = joined.to_data().into_builder().nulls(Some(nulls)).build().map_err(Error::arrow("masking point values"))?;
-            cols.push(arrow_array::make_array(data));
-            cols.push(Arc::new(BooleanArray::from(std::mem::take(&mut valids[k]))));
-        }
+        cols.extend(value_columns(&schema, columns, valids)?);
         RecordBatch::try_new(schema, cols).map_err(Error::arrow("building the point series"))
     }
+}
+
+/// One row of a series as an observation's inputs (`bands` stored bands,
+/// each a value and its validity column from column 3 on).
+fn row_inputs(series: &RecordBatch, bands: usize, row: usize) -> Vec<Option<BandPixels>> {
+    (0..bands)
+        .map(|b| {
+            let valid = series.column(4 + 2 * b).as_boolean().value(row);
+            Some(BandPixels { values: series.column(3 + 2 * b).slice(row, 1), valid: vec![valid] })
+        })
+        .collect()
+}
+
+/// Per output band, its one-value arrays joined into the value column of
+/// `schema` (null where invalid) and its `<band>_valid` column.
+fn value_columns(schema: &Schema, parts: Vec<Vec<ArrayRef>>, valids: Vec<Vec<bool>>) -> Result<Vec<ArrayRef>> {
+    let mut cols = Vec::with_capacity(2 * parts.len());
+    for (k, (parts, valid)) in parts.into_iter().zip(valids).enumerate() {
+        let field = schema.field(3 + 2 * k);
+        let joined = if parts.is_empty() {
+            arrow_array::new_empty_array(field.data_type())
+        } else {
+            let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+            arrow_select::concat::concat(&refs).map_err(Error::arrow("joining point values"))?
+        };
+        let joined = arrow_cast_to(&joined, field.data_type())?;
+        let nulls = arrow_buffer::NullBuffer::from(valid.clone());
+        let data = joined.to_data().into_builder().nulls(Some(nulls)).build().map_err(Error::arrow("masking point values"))?;
+        cols.push(arrow_array::make_array(data));
+        cols.push(Arc::new(BooleanArray::from(valid)) as ArrayRef);
+    }
+    Ok(cols)
 }
 
 /// `a` as `to` (point values read as stored keep their type; a band

@@ -181,18 +181,7 @@ pub fn observation_layers(
     baseline: Option<&str>,
     time_ms: i64,
 ) -> Vec<Option<Layer>> {
-    let keep = steps::mask_keep(out, &inputs, n);
-    let masked: Vec<Option<BandPixels>> = inputs
-        .into_iter()
-        .map(|b| {
-            b.map(|mut b| {
-                if let Some(k) = &keep {
-                    b.valid.iter_mut().zip(k).for_each(|(v, k)| *v &= *k);
-                }
-                b
-            })
-        })
-        .collect();
+    let masked = steps::masked(out, inputs, n);
     let used: Vec<bool> = out.inputs.iter().map(|b| names.iter().any(|n| out.steps.program(n).is_some_and(|p| p.bands.contains(&b.name)))).collect();
     let floats: Vec<Option<(Vec<f32>, Vec<bool>)>> = masked
         .iter()

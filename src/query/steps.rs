@@ -96,24 +96,25 @@ pub struct BandPixels {
 pub fn mask_keep(out: &Outputs, inputs: &[Option<BandPixels>], n: usize) -> Option<Vec<bool>> {
     let (band, rule) = out.steps.mask.as_ref()?;
     let Some(Some(m)) = out.input_index(&band.name).map(|i| &inputs[i]) else { return Some(vec![false; n]) };
-    let Some(d) = DType::from_arrow(m.values.data_type()) else { return Some(vec![false; n]) };
-    if let Some(table) = &out.steps.mask_table {
-        let lookup = |i: usize| table[i];
-        match d {
-            DType::Uint8 => {
-                return Some(
-                    m.values.as_primitive::<arrow_array::types::UInt8Type>().values().iter().zip(&m.valid).map(|(v, ok)| *ok && lookup(*v as usize)).collect(),
-                )
-            }
-            DType::Uint16 => {
-                return Some(
-                    m.values.as_primitive::<arrow_array::types::UInt16Type>().values().iter().zip(&m.valid).map(|(v, ok)| *ok && lookup(*v as usize)).collect(),
-                )
-            }
-            _ => {}
-        }
-    }
-    Some(crate::with_arrow_type!(d, T => keep_where::<T>(&m.values, &m.valid, rule)))
+    let keep = keep_bits(&m.values, rule, out.steps.mask_table.as_deref());
+    Some(keep.iter().zip(&m.valid).map(|(k, ok)| k && *ok).collect())
+}
+
+/// The inputs with the mask applied: each band invalid where the mask
+/// leaves the observation invalid.
+pub fn masked(out: &Outputs, inputs: Vec<Option<BandPixels>>, n: usize) -> Vec<Option<BandPixels>> {
+    let keep = mask_keep(out, &inputs, n);
+    inputs
+        .into_iter()
+        .map(|b| {
+            b.map(|mut b| {
+                if let Some(k) = &keep {
+                    b.valid.iter_mut().zip(k).for_each(|(v, k)| *v &= *k);
+                }
+                b
+            })
+        })
+        .collect()
 }
 
 /// [`mask_keep`]'s rule over one mask band's values, as bits (`table`:
@@ -135,13 +136,6 @@ pub fn keep_bits(values: &ArrayRef, rule: &compute::MaskRule, table: Option<&Vec
         }),
         (None, _) => arrow_buffer::BooleanBuffer::new_unset(n),
     }
-}
-
-fn keep_where<T: ArrowPrimitiveType>(values: &ArrayRef, valid: &[bool], rule: &compute::MaskRule) -> Vec<bool>
-where
-    T::Native: Sample,
-{
-    values.as_primitive::<T>().values().iter().zip(valid).map(|(v, ok)| *ok && rule.keeps(v.to_f64())).collect()
 }
 
 /// Value `i` of an array of any pixel type as f64.
@@ -231,18 +225,7 @@ pub fn observation(
     baseline: Option<&str>,
     time_ms: i64,
 ) -> Vec<(ArrayRef, Vec<bool>)> {
-    let keep = mask_keep(out, &inputs, n);
-    let masked: Vec<Option<BandPixels>> = inputs
-        .into_iter()
-        .map(|b| {
-            b.map(|mut b| {
-                if let Some(k) = &keep {
-                    b.valid.iter_mut().zip(k).for_each(|(v, k)| *v &= *k);
-                }
-                b
-            })
-        })
-        .collect();
+    let masked = masked(out, inputs, n);
     let floats: Vec<Option<(Vec<f32>, Vec<bool>)>> = if out.steps.floats() {
         masked
             .iter()
