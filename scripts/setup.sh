@@ -23,7 +23,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import pyarrow, numpy, pytest, xarray, rasterio, nbclient, matplotlib, dask, rioxarray, pystac, pixelquery_flight" 2>/dev/null; then
+if ! .venv/bin/python -c "import pyarrow, numpy, pytest, xarray, rasterio, nbclient, matplotlib, dask, rioxarray, pystac, adbc_driver_flightsql, duckdb, stac_pydantic, pixelquery_flight" 2>/dev/null; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r tests/python/requirements.txt -e clients/python

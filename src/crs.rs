@@ -134,6 +134,36 @@ impl Transformer {
     }
 }
 
+/// A grid-CRS rectangle as a closed lon/lat ring, 8 points per edge.
+pub fn lonlat_ring(b: [f64; 4], t: &Transformer) -> Vec<[f64; 2]> {
+    const EDGE: usize = 8;
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let corners = [(b[0], b[3]), (b[2], b[3]), (b[2], b[1]), (b[0], b[1])];
+    for k in 0..4 {
+        let ((x0, y0), (x1, y1)) = (corners[k], corners[(k + 1) % 4]);
+        for i in 0..EDGE {
+            let f = i as f64 / EDGE as f64;
+            xs.push(x0 + f * (x1 - x0));
+            ys.push(y0 + f * (y1 - y0));
+        }
+    }
+    t.transform(&mut xs, &mut ys);
+    // Counter-clockwise as GeoJSON wants: the corners above run clockwise.
+    let mut ring: Vec<[f64; 2]> = xs.iter().zip(&ys).map(|(x, y)| [*x, *y]).rev().collect();
+    ring.push(ring[0]);
+    ring
+}
+
+/// The union of `tiles`' bounds as a lon/lat ring (8 points per edge) and
+/// its lon/lat bounding box `[west, south, east, north]`.
+pub fn lonlat_footprint(grid: &crate::grid::GridSpec, tiles: &std::collections::BTreeSet<crate::grid::TileId>, t: &Transformer) -> (Vec<[f64; 2]>, [f64; 4]) {
+    let empty = [f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY];
+    let b = tiles.iter().map(|t| grid.tile_bounds(*t)).fold(empty, |a, b| [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])]);
+    let ring = lonlat_ring(b, t);
+    let bbox = ring.iter().fold(empty, |a, p| [a[0].min(p[0]), a[1].min(p[1]), a[2].max(p[0]), a[3].max(p[1])]);
+    (ring, bbox)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

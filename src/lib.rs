@@ -13,6 +13,7 @@
 //! - [`auth`]: access file, bearer tokens, roles, Handshake
 //! - [`cog`]: GeoTIFF/COG files into scenes (CLI ingest, ingest_path)
 //! - [`ingest`]: DoPut stream -> warp -> append
+//! - [`sql`]: SQL over the catalog (DataFusion), behind Flight SQL
 //! - [`query`]: query -> chunks -> record batches, point series, load windows
 //! - [`compute`]: per-observation steps: QA masks, scale/offset, band math
 //! - [`wire`]: commands and protobuf/JSON requests into validated requests
@@ -39,6 +40,7 @@ pub mod pool;
 pub mod query;
 pub mod sample;
 pub mod server;
+pub mod sql;
 pub mod state;
 pub mod storage;
 pub mod warp;

@@ -3,8 +3,6 @@
 //! `processing` extensions), so STAC browsers and `pystac` can list the
 //! warehouse.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -13,7 +11,6 @@ use crate::auth::Role;
 use crate::collection;
 use crate::crs;
 use crate::error::{Error, Result};
-use crate::grid::TileId;
 use crate::state::AppState;
 use crate::storage::CollectionStore;
 use crate::wire::format_time;
@@ -53,27 +50,11 @@ impl Stac {
     }
 }
 
-/// One scene as the chunks know it: time, tiles and bands.
-#[derive(Default)]
-struct Scene {
-    time: i64,
-    tiles: BTreeSet<TileId>,
-    bands: BTreeSet<String>,
-}
-
 /// The STAC Collection and Items of `store`. Blocking (GDAL).
 pub fn catalog(store: &CollectionStore) -> Result<Value> {
     let meta = &store.meta;
     let grid = meta.grid_spec();
-    let mut scenes: BTreeMap<String, Scene> = BTreeMap::new();
-    for (k, e) in store.chunks(|_| true) {
-        for (t, s) in e.times.iter().zip(&e.scenes) {
-            let scene = scenes.entry(s.to_string()).or_default();
-            scene.time = *t;
-            scene.tiles.insert(k.tile);
-            scene.bands.insert(k.band.clone());
-        }
-    }
+    let scenes = store.scene_summaries();
     let to_lonlat = crs::cached(("grid.crs", &grid.crs), ("EPSG:4326", "EPSG:4326"))?;
     let epsg = meta.grid.crs.strip_prefix("EPSG:").and_then(|c| c.parse::<u32>().ok());
     let raster_bands: Vec<Value> = meta
@@ -94,25 +75,18 @@ pub fn catalog(store: &CollectionStore) -> Result<Value> {
     let mut extent: Option<[f64; 4]> = None;
     let (mut start, mut end) = (i64::MAX, i64::MIN);
     for (id, scene) in &scenes {
-        let b = scene.tiles.iter().map(|t| grid.tile_bounds(*t)).fold([f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY], |a, b| {
-            [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])]
-        });
-        let ring = lonlat_ring(b, &to_lonlat.transformer);
-        let bbox = ring.iter().fold([f64::INFINITY, f64::INFINITY, f64::NEG_INFINITY, f64::NEG_INFINITY], |a, p| {
-            [a[0].min(p[0]), a[1].min(p[1]), a[2].max(p[0]), a[3].max(p[1])]
-        });
+        let (ring, bbox) = crs::lonlat_footprint(&grid, &scene.tiles, &to_lonlat.transformer);
         extent = Some(extent.map_or(bbox, |e| [e[0].min(bbox[0]), e[1].min(bbox[1]), e[2].max(bbox[2]), e[3].max(bbox[3])]));
-        (start, end) = (start.min(scene.time), end.max(scene.time));
-        let stored = store.scene(id);
+        (start, end) = (start.min(scene.time_ms), end.max(scene.time_ms));
         let mut properties = json!({
-            "datetime": format_time(scene.time),
+            "datetime": format_time(scene.time_ms),
             "proj:epsg": epsg,
             "proj:wkt2": meta.grid.crs_wkt,
             "eo:bands": eo_bands.iter().filter(|b| scene.bands.contains(b["name"].as_str().unwrap_or_default())).collect::<Vec<_>>(),
             "raster:bands": raster_bands.iter().filter(|b| scene.bands.contains(b["name"].as_str().unwrap_or_default())).collect::<Vec<_>>(),
             "pixelquery:tiles": scene.tiles.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
         });
-        if let Some(baseline) = stored.and_then(|s| s.baseline) {
+        if let Some(baseline) = &scene.baseline {
             properties["processing:version"] = json!(baseline);
             if meta.profile.as_deref() == Some("sentinel2_l2a") {
                 properties["s2:processing_baseline"] = json!(baseline);
@@ -148,24 +122,4 @@ pub fn catalog(store: &CollectionStore) -> Result<Value> {
         "links": items.iter().map(|i| json!({"rel": "item", "href": format!("./items/{}.json", i["id"].as_str().unwrap_or_default()), "type": "application/geo+json"})).collect::<Vec<_>>(),
     });
     Ok(json!({"collection": collection, "items": items}))
-}
-
-/// A grid-CRS rectangle as a closed lon/lat ring, 8 points per edge.
-fn lonlat_ring(b: [f64; 4], t: &crs::Transformer) -> Vec<[f64; 2]> {
-    const EDGE: usize = 8;
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    let corners = [(b[0], b[3]), (b[2], b[3]), (b[2], b[1]), (b[0], b[1])];
-    for k in 0..4 {
-        let ((x0, y0), (x1, y1)) = (corners[k], corners[(k + 1) % 4]);
-        for i in 0..EDGE {
-            let f = i as f64 / EDGE as f64;
-            xs.push(x0 + f * (x1 - x0));
-            ys.push(y0 + f * (y1 - y0));
-        }
-    }
-    t.transform(&mut xs, &mut ys);
-    // Counter-clockwise as GeoJSON wants: the corners above run clockwise.
-    let mut ring: Vec<[f64; 2]> = xs.iter().zip(&ys).map(|(x, y)| [*x, *y]).rev().collect();
-    ring.push(ring[0]);
-    ring
 }

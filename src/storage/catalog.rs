@@ -10,7 +10,7 @@ use arrow_array::RecordBatch;
 
 use super::chunk;
 use super::local::{self, ChunkFile};
-use super::log::{ChunkRef, PixelStats, Record, Rewritten};
+use super::log::{ChunkRef, PixelStats, Record, Rewritten, RowStats};
 use super::paths::{Month, WarehousePaths};
 use crate::error::{Error, Result};
 use crate::grid::TileId;
@@ -48,6 +48,9 @@ pub struct ChunkEntry {
     /// Acquisition time and scene of every row, in file order.
     pub times: Vec<i64>,
     pub scenes: Vec<Arc<str>>,
+    /// Each row's statistics, in file order (`None`: committed by a
+    /// server that did not keep them).
+    pub row_stats: Vec<Option<RowStats>>,
     pub stats: PixelStats,
     /// Batches appended since the file was last written whole.
     pub appends: u32,
@@ -215,10 +218,12 @@ impl Index {
                         len: 0,
                         times: Vec::new(),
                         scenes: Vec::new(),
+                        row_stats: Vec::new(),
                         stats: PixelStats::default(),
                         appends: 0,
                         sums: Vec::new(),
                     });
+                    e.row_stats.push(Some(RowStats::new(&a.stats, a.len.saturating_sub(e.len))));
                     e.len = a.len;
                     e.sums.push(Sum { end: a.len, crc: a.crc });
                     e.times.push(*time_ms);
@@ -256,6 +261,7 @@ impl Index {
                     len: r.len,
                     times: r.rows.iter().map(|(t, _)| *t).collect(),
                     scenes: r.rows.iter().map(|(_, s)| Arc::from(s.as_str())).collect(),
+                    row_stats: if r.row_stats.len() == r.rows.len() { r.row_stats.iter().copied().map(Some).collect() } else { vec![None; r.rows.len()] },
                     stats: r.stats,
                     appends: 0,
                     sums,

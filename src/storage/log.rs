@@ -48,6 +48,23 @@ impl PixelStats {
     }
 }
 
+/// What the catalog keeps of one observation (a row of a chunk): its
+/// valid pixels, their min, max and sum, and the bytes its append wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RowStats {
+    pub valid: u64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub bytes: u64,
+}
+
+impl RowStats {
+    pub fn new(s: &PixelStats, bytes: u64) -> Self {
+        RowStats { valid: s.valid, min: s.min, max: s.max, sum: s.sum, bytes }
+    }
+}
+
 /// A chunk named in a record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkRef {
@@ -87,6 +104,10 @@ pub struct Rewritten {
     /// checksums).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sums: Vec<(u64, u32)>,
+    /// Each row's statistics, in file order (empty in logs written before
+    /// they were kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub row_stats: Vec<RowStats>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -69,6 +69,20 @@ pub use paths::{Month, WarehousePaths};
 /// take the server from 0.4 to 3.3 GiB resident.)
 pub const SNAPSHOT_EVERY: u64 = 64;
 
+/// What the catalog holds of one scene, gathered from its chunks.
+#[derive(Debug, Clone, Default)]
+pub struct SceneSummary {
+    pub time_ms: i64,
+    pub tiles: std::collections::BTreeSet<TileId>,
+    pub bands: std::collections::BTreeSet<String>,
+    /// Observations: one per (tile, band).
+    pub observations: u64,
+    /// Bytes its appends wrote (`None`: some were committed by a server
+    /// that did not keep them).
+    pub bytes: Option<u64>,
+    pub baseline: Option<String>,
+}
+
 /// A collection and its catalog.
 pub struct CollectionStore {
     pub meta: Collection,
@@ -216,6 +230,27 @@ impl CollectionStore {
         let mut out = std::collections::BTreeMap::new();
         for s in read(&self.index).scenes.values() {
             *out.entry(s.baseline.clone().unwrap_or_else(|| "unknown".into())).or_insert(0) += 1;
+        }
+        out
+    }
+
+    /// Every stored scene as its chunks hold it: time, tiles, bands,
+    /// observations and bytes, by scene id.
+    pub fn scene_summaries(&self) -> BTreeMap<String, SceneSummary> {
+        let idx = read(&self.index);
+        let mut out: BTreeMap<String, SceneSummary> = BTreeMap::new();
+        for (k, e) in &idx.chunks {
+            for (i, (t, s)) in e.times.iter().zip(&e.scenes).enumerate() {
+                let scene = out.entry(s.to_string()).or_insert_with(|| SceneSummary { bytes: Some(0), ..Default::default() });
+                scene.time_ms = *t;
+                scene.tiles.insert(k.tile);
+                scene.bands.insert(k.band.clone());
+                scene.observations += 1;
+                scene.bytes = scene.bytes.zip(e.row_stats.get(i).copied().flatten()).map(|(b, r)| b + r.bytes);
+            }
+        }
+        for (id, scene) in &mut out {
+            scene.baseline = idx.scenes.get(id).and_then(|s| s.baseline.clone());
         }
         out
     }

@@ -10,7 +10,7 @@ use arrow_array::{RecordBatch, UInt32Array};
 
 use super::catalog::ChunkKey;
 use super::local;
-use super::log::{PixelStats, Record, Rewritten};
+use super::log::{PixelStats, Record, Rewritten, RowStats};
 use super::{chunk, read, CollectionStore};
 use crate::error::{Error, Result};
 use crate::grid::TileId;
@@ -84,9 +84,10 @@ impl CollectionStore {
         local::sync_dir(path.parent().unwrap_or(self.paths.root()))?;
         let mut rows: Vec<(i64, String)> = order.iter().map(|&i| (snap.times[i], snap.scenes[i].to_string())).collect();
         rows.extend((snap.times.len()..cur.times.len()).map(|i| (cur.times[i], cur.scenes[i].to_string())));
+        let row_stats = known_row_stats(order.iter().copied().chain(snap.times.len()..cur.times.len()).map(|i| cur.row_stats.get(i).copied().flatten()));
         let record = Record::Rewrite {
             reason: "compact".into(),
-            chunks: vec![Rewritten { chunk: key.to_ref(), gen, len, rows, stats: cur.stats, sums }],
+            chunks: vec![Rewritten { chunk: key.to_ref(), gen, len, rows, stats: cur.stats, sums, row_stats }],
             removed_scenes: vec![],
         };
         self.commit(&mut log, record)?;
@@ -158,7 +159,7 @@ impl CollectionStore {
             let gen = entry.file.gen + 1;
             if hits.len() == entry.times.len() {
                 out.chunks_removed += 1;
-                rewritten.push(Rewritten { chunk: key.to_ref(), gen, len: 0, rows: vec![], stats: PixelStats::default(), sums: vec![] });
+                rewritten.push(Rewritten { chunk: key.to_ref(), gen, len: 0, rows: vec![], stats: PixelStats::default(), sums: vec![], row_stats: vec![] });
                 continue;
             }
             let (batches, at) = self.read_rows_at(entry, |i| !remove(entry.times[i], &entry.scenes[i]))?;
@@ -168,9 +169,10 @@ impl CollectionStore {
             let (len, sums) = local::chunk_file::write_new(&path, &batch)?;
             written_paths.push((path, len));
             let rows = order.iter().map(|&i| (entry.times[at[i]], entry.scenes[at[i]].to_string())).collect();
+            let row_stats = known_row_stats(order.iter().map(|&i| entry.row_stats.get(at[i]).copied().flatten()));
             out.chunks_rewritten += 1;
             let stats = chunk::batch_stats(&batch, self.meta.grid.tile_px as usize);
-            rewritten.push(Rewritten { chunk: key.to_ref(), gen, len, rows, stats, sums });
+            rewritten.push(Rewritten { chunk: key.to_ref(), gen, len, rows, stats, sums, row_stats });
         }
         Ok((out, rewritten, written_paths))
     }
@@ -204,4 +206,10 @@ pub fn sorted_rows(batches: &[RecordBatch], keep: impl Fn(i64, &str) -> bool) ->
     let take = UInt32Array::from(order.iter().map(|&i| i as u32).collect::<Vec<_>>());
     let batch = arrow_select::take::take_record_batch(&all, &take).map_err(Error::arrow("ordering chunk rows"))?;
     Ok((Some(batch), order))
+}
+
+/// Rows' statistics for a rewrite record: all of them, or none if any row's
+/// are unknown (a record holds a statistic for every row or for none).
+fn known_row_stats(rows: impl Iterator<Item = Option<RowStats>>) -> Vec<RowStats> {
+    rows.collect::<Option<Vec<_>>>().unwrap_or_default()
 }

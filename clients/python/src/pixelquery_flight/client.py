@@ -65,6 +65,24 @@ def _crs(crs: Any) -> str:
     return str(crs)
 
 
+def _adbc_error(e: Exception) -> Exception:
+    """The package exception for an ADBC driver error (its gRPC status)."""
+    from .errors import NotFound, ServerError, Unauthorized
+
+    text = str(e)
+    for marker in ("; Detail", ". gRPC client debug context"):
+        text = text.split(marker, 1)[0]
+    status = getattr(e, "status_code", None)
+    name = getattr(status, "name", "")
+    if name in ("INVALID_ARGUMENT", "INVALID_DATA"):
+        return InvalidRequest(text)
+    if name == "NOT_FOUND":
+        return NotFound(text)
+    if name in ("UNAUTHENTICATED", "UNAUTHORIZED"):
+        return Unauthorized(text)
+    return ServerError(text)
+
+
 class Client:
     """A connection to one PixelQuery Flight server.
 
@@ -95,6 +113,7 @@ class Client:
             else:
                 headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
         self._options = flight.FlightCallOptions(headers=headers)
+        self._authorization = headers[0][1].decode() if headers else None
 
     def close(self) -> None:
         self._flight.close()
@@ -128,6 +147,26 @@ class Client:
         if tile is not None:
             body["tile"] = tile
         return self._action("describe", body)
+
+    def sql(self, query: str) -> pa.Table:
+        """Runs a read-only SQL statement over Flight SQL (through the ADBC
+        driver, ``pip install adbc-driver-flightsql``) and returns its
+        answer. Tables: ``collections``, ``scenes``, ``chunks``,
+        ``observations``; ``point_series(collection, lon, lat)`` for one
+        location's pixels (docs/protocol.md, SQL)."""
+        try:
+            from adbc_driver_flightsql import DatabaseOptions, dbapi
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ImportError("Client.sql needs the ADBC Flight SQL driver: pip install adbc-driver-flightsql") from e
+        import adbc_driver_manager
+
+        db_kwargs = {DatabaseOptions.AUTHORIZATION_HEADER.value: self._authorization} if self._authorization else {}
+        try:
+            with dbapi.connect(self.uri, db_kwargs=db_kwargs, autocommit=True) as conn, conn.cursor() as cur:
+                cur.execute(query)
+                return cur.fetch_arrow_table()
+        except adbc_driver_manager.Error as e:
+            raise _adbc_error(e) from e
 
     def stac(self, name: str) -> dict:
         """The collection as STAC 1.0: ``{"collection": <Collection>,
