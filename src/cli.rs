@@ -26,6 +26,45 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Create, list, describe or delete a server's collections.
     Collection(CollectionArgs),
+    /// Export a collection as a STAC 1.0 Collection and one Item per scene.
+    Stac(StacArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StacArgs {
+    /// The collection to export.
+    pub collection: String,
+    /// Write `collection.json` and `items/<scene>.json` under this folder
+    /// (a static STAC catalog); without it the JSON goes to stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl StacArgs {
+    /// Runs the export; what was written, or the STAC JSON itself.
+    pub async fn run(&self) -> Result<serde_json::Value> {
+        let opts = self.server.options();
+        let mut client = crate::cog::send::connect(&opts).await?;
+        let stac = client
+            .action("stac", &serde_json::json!({"collection": self.collection}))
+            .await
+            .map_err(|e| crate::cog::send::call_error(&opts, "collection", e))?;
+        let Some(out) = &self.out else { return Ok(stac) };
+        let items = out.join("items");
+        std::fs::create_dir_all(&items).map_err(Error::io(&items))?;
+        let write = |path: PathBuf, v: &serde_json::Value| std::fs::write(&path, serde_json::to_vec_pretty(v).unwrap_or_default()).map_err(Error::io(path));
+        write(out.join("collection.json"), &stac["collection"])?;
+        let list = stac["items"].as_array().cloned().unwrap_or_default();
+        for item in &list {
+            let id = item["id"].as_str().unwrap_or_default();
+            // Scene ids may hold characters a file name cannot.
+            let name: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+            write(items.join(format!("{name}.json")), item)?;
+        }
+        Ok(serde_json::json!({"collection": out.join("collection.json"), "items": list.len()}))
+    }
 }
 
 /// Where a client command connects.
@@ -168,7 +207,9 @@ fn parse_band_specs(s: &str) -> Result<serde_json::Value> {
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
-    /// Files or directories (searched recursively for .tif/.tiff).
+    /// Files or directories (searched recursively for .tif/.tiff), or STAC
+    /// Items with local assets: an ItemCollection or Item `.json` file, or a
+    /// folder of Item files.
     #[arg(required = true)]
     pub paths: Vec<String>,
     /// Collection to ingest into.

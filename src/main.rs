@@ -119,6 +119,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let answer = args.run().await?;
             println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
         }
+        Command::Stac(args) => {
+            let answer = args.run().await?;
+            println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+        }
         Command::Ingest(args) => {
             let report = pixelquery::cog::send::ingest_files(args.send_options()).await?;
             args.print_report(&report);

@@ -8,6 +8,7 @@
 
 pub mod names;
 pub mod send;
+pub mod stac;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -403,86 +404,104 @@ pub fn plan(files: &[String], opts: &CogOptions) -> (Vec<ScenePlan>, Vec<Failure
     }
     let mut scenes = Vec::new();
     for (key, members) in groups {
-        // Bands on different pixel grids (10 m and 20 m files of one
-        // product) cannot share one DoPut: one scene per grid.
-        let mut by_grid: Vec<Members> = Vec::new();
-        for m in members {
-            match by_grid
-                .iter_mut()
-                .find(|g| g[0].0.geotransform == m.0.geotransform && (g[0].0.width, g[0].0.height) == (m.0.width, m.0.height) && g[0].0.crs_wkt == m.0.crs_wkt)
-            {
-                Some(g) => g.push(m),
-                None => by_grid.push(vec![m]),
-            }
-        }
-        let split = by_grid.len() > 1;
-        for group in by_grid {
-            let first = &group[0].0;
-            let mut paths: Vec<String> = group.iter().map(|(i, _)| i.path.clone()).collect();
-            paths.sort();
-            let fail_all =
-                |reason: String, failures: &mut Vec<Failure>| failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
-            // Checked before the files are read for their fingerprint.
-            let profile = opts.profile.as_deref();
-            if let Some(reason) = profile_mismatch(&key.label, profile).or_else(|| group.iter().find_map(|(i, _)| profile_mismatch(&i.stem, profile))) {
-                fail_all(reason, &mut failures);
-                continue;
-            }
-            let fingerprint = match fingerprint(&paths) {
-                Ok(f) => f,
-                Err(reason) => {
-                    fail_all(reason, &mut failures);
-                    continue;
-                }
-            };
-            let base = scene_id(key.product.as_deref(), &key.label, fingerprint);
-            let scene_id = if split { format!("{base}_{}m", (first.geotransform[1].abs() * 100.0).round() / 100.0) } else { base };
-            let (time_ms, time_source) = match acquisition_time(first, opts) {
-                Ok(t) => t,
-                Err(reason) => {
-                    fail_all(reason, &mut failures);
-                    continue;
-                }
-            };
-            let mut bands = Vec::new();
-            let mut sources = Vec::new();
-            let mut bytes = 0u64;
-            let mut dup = None;
-            for (info, file_bands) in &group {
-                for (idx, name) in file_bands {
-                    if bands.iter().any(|b: &pb::BandSpec| &b.name == name) {
-                        dup = Some(name.clone());
-                    }
-                    let dtype = info.dtypes[idx - 1];
-                    let nodata = info.nodata[idx - 1].filter(|v| dtype.holds(*v));
-                    bands.push(pb::BandSpec { name: name.clone(), dtype: dtype.name().into(), nodata, ..Default::default() });
-                    sources.push((info.path.clone(), *idx));
-                    bytes += dtype.arrow().primitive_width().unwrap_or(8) as u64 * info.width as u64 * info.height as u64;
-                }
-            }
-            if let Some(name) = dup {
-                fail_all(format!("band {name} comes from two files of scene {scene_id}"), &mut failures);
-                continue;
-            }
-            let request = pb::IngestRequest {
-                collection: opts.collection.clone(),
-                scene_id,
-                acquired_at_ms: time_ms,
-                crs: first.crs_wkt.clone(),
-                geotransform: first.geotransform.to_vec(),
-                width: first.width,
-                height: first.height,
-                bands,
-                resampling: opts.resampling.clone(),
-                resampling_by_band: Default::default(),
-                fingerprint: fingerprint.map(|f| format!("crc32:{f:08x}")).unwrap_or_default(),
-                replace: opts.replace,
-                processing_baseline: opts.baseline.clone().or_else(|| baseline_of(first, key.product.as_deref())).unwrap_or_default(),
-            };
-            scenes.push(ScenePlan { request, sources, files: paths, time_source, bytes });
-        }
+        plan_group(key, members, opts, None, &mut scenes, &mut failures);
     }
     (scenes, failures)
+}
+
+/// What a STAC Item says of its scene, over what the files say.
+#[derive(Debug, Clone)]
+struct Forced {
+    scene_id: String,
+    time_ms: i64,
+    baseline: Option<String>,
+}
+
+/// One scene's files (split by pixel grid) into scene plans.
+fn plan_group(key: SceneKey, members: Members, opts: &CogOptions, forced: Option<&Forced>, scenes: &mut Vec<ScenePlan>, failures: &mut Vec<Failure>) {
+    // Bands on different pixel grids (10 m and 20 m files of one
+    // product) cannot share one DoPut: one scene per grid.
+    let mut by_grid: Vec<Members> = Vec::new();
+    for m in members {
+        match by_grid
+            .iter_mut()
+            .find(|g| g[0].0.geotransform == m.0.geotransform && (g[0].0.width, g[0].0.height) == (m.0.width, m.0.height) && g[0].0.crs_wkt == m.0.crs_wkt)
+        {
+            Some(g) => g.push(m),
+            None => by_grid.push(vec![m]),
+        }
+    }
+    let split = by_grid.len() > 1;
+    for group in by_grid {
+        let first = &group[0].0;
+        let mut paths: Vec<String> = group.iter().map(|(i, _)| i.path.clone()).collect();
+        paths.sort();
+        let fail_all = |reason: String, failures: &mut Vec<Failure>| failures.extend(paths.iter().map(|p| Failure { path: p.clone(), reason: reason.clone() }));
+        // Checked before the files are read for their fingerprint.
+        let profile = opts.profile.as_deref();
+        if let Some(reason) = profile_mismatch(&key.label, profile).or_else(|| group.iter().find_map(|(i, _)| profile_mismatch(&i.stem, profile))) {
+            fail_all(reason, failures);
+            continue;
+        }
+        let fingerprint = match fingerprint(&paths) {
+            Ok(f) => f,
+            Err(reason) => {
+                fail_all(reason, failures);
+                continue;
+            }
+        };
+        let base = forced.map(|f| f.scene_id.clone()).unwrap_or_else(|| scene_id(key.product.as_deref(), &key.label, fingerprint));
+        let scene_id = if split { format!("{base}_{}m", (first.geotransform[1].abs() * 100.0).round() / 100.0) } else { base };
+        let time = forced.map(|f| Ok((f.time_ms, "the STAC Item's datetime".to_string()))).unwrap_or_else(|| acquisition_time(first, opts));
+        let (time_ms, time_source) = match time {
+            Ok(t) => t,
+            Err(reason) => {
+                fail_all(reason, failures);
+                continue;
+            }
+        };
+        let mut bands = Vec::new();
+        let mut sources = Vec::new();
+        let mut bytes = 0u64;
+        let mut dup = None;
+        for (info, file_bands) in &group {
+            for (idx, name) in file_bands {
+                if bands.iter().any(|b: &pb::BandSpec| &b.name == name) {
+                    dup = Some(name.clone());
+                }
+                let dtype = info.dtypes[idx - 1];
+                let nodata = info.nodata[idx - 1].filter(|v| dtype.holds(*v));
+                bands.push(pb::BandSpec { name: name.clone(), dtype: dtype.name().into(), nodata, ..Default::default() });
+                sources.push((info.path.clone(), *idx));
+                bytes += dtype.arrow().primitive_width().unwrap_or(8) as u64 * info.width as u64 * info.height as u64;
+            }
+        }
+        if let Some(name) = dup {
+            fail_all(format!("band {name} comes from two files of scene {scene_id}"), failures);
+            continue;
+        }
+        let request = pb::IngestRequest {
+            collection: opts.collection.clone(),
+            scene_id,
+            acquired_at_ms: time_ms,
+            crs: first.crs_wkt.clone(),
+            geotransform: first.geotransform.to_vec(),
+            width: first.width,
+            height: first.height,
+            bands,
+            resampling: opts.resampling.clone(),
+            resampling_by_band: Default::default(),
+            fingerprint: fingerprint.map(|f| format!("crc32:{f:08x}")).unwrap_or_default(),
+            replace: opts.replace,
+            processing_baseline: opts
+                .baseline
+                .clone()
+                .or_else(|| forced.and_then(|f| f.baseline.clone()))
+                .or_else(|| baseline_of(first, key.product.as_deref()))
+                .unwrap_or_default(),
+        };
+        scenes.push(ScenePlan { request, sources, files: paths, time_source, bytes });
+    }
 }
 
 fn read_strip<T: ArrowPrimitiveType>(ds: &Dataset, band: usize, row: usize, rows: usize, width: usize) -> Result<ArrayRef>

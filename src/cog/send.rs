@@ -293,8 +293,11 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
     let client = connect(&args.server).await?;
     let server = &args.server.server;
     let band_map = args.bands.as_deref().map(super::parse_band_map).transpose()?.unwrap_or_default();
-    let paths = args.paths.clone();
-    let (files, discovered) = tokio::task::spawn_blocking(move || super::discover(&paths)).await.map_err(|e| Error::Internal(e.to_string()))?;
+    let (stac_paths, paths): (Vec<String>, Vec<String>) = args.paths.iter().cloned().partition(|p| super::stac::is_stac(p));
+    let ((files, mut discovered), (items, unread)) = tokio::task::spawn_blocking(move || (super::discover(&paths), super::stac::read_items(&stac_paths)))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    discovered.extend(unread);
     let mut c = client.try_clone();
     let desc = match c.describe(&args.collection).await {
         Ok(d) => d,
@@ -302,8 +305,11 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
             let body = match (&args.profile, args.create) {
                 (Some(p), _) => serde_json::json!({"name": args.collection, "profile": p}),
                 (None, true) => {
-                    let first =
-                        files.first().cloned().ok_or_else(|| Error::invalid("paths", &args.paths, "no .tif/.tiff file to create the collection from"))?;
+                    let first = files
+                        .first()
+                        .cloned()
+                        .or_else(|| super::stac::first_asset(&items))
+                        .ok_or_else(|| Error::invalid("paths", &args.paths, "no .tif/.tiff file to create the collection from"))?;
                     let (name, band_map) = (args.collection.clone(), band_map.clone());
                     tokio::task::spawn_blocking(move || super::collection_for_file(&first, &name, &band_map))
                         .await
@@ -333,10 +339,12 @@ pub async fn ingest_files(args: SendOptions) -> crate::error::Result<IngestRepor
         baseline: args.baseline.clone(),
         profile: desc["profile"].as_str().map(str::to_string),
     };
-    let count = files.len();
+    let count = files.len() + items.len();
     let (scenes, failures) = tokio::task::spawn_blocking(move || {
-        let (scenes, more) = super::plan(&files, &opts);
-        (scenes, discovered.into_iter().chain(more).collect())
+        let (mut scenes, more) = super::plan(&files, &opts);
+        let (from_items, item_failures) = super::stac::plan_items(&items, &opts);
+        scenes.extend(from_items);
+        (scenes, discovered.into_iter().chain(more).chain(item_failures).collect())
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))?;

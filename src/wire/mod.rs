@@ -447,12 +447,18 @@ pub fn decode_ingest(bytes: &[u8]) -> Result<IngestSpec> {
     ingest_spec(decode::<_, IngestJson>("descriptor.cmd", bytes)?)
 }
 
+/// A scene id: 1 to [`MAX_SCENE_ID`] bytes without control characters.
+pub fn validate_scene_id(field: &str, id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_SCENE_ID || id.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(field, id, &format!("must be 1 to {MAX_SCENE_ID} bytes without control characters")));
+    }
+    Ok(())
+}
+
 /// Validates an `IngestRequest` into what the ingest pipeline takes.
 pub fn ingest_spec(r: pb::IngestRequest) -> Result<IngestSpec> {
     validate_collection_name("collection", &r.collection)?;
-    if r.scene_id.is_empty() || r.scene_id.len() > MAX_SCENE_ID || r.scene_id.chars().any(|c| c.is_control()) {
-        return Err(Error::invalid("scene_id", &r.scene_id, &format!("must be 1 to {MAX_SCENE_ID} bytes without control characters")));
-    }
+    validate_scene_id("scene_id", &r.scene_id)?;
     if r.fingerprint.len() > 128 || r.fingerprint.chars().any(|c| c.is_control()) {
         return Err(Error::invalid("fingerprint", &r.fingerprint, "must be at most 128 bytes without control characters"));
     }
