@@ -159,8 +159,9 @@ impl TableProvider for LiveTable {
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let (warehouse, name) = (self.warehouse.clone(), self.name.clone());
-        let batch = blocking(move || tables::build(&warehouse, &name)).await?;
-        MemTable::try_new(self.schema.clone(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
+        let columns = projection.cloned();
+        let batch = blocking(move || tables::build(&warehouse, &name, columns.as_deref())).await?;
+        MemTable::try_new(batch.schema(), vec![vec![batch]])?.scan(state, None, filters, limit).await
     }
 }
 

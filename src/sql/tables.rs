@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use arrow_array::builder::{ListBuilder, StringBuilder};
-use arrow_array::{ArrayRef, BinaryArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array};
+use std::fmt::Write;
+
+use arrow_array::builder::{Float64Builder, ListBuilder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder};
+use arrow_array::{ArrayRef, BinaryArray, Float64Array, RecordBatch, RecordBatchOptions, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::crs;
@@ -90,18 +92,33 @@ pub fn schema(name: &str) -> Option<SchemaRef> {
     Some(Arc::new(Schema::new(fields)))
 }
 
-/// Table `name` as it stands now, one batch. Blocking for `scenes` (the
-/// footprints go through GDAL).
-pub fn build(warehouse: &Warehouse, name: &str) -> Result<RecordBatch> {
-    let schema = schema(name).ok_or_else(|| Error::not_found(format!("table {name:?}")))?;
+/// Table `name` as it stands now, one batch of the columns `projection`
+/// picks (all without one). Blocking for `scenes` (the footprints go
+/// through GDAL).
+pub fn build(warehouse: &Warehouse, name: &str, projection: Option<&[usize]>) -> Result<RecordBatch> {
+    let full = schema(name).ok_or_else(|| Error::not_found(format!("table {name:?}")))?;
     let stores = warehouse.collections();
-    let columns = match name {
-        "collections" => collections(&stores),
-        "scenes" => scenes(&stores)?,
-        "chunks" => chunks(&stores),
-        _ => observations(&stores),
+    let project = |schema: SchemaRef| match projection {
+        Some(p) => schema.project(p).map(Arc::new).map_err(Error::arrow("projecting a SQL table")),
+        None => Ok(schema),
     };
-    RecordBatch::try_new(schema, columns).map_err(Error::arrow("building a SQL table"))
+    let (schema, (columns, rows)) = match name {
+        "chunks" | "observations" => {
+            let schema = project(full)?;
+            let built = if name == "chunks" { chunks(&stores, &schema) } else { observations(&stores, &schema) };
+            (schema, built)
+        }
+        _ => {
+            let columns = if name == "collections" { collections(&stores) } else { scenes(&stores)? };
+            let batch = RecordBatch::try_new(full, columns).map_err(Error::arrow("building a SQL table"))?;
+            let batch = match projection {
+                Some(p) => batch.project(p).map_err(Error::arrow("projecting a SQL table"))?,
+                None => batch,
+            };
+            return Ok(batch);
+        }
+    };
+    RecordBatch::try_new_with_options(schema, columns, &RecordBatchOptions::new().with_row_count(Some(rows))).map_err(Error::arrow("building a SQL table"))
 }
 
 fn timestamps(v: Vec<Option<i64>>) -> ArrayRef {
@@ -191,67 +208,129 @@ pub fn wkb_polygon(ring: &[[f64; 2]]) -> Vec<u8> {
     b
 }
 
-fn chunks(stores: &[Arc<CollectionStore>]) -> Vec<ArrayRef> {
-    let all: Vec<(&str, crate::storage::ChunkKey, crate::storage::ChunkEntry)> =
-        stores.iter().flat_map(|s| s.chunks(|_| true).into_iter().map(|(k, e)| (s.meta.name.as_str(), k, e))).collect();
-    let stat = |f: fn(&crate::storage::log::PixelStats) -> f64| -> ArrayRef {
-        Arc::new(Float64Array::from(all.iter().map(|(_, _, e)| (e.stats.valid > 0).then(|| f(&e.stats))).collect::<Vec<_>>()))
-    };
-    vec![
-        Arc::new(StringArray::from_iter_values(all.iter().map(|(c, _, _)| *c))),
-        Arc::new(StringArray::from_iter_values(all.iter().map(|(_, k, _)| k.tile.to_string()))),
-        Arc::new(StringArray::from_iter_values(all.iter().map(|(_, k, _)| k.band.as_str()))),
-        Arc::new(StringArray::from_iter_values(all.iter().map(|(_, k, _)| k.month.to_string()))),
-        Arc::new(UInt64Array::from_iter_values(all.iter().map(|(_, _, e)| e.times.len() as u64))),
-        Arc::new(UInt64Array::from_iter_values(all.iter().map(|(_, _, e)| e.len))),
-        Arc::new(UInt32Array::from_iter_values(all.iter().map(|(_, _, e)| e.appends.max(1)))),
-        Arc::new(UInt32Array::from_iter_values(all.iter().map(|(_, _, e)| e.file.gen))),
-        timestamps(all.iter().map(|(_, _, e)| e.times.iter().min().copied()).collect()),
-        timestamps(all.iter().map(|(_, _, e)| e.times.iter().max().copied()).collect()),
-        Arc::new(UInt64Array::from_iter_values(all.iter().map(|(_, _, e)| e.stats.valid))),
-        stat(|s| s.min),
-        stat(|s| s.max),
-        stat(|s| s.sum / s.valid as f64),
-    ]
+/// A column being built, by its Arrow type.
+enum Col {
+    Str(StringBuilder),
+    U64(UInt64Builder),
+    U32(UInt32Builder),
+    F64(Float64Builder),
+    Time(TimestampMillisecondBuilder),
 }
 
-fn observations(stores: &[Arc<CollectionStore>]) -> Vec<ArrayRef> {
-    let (mut collection, mut tile, mut band, mut month, mut time, mut scene) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut valid, mut fraction, mut min, mut max, mut mean, mut bytes) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for store in stores {
-        let px = (store.meta.grid.tile_px as f64).powi(2);
-        for (k, e) in store.chunks(|_| true) {
-            let (tile_id, month_text) = (k.tile.to_string(), k.month.to_string());
-            for (i, (t, s)) in e.times.iter().zip(&e.scenes).enumerate() {
-                let r = e.row_stats.get(i).copied().flatten();
-                let some = r.filter(|r| r.valid > 0);
-                collection.push(store.meta.name.clone());
-                tile.push(tile_id.clone());
-                band.push(k.band.clone());
-                month.push(month_text.clone());
-                time.push(Some(*t));
-                scene.push(s.to_string());
-                valid.push(r.map(|r| r.valid));
-                fraction.push(r.map(|r| r.valid as f64 / px));
-                min.push(some.map(|r| r.min));
-                max.push(some.map(|r| r.max));
-                mean.push(some.map(|r| r.sum / r.valid as f64));
-                bytes.push(r.map(|r| r.bytes));
-            }
+impl Col {
+    fn new(t: &DataType) -> Self {
+        match t {
+            DataType::UInt64 => Col::U64(UInt64Builder::new()),
+            DataType::UInt32 => Col::U32(UInt32Builder::new()),
+            DataType::Float64 => Col::F64(Float64Builder::new()),
+            DataType::Timestamp(..) => Col::Time(TimestampMillisecondBuilder::new().with_timezone("UTC")),
+            _ => Col::Str(StringBuilder::new()),
         }
     }
-    vec![
-        Arc::new(StringArray::from(collection)),
-        Arc::new(StringArray::from(tile)),
-        Arc::new(StringArray::from(band)),
-        Arc::new(StringArray::from(month)),
-        timestamps(time),
-        Arc::new(StringArray::from(scene)),
-        Arc::new(UInt64Array::from(valid)),
-        Arc::new(Float64Array::from(fraction)),
-        Arc::new(Float64Array::from(min)),
-        Arc::new(Float64Array::from(max)),
-        Arc::new(Float64Array::from(mean)),
-        Arc::new(UInt64Array::from(bytes)),
-    ]
+
+    fn text(&mut self, v: impl std::fmt::Display) {
+        if let Col::Str(b) = self {
+            let _ = write!(b, "{v}");
+            b.append_value("");
+        }
+    }
+
+    fn int(&mut self, v: Option<u64>) {
+        match self {
+            Col::U64(b) => b.append_option(v),
+            Col::U32(b) => b.append_option(v.map(|v| v as u32)),
+            _ => {}
+        }
+    }
+
+    fn float(&mut self, v: Option<f64>) {
+        if let Col::F64(b) = self {
+            b.append_option(v);
+        }
+    }
+
+    fn time(&mut self, v: Option<i64>) {
+        if let Col::Time(b) = self {
+            b.append_option(v);
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Col::Str(mut b) => Arc::new(b.finish()),
+            Col::U64(mut b) => Arc::new(b.finish()),
+            Col::U32(mut b) => Arc::new(b.finish()),
+            Col::F64(mut b) => Arc::new(b.finish()),
+            Col::Time(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// The columns `schema` names, one cell per call of `row` (which gets the
+/// column's name), built in one pass.
+fn columns(schema: &Schema, mut rows: impl FnMut(&mut dyn FnMut(&mut dyn FnMut(&str, &mut Col)))) -> (Vec<ArrayRef>, usize) {
+    let mut cols: Vec<(String, Col)> = schema.fields().iter().map(|f| (f.name().clone(), Col::new(f.data_type()))).collect();
+    let mut count = 0;
+    rows(&mut |cell| {
+        count += 1;
+        for (name, col) in cols.iter_mut() {
+            cell(name, col);
+        }
+    });
+    (cols.into_iter().map(|(_, c)| c.finish()).collect(), count)
+}
+
+fn chunks(stores: &[Arc<CollectionStore>], schema: &Schema) -> (Vec<ArrayRef>, usize) {
+    columns(schema, |each_row| {
+        for store in stores {
+            store.visit_chunks(|k, e| {
+                let s = &e.stats;
+                let valid = s.valid > 0;
+                each_row(&mut |name, col| match name {
+                    "collection" => col.text(&store.meta.name),
+                    "tile_id" => col.text(k.tile),
+                    "band" => col.text(&k.band),
+                    "month" => col.text(k.month),
+                    "observations" => col.int(Some(e.times.len() as u64)),
+                    "bytes" => col.int(Some(e.len)),
+                    "batches" => col.int(Some(e.appends.max(1) as u64)),
+                    "generation" => col.int(Some(e.file.gen as u64)),
+                    "start" => col.time(e.times.iter().min().copied()),
+                    "end" => col.time(e.times.iter().max().copied()),
+                    "valid_pixels" => col.int(Some(s.valid)),
+                    "min" => col.float(valid.then_some(s.min)),
+                    "max" => col.float(valid.then_some(s.max)),
+                    _ => col.float(valid.then(|| s.sum / s.valid as f64)),
+                })
+            });
+        }
+    })
+}
+
+fn observations(stores: &[Arc<CollectionStore>], schema: &Schema) -> (Vec<ArrayRef>, usize) {
+    columns(schema, |each_row| {
+        for store in stores {
+            let px = (store.meta.grid.tile_px as f64).powi(2);
+            store.visit_chunks(|k, e| {
+                for (i, (t, scene)) in e.times.iter().zip(&e.scenes).enumerate() {
+                    let r = e.row_stats.get(i).copied().flatten();
+                    let some = r.filter(|r| r.valid > 0);
+                    each_row(&mut |name, col| match name {
+                        "collection" => col.text(&store.meta.name),
+                        "tile_id" => col.text(k.tile),
+                        "band" => col.text(&k.band),
+                        "month" => col.text(k.month),
+                        "time" => col.time(Some(*t)),
+                        "scene_id" => col.text(scene),
+                        "valid_pixels" => col.int(r.map(|r| r.valid)),
+                        "valid_fraction" => col.float(r.map(|r| r.valid as f64 / px)),
+                        "min" => col.float(some.map(|r| r.min)),
+                        "max" => col.float(some.map(|r| r.max)),
+                        "mean" => col.float(some.map(|r| r.sum / r.valid as f64)),
+                        _ => col.int(r.map(|r| r.bytes)),
+                    })
+                }
+            });
+        }
+    })
 }

@@ -216,6 +216,15 @@ impl CollectionStore {
         read(&self.index).chunks.iter().filter(|(k, _)| keep(k)).map(|(k, e)| (k.clone(), e.clone())).collect()
     }
 
+    /// Calls `f` with every chunk under one read lock: one consistent state
+    /// of the catalog, nothing cloned. `f` must not call back into the
+    /// store.
+    pub fn visit_chunks(&self, mut f: impl FnMut(&ChunkKey, &ChunkEntry)) {
+        for (k, e) in &read(&self.index).chunks {
+            f(k, e);
+        }
+    }
+
     /// Distinct tiles that hold data.
     pub fn tiles(&self) -> Vec<TileId> {
         let idx = read(&self.index);

@@ -41,6 +41,10 @@ def test_catalog_tables_equal_describe_and_join(server, client):
     d = client.describe("s2")
     with dbapi.connect(server.uri, autocommit=True) as conn, conn.cursor() as cur:
         coll = rows(cur, "SELECT name, scenes, tiles, chunks, bands FROM collections").to_pylist()
+        assert rows(cur, "SELECT count(*) AS n FROM chunks").column("n")[0].as_py() == d["chunks"]
+        assert rows(cur, "SELECT count(*) AS n FROM observations").column("n")[0].as_py() == sum(
+            c["observations"] for t in client.sql("SELECT DISTINCT tile_id FROM chunks").column("tile_id").to_pylist()
+            for c in client.describe("s2", t)["chunks"])
         assert coll == [{"name": "s2", "scenes": d["scenes"], "tiles": d["tiles"], "chunks": d["chunks"], "bands": ["red", "nir"]}]
         for tile in sorted(t for t in rows(cur, "SELECT DISTINCT tile_id FROM chunks").column("tile_id").to_pylist()):
             got = rows(cur, f"SELECT band, sum(observations) AS n, sum(bytes) AS b FROM chunks WHERE tile_id = '{tile}' GROUP BY band ORDER BY band")
