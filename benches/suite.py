@@ -212,7 +212,7 @@ def main():
     ap.add_argument("--results", nargs="*", default=[], help="outputs of the Rust benches (RESULT lines)")
     ap.add_argument("--size", type=int, default=10980, help="side of the reprojected raster (row 3 and 7)")
     ap.add_argument("--out", help="also write the table (markdown) here")
-    ap.add_argument("--only", default="123456789R", help="rows to run, e.g. 15 (R: row 11, the temporal reduce)")
+    ap.add_argument("--only", default="123456789RS", help="rows to run, e.g. 15 (R: row 11, the temporal reduce; S: row 12, SQL)")
     args = ap.parse_args()
     rust = {}
     for path in args.results:
@@ -315,6 +315,9 @@ def main():
         # ---- 11. Temporal reduce ------------------------------------------
         if "R" in args.only:
             load_rows.reduce_row(Client(server.uri), table)
+        # ---- 12. SQL over the catalog ---------------------------------------
+        if "S" in args.only:
+            load_rows.sql_row(Client(server.uri), work / "warehouse", table)
         # ---- 10. Pixel steps (cargo bench --bench pixel_steps) -------------
         if "steps_mpxs" in rust:
             load_rows.steps_row(rust, table)
