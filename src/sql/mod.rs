@@ -126,7 +126,7 @@ impl SchemaProvider for LiveSchema {
     }
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
-        Ok(tables::schema(name).map(|schema| Arc::new(LiveTable { name: name.to_string(), schema, warehouse: self.warehouse.clone() }) as _))
+        Ok(tables::schema(name).map(|schema| Arc::new(LiveTable { source: Source::Catalog(name.to_string()), schema, warehouse: self.warehouse.clone() }) as _))
     }
 
     fn table_exist(&self, name: &str) -> bool {
@@ -134,9 +134,17 @@ impl SchemaProvider for LiveSchema {
     }
 }
 
-/// A catalog table: its rows are read from the catalog when it is scanned.
+/// What a [`LiveTable`] reads when it is scanned.
+enum Source {
+    /// A catalog table, by name (only the projected columns are built).
+    Catalog(String),
+    /// One location's series: the point query, JSON.
+    Point(String),
+}
+
+/// A table whose rows are read when a statement scans it, never before.
 struct LiveTable {
-    name: String,
+    source: Source,
     schema: SchemaRef,
     warehouse: Arc<Warehouse>,
 }
@@ -148,7 +156,10 @@ impl TableProvider for LiveTable {
     }
 
     fn table_type(&self) -> TableType {
-        TableType::Base
+        match self.source {
+            Source::Catalog(_) => TableType::Base,
+            Source::Point(_) => TableType::Temporary,
+        }
     }
 
     async fn scan(
@@ -158,10 +169,19 @@ impl TableProvider for LiveTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let (warehouse, name) = (self.warehouse.clone(), self.name.clone());
-        let columns = projection.cloned();
-        let batch = blocking(move || tables::build(&warehouse, &name, columns.as_deref())).await?;
-        MemTable::try_new(batch.schema(), vec![vec![batch]])?.scan(state, None, filters, limit).await
+        let (warehouse, schema) = (self.warehouse.clone(), self.schema.clone());
+        match &self.source {
+            Source::Catalog(name) => {
+                let (name, columns) = (name.clone(), projection.cloned());
+                let batch = blocking(move || tables::build(&warehouse, &name, columns.as_deref())).await?;
+                MemTable::try_new(batch.schema(), vec![vec![batch]])?.scan(state, None, filters, limit).await
+            }
+            Source::Point(query) => {
+                let query = query.clone();
+                let batches = blocking(move || point_batches(&warehouse, &query, &schema)).await?;
+                MemTable::try_new(self.schema.clone(), vec![batches])?.scan(state, projection, filters, limit).await
+            }
+        }
     }
 }
 
@@ -202,7 +222,7 @@ impl TableFunctionImpl for PointSeries {
         }
         let store = self.warehouse.collection(&collection).map_err(external)?;
         let schema = Arc::new(query::point_schema(&store.meta.bands));
-        Ok(Arc::new(PointTable { query: query.to_string(), schema, warehouse: self.warehouse.clone() }))
+        Ok(Arc::new(LiveTable { source: Source::Point(query.to_string()), schema, warehouse: self.warehouse.clone() }))
     }
 }
 
@@ -213,36 +233,6 @@ fn literal(e: &Expr) -> Option<ScalarValue> {
         Expr::Negative(inner) => literal(inner)?.arithmetic_negate().ok(),
         Expr::Cast(c) => literal(&c.expr)?.cast_to(c.field.data_type()).ok(),
         _ => None,
-    }
-}
-
-/// One location's series, read when it is scanned.
-struct PointTable {
-    query: String,
-    schema: SchemaRef,
-    warehouse: Arc<Warehouse>,
-}
-
-#[async_trait::async_trait]
-impl TableProvider for PointTable {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let (warehouse, query, schema) = (self.warehouse.clone(), self.query.clone(), self.schema.clone());
-        let batches = blocking(move || point_batches(&warehouse, &query, &schema)).await?;
-        MemTable::try_new(self.schema.clone(), vec![batches])?.scan(state, projection, filters, limit).await
     }
 }
 
@@ -274,4 +264,4 @@ macro_rules! debug_by_name {
         }
     )*};
 }
-debug_by_name!(LiveSchema, LiveTable, PointSeries, PointTable);
+debug_by_name!(LiveSchema, LiveTable, PointSeries);
