@@ -231,11 +231,63 @@ pub struct Collection {
     pub grid: GridDoc,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qa: Option<QaRules>,
+    /// How chunk batches are stored: Arrow IPC buffer compression, which
+    /// plain `pyarrow.ipc` and arrow-rs read as they are.
+    #[serde(default)]
+    pub compression: Compression,
+    /// The zstd level; `None` is zstd's default (3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+}
+
+/// The codec of a collection's chunk batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn try_parse(field: &str, s: &str) -> Result<Self> {
+        match s {
+            "" | "none" => Ok(Compression::None),
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" => Ok(Compression::Zstd),
+            _ => Err(Error::invalid(field, s, "one of none, lz4, zstd")),
+        }
+    }
+
+    /// Checks a level given with this codec: zstd takes 1..=22, the others none.
+    pub fn check_level(self, field: &str, level: Option<i32>) -> Result<()> {
+        match (self, level) {
+            (_, None) => Ok(()),
+            (Compression::Zstd, Some(l)) if (1..=22).contains(&l) => Ok(()),
+            (Compression::Zstd, Some(l)) => Err(Error::invalid(field, l, "zstd levels are 1 to 22")),
+            (_, Some(l)) => Err(Error::invalid(field, l, "only zstd takes a level")),
+        }
+    }
 }
 
 impl Collection {
     pub fn band(&self, name: &str) -> Option<&Band> {
         self.bands.iter().find(|b| b.name == name)
+    }
+
+    /// IPC write options for this collection's chunk batches.
+    pub fn ipc_options(&self) -> Result<arrow_ipc::writer::IpcWriteOptions> {
+        use arrow_ipc::CompressionType;
+        let codec = match self.compression {
+            Compression::None => return Ok(Default::default()),
+            Compression::Lz4 => CompressionType::LZ4_FRAME,
+            Compression::Zstd => CompressionType::ZSTD,
+        };
+        arrow_ipc::writer::IpcWriteOptions::default()
+            .try_with_compression(Some(codec))
+            .and_then(|o| o.try_with_compression_level(self.compression_level))
+            .map_err(Error::arrow("setting chunk compression"))
     }
 
     pub fn grid_spec(&self) -> GridSpec {

@@ -270,3 +270,91 @@ async fn a_chunk_file_cut_behind_the_servers_back_is_an_error_not_a_crash() {
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     std::fs::read_dir(dir).unwrap().flatten().flat_map(|e| if e.path().is_dir() { walk(&e.path()) } else { vec![e.path()] }).collect()
 }
+
+/// Sum of the body bytes of the FlightData messages a raw DoGet of `ticket` streams.
+async fn wire_body_bytes(uri: &str, ticket: Vec<u8>) -> usize {
+    let channel = tonic::transport::Endpoint::from_shared(uri.to_string()).unwrap().connect().await.unwrap();
+    let mut raw = arrow_flight::flight_service_client::FlightServiceClient::new(channel);
+    let stream = raw.do_get(arrow_flight::Ticket::new(ticket)).await.unwrap().into_inner();
+    let messages: Vec<arrow_flight::FlightData> = stream.try_collect().await.unwrap();
+    messages.iter().map(|m| m.data_body.len()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_collections_store_less_and_serve_the_same_rows() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let bands = serde_json::json!([{"name": "red", "dtype": "uint16", "nodata": 0}]);
+    for (name, compression) in [
+        ("plain", serde_json::json!({})),
+        ("lz", serde_json::json!({"compression": "lz4"})),
+        ("zs", serde_json::json!({"compression": "zstd", "compression_level": 9})),
+    ] {
+        let mut body = serde_json::json!({"name": name, "bands": bands, "grid": {"resolution": 10}});
+        body.as_object_mut().unwrap().extend(compression.as_object().unwrap().clone());
+        let made = client.create_collection(&body).await.unwrap();
+        assert_eq!(
+            made["compression"],
+            if name == "plain" {
+                "none"
+            } else if name == "lz" {
+                "lz4"
+            } else {
+                "zstd"
+            }
+        );
+    }
+    // Smooth values (as imagery is) with a nodata hole: compressible.
+    let size = 300;
+    let smooth: Vec<u16> =
+        (0..size * size).map(|i| if (100..140).contains(&(i / size)) { 0 } else { ((i / size) / 4 * 3 + (i % size) / 4 + 1) as u16 }).collect();
+    let gt = utm_geotransform(size);
+    for name in ["plain", "lz", "zs"] {
+        for (i, t) in [JUN, JUL].into_iter().enumerate() {
+            client
+                .ingest(&ingest_request(name, &format!("s{i}"), t, gt, size, "nearest"), red_batches(smooth.iter().map(|v| v + i as u16).collect(), size))
+                .await
+                .unwrap();
+        }
+    }
+    let columns = |batches: Vec<arrow_array::RecordBatch>| -> Vec<Vec<ArrayRef>> { batches.iter().map(|b| b.columns()[2..].to_vec()).collect() };
+    let all = |name: &str| proto::Query { collection: name.into(), ..Default::default() };
+    let plain = columns(client.query(&all("plain")).await.unwrap());
+    for name in ["lz", "zs"] {
+        // The same rows, through the stored-bytes path, a decode, a point and a compaction.
+        assert_eq!(columns(client.query(&all(name)).await.unwrap()), plain, "{name}");
+        let decompressed = proto::Query { decompress: true, ..all(name) };
+        assert_eq!(columns(client.query(&decompressed).await.unwrap()), plain, "{name} decompressed");
+        let point = |c: &str| proto::Query { collection: c.into(), point: vec![127.05, 37.55], ..Default::default() };
+        let point_columns = |b: Vec<arrow_array::RecordBatch>| -> Vec<Vec<ArrayRef>> { b.iter().map(|b| b.columns().to_vec()).collect() };
+        assert_eq!(point_columns(client.point(&point(name)).await.unwrap()), point_columns(client.point(&point("plain")).await.unwrap()), "{name} point");
+        // Stored smaller; sent as stored unless asked to decompress.
+        let chunk_bytes = |c: &str| -> u64 {
+            let files = walk(&server.warehouse().join(c));
+            files.iter().filter(|p| p.to_string_lossy().ends_with(pixelquery::storage::paths::CHUNK_SUFFIX)).map(|p| std::fs::metadata(p).unwrap().len()).sum()
+        };
+        let (stored, plain_stored) = (chunk_bytes(name), chunk_bytes("plain"));
+        assert!(stored * 2 < plain_stored, "{name}: {stored} bytes stored against {plain_stored}");
+        let ticket = |c: &str, decompress: bool| format!(r#"{{"collection": "{c}", "decompress": {decompress}}}"#).into_bytes();
+        let (as_stored, unpacked, reference) = (
+            wire_body_bytes(&server.uri, ticket(name, false)).await,
+            wire_body_bytes(&server.uri, ticket(name, true)).await,
+            wire_body_bytes(&server.uri, ticket("plain", false)).await,
+        );
+        assert!(as_stored * 2 < reference, "{name}: {as_stored} bytes sent against {reference}");
+        assert_eq!(unpacked, reference, "{name}: decompressed batches are the plain ones");
+        client.action("compact", &serde_json::json!({"collection": name})).await.unwrap();
+        assert_eq!(columns(client.query(&all(name)).await.unwrap()), plain, "{name} compacted");
+    }
+    for (body, field) in [
+        (serde_json::json!({"name": "bad", "bands": bands, "grid": {"resolution": 10}, "compression": "gzip"}), "compression"),
+        (serde_json::json!({"name": "bad", "bands": bands, "grid": {"resolution": 10}, "compression": "lz4", "compression_level": 3}), "compression_level"),
+        (serde_json::json!({"name": "bad", "bands": bands, "grid": {"resolution": 10}, "compression": "zstd", "compression_level": 40}), "compression_level"),
+    ] {
+        let (code, message) = code_of(client.create_collection(&body).await);
+        assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
+        assert!(message.contains(field), "{message}");
+    }
+    assert!(!server.warehouse().join("bad").exists());
+    server.shutdown().await;
+}

@@ -265,6 +265,8 @@ mod tests {
                 pixel_size: 29.7,
             },
             qa: None,
+            compression: Default::default(),
+            compression_level: None,
         }
     }
 }

@@ -58,7 +58,7 @@ impl ChunkAnswer {
                 let end = Some(s.spec.end_ms.map_or(k.month.end_ms(), |e| e.min(k.month.end_ms())));
                 let tiles = [k.tile.to_string()];
                 let bands = [k.band.clone()];
-                let ticket = wire::query_json(&s.store.meta.name, &tiles, &bands, start, end);
+                let ticket = wire::query_json(&s.store.meta.name, &tiles, &bands, start, end, s.spec.decompress);
                 let spec = QuerySpec {
                     collection: s.store.meta.name.clone(),
                     area: Area::Tiles(vec![k.tile]),
@@ -67,6 +67,7 @@ impl ChunkAnswer {
                     bands: bands.to_vec(),
                     load: None,
                     steps: s.spec.steps.clone(),
+                    decompress: s.spec.decompress,
                 };
                 let band = s.bands.iter().filter(|b| b.name == k.band).cloned().collect();
                 let one = ChunkAnswer { selection: Selection { store: s.store.clone(), spec, bands: band, chunks: vec![(k.clone(), e.clone())] } };
@@ -100,6 +101,16 @@ impl ChunkAnswer {
             let mut i = 0;
             while i < picked.len() {
                 let (first, loc) = picked[i];
+                if s.spec.decompress && loc.compressed {
+                    // Decoded and sent as plain batches, as asked.
+                    for batch in entry.read_batches(schema_end, &[loc])? {
+                        if !send(&batch, emit)? {
+                            return Ok(());
+                        }
+                    }
+                    i += 1;
+                    continue;
+                }
                 if !(first..first + loc.rows).all(keep) {
                     // A batch straddling the range's edge: decode and cut.
                     let batches = entry.read_batches(schema_end, &[loc])?;

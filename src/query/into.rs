@@ -107,6 +107,8 @@ fn target_meta(name: &str, source: &Source) -> Collection {
         bands: out.names.iter().map(|n| Band { name: n.clone(), dtype, nodata: None, scale: None, offset: None, offset_note: None, resampling }).collect(),
         grid: source.grid(),
         qa: None,
+        compression: Default::default(),
+        compression_level: None,
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, BooleanArray, ListArray, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow_buffer::OffsetBuffer;
-use arrow_ipc::writer::StreamWriter;
+use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::collection::DType;
@@ -71,10 +71,11 @@ pub fn observation_batch(
 /// Encodes `batch` as IPC stream bytes: `(schema message length, bytes)`.
 /// The bytes start with the schema message; an append to an existing file
 /// writes only `bytes[schema_len..]`.
-pub fn encode(batch: &RecordBatch) -> Result<(usize, Vec<u8>)> {
+pub fn encode(batch: &RecordBatch, options: &IpcWriteOptions) -> Result<(usize, Vec<u8>)> {
     // Sized up front: growing by doubling would copy the pixels several times.
     let room = batch.get_array_memory_size() + 4096;
-    let mut w = StreamWriter::try_new(Vec::with_capacity(room), &batch.schema()).map_err(Error::arrow("encoding a chunk schema"))?;
+    let mut w =
+        StreamWriter::try_new_with_options(Vec::with_capacity(room), &batch.schema(), options.clone()).map_err(Error::arrow("encoding a chunk schema"))?;
     let schema_len = w.get_ref().len();
     w.write(batch).map_err(Error::arrow("encoding an observation"))?;
     // Take the bytes rather than `into_inner`, which would add an
@@ -103,9 +104,9 @@ pub fn rows_per_message(batch: &RecordBatch) -> usize {
 /// `MESSAGE_PIXEL_BYTES` (what compaction and delete write), with its
 /// checksummed segments: one per record batch message, the first one
 /// holding the schema message too (see [`Sums`]).
-pub fn encode_whole(batch: &RecordBatch) -> Result<(Vec<u8>, Sums)> {
+pub fn encode_whole(batch: &RecordBatch, options: &IpcWriteOptions) -> Result<(Vec<u8>, Sums)> {
     let per_message = rows_per_message(batch);
-    let mut w = StreamWriter::try_new(Vec::new(), &batch.schema()).map_err(Error::arrow("encoding a chunk schema"))?;
+    let mut w = StreamWriter::try_new_with_options(Vec::new(), &batch.schema(), options.clone()).map_err(Error::arrow("encoding a chunk schema"))?;
     let mut sums = Vec::new();
     for first in (0..batch.num_rows()).step_by(per_message) {
         // Rows are taken, not sliced, so every message's list offsets start
@@ -133,6 +134,8 @@ pub struct BatchLoc {
     /// server did not write.
     pub pixels: Option<(u64, u64)>,
     pub mask: Option<(u64, u64)>,
+    /// Its buffers are compressed (lz4 or zstd).
+    pub compressed: bool,
 }
 
 /// The framing of an encapsulated IPC message from its first bytes:

@@ -63,7 +63,7 @@ impl CollectionStore {
         let tmp = path.with_extension("compacting");
         let (sorted, order) = sorted_rows(&self.read_chunk(&snap)?, |_, _| true)?;
         let Some(sorted) = sorted else { return Ok(false) };
-        let (mut len, mut sums) = local::chunk_file::write_new(&tmp, &sorted)?;
+        let (mut len, mut sums) = local::chunk_file::write_new(&tmp, &sorted, &self.meta.ipc_options()?)?;
         let mut log = self.take_writer();
         let current = read(&self.index).chunks.get(key).cloned().filter(|cur| cur.file.gen == snap.file.gen);
         let Some(cur) = current else {
@@ -166,7 +166,7 @@ impl CollectionStore {
             let (batch, order) = sorted_rows(&batches, |t, s| !remove(t, s))?;
             let Some(batch) = batch else { continue };
             let path = self.paths.chunk(&self.meta.name, key.tile, key.month, &key.band, gen);
-            let (len, sums) = local::chunk_file::write_new(&path, &batch)?;
+            let (len, sums) = local::chunk_file::write_new(&path, &batch, &self.meta.ipc_options()?)?;
             written_paths.push((path, len));
             let rows = order.iter().map(|&i| (entry.times[at[i]], entry.scenes[at[i]].to_string())).collect();
             let row_stats = known_row_stats(order.iter().map(|&i| entry.row_stats.get(at[i]).copied().flatten()));

@@ -51,7 +51,7 @@ impl Encoded {
         let schema: SchemaRef = Arc::new(chunk::schema(band.dtype, chunk_metadata(meta, obs.tile, &obs.band)));
         let stats = chunk::pixel_stats(&obs.pixels, &obs.mask, meta.grid.tile_px as usize);
         let batch = chunk::observation_batch(schema, &obs.tile.to_string(), &obs.band, time_ms, scene_id, obs.pixels, obs.mask)?;
-        let bytes = chunk::encode(&batch)?;
+        let bytes = chunk::encode(&batch, &meta.ipc_options()?)?;
         Ok(Self { tile: obs.tile, band: obs.band, scene_id: scene_id.to_string(), time_ms, stats, bytes })
     }
 }

@@ -2,7 +2,7 @@
 //! or explicit bands, and a grid whose CRS and tile span default to the
 //! default grid's.
 
-use crate::collection::{self, Band, Collection, DType, GridDoc, Resampling, PROFILE_NAMES};
+use crate::collection::{self, Band, Collection, Compression, DType, GridDoc, Resampling, PROFILE_NAMES};
 use crate::crs;
 use crate::error::{Error, Result};
 use crate::grid::GridSpec;
@@ -56,11 +56,15 @@ pub fn build_collection(req: pb::CreateCollection) -> Result<Collection> {
         other => Error::invalid("grid.resolution", resolution, &other.to_string()),
     })?;
     let crs_wkt = crs::to_wkt("grid.crs", &crs_def)?;
+    let compression = Compression::try_parse("compression", &req.compression)?;
+    compression.check_level("compression_level", req.compression_level)?;
     Ok(Collection {
         name: req.name,
         profile,
         bands,
         grid: GridDoc { crs: crs_def, crs_wkt, tile_span: spec.tile_span, resolution, tile_px: spec.tile_px, pixel_size: spec.pixel_size() },
         qa,
+        compression,
+        compression_level: req.compression_level,
     })
 }

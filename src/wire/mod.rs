@@ -211,6 +211,8 @@ struct QueryJson {
     reduce: Option<Value>,
     #[serde(default)]
     into: String,
+    #[serde(default)]
+    decompress: bool,
 }
 
 /// An optional JSON time (absent or null: `None`).
@@ -250,6 +252,7 @@ impl TryFrom<QueryJson> for pb::Query {
             compute: steps::compute_from_json(j.compute)?,
             reduce: steps::reduce_from_json(j.reduce)?,
             into: j.into,
+            decompress: j.decompress,
         })
     }
 }
@@ -281,6 +284,7 @@ pub fn query_message_json(q: &pb::Query) -> Vec<u8> {
     put("compute", Value::Object(q.compute.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect()), !q.compute.is_empty());
     put("reduce", q.reduce.as_ref().map(steps::reduce_to_json).unwrap_or(Value::Null), q.reduce.is_some());
     put("into", q.into.clone().into(), !q.into.is_empty());
+    put("decompress", Value::Bool(q.decompress), q.decompress);
     serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
 }
 
@@ -337,6 +341,10 @@ struct CreateCollectionJson {
     grid: Option<GridJson>,
     #[serde(default)]
     resampling: String,
+    #[serde(default)]
+    compression: String,
+    #[serde(default)]
+    compression_level: Option<i32>,
 }
 
 impl TryFrom<CreateCollectionJson> for pb::CreateCollection {
@@ -348,6 +356,8 @@ impl TryFrom<CreateCollectionJson> for pb::CreateCollection {
             bands: j.bands.into_iter().map(Into::into).collect(),
             grid: j.grid.map(|g| pb::GridSpec { crs: g.crs, tile_span: g.tile_span, resolution: g.resolution }),
             resampling: j.resampling,
+            compression: j.compression,
+            compression_level: j.compression_level,
         })
     }
 }
@@ -560,6 +570,8 @@ pub struct QuerySpec {
     pub load: Option<LoadSpec>,
     /// `mask`, `scale`, `compute`.
     pub steps: StepsSpec,
+    /// Send stored compressed batches decompressed.
+    pub decompress: bool,
 }
 
 impl QuerySpec {
@@ -596,6 +608,7 @@ fn validate_query(q: pb::Query) -> Result<QuerySpec> {
         compute,
         reduce,
         into,
+        decompress,
     } = q;
     let load = load::load_spec(&geometry, &geometry_crs, output, &groupby, &fuse)?;
     let steps = steps::steps_spec(mask, scale, compute, reduce, into)?;
@@ -657,7 +670,7 @@ fn validate_query(q: pb::Query) -> Result<QuerySpec> {
     } else {
         Area::All
     };
-    Ok(QuerySpec { collection, area, start_ms, end_ms, bands, load, steps })
+    Ok(QuerySpec { collection, area, start_ms, end_ms, bands, load, steps, decompress })
 }
 
 /// Decodes a `Query` (GetFlightInfo / GetSchema cmd, or a DoGet ticket).
@@ -682,6 +695,7 @@ pub fn decode_criteria(bytes: &[u8]) -> Result<QuerySpec> {
             bands: vec![],
             load: None,
             steps: StepsSpec::default(),
+            decompress: false,
         });
     }
     let c: pb::Criteria = decode::<_, CriteriaJson>("criteria.expression", bytes)?;
@@ -718,6 +732,7 @@ impl QuerySpec {
         q.compute = st.compute.iter().cloned().collect();
         q.reduce = st.reduce.as_ref().map(ReduceSpec::to_message);
         q.into = st.into.clone().unwrap_or_default();
+        q.decompress = self.decompress;
         if let Some(l) = &self.load {
             if let Some(g) = &l.geometry {
                 (q.geometry, q.geometry_crs) = (g.text.clone(), g.crs.clone());
@@ -738,7 +753,7 @@ impl QuerySpec {
 }
 
 /// Encodes a query as the JSON ticket of one endpoint.
-pub fn query_json(collection: &str, tiles: &[String], bands: &[String], start_ms: Option<i64>, end_ms: Option<i64>) -> Vec<u8> {
+pub fn query_json(collection: &str, tiles: &[String], bands: &[String], start_ms: Option<i64>, end_ms: Option<i64>, decompress: bool) -> Vec<u8> {
     let mut m = serde_json::Map::new();
     m.insert("collection".into(), collection.into());
     m.insert("tiles".into(), tiles.into());
@@ -748,6 +763,9 @@ pub fn query_json(collection: &str, tiles: &[String], bands: &[String], start_ms
     }
     if let Some(e) = end_ms {
         m.insert("end".into(), e.into());
+    }
+    if decompress {
+        m.insert("decompress".into(), true.into());
     }
     serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
 }
@@ -824,7 +842,7 @@ mod tests {
 
     #[test]
     fn endpoint_tickets_decode_back() {
-        let t = query_json("s2", &["x4380_y1632".into()], &["red".into()], Some(5), Some(9));
+        let t = query_json("s2", &["x4380_y1632".into()], &["red".into()], Some(5), Some(9), false);
         let q = decode_query("ticket", &t).unwrap();
         assert_eq!(q.area, Area::Tiles(vec![TileId::new(4380, 1632)]));
         assert_eq!((q.start_ms, q.end_ms, q.bands), (Some(5), Some(9), vec!["red".to_string()]));

@@ -137,6 +137,30 @@ def test_put_get_point_and_chunk_files(server):
     np.testing.assert_array_equal(t["pixels"][0].values.to_numpy().reshape(256, 256)[mask], red[:256, :256][mask])
 
 
+@pytest.mark.parametrize("codec", ["lz4", "zstd"])
+def test_compressed_chunk_files_open_with_plain_pyarrow(server, codec):
+    client = server.client()
+    made = action(client, "create_collection", {
+        "name": "s2", "bands": [{"name": "red", "dtype": "uint16", "nodata": 0}, {"name": "nir", "dtype": "uint16", "nodata": 0}],
+        "grid": {"resolution": 10}, "compression": codec,
+    })
+    assert made["compression"] == codec
+    rows, cols = np.mgrid[0:512, 0:512]
+    red = (rows // 4 * 3 + cols // 4 + 1).astype(np.uint16)
+    nir = red + 7
+    put(client, descriptor("a", "2024-06-15T02:03:04Z"), {"red": red, "nir": nir})
+    june_red = pathlib.Path(server.warehouse) / "s2/tiles/x4380_y1633/2024-06/red.arrow"
+    with pa.OSFile(str(june_red)) as f:
+        t = pa.ipc.open_stream(f).read_all()
+    np.testing.assert_array_equal(t["pixels"][0].values.to_numpy().reshape(256, 256), red[:256, :256])
+    assert june_red.stat().st_size < 256 * 256 * 2 / 2
+    # DoGet answers the same rows, as stored or decompressed on request.
+    for ticket in ({"collection": "s2", "tiles": ["x4380_y1633"], "bands": ["red"]},
+                   {"collection": "s2", "tiles": ["x4380_y1633"], "bands": ["red"], "decompress": True}):
+        got = client.do_get(flight.Ticket(json.dumps(ticket))).read_all()
+        assert got["pixels"].to_pylist() == t["pixels"].to_pylist()
+
+
 def test_errors_map_to_pyarrow_exceptions(server):
     client = server.client()
     make_collection(client)

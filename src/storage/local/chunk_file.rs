@@ -7,6 +7,7 @@ use std::path::Path;
 
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::IpcWriteOptions;
 
 use crate::error::{Error, Result};
 use crate::storage::chunk::{self, message_prefix, BatchLoc, BATCH_BUFFERS, MASK_VALUES, PIXEL_VALUES};
@@ -34,8 +35,8 @@ pub fn append(path: &Path, committed: u64, (schema_len, bytes): &(usize, Vec<u8>
 
 /// Writes a new chunk file holding `batch` (see [`chunk::encode_whole`])
 /// and fsyncs it; returns its length and its checksummed segments.
-pub fn write_new(path: &Path, batch: &RecordBatch) -> Result<(u64, chunk::Sums)> {
-    let (bytes, sums) = chunk::encode_whole(batch)?;
+pub fn write_new(path: &Path, batch: &RecordBatch, options: &IpcWriteOptions) -> Result<(u64, chunk::Sums)> {
+    let (bytes, sums) = chunk::encode_whole(batch, options)?;
     let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(path).map_err(Error::io(path))?;
     f.write_all(&bytes).and_then(|_| f.sync_data()).map_err(Error::io(path))?;
     Ok((bytes.len() as u64, sums))
@@ -102,7 +103,14 @@ pub fn scan(path: &Path, from: u64, to: u64) -> Result<(Option<u64>, Vec<BatchLo
         } else if let Some(batch) = msg.header_as_record_batch() {
             let buffers = batch.buffers().filter(|b| b.len() == BATCH_BUFFERS && batch.compression().is_none());
             let range = |i: usize| buffers.map(|b| (body_at + b.get(i).offset() as u64, b.get(i).length() as u64));
-            out.push(BatchLoc { start: at, end, rows: batch.length().max(0) as usize, pixels: range(PIXEL_VALUES), mask: range(MASK_VALUES) });
+            out.push(BatchLoc {
+                start: at,
+                end,
+                rows: batch.length().max(0) as usize,
+                pixels: range(PIXEL_VALUES),
+                mask: range(MASK_VALUES),
+                compressed: batch.compression().is_some(),
+            });
         }
         at = end;
     }
@@ -166,14 +174,14 @@ mod tests {
         let schema = Arc::new(schema(DType::Uint16, [("band".to_string(), "red".to_string())].into()));
         let mut len = 0;
         for i in 0..3 {
-            len = append(&path, len, &encode(&batch(&schema, 1000 + i, &format!("s{i}"))).unwrap()).unwrap().0;
+            len = append(&path, len, &encode(&batch(&schema, 1000 + i, &format!("s{i}")), &Default::default()).unwrap()).unwrap().0;
         }
         let rows: usize = read(&path, len).unwrap().iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, 3);
         // An uncommitted append leaves bytes past `len`; the next one overwrites them.
-        append(&path, len, &encode(&batch(&schema, 2000, "torn")).unwrap()).unwrap();
+        append(&path, len, &encode(&batch(&schema, 2000, "torn"), &Default::default()).unwrap()).unwrap();
         OpenOptions::new().append(true).open(&path).unwrap().write_all(b"junk").unwrap();
-        let len2 = append(&path, len, &encode(&batch(&schema, 3000, "s4")).unwrap()).unwrap().0;
+        let len2 = append(&path, len, &encode(&batch(&schema, 3000, "s4"), &Default::default()).unwrap()).unwrap().0;
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len2);
         let batches = read(&path, len2).unwrap();
         assert_eq!(batches.len(), 4);
@@ -181,7 +189,7 @@ mod tests {
         assert_eq!(batches[0].schema().metadata().get("band").map(String::as_str), Some("red"));
         // A rewrite's tail copy keeps whole messages readable.
         let path2 = dir.path().join("red.1.arrow");
-        let (l0, _) = write_new(&path2, &batch(&schema, 1, "x")).unwrap();
+        let (l0, _) = write_new(&path2, &batch(&schema, 1, "x"), &Default::default()).unwrap();
         let l1 = copy_tail(&path, len, len2, &path2).unwrap();
         assert!(l1 > l0);
         assert_eq!(read(&path2, l1).unwrap().len(), 2);
@@ -196,11 +204,11 @@ mod tests {
         let schema = Arc::new(schema(DType::Uint16, Default::default()));
         // A compacted file: one batch of 3 rows, then 2 appended rows.
         let three: Vec<RecordBatch> = (0..3).map(|i| batch(&schema, 5000 + i, &format!("s{i}"))).collect();
-        let (mut len, sums) = write_new(&path, &arrow_select::concat::concat_batches(&schema, &three).unwrap()).unwrap();
+        let (mut len, sums) = write_new(&path, &arrow_select::concat::concat_batches(&schema, &three).unwrap(), &Default::default()).unwrap();
         let whole = std::fs::read(&path).unwrap();
         assert_eq!(sums, vec![(len, crc32fast::hash(&whole))], "one message, one segment from byte 0");
         for i in 3..5 {
-            len = append(&path, len, &encode(&batch(&schema, 5000 + i, &format!("s{i}"))).unwrap()).unwrap().0;
+            len = append(&path, len, &encode(&batch(&schema, 5000 + i, &format!("s{i}")), &Default::default()).unwrap()).unwrap().0;
         }
         let (schema_end, locs) = scan(&path, 0, len).unwrap();
         let schema_end = schema_end.unwrap();
@@ -219,6 +227,28 @@ mod tests {
             let got: Vec<u16> = values.chunks(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
             assert_eq!(got, (0..5).map(|row| row * 10 + index as u16).collect::<Vec<_>>(), "pixel {index}");
             assert_eq!(valid, vec![index != 1; 5], "pixel {index}");
+        }
+    }
+
+    #[test]
+    fn compressed_chunks_read_back_and_are_marked_compressed() {
+        use arrow_ipc::CompressionType;
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(schema(DType::Uint16, Default::default()));
+        for codec in [CompressionType::LZ4_FRAME, CompressionType::ZSTD] {
+            let options = IpcWriteOptions::default().try_with_compression(Some(codec)).unwrap();
+            let path = dir.path().join(format!("{codec:?}.arrow"));
+            let (mut len, _) = write_new(&path, &batch(&schema, 5000, "s0"), &options).unwrap();
+            for i in 1..3 {
+                len = append(&path, len, &encode(&batch(&schema, 5000 + i, &format!("s{i}")), &options).unwrap()).unwrap().0;
+            }
+            let (schema_end, locs) = scan(&path, 0, len).unwrap();
+            assert!(locs.iter().all(|l| l.compressed && l.pixels.is_none()), "{codec:?}");
+            let batches = read_batches(&path, schema_end.unwrap(), &locs).unwrap();
+            let pixels: Vec<u16> =
+                batches.iter().flat_map(|b| b.column(4).as_list::<i32>().values().as_primitive::<arrow_array::types::UInt16Type>().values().to_vec()).collect();
+            assert_eq!(pixels, vec![0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23], "{codec:?}");
+            assert!(read_pixel(&std::fs::read(&path).unwrap(), &locs, 0, 4, 2).is_none(), "compressed batches are decoded, not read in place");
         }
     }
 }

@@ -175,13 +175,21 @@ class Client:
         return self._action("stac", {"collection": name})
 
     def create_collection(self, name: str, *, profile: Optional[str] = None, bands: Optional[Sequence[Mapping]] = None,
-                          grid: Optional[Mapping] = None, resampling: Optional[str] = None) -> dict:
+                          grid: Optional[Mapping] = None, resampling: Optional[str] = None,
+                          compression: Optional[str] = None, compression_level: Optional[int] = None) -> dict:
         """Creates a collection from a built-in ``profile`` (``sentinel2_l2a``,
         ``landsat8_l2``, ``landsat9_l2``, ``planet_sr``) or from ``bands``
         (``[{"name", "dtype", "nodata", "resampling"}]``) and a ``grid``
         (``{"resolution": 10}`` on the default sinusoidal grid, or with
-        ``"crs"`` and ``"tile_span"``). Returns its description."""
+        ``"crs"`` and ``"tile_span"``). ``compression`` (``"none"``,
+        ``"lz4"``, ``"zstd"`` with ``compression_level`` 1-22) compresses
+        stored chunks with Arrow IPC buffer compression. Returns its
+        description."""
         body: dict = {"name": name}
+        if compression is not None:
+            body["compression"] = compression
+        if compression_level is not None:
+            body["compression_level"] = compression_level
         if profile is not None:
             body["profile"] = profile
         if bands is not None:
