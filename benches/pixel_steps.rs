@@ -33,6 +33,8 @@ fn main() {
         bands: p.bands.clone(),
         grid: GridDoc { crs: "EPSG:3857".into(), crs_wkt: String::new(), tile_span: 2560.0, resolution: 10.0, tile_px: N as u32, pixel_size: 10.0 },
         qa: Some(p.qa.clone()),
+        compression: Default::default(),
+        compression_level: None,
     };
     let spec = pixelquery::wire::decode_query(
         "ticket",
