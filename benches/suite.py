@@ -66,9 +66,9 @@ DURABLE_SINK = r'''
 import json, os, sys, numpy as np, pyarrow as pa, pyarrow.flight as flight
 from concurrent.futures import ThreadPoolExecutor
 class DurableSink(flight.FlightServerBase):
-    \"\"\"pyarrow DoPut sink doing what ours promises: cuts the raster into
+    """pyarrow DoPut sink doing what ours promises: cuts the raster into
     256 px tiles, writes each tile's rows as an Arrow IPC file, fsyncs the
-    files (8 at a time) and their directory, then answers.\"\"\"
+    files (8 at a time) and their directory, then answers."""
     def __init__(self, root):
         super().__init__("grpc://127.0.0.1:0")
         self.root = root
@@ -131,6 +131,25 @@ def iperf3_gbs(seconds: int = 2) -> float | None:
         return None
     finally:
         server.kill()
+
+
+def anchor_copy(client, collection: str, work: pathlib.Path, *anchor_args):
+    """Reads every endpoint of `collection` from our server and starts the
+    pyarrow in-memory anchor serving the same tables: our tickets, the
+    bytes read, the anchor process, its client and its tickets."""
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps({"collection": collection})))
+    tickets = [ep.ticket for ep in info.endpoints]
+    files, total_bytes = [], 0
+    for i, t in enumerate(tickets):
+        tab = client.do_get(t).read_all()
+        total_bytes += tab.nbytes
+        path = work / f"anchor_{collection}_{i}.arrows"
+        with pa.OSFile(str(path), "wb") as f, pa.ipc.new_stream(f, tab.schema) as w:
+            w.write_table(tab)
+        files.append(str(path))
+    anchor = subprocess.Popen([sys.executable, "-c", ANCHOR, *anchor_args, *files], stdout=subprocess.PIPE, text=True)
+    anchor_client = flight.connect(f"grpc://127.0.0.1:{anchor.stdout.readline().strip()}")
+    return tickets, total_bytes, anchor, anchor_client, [flight.Ticket(pathlib.Path(p).name.encode()) for p in files]
 
 
 def rss_peak_kib(pid: int) -> int:
@@ -297,20 +316,7 @@ def main():
         block = rng.integers(1, 10000, size=(1024, 2048), dtype=np.uint16)  # 4 x 8 tiles
         for day in range(24):
             put(client, aligned("get", f"g{day}", day, 2048, 1024, ["red"]), {"red": block})
-        info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps({"collection": "get"})))
-        tickets = [ep.ticket for ep in info.endpoints]
-        files = []
-        total_bytes = 0
-        for i, t in enumerate(tickets):
-            tab = client.do_get(t).read_all()
-            total_bytes += tab.nbytes
-            path = work / f"anchor_{i}.arrows"
-            with pa.OSFile(str(path), "wb") as f, pa.ipc.new_stream(f, tab.schema) as w:
-                w.write_table(tab)
-            files.append(str(path))
-        anchor = subprocess.Popen([sys.executable, "-c", ANCHOR, *files], stdout=subprocess.PIPE, text=True)
-        anchor_client = flight.connect(f"grpc://127.0.0.1:{anchor.stdout.readline().strip()}")
-        anchor_tickets = [flight.Ticket(pathlib.Path(p).name.encode()) for p in files]
+        tickets, total_bytes, anchor, anchor_client, anchor_tickets = anchor_copy(client, "get", work)
 
         def read_all(c, ts, parallel):
             if parallel == 1:
@@ -351,20 +357,8 @@ def main():
             for day in range(24):
                 smooth = ((rows * 3 + cols * 2 + day * 50) // 5 % 20000 + rng.integers(0, 16, size=rows.shape) + 1).astype(np.uint16)
                 put(client, aligned("getz", f"z{day}", day, 2048, 1024, ["red"]), {"red": smooth})
-            zinfo = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps({"collection": "getz"})))
-            ztickets = [ep.ticket for ep in zinfo.endpoints]
-            zfiles, zbytes = [], 0
-            for i, t in enumerate(ztickets):
-                tab = client.do_get(t).read_all()
-                zbytes += tab.nbytes
-                path = work / f"anchor_z_{i}.arrows"
-                with pa.OSFile(str(path), "wb") as f, pa.ipc.new_stream(f, tab.schema) as w:
-                    w.write_table(tab)
-                zfiles.append(str(path))
+            ztickets, zbytes, zanchor, zclient, zanchor_tickets = anchor_copy(client, "getz", work, "--compression=zstd")
             stored = sum(f.stat().st_size for f in (work / "warehouse" / "getz").rglob("*.arrow"))
-            zanchor = subprocess.Popen([sys.executable, "-c", ANCHOR, "--compression=zstd", *zfiles], stdout=subprocess.PIPE, text=True)
-            zclient = flight.connect(f"grpc://127.0.0.1:{zanchor.stdout.readline().strip()}")
-            zanchor_tickets = [flight.Ticket(pathlib.Path(p).name.encode()) for p in zfiles]
             ours, theirs = [], []
             for _ in range(ROUNDS):
                 ours += timed(lambda: read_all(client, ztickets, 1), 1)
