@@ -356,5 +356,8 @@ async fn compressed_collections_store_less_and_serve_the_same_rows() {
         assert!(message.contains(field), "{message}");
     }
     assert!(!server.warehouse().join("bad").exists());
+    let (code, message) = code_of(client.do_get(br#"{"collection": "zs", "decompress": "yes"}"#.to_vec().into()).await);
+    assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
+    assert!(message.contains("decompress") && message.contains("expected a boolean"), "{message}");
     server.shutdown().await;
 }
