@@ -303,9 +303,23 @@ impl IngestArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Warehouse directory (created if missing).
+    /// Warehouse directory (created if missing), or a warehouse on object
+    /// storage shared by any number of servers: `s3://bucket/prefix`
+    /// (endpoint and credentials from the `AWS_*` variables) or `file:///dir`.
     #[arg(long, env = "PIXELQUERY_WAREHOUSE", default_value = "./warehouse")]
     pub warehouse: PathBuf,
+    /// With a warehouse on object storage: the directory of this server's
+    /// local copy (default: a new one under the temporary directory).
+    #[arg(long, env = "PIXELQUERY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// This server's address as clients reach it (`grpc://host:port`),
+    /// listed as a location of GetFlightInfo's endpoints.
+    #[arg(long, env = "PIXELQUERY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Every server of the warehouse (`grpc://host:port`, comma-separated):
+    /// each endpoint lists them all as locations, a different one first.
+    #[arg(long, env = "PIXELQUERY_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
     /// Address to listen on; port 0 picks a free port (printed on stdout).
     #[arg(long, env = "PIXELQUERY_LISTEN", default_value = "127.0.0.1:8815")]
     pub listen: SocketAddr,
@@ -422,8 +436,23 @@ impl ServeArgs {
             (Some(cert), Some(key)) => Some(TlsPem { cert: std::fs::read(cert).map_err(Error::io(cert))?, key: std::fs::read(key).map_err(Error::io(key))? }),
             _ => None,
         };
+        let text = self.warehouse.to_string_lossy().to_string();
+        let shared = text.contains("://").then_some(text);
+        let warehouse = match (&shared, self.cache_dir) {
+            (None, _) => self.warehouse,
+            (Some(_), Some(dir)) => dir,
+            (Some(_), None) => std::env::temp_dir().join(format!("pixelquery-cache-{}", std::process::id())),
+        };
+        for (field, url) in self.advertise.iter().map(|a| ("--advertise", a)).chain(self.peers.iter().map(|p| ("--peers", p))) {
+            if !(url.starts_with("grpc://") || url.starts_with("grpc+tls://") || url.starts_with("grpc+tcp://")) {
+                return Err(Error::invalid(field, url, "must be a Flight URI: grpc://host:port or grpc+tls://host:port"));
+            }
+        }
         Ok(Config {
-            warehouse: self.warehouse,
+            warehouse,
+            shared,
+            advertise: self.advertise,
+            peers: self.peers,
             listen: self.listen,
             max_message_bytes: (self.max_message_mb as usize) << 20,
             ingest: IngestOptions {

@@ -11,7 +11,14 @@ use crate::ingest::IngestOptions;
 /// Everything `run` needs to know, already checked.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The warehouse directory; on object storage, this server's local copy.
     pub warehouse: PathBuf,
+    /// The warehouse on object storage (`s3://bucket/prefix`), if there.
+    pub shared: Option<String>,
+    /// This server's address as clients reach it, and every server of the
+    /// warehouse (this one included): GetFlightInfo's endpoint locations.
+    pub advertise: Option<String>,
+    pub peers: Vec<String>,
     pub listen: SocketAddr,
     /// gRPC message limit, both directions. DoPut batches of a few MiB and
     /// DoGet messages of up to 4 MiB need more than tonic's 4 MiB default.
@@ -97,6 +104,9 @@ impl Config {
     pub fn for_warehouse(warehouse: impl Into<PathBuf>) -> Self {
         Self {
             warehouse: warehouse.into(),
+            shared: None,
+            advertise: None,
+            peers: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_message_bytes: 64 << 20,
             ingest: IngestOptions {

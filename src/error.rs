@@ -93,6 +93,10 @@ pub enum Error {
     /// A request the server recognises but does not serve (yet).
     #[error("{0}")]
     Unimplemented(String),
+    /// The object store behind the warehouse failed or cannot be reached;
+    /// nothing of the call was committed.
+    #[error("{0}")]
+    Unavailable(String),
     /// A background task died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -142,6 +146,7 @@ impl Error {
             Error::Exhausted(_) => Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::Unavailable(_) => Code::Unavailable,
             Error::InUse(_) => Code::FailedPrecondition,
             Error::Io { .. } => Code::Internal,
             Error::Arrow { .. } => Code::Internal,

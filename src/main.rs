@@ -83,7 +83,7 @@ fn cap_malloc_arenas() {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,buoyant_kernel=warn,deltalake_core=warn".into()))
         .with_writer(std::io::stderr)
         // Colours only on a terminal: a log file or pipe gets plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

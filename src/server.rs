@@ -53,7 +53,17 @@ const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(30), Duration::fro
 /// Opens the warehouse named by `config` (rebuilding its catalog) and
 /// returns the shared state. Blocking.
 pub fn open_state(config: &Config) -> crate::error::Result<Arc<AppState>> {
-    let warehouse = Arc::new(Warehouse::open_with(&config.warehouse, config.writes)?);
+    let warehouse = match &config.shared {
+        None => Warehouse::open_with(&config.warehouse, config.writes)?,
+        Some(url) => {
+            if config.warehouse.exists() && config.warehouse.starts_with(std::env::temp_dir()) {
+                // A copy a server of this process id left: rebuilt whole.
+                std::fs::remove_dir_all(&config.warehouse).map_err(crate::error::Error::io(&config.warehouse))?;
+            }
+            Warehouse::open_remote(url, &config.warehouse, config.writes, tokio::runtime::Handle::current())?
+        }
+    };
+    let warehouse = Arc::new(warehouse);
     Ok(Arc::new(AppState::new(warehouse, config)))
 }
 

@@ -23,6 +23,9 @@ pub struct AppState {
     pub limits: Limits,
     /// One permit per DoPut (or ingest_path) running.
     pub put_slots: Arc<tokio::sync::Semaphore>,
+    /// The servers an endpoint lists as locations (this one first in the
+    /// configured order); empty: none listed.
+    pub locations: Vec<String>,
 }
 
 impl AppState {
@@ -34,6 +37,15 @@ impl AppState {
             auth: config.auth.clone(),
             limits: config.limits.clone(),
             put_slots: Arc::new(tokio::sync::Semaphore::new(config.limits.max_concurrent_puts)),
+            locations: {
+                let mut all = config.peers.clone();
+                if let Some(me) = &config.advertise {
+                    if !all.contains(me) {
+                        all.insert(0, me.clone());
+                    }
+                }
+                all
+            },
         }
     }
 

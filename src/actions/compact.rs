@@ -30,6 +30,7 @@ impl Compact {
     }
 
     pub fn apply(self, state: &AppState) -> Result<Value> {
+        state.warehouse.local_only("compaction")?;
         let store = state.warehouse.collection(&self.0.collection)?;
         let tiles = parse_tiles(&self.0.tiles)?;
         let out = store.compact(if tiles.is_empty() { None } else { Some(&tiles) })?;

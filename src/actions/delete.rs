@@ -29,6 +29,7 @@ impl Delete {
     }
 
     pub fn apply(self, state: &AppState) -> Result<Value> {
+        state.warehouse.local_only("deleting scenes")?;
         let store = state.warehouse.collection(&self.0.collection)?;
         Ok(serde_json::to_value(delete(&store, self.0)?).unwrap_or(Value::Null))
     }

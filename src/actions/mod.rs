@@ -9,6 +9,7 @@ mod create_collection;
 mod delete;
 mod delete_collection;
 mod describe;
+mod gc;
 mod health;
 mod ingest_path;
 mod list_collections;
@@ -26,6 +27,7 @@ use create_collection::CreateCollection;
 use delete::Delete;
 use delete_collection::DeleteCollection;
 use describe::Describe;
+use gc::Gc;
 use health::Health;
 use ingest_path::IngestPath;
 use list_collections::ListCollections;
@@ -47,7 +49,7 @@ pub struct ActionDoc {
 }
 
 /// Every action, in the order `ListActions` gives them.
-pub const ACTIONS: [ActionDoc; 10] = [
+pub const ACTIONS: [ActionDoc; 11] = [
     Health::DOC,
     ListCollections::DOC,
     CreateCollection::DOC,
@@ -58,6 +60,7 @@ pub const ACTIONS: [ActionDoc; 10] = [
     Compact::DOC,
     Verify::DOC,
     Stac::DOC,
+    Gc::DOC,
 ];
 
 /// An action with its parsed body.
@@ -72,6 +75,7 @@ pub enum Action {
     Compact(Compact),
     Verify(Verify),
     Stac(Stac),
+    Gc(Gc),
 }
 
 impl Action {
@@ -99,6 +103,7 @@ impl Action {
             "compact" => Action::Compact(Compact::parse(body)?),
             "verify" => Action::Verify(Verify::parse(body)?),
             "stac" => Action::Stac(Stac::parse(body)?),
+            "gc" => Action::Gc(Gc::parse(body)?),
             other => {
                 let names: Vec<&str> = ACTIONS.iter().map(|a| a.name).collect();
                 return Err(Error::invalid("action.type", other, &format!("unknown action; available: {}", names.join(", "))));
@@ -121,6 +126,7 @@ impl Action {
             Action::Compact(a) => a.apply(state),
             Action::Verify(a) => a.apply(state),
             Action::Stac(a) => a.apply(state),
+            Action::Gc(a) => a.apply(state),
         }
     }
 }

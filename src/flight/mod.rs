@@ -90,7 +90,7 @@ async fn plan(state: &AppState, spec: QuerySpec) -> Result<Answer> {
 
 /// The answer's schema, totals and endpoints (a point series is one small
 /// answer: the query is its own ticket).
-fn flight_info(answer: &Answer, descriptor: FlightDescriptor) -> Result<FlightInfo> {
+fn flight_info(answer: &Answer, descriptor: FlightDescriptor, locations: &[String]) -> Result<FlightInfo> {
     let schema = answer.schema()?;
     let mut info = FlightInfo::new()
         .try_with_schema(&schema)
@@ -98,8 +98,15 @@ fn flight_info(answer: &Answer, descriptor: FlightDescriptor) -> Result<FlightIn
         .with_descriptor(descriptor.clone())
         .with_total_records(answer.total_records() as i64)
         .with_total_bytes(answer.total_bytes() as i64);
-    for ticket in answer.tickets(&descriptor.cmd) {
-        info = info.with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)));
+    for (i, ticket) in answer.tickets(&descriptor.cmd).into_iter().enumerate() {
+        let mut endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
+        // Every server can serve every ticket: each endpoint lists them
+        // all, a different one first, so clients reading the first
+        // location spread their reads.
+        for k in 0..locations.len() {
+            endpoint = endpoint.with_location(locations[(i + k) % locations.len()].clone());
+        }
+        info = info.with_endpoint(endpoint);
     }
     Ok(info)
 }
@@ -159,6 +166,11 @@ impl Service {
         let started = Instant::now();
         let result = async {
             self.authorize(rpc, metadata, need)?;
+            if self.state.warehouse.remote().is_some() {
+                // Others' commits are seen before anything is planned.
+                let wh = self.state.warehouse.clone();
+                blocking(move || wh.refresh()).await?;
+            }
             match tokio::time::timeout(limit, guarded(rpc, handler)).await {
                 Ok(r) => r,
                 Err(_) => Err(deadline_exceeded(limit)),
@@ -385,7 +397,7 @@ impl FlightService for Service {
                 // Criteria select chunks, never a point.
                 let Answer::Chunks(chunks) = plan(&self.state, s).await? else { continue };
                 for (ticket, one) in chunks.per_chunk() {
-                    infos.push(Ok(flight_info(&Answer::Chunks(one), FlightDescriptor::new_cmd(ticket))?));
+                    infos.push(Ok(flight_info(&Answer::Chunks(one), FlightDescriptor::new_cmd(ticket), &self.state.locations)?));
                 }
             }
             Ok(Response::new(futures::stream::iter(infos).boxed()))
@@ -404,7 +416,7 @@ impl FlightService for Service {
             let spec = query("GetFlightInfo", command(&descriptor, Expect::Query)?)?;
             self.authorize_into("GetFlightInfo", md, &spec)?;
             let p = plan(&self.state, spec).await?;
-            Ok(Response::new(flight_info(&p, descriptor)?))
+            Ok(Response::new(flight_info(&p, descriptor, &self.state.locations)?))
         })
         .await
     }

@@ -27,6 +27,7 @@ pub mod local;
 pub mod log;
 pub mod paths;
 mod read;
+pub mod remote;
 mod rewrite;
 pub mod snapshot;
 mod transaction;
@@ -104,6 +105,8 @@ pub struct CollectionStore {
     snapshotting: AtomicBool,
     /// Commits since the last snapshot.
     since_snapshot: AtomicU64,
+    /// On object storage: the catalog table this local copy follows.
+    pub(crate) remote: std::sync::OnceLock<Arc<remote::RemoteCatalog>>,
 }
 
 /// A read lock that survives a panicked holder (every update is applied
@@ -137,6 +140,7 @@ impl CollectionStore {
             index: RwLock::new(index),
             snapshotting: AtomicBool::new(false),
             since_snapshot: AtomicU64::new(0),
+            remote: std::sync::OnceLock::new(),
         };
         store.recover_files()?;
         // The snapshot is derived from the log: a full disk must not keep
@@ -323,6 +327,9 @@ pub struct Warehouse {
     pub counters: Arc<crate::counters::Counters>,
     /// This process's exclusive hold on the directory.
     _lock: local::RootLock,
+    /// On object storage: the shared warehouse; the directory is then this
+    /// server's local copy of it.
+    remote: Option<Arc<remote::Remote>>,
 }
 
 impl Warehouse {
@@ -372,7 +379,63 @@ impl Warehouse {
             fs_sync,
             counters: Arc::default(),
             _lock: lock,
+            remote: None,
         })
+    }
+
+    /// Opens the warehouse at `url` on object storage, with `cache` (a
+    /// directory of this server's own) as its local copy, and applies what
+    /// the shared catalog holds. Blocking; `runtime` runs the store's calls.
+    pub fn open_remote(url: &str, cache: &Path, options: WriteOptions, runtime: tokio::runtime::Handle) -> Result<Self> {
+        let remote = Arc::new(remote::Remote::connect(url, runtime)?);
+        let mut warehouse = Self::open_with(cache, options)?;
+        warehouse.remote = Some(remote);
+        for store in warehouse.collections() {
+            warehouse.attach(&store)?;
+        }
+        warehouse.refresh()?;
+        Ok(warehouse)
+    }
+
+    /// Whether the warehouse lives on object storage (shared by servers).
+    pub fn remote(&self) -> Option<&Arc<remote::Remote>> {
+        self.remote.as_ref()
+    }
+
+    fn attach(&self, store: &CollectionStore) -> Result<()> {
+        if let (Some(remote), None) = (&self.remote, store.remote.get()) {
+            let _ = store.remote.set(Arc::new(remote.open_catalog(&store.meta.name)?));
+        }
+        Ok(())
+    }
+
+    /// Brings the local copy up to the shared warehouse: collections other
+    /// servers created, scenes they committed. A no-op for a local
+    /// warehouse. Blocking.
+    pub fn refresh(&self) -> Result<()> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        for name in remote.collection_names()? {
+            if self.any_collection(&name).is_some() {
+                continue;
+            }
+            let Some(meta) = remote.read_collection(&name)? else { continue };
+            match self.create(meta, false) {
+                Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for store in self.collections() {
+            store.catch_up()?;
+        }
+        Ok(())
+    }
+
+    /// Refuses what is not built for warehouses on object storage yet.
+    pub fn local_only(&self, what: &str) -> Result<()> {
+        match self.remote {
+            Some(_) => Err(Error::Unimplemented(format!("{what} is not built for warehouses on object storage yet"))),
+            None => Ok(()),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -404,6 +467,12 @@ impl Warehouse {
 
     /// Creates a collection durably. Blocking.
     pub fn create_collection(&self, meta: Collection) -> Result<Arc<CollectionStore>> {
+        if let Some(remote) = &self.remote {
+            if !remote.create_collection(&meta)? {
+                self.refresh()?;
+                return Err(Error::AlreadyExists { what: format!("collection {:?}", meta.name), detail: String::new() });
+            }
+        }
         self.create(meta, false)
     }
 
@@ -411,6 +480,7 @@ impl Warehouse {
     /// (after a crash too): one written whole, as a reduce `into` does.
     /// Blocking.
     pub fn create_pending_collection(&self, meta: Collection) -> Result<Arc<CollectionStore>> {
+        self.local_only("storing a query's answer (into)")?;
         self.create(meta, true)
     }
 
@@ -438,6 +508,7 @@ impl Warehouse {
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::Internal(e.to_string()))?;
         local::write_atomic(&self.paths.collection_meta(&meta.name), "tmp", &json)?;
         let store = Arc::new(CollectionStore::open(&self.paths, meta, self.fs_sync.clone())?);
+        self.attach(&store)?;
         write(&self.collections).insert(store.meta.name.clone(), store.clone());
         Ok(store)
     }
@@ -447,6 +518,7 @@ impl Warehouse {
     /// then removed. Commits under way finish first; readers holding its
     /// chunks keep reading what they hold. Blocking.
     pub fn delete_collection(&self, name: &str) -> Result<()> {
+        self.local_only("deleting a collection")?;
         let _g = lock(&self.create);
         let store = read(&self.collections).get(name).cloned().ok_or_else(|| Error::not_found(format!("collection {name:?}")))?;
         let _writer = store.take_writer();

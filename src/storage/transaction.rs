@@ -16,6 +16,7 @@ use super::catalog::ChunkKey;
 use super::local::{self, fs_sync, CatalogLog, Syncs, SYNC_BATCH};
 use super::log::{Appended, PixelStats, Record, Rewritten};
 use super::paths::Month;
+use super::remote::{CatalogRow, RemoteCatalog};
 use super::{chunk, lock, read, CollectionStore, SceneStatus};
 use crate::collection::Collection;
 use crate::counters::Counters;
@@ -53,6 +54,15 @@ impl Encoded {
         let batch = chunk::observation_batch(schema, &obs.tile.to_string(), &obs.band, time_ms, scene_id, obs.pixels, obs.mask)?;
         let bytes = chunk::encode(&batch, &meta.ipc_options()?)?;
         Ok(Self { tile: obs.tile, band: obs.band, scene_id: scene_id.to_string(), time_ms, stats, bytes })
+    }
+
+    /// An observation as the catalog table names it, with its stored bytes.
+    fn stored(row: &CatalogRow, bytes: &[u8]) -> Result<Self> {
+        let tile = row.tile.parse().map_err(|_| Error::Unavailable(format!("catalog table names a bad tile {:?}", row.tile)))?;
+        let schema_len = usize::try_from(row.schema_len).ok().filter(|n| *n <= bytes.len());
+        let schema_len = schema_len.ok_or_else(|| Error::Unavailable(format!("catalog table names a bad schema length for {}", row.object)))?;
+        let (scene_id, time_ms, stats) = (row.scene_id.clone(), row.time_ms, row.stats);
+        Ok(Self { tile, band: row.band.clone(), scene_id, time_ms, stats, bytes: (schema_len, bytes.to_vec()) })
     }
 }
 
@@ -459,6 +469,28 @@ pub struct SceneCommit<'s> {
     /// The writer appending group by group (and a small scene's at the end).
     writer: Option<SceneWriter<'s>>,
     counters: Arc<Counters>,
+    /// On object storage: the scene's stored objects, committed to the
+    /// catalog table instead of the local files.
+    remote: Option<RemotePut>,
+}
+
+/// A scene on its way to object storage: each tile's observations stored
+/// as they come, one catalog table commit at the end. Objects of a scene
+/// that is not committed are removed (what a crash leaves, `gc` removes).
+struct RemotePut {
+    catalog: Arc<RemoteCatalog>,
+    rows: Vec<CatalogRow>,
+    checked: bool,
+    committed: bool,
+}
+
+impl Drop for RemotePut {
+    fn drop(&mut self) {
+        if !self.committed && !self.rows.is_empty() {
+            let keys: Vec<String> = self.rows.iter().map(|r| r.object.clone()).collect();
+            self.catalog.remove_objects(&keys);
+        }
+    }
 }
 
 impl<'s> SceneCommit<'s> {
@@ -490,6 +522,7 @@ impl<'s> SceneCommit<'s> {
             yielded: false,
             writer: None,
             counters,
+            remote: store.remote.get().map(|catalog| RemotePut { catalog: catalog.clone(), rows: Vec::new(), checked: false, committed: false }),
         }
     }
 
@@ -519,6 +552,9 @@ impl<'s> SceneCommit<'s> {
 
     /// One tile's observations, `k` its position in the scene's plan.
     pub fn add(&mut self, k: usize, observations: Vec<Encoded>) -> Result<Step> {
+        if self.remote.is_some() {
+            return self.add_remote(observations);
+        }
         self.pending_bytes += observations.iter().map(|o| o.bytes.1.len()).sum::<usize>();
         self.pending.push((k, observations));
         let step = self.poll()?;
@@ -547,6 +583,9 @@ impl<'s> SceneCommit<'s> {
     /// Applies the writer policy: takes, uses or lets go of the early
     /// writer, or appends a full group of a large scene.
     pub fn poll(&mut self) -> Result<Step> {
+        if self.remote.is_some() {
+            return Ok(Step::Continue);
+        }
         if self.small && !self.yielded {
             if self.early.as_ref().is_some_and(|w| w.contended()) {
                 // Counted first: the waiting writer may commit and answer
@@ -601,6 +640,9 @@ impl<'s> SceneCommit<'s> {
     /// Appends what is left and commits the scene (see
     /// [`SceneWriter::commit`]); `duplicate` if it was there already.
     pub fn commit(mut self) -> Result<AppendOutcome> {
+        if let Some(put) = self.remote.take() {
+            return self.commit_remote(put);
+        }
         let done = match self.early.take() {
             Some(w) => {
                 debug_assert_eq!(self.appended, self.pending.len(), "an early writer appends every tile as it comes");
@@ -614,5 +656,118 @@ impl<'s> SceneCommit<'s> {
             }
         };
         done.commit()
+    }
+}
+
+impl SceneCommit<'_> {
+    /// Stores a tile's observations as new objects (object storage).
+    fn add_remote(&mut self, observations: Vec<Encoded>) -> Result<Step> {
+        let Some(put) = self.remote.as_mut() else { return Err(Error::Internal("no object store".into())) };
+        if !put.checked {
+            match self.store.check_scene(&self.scene_id, self.time_ms, self.fingerprint.as_deref(), self.replace)? {
+                SceneStatus::Retry => return Ok(Step::Duplicate),
+                SceneStatus::New => {}
+                SceneStatus::Replaces => {
+                    return Err(Error::Unimplemented(format!(
+                        "replacing scene {:?} is not built for warehouses on object storage yet; delete it first is not either: ingest it under a new scene id",
+                        self.scene_id
+                    )))
+                }
+            }
+            put.checked = true;
+        }
+        let month = Month::of_ms(self.time_ms).ok_or_else(|| Error::invalid("acquired_at", self.time_ms, "out of the representable range"))?;
+        let mut rows = Vec::with_capacity(observations.len());
+        let mut items = Vec::with_capacity(observations.len());
+        for o in observations {
+            let (schema_len, bytes) = o.bytes;
+            rows.push(CatalogRow {
+                scene_id: o.scene_id,
+                time_ms: o.time_ms,
+                tile: o.tile.to_string(),
+                month: month.to_string(),
+                band: o.band.clone(),
+                object: String::new(),
+                bytes: bytes.len() as u64,
+                schema_len: schema_len as u64,
+                crc: crc32fast::hash(&bytes),
+                stats: o.stats,
+                fingerprint: self.fingerprint.clone(),
+                baseline: self.baseline.clone(),
+            });
+            items.push((o.tile.to_string(), month.to_string(), o.band, bytes::Bytes::from(bytes)));
+        }
+        let keys = put.catalog.put_observations(items)?;
+        for (mut row, key) in rows.into_iter().zip(keys) {
+            row.object = key;
+            put.rows.push(row);
+        }
+        Ok(Step::Continue)
+    }
+
+    /// Commits the scene's objects to the catalog table, then applies the
+    /// table's new commits (this one included) to the local copy.
+    fn commit_remote(self, mut put: RemotePut) -> Result<AppendOutcome> {
+        if !put.checked && self.store.has_scene(&self.scene_id) {
+            return Ok(AppendOutcome { duplicate: true, ..Default::default() });
+        }
+        let Some(_version) = put.catalog.commit_scene(&self.scene_id, &put.rows)? else {
+            return Ok(AppendOutcome { duplicate: true, ..Default::default() });
+        };
+        put.committed = true;
+        let mut outcome = AppendOutcome { duplicate: false, observations: put.rows.len() as u64, bytes: put.rows.iter().map(|r| r.bytes).sum(), tiles: Vec::new() };
+        for r in &put.rows {
+            if let Ok(t) = r.tile.parse::<TileId>() {
+                if !outcome.tiles.contains(&t) {
+                    outcome.tiles.push(t);
+                }
+            }
+        }
+        // Committed and durable: a failure to copy it here now is repaired
+        // by the next refresh, and must not make the client send it again.
+        if let Err(e) = self.store.catch_up() {
+            tracing::warn!(collection = %self.store.meta.name, scene = %self.scene_id, error = %e, "applying committed scenes to the local copy failed; the next refresh retries");
+        }
+        Ok(outcome)
+    }
+}
+
+impl CollectionStore {
+    /// On object storage: removes objects no committed entry names, older
+    /// than `older_than`, after applying every commit; `(objects, bytes)`.
+    pub fn gc(&self, older_than: Duration) -> Result<(u64, u64)> {
+        let Some(catalog) = self.remote.get() else { return Ok((0, 0)) };
+        self.catch_up()?;
+        catalog.gc(older_than)
+    }
+
+    /// Applies the catalog table's commits this server has not applied yet
+    /// to its local copy, one at a time in version order, so that every
+    /// server's chunk files hold the same bytes. A no-op for a local
+    /// warehouse. Blocking.
+    pub fn catch_up(&self) -> Result<()> {
+        let Some(catalog) = self.remote.get() else { return Ok(()) };
+        let mut applied = lock(&catalog.applied);
+        for (version, rows) in catalog.commits_after(*applied)? {
+            let mut scenes: Vec<(String, Vec<CatalogRow>)> = Vec::new();
+            for row in rows {
+                match scenes.iter_mut().find(|(id, _)| *id == row.scene_id) {
+                    Some((_, list)) => list.push(row),
+                    None => scenes.push((row.scene_id.clone(), vec![row])),
+                }
+            }
+            for (scene_id, rows) in scenes {
+                catalog.name_objects(rows.iter().map(|r| r.object.clone()));
+                let first = &rows[0];
+                let Some(mut writer) = self.begin_scene(&scene_id, first.time_ms, first.fingerprint.as_deref(), false)? else { continue };
+                writer.baseline = first.baseline.clone();
+                let fetched = catalog.fetch_all(&rows)?;
+                let encoded = rows.iter().zip(&fetched).map(|(r, b)| Encoded::stored(r, b)).collect::<Result<Vec<_>>>()?;
+                writer.append(&encoded)?;
+                writer.commit()?;
+            }
+            *applied = version;
+        }
+        Ok(())
     }
 }

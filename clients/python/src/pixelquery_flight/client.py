@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.flight as flight
 
-from .errors import InvalidRequest, mapped
+from .errors import InvalidRequest, ServerError, mapped
 
 #: DoPut batches are cut to about this many bytes (whole rows).
 TARGET_BATCH_BYTES = 4 << 20
@@ -114,9 +114,42 @@ class Client:
                 headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
         self._options = flight.FlightCallOptions(headers=headers)
         self._authorization = headers[0][1].decode() if headers else None
+        self._tls_root_certs = kwargs.get("tls_root_certs")
+        self._peers: dict = {}
 
     def close(self) -> None:
+        for peer in self._peers.values():
+            peer.close()
         self._flight.close()
+
+    def _peer(self, uri: str) -> flight.FlightClient:
+        """A connection to another server of the warehouse (an endpoint's
+        location), made once."""
+        if uri == self.uri:
+            return self._flight
+        if uri not in self._peers:
+            kwargs = {"tls_root_certs": self._tls_root_certs} if self._tls_root_certs is not None else {}
+            self._peers[uri] = flight.connect(uri, **kwargs)
+        return self._peers[uri]
+
+    def read_endpoint(self, endpoint: flight.FlightEndpoint) -> pa.Table:
+        """One endpoint's table: from its first location, failing over to
+        the next while a server is unreachable, then to this client's
+        server; an endpoint without locations is read from this client's
+        server. Every server of a warehouse returns the same table."""
+        uris = [loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in endpoint.locations]
+        if self.uri not in uris:
+            uris.append(self.uri)
+        last: Optional[Exception] = None
+        for uri in uris:
+            try:
+                with mapped():
+                    return self._peer(uri).do_get(endpoint.ticket, options=self._options).read_all()
+            except ServerError as e:
+                if not isinstance(e.__cause__, flight.FlightUnavailableError):
+                    raise
+                last = e
+        raise last  # type: ignore[misc]
 
     def __enter__(self) -> "Client":
         return self
@@ -416,7 +449,8 @@ class Client:
               bbox_crs: Any = "EPSG:4326", start: Optional[TimeLike] = None, end: Optional[TimeLike] = None,
               bands: Union[None, str, Sequence[str]] = None, progress: Optional[bool] = None, max_workers: int = 4,
               mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None,
-              reduce: Optional[Mapping[str, str]] = None, into: Optional[str] = None) -> pa.Table:
+              reduce: Optional[Mapping[str, str]] = None, into: Optional[str] = None,
+              parallel: Optional[int] = None) -> pa.Table:
         """Observations as an Arrow table (``tile_id``, ``band``, ``time``,
         ``scene_id``, ``pixels``, ``mask``), fetched endpoint by endpoint in
         parallel. ``start`` is inclusive, ``end`` exclusive. Grid metadata
@@ -425,7 +459,12 @@ class Client:
         apply on the server (see ``load``); reduced rows carry ``label``
         (the period) and ``time`` (its start). With ``into`` the reduced
         answer is stored as that collection and the table is one row:
-        ``collection``, ``observations``, ``bytes``, ``duplicate``."""
+        ``collection``, ``observations``, ``bytes``, ``duplicate``.
+
+        ``parallel`` endpoints are read at once (default ``max_workers``),
+        each from the first server its locations list, failing over to the
+        next: with several servers on one warehouse the reads spread."""
+        max_workers = parallel or max_workers
         q = self._steps(self._query(collection, tiles, bbox, bbox_crs, start, end, bands), mask, scale, compute, reduce, into)
         with mapped():
             info = self._flight.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(q)), options=self._options)
@@ -442,8 +481,7 @@ class Client:
                 bar = None
 
         def fetch(ep):
-            with mapped():
-                t = self._flight.do_get(ep.ticket, options=self._options).read_all()
+            t = self.read_endpoint(ep)
             if bar is not None:
                 bar.update(1)
             return t
@@ -513,7 +551,7 @@ class Client:
              resampling: Union[None, str, Mapping[str, str]] = None, groupby: Optional[str] = None, fuse: Optional[str] = None,
              chunks: Optional[Mapping[str, int]] = None, window: Optional[int] = None, max_workers: int = 4,
              mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None,
-             reduce: Optional[Mapping[str, str]] = None, into: Optional[str] = None):
+             reduce: Optional[Mapping[str, str]] = None, into: Optional[str] = None, parallel: Optional[int] = None):
         """An analysis-ready load as an ``xarray.Dataset`` (dims ``time``,
         ``y``, ``x``; one variable per band), resampled on the server from
         the stored tiles onto the grid of ``crs`` and ``resolution`` (pixel
@@ -544,8 +582,12 @@ class Client:
         for the server's default windows) the variables are dask arrays with
         one chunk per server window, fetched only when computed. The CRS is
         on the ``spatial_ref`` coordinate in the CF form rioxarray and
-        odc-geo read."""
+        odc-geo read. ``parallel`` windows are read at once (default
+        ``max_workers``), each from the first server its endpoint lists,
+        failing over to the next."""
         import xarray as xr
+
+        max_workers = parallel or max_workers
 
         if time is not None:
             if isinstance(time, (str, bytes)) or len(time) != 2:
@@ -599,15 +641,14 @@ class Client:
         for ep in info.endpoints:
             t = json.loads(ep.ticket.ticket)
             row, col = t["output"]["at"]
-            blocks[(t["bands"][0], row, col)] = ep.ticket
+            blocks[(t["bands"][0], row, col)] = ep
 
         def fetch(band, row, col, h, w):
             block = np.full((len(times), h, w), fill_of(band), dtype=dtype)
-            ticket = blocks.get((band, row, col))
-            if ticket is None:
+            endpoint = blocks.get((band, row, col))
+            if endpoint is None:
                 return block
-            with mapped():
-                table = self._flight.do_get(ticket, options=self._options).read_all()
+            table = self.read_endpoint(endpoint)
             row_times = table["time"].cast(pa.int64()).to_pylist()
             for r in range(table.num_rows):
                 values = table["pixels"][r].values.to_numpy(zero_copy_only=False).reshape(h, w)

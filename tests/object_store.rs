@@ -1,0 +1,194 @@
+//! The warehouse on object storage (S3 through SeaweedFS on loopback):
+//! the put-if-absent the commit protocol stands on, scenes committed to the
+//! Delta catalog table and read back by any server, a scene id committed by
+//! two servers at once stored once, orphans removed by `gc`, and a store
+//! that cannot be reached failing at start.
+
+mod common;
+#[path = "common/seaweed.rs"]
+mod seaweed;
+
+use std::sync::{Arc, OnceLock};
+
+use arrow_array::RecordBatch;
+use common::*;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use pixelquery::config::Config;
+use pixelquery_client::proto;
+use seaweed::Seaweed;
+
+const JUN: i64 = 1_717_200_000_000;
+const DAY: i64 = 86_400_000;
+
+/// One store for every test of this binary.
+fn store() -> &'static Seaweed {
+    static STORE: OnceLock<Seaweed> = OnceLock::new();
+    STORE.get_or_init(|| {
+        let s = Seaweed::start();
+        s.export();
+        s
+    })
+}
+
+/// A server on `s3://pqtest/<prefix>` with its own local copy.
+async fn shared_server(prefix: &str) -> TestServer {
+    store();
+    let url = format!("s3://{}/{prefix}", seaweed::BUCKET);
+    TestServer::start_with(tempfile::tempdir().unwrap(), move |c: &mut Config| c.shared = Some(url)).await
+}
+
+async fn read_all(client: &mut pixelquery_client::Client, collection: &str) -> Vec<RecordBatch> {
+    client.query(&proto::Query { collection: collection.into(), ..Default::default() }).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn put_if_absent_has_exactly_one_winner() {
+    let s = Arc::new(store().store());
+    for round in 0..50 {
+        let path = object_store::path::Path::from(format!("atomicity/round-{round}"));
+        let puts = (0..16).map(|i| {
+            let (s, path) = (s.clone(), path.clone());
+            tokio::spawn(async move {
+                let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+                s.put_opts(&path, PutPayload::from(format!("writer {i}").into_bytes()), opts).await
+            })
+        });
+        let results = futures::future::join_all(puts).await;
+        let winners = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+        let losers = results.iter().filter(|r| matches!(r, Ok(Err(object_store::Error::AlreadyExists { .. })))).count();
+        assert_eq!((winners, losers), (1, 15), "round {round}: {results:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scenes_on_object_storage_read_back_on_every_server() {
+    let gt = utm_geotransform(300);
+    let a = shared_server("readback").await;
+    let local = TestServer::start().await;
+    let (mut ca, mut cl) = (a.client().await, local.client().await);
+    create_red_collection(&mut ca, "s2").await;
+    create_red_collection(&mut cl, "s2").await;
+    for i in 0..3i64 {
+        let req = ingest_request("s2", &format!("scene-{i}"), JUN + i * DAY, gt, 300, "bilinear");
+        let put = ca.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap();
+        assert!(!put.duplicate);
+        cl.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap();
+    }
+    let again = ca.ingest(&ingest_request("s2", "scene-1", JUN + DAY, gt, 300, "bilinear"), red_batches(raster(300, 1), 300)).await.unwrap();
+    assert!(again.duplicate, "a retried scene is stored once");
+
+    // The same rows as the local backend holds.
+    let on_s3 = read_all(&mut ca, "s2").await;
+    assert_eq!(on_s3, read_all(&mut cl, "s2").await);
+    assert!(on_s3.iter().map(|b| b.num_rows()).sum::<usize>() >= 3);
+
+    // A second server with an empty local copy sees every scene, and its
+    // chunk files hold the same bytes.
+    let b = shared_server("readback").await;
+    let mut cb = b.client().await;
+    assert_eq!(read_all(&mut cb, "s2").await, on_s3);
+    assert_eq!(cb.describe("s2").await.unwrap()["scenes"], ca.describe("s2").await.unwrap()["scenes"]);
+    // Scenes committed through one server are seen by the other at once.
+    cb.ingest(&ingest_request("s2", "scene-9", JUN + 9 * DAY, gt, 300, "bilinear"), red_batches(raster(300, 9), 300)).await.unwrap();
+    assert_eq!(read_all(&mut ca, "s2").await, read_all(&mut cb, "s2").await);
+    let files = |s: &TestServer| {
+        snapshot(&s.warehouse().join("s2").join("tiles")).into_iter().map(|(p, bytes)| (p.strip_prefix(s.warehouse()).unwrap().to_path_buf(), bytes)).collect::<Vec<_>>()
+    };
+    assert_eq!(files(&a), files(&b), "every server's chunk files hold the same bytes");
+
+    // Not built on object storage yet: refused, nothing changes.
+    let (code, msg) = code_of(ca.action("compact", &serde_json::json!({"collection": "s2"})).await);
+    assert_eq!(code, tonic::Code::Unimplemented, "{msg}");
+    for s in [a, b, local] {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_scene_id_sent_to_two_servers_at_once_is_stored_once() {
+    let gt = utm_geotransform(300);
+    let a = shared_server("race").await;
+    let b = shared_server("race").await;
+    let mut ca = a.client().await;
+    create_red_collection(&mut ca, "s2").await;
+    let mut cb = b.client().await;
+    for round in 0..5i64 {
+        let req = ingest_request("s2", &format!("twice-{round}"), JUN + round * DAY, gt, 300, "nearest");
+        let (ra, rb) = tokio::join!(ca.ingest(&req, red_batches(raster(300, 7), 300)), cb.ingest(&req, red_batches(raster(300, 7), 300)));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!([ra.duplicate, rb.duplicate].iter().filter(|d| !**d).count(), 1, "round {round}: exactly one is stored: {ra:?} {rb:?}");
+    }
+    for c in [&mut ca, &mut cb] {
+        let d = c.describe("s2").await.unwrap();
+        assert_eq!(d["scenes"], 5, "{d}");
+    }
+    let rows = read_all(&mut ca, "s2").await;
+    assert_eq!(rows, read_all(&mut cb, "s2").await);
+    let scenes: Vec<String> = rows
+        .iter()
+        .flat_map(|b| {
+            let col = b.column_by_name("scene_id").unwrap();
+            let s = arrow_array::cast::AsArray::as_string::<i32>(col);
+            s.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    let mut unique = scenes.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 5);
+
+    // The losers' objects were removed or are orphans: gc leaves reads alone.
+    let s3 = store().store();
+    let orphan = object_store::path::Path::from("race/s2/tiles/x0000_y0000/2024-06/red/orphan.arrows");
+    s3.put(&orphan, PutPayload::from_static(b"left by a crashed writer")).await.unwrap();
+    let gc = ca.action("gc", &serde_json::json!({"collection": "s2", "older_than_secs": 0})).await.unwrap();
+    assert!(gc["objects_removed"].as_u64().unwrap() >= 1, "{gc}");
+    assert!(matches!(s3.head(&orphan).await, Err(object_store::Error::NotFound { .. })));
+    assert_eq!(read_all(&mut cb, "s2").await, rows, "gc changes no read");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_store_fails_at_start_with_url_and_reason() {
+    store();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    // The endpoint comes from the environment; this process's points at
+    // the live store, so the server runs as a child with another.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pixelquery"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--warehouse", "s3://pqtest/unreachable", "--cache-dir"])
+        .arg(tempfile::tempdir().unwrap().path().join("copy"))
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", seaweed::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", seaweed::SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("s3://pqtest/unreachable"), "{text}");
+    assert!(!text.contains(seaweed::SECRET_KEY), "no secret in errors: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_table_is_a_delta_table_with_one_commit_per_scene() {
+    let gt = utm_geotransform(300);
+    let a = shared_server("delta").await;
+    let mut ca = a.client().await;
+    create_red_collection(&mut ca, "s2").await;
+    for i in 0..2i64 {
+        ca.ingest(&ingest_request("s2", &format!("d-{i}"), JUN + i * DAY, gt, 300, "nearest"), red_batches(raster(300, 3), 300)).await.unwrap();
+    }
+    let s3 = store().store();
+    let log = object_store::path::Path::from("delta/s2/_catalog/_delta_log");
+    let mut entries: Vec<String> = futures::TryStreamExt::try_collect::<Vec<_>>(s3.list(Some(&log))).await.unwrap().into_iter().map(|m| m.location.to_string()).collect();
+    entries.sort();
+    // The table's creation, then one commit per scene.
+    assert_eq!(entries.iter().filter(|e| e.ends_with(".json")).count(), 3, "{entries:?}");
+    let last = s3.get(&object_store::path::Path::from(entries.iter().rfind(|e| e.ends_with(".json")).unwrap().as_str())).await.unwrap().bytes().await.unwrap();
+    let text = String::from_utf8_lossy(&last);
+    assert!(text.contains("\"txn\"") && text.contains("\"appId\":\"d-1\""), "{text}");
+    a.shutdown().await;
+}
