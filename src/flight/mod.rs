@@ -77,7 +77,12 @@ fn query(rpc: &str, command: Command) -> Result<QuerySpec> {
     }
 }
 
-async fn plan(state: &AppState, spec: QuerySpec) -> Result<Answer> {
+async fn plan(state: &AppState, mut spec: QuerySpec) -> Result<Answer> {
+    if spec.as_of.is_none() {
+        // Tickets carry the version planned against: every server answers
+        // them with the same rows.
+        spec.as_of = state.warehouse.version(&spec.collection);
+    }
     // Tiles (every ticket GetFlightInfo hands out) and whole collections are
     // looked up in the in-memory catalog: microseconds, no hop to a
     // blocking thread. A bbox or point goes through GDAL.

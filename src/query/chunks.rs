@@ -58,7 +58,7 @@ impl ChunkAnswer {
                 let end = Some(s.spec.end_ms.map_or(k.month.end_ms(), |e| e.min(k.month.end_ms())));
                 let tiles = [k.tile.to_string()];
                 let bands = [k.band.clone()];
-                let ticket = wire::query_json(&s.store.meta.name, &tiles, &bands, start, end, s.spec.decompress);
+                let ticket = wire::query_json(&s.store.meta.name, &tiles, &bands, (start, end), s.spec.decompress, s.spec.as_of);
                 let spec = QuerySpec {
                     collection: s.store.meta.name.clone(),
                     area: Area::Tiles(vec![k.tile]),
@@ -68,6 +68,7 @@ impl ChunkAnswer {
                     load: None,
                     steps: s.spec.steps.clone(),
                     decompress: s.spec.decompress,
+                    as_of: s.spec.as_of,
                 };
                 let band = s.bands.iter().filter(|b| b.name == k.band).cloned().collect();
                 let one = ChunkAnswer { selection: Selection { store: s.store.clone(), spec, bands: band, chunks: vec![(k.clone(), e.clone())] } };

@@ -265,7 +265,7 @@ fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Answer> {
     let names: HashSet<&str> = bands.iter().map(|b| b.name.as_str()).collect();
     let (start, end) = (spec.start_ms, spec.end_ms);
     let chunks = store
-        .chunks(|k| {
+        .chunks_at(spec.as_of, |k| {
             names.contains(k.band.as_str()) && tiles.keeps(k.tile) && start.is_none_or(|s| k.month.end_ms() > s) && end.is_none_or(|e| k.month.start_ms() < e)
         })
         .into_iter()

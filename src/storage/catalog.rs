@@ -78,6 +78,29 @@ fn time_text(ms: i64) -> String {
 pub type Damaged = Vec<(usize, usize)>;
 
 impl ChunkEntry {
+    /// The chunk's first `n` rows (`0 < n < rows`) as they stood when they
+    /// were all it held; `None` unless each row is its own checksummed
+    /// segment (a chunk only appended to, never rewritten).
+    pub fn prefix(&self, n: usize) -> Option<ChunkEntry> {
+        if n == 0 || n >= self.times.len() || self.sums.len() != self.times.len() {
+            return None;
+        }
+        let mut stats = PixelStats::default();
+        for r in self.row_stats[..n].iter().flatten() {
+            stats.merge(&PixelStats { valid: r.valid, min: r.min, max: r.max, sum: r.sum, bbox: self.stats.bbox });
+        }
+        Some(ChunkEntry {
+            file: self.file.clone(),
+            len: self.sums[n - 1].end,
+            times: self.times[..n].to_vec(),
+            scenes: self.scenes[..n].to_vec(),
+            row_stats: self.row_stats[..n].to_vec(),
+            stats,
+            appends: self.appends.min(n as u32),
+            sums: self.sums[..n].to_vec(),
+        })
+    }
+
     pub fn count_in(&self, start: Option<i64>, end: Option<i64>) -> usize {
         self.times.iter().filter(|t| start.is_none_or(|s| **t >= s) && end.is_none_or(|e| **t < e)).count()
     }

@@ -220,6 +220,16 @@ impl CollectionStore {
         read(&self.index).chunks.iter().filter(|(k, _)| keep(k)).map(|(k, e)| (k.clone(), e.clone())).collect()
     }
 
+    /// [`Self::chunks`] as they stood at catalog version `as_of` (a
+    /// warehouse on object storage; elsewhere the version is ignored).
+    pub fn chunks_at(&self, as_of: Option<i64>, keep: impl FnMut(&ChunkKey) -> bool) -> Vec<(ChunkKey, ChunkEntry)> {
+        let chunks = self.chunks(keep);
+        match (as_of, self.remote.get()) {
+            (Some(v), Some(catalog)) => chunks.into_iter().filter_map(|(k, e)| catalog.pinned(&e, v).map(|e| (k, e))).collect(),
+            _ => chunks,
+        }
+    }
+
     /// Calls `f` with every chunk under one read lock: one consistent state
     /// of the catalog, nothing cloned. `f` must not call back into the
     /// store.
@@ -428,6 +438,14 @@ impl Warehouse {
             store.catch_up()?;
         }
         Ok(())
+    }
+
+    /// The catalog version answers of `collection` are pinned to (object
+    /// storage): the last one this server applied.
+    pub fn version(&self, collection: &str) -> Option<i64> {
+        let store = self.any_collection(collection)?.0;
+        let catalog = store.remote.get()?;
+        Some(catalog.current.load(Ordering::Acquire))
     }
 
     /// Refuses what is not built for warehouses on object storage yet.

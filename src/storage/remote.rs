@@ -34,6 +34,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use crate::collection::Collection;
 use crate::error::{Error, Result};
 use crate::storage::log::PixelStats;
+use crate::storage::ChunkEntry;
 
 /// Objects fetched at once when applying a commit.
 const FETCHES_AT_ONCE: usize = 16;
@@ -145,13 +146,7 @@ fn batch_to_rows(b: &RecordBatch, out: &mut Vec<CatalogRow>) -> Result<()> {
             bytes: bytes.value(i) as u64,
             schema_len: schema_len.value(i) as u64,
             crc: crc.value(i) as u32,
-            stats: PixelStats {
-                valid: valid.value(i) as u64,
-                min: min.value(i),
-                max: max.value(i),
-                sum: sum.value(i),
-                bbox: bbox.map(|c| c.value(i) as u32),
-            },
+            stats: PixelStats { valid: valid.value(i) as u64, min: min.value(i), max: max.value(i), sum: sum.value(i), bbox: bbox.map(|c| c.value(i) as u32) },
             fingerprint: opt(fingerprint, i),
             baseline: opt(baseline, i),
         });
@@ -198,9 +193,7 @@ impl Remote {
                     // A local S3-compatible server (SeaweedFS, MinIO) said so.
                     builder = builder.with_allow_http(true);
                 }
-                let store = builder
-                    .build()
-                    .map_err(|e| Error::invalid("--warehouse", url, &format!("cannot configure the S3 client: {e}")))?;
+                let store = builder.build().map_err(|e| Error::invalid("--warehouse", url, &format!("cannot configure the S3 client: {e}")))?;
                 Arc::new(store)
             }
             "file" => Arc::new(object_store::local::LocalFileSystem::new()),
@@ -249,7 +242,8 @@ impl Remote {
         let path = self.path(&[name, "collection.json"]);
         match self.block_on(async { self.root.get(&path).await?.bytes().await }) {
             Ok(bytes) => {
-                let meta = serde_json::from_slice(&bytes).map_err(|e| Error::Unavailable(format!("collection {name:?}: collection.json does not parse: {e}")))?;
+                let meta =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Unavailable(format!("collection {name:?}: collection.json does not parse: {e}")))?;
                 Ok(Some(meta))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -288,6 +282,8 @@ impl Remote {
             table: tokio::sync::Mutex::new(table),
             applied: Mutex::new(-1),
             named: Mutex::new(HashSet::new()),
+            versions: Mutex::new(Default::default()),
+            current: std::sync::atomic::AtomicI64::new(-1),
         })
     }
 }
@@ -331,6 +327,10 @@ pub struct RemoteCatalog {
     pub applied: Mutex<i64>,
     /// Every object a committed row names (what `gc` keeps).
     named: Mutex<HashSet<String>>,
+    /// The version that committed each scene applied.
+    versions: Mutex<std::collections::HashMap<String, i64>>,
+    /// The last version applied, for readers (no lock).
+    pub current: std::sync::atomic::AtomicI64,
 }
 
 impl RemoteCatalog {
@@ -370,9 +370,24 @@ impl RemoteCatalog {
         }
     }
 
-    /// Records objects that committed rows name.
-    pub fn name_objects(&self, keys: impl Iterator<Item = String>) {
+    /// Records what version `version` committed: scene `scene_id` and the
+    /// objects its rows name.
+    pub fn record(&self, version: i64, scene_id: &str, keys: impl Iterator<Item = String>) {
         self.named.lock().unwrap_or_else(|e| e.into_inner()).extend(keys);
+        self.versions.lock().unwrap_or_else(|e| e.into_inner()).insert(scene_id.to_string(), version);
+    }
+
+    /// `entry` as it stood at version `as_of`: its rows of scenes committed
+    /// up to then (commits are applied in order, so they lead the chunk);
+    /// `None` when it held none.
+    pub fn pinned(&self, entry: &ChunkEntry, as_of: i64) -> Option<ChunkEntry> {
+        let versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        let n = entry.scenes.iter().take_while(|s| versions.get(s.as_ref()).is_none_or(|v| *v <= as_of)).count();
+        match n {
+            0 => None,
+            n if n == entry.times.len() => Some(entry.clone()),
+            n => entry.prefix(n).or_else(|| Some(entry.clone())),
+        }
     }
 
     /// The bytes of `rows`' objects, in order, after their checksums hold.
@@ -398,7 +413,8 @@ impl RemoteCatalog {
     pub fn commit_scene(&self, scene_id: &str, rows: &[CatalogRow]) -> Result<Option<i64>> {
         let batch = rows_to_batch(rows)?;
         let mut buf = Vec::new();
-        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).map_err(|e| Error::Internal(format!("writing catalog rows: {e}")))?;
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).map_err(|e| Error::Internal(format!("writing catalog rows: {e}")))?;
         writer.write(&batch).and_then(|_| writer.close().map(|_| ())).map_err(|e| Error::Internal(format!("writing catalog rows: {e}")))?;
         let file = format!("part-{}.parquet", unique_name());
         let size = buf.len() as i64;
@@ -455,7 +471,15 @@ impl RemoteCatalog {
                         serde_json::from_slice(line).map_err(|e| Error::Unavailable(format!("catalog log entry {version} does not parse: {e}")))?;
                     let Some(path) = action.get("add").and_then(|a| a.get("path")).and_then(|p| p.as_str()) else { continue };
                     let file = self.object_path(&format!("_catalog/{path}"));
-                    let data = self.remote.root.get(&file).await.map_err(unavailable("reading catalog rows"))?.bytes().await.map_err(unavailable("reading catalog rows"))?;
+                    let data = self
+                        .remote
+                        .root
+                        .get(&file)
+                        .await
+                        .map_err(unavailable("reading catalog rows"))?
+                        .bytes()
+                        .await
+                        .map_err(unavailable("reading catalog rows"))?;
                     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
                         .and_then(|b| b.build())
                         .map_err(|e| Error::Unavailable(format!("catalog rows {path}: {e}")))?;

@@ -715,7 +715,8 @@ impl SceneCommit<'_> {
             return Ok(AppendOutcome { duplicate: true, ..Default::default() });
         };
         put.committed = true;
-        let mut outcome = AppendOutcome { duplicate: false, observations: put.rows.len() as u64, bytes: put.rows.iter().map(|r| r.bytes).sum(), tiles: Vec::new() };
+        let mut outcome =
+            AppendOutcome { duplicate: false, observations: put.rows.len() as u64, bytes: put.rows.iter().map(|r| r.bytes).sum(), tiles: Vec::new() };
         for r in &put.rows {
             if let Ok(t) = r.tile.parse::<TileId>() {
                 if !outcome.tiles.contains(&t) {
@@ -757,7 +758,7 @@ impl CollectionStore {
                 }
             }
             for (scene_id, rows) in scenes {
-                catalog.name_objects(rows.iter().map(|r| r.object.clone()));
+                catalog.record(version, &scene_id, rows.iter().map(|r| r.object.clone()));
                 let first = &rows[0];
                 let Some(mut writer) = self.begin_scene(&scene_id, first.time_ms, first.fingerprint.as_deref(), false)? else { continue };
                 writer.baseline = first.baseline.clone();
@@ -767,6 +768,7 @@ impl CollectionStore {
                 writer.commit()?;
             }
             *applied = version;
+            catalog.current.store(version, Ordering::Release);
         }
         Ok(())
     }

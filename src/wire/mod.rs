@@ -213,6 +213,8 @@ struct QueryJson {
     into: String,
     #[serde(default)]
     decompress: bool,
+    #[serde(default)]
+    as_of: Option<i64>,
 }
 
 /// An optional JSON time (absent or null: `None`).
@@ -253,6 +255,7 @@ impl TryFrom<QueryJson> for pb::Query {
             reduce: steps::reduce_from_json(j.reduce)?,
             into: j.into,
             decompress: j.decompress,
+            as_of: j.as_of,
         })
     }
 }
@@ -285,6 +288,7 @@ pub fn query_message_json(q: &pb::Query) -> Vec<u8> {
     put("reduce", q.reduce.as_ref().map(steps::reduce_to_json).unwrap_or(Value::Null), q.reduce.is_some());
     put("into", q.into.clone().into(), !q.into.is_empty());
     put("decompress", Value::Bool(q.decompress), q.decompress);
+    put("as_of", q.as_of.map(Value::from).unwrap_or(Value::Null), q.as_of.is_some());
     serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
 }
 
@@ -572,6 +576,8 @@ pub struct QuerySpec {
     pub steps: StepsSpec,
     /// Send stored compressed batches decompressed.
     pub decompress: bool,
+    /// The catalog version the answer is pinned to (object storage).
+    pub as_of: Option<i64>,
 }
 
 impl QuerySpec {
@@ -609,6 +615,7 @@ fn validate_query(q: pb::Query) -> Result<QuerySpec> {
         reduce,
         into,
         decompress,
+        as_of,
     } = q;
     let load = load::load_spec(&geometry, &geometry_crs, output, &groupby, &fuse)?;
     let steps = steps::steps_spec(mask, scale, compute, reduce, into)?;
@@ -670,7 +677,7 @@ fn validate_query(q: pb::Query) -> Result<QuerySpec> {
     } else {
         Area::All
     };
-    Ok(QuerySpec { collection, area, start_ms, end_ms, bands, load, steps, decompress })
+    Ok(QuerySpec { collection, area, start_ms, end_ms, bands, load, steps, decompress, as_of })
 }
 
 /// Decodes a `Query` (GetFlightInfo / GetSchema cmd, or a DoGet ticket).
@@ -696,6 +703,7 @@ pub fn decode_criteria(bytes: &[u8]) -> Result<QuerySpec> {
             load: None,
             steps: StepsSpec::default(),
             decompress: false,
+            as_of: None,
         });
     }
     let c: pb::Criteria = decode::<_, CriteriaJson>("criteria.expression", bytes)?;
@@ -733,6 +741,7 @@ impl QuerySpec {
         q.reduce = st.reduce.as_ref().map(ReduceSpec::to_message);
         q.into = st.into.clone().unwrap_or_default();
         q.decompress = self.decompress;
+        q.as_of = self.as_of;
         if let Some(l) = &self.load {
             if let Some(g) = &l.geometry {
                 (q.geometry, q.geometry_crs) = (g.text.clone(), g.crs.clone());
@@ -753,7 +762,14 @@ impl QuerySpec {
 }
 
 /// Encodes a query as the JSON ticket of one endpoint.
-pub fn query_json(collection: &str, tiles: &[String], bands: &[String], start_ms: Option<i64>, end_ms: Option<i64>, decompress: bool) -> Vec<u8> {
+pub fn query_json(
+    collection: &str,
+    tiles: &[String],
+    bands: &[String],
+    (start_ms, end_ms): (Option<i64>, Option<i64>),
+    decompress: bool,
+    as_of: Option<i64>,
+) -> Vec<u8> {
     let mut m = serde_json::Map::new();
     m.insert("collection".into(), collection.into());
     m.insert("tiles".into(), tiles.into());
@@ -766,6 +782,9 @@ pub fn query_json(collection: &str, tiles: &[String], bands: &[String], start_ms
     }
     if decompress {
         m.insert("decompress".into(), true.into());
+    }
+    if let Some(v) = as_of {
+        m.insert("as_of".into(), v.into());
     }
     serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
 }
@@ -842,7 +861,7 @@ mod tests {
 
     #[test]
     fn endpoint_tickets_decode_back() {
-        let t = query_json("s2", &["x4380_y1632".into()], &["red".into()], Some(5), Some(9), false);
+        let t = query_json("s2", &["x4380_y1632".into()], &["red".into()], (Some(5), Some(9)), false, None);
         let q = decode_query("ticket", &t).unwrap();
         assert_eq!(q.area, Area::Tiles(vec![TileId::new(4380, 1632)]));
         assert_eq!((q.start_ms, q.end_ms, q.bands), (Some(5), Some(9), vec!["red".to_string()]));

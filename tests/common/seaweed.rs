@@ -18,9 +18,7 @@ pub struct Seaweed {
 }
 
 fn weed() -> PathBuf {
-    std::env::var_os("PIXELQUERY_WEED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/weed"))
+    std::env::var_os("PIXELQUERY_WEED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/weed"))
 }
 
 /// A base port whose ports `+0..+5` and `+10000..+10005` (SeaweedFS's gRPC
@@ -101,22 +99,29 @@ impl Seaweed {
             .unwrap()
     }
 
+    /// Waits until a put and a get succeed (on a thread of its own: the
+    /// caller may be inside a runtime).
     fn wait_ready(&self) {
         let store = self.store();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let started = Instant::now();
-        loop {
-            let probe = object_store::path::Path::from("ready-probe");
-            let ok = rt.block_on(async {
-                use object_store::ObjectStoreExt;
-                store.put(&probe, object_store::PutPayload::from_static(b"ok")).await.is_ok() && store.get(&probe).await.is_ok()
-            });
-            if ok {
-                return;
+        let endpoint = self.endpoint.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let started = Instant::now();
+            loop {
+                let probe = object_store::path::Path::from("ready-probe");
+                let ok = rt.block_on(async {
+                    use object_store::ObjectStoreExt;
+                    store.put(&probe, object_store::PutPayload::from_static(b"ok")).await.is_ok() && store.get(&probe).await.is_ok()
+                });
+                if ok {
+                    return;
+                }
+                assert!(started.elapsed() < Duration::from_secs(60), "SeaweedFS did not become ready at {endpoint}");
+                std::thread::sleep(Duration::from_millis(250));
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "SeaweedFS did not become ready at {}", self.endpoint);
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        })
+        .join()
+        .expect("SeaweedFS ready");
     }
 }
 
