@@ -59,6 +59,14 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let work = tempfile::tempdir_in(std::env::var("PIXELQUERY_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
     let files = make_cogs(work.path());
+    if let Some(keep) = std::env::var_os("PIXELQUERY_KEEP_COGS") {
+        // The same files for the earlier PixelQuery (benches/earlier_pixelquery.py).
+        std::fs::create_dir_all(&keep).unwrap();
+        for f in &files {
+            let p = std::path::Path::new(f);
+            std::fs::copy(p, std::path::Path::new(&keep).join(p.file_name().unwrap())).unwrap();
+        }
+    }
     let mb = std::fs::metadata(&files[0]).unwrap().len() as f64 / 1e6;
 
     // gdalwarp of each file onto the same 10 m sinusoidal grid.

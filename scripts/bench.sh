@@ -15,9 +15,13 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 export PIXELQUERY_BENCH_DIR="${PIXELQUERY_BENCH_DIR:-$out}"
 cargo bench --bench append | tee "$out/append.txt"
-cargo bench --bench cog_ingest | tee "$out/cog.txt"
+PIXELQUERY_KEEP_COGS="$out/cogs" cargo bench --bench cog_ingest | tee "$out/cog.txt"
+# Row 6's anchor: the earlier PixelQuery (PyPI pixelquery==0.1.0, its own
+# venv) ingesting the same COGs. Its install needs PyPI; without it the row
+# keeps the published figure.
+.venv/bin/python benches/earlier_pixelquery.py --cogs "$out/cogs" --glob 'scene_*.tif' | tee "$out/earlier.txt" || echo "earlier PixelQuery not measured" | tee "$out/earlier.txt"
 cargo bench --bench warp_kernel | tee "$out/kernel.txt"
 cargo bench --bench pixel_steps | tee "$out/steps.txt"
 echo "== $(date -u +%Y-%m-%d) $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(. /etc/os-release && echo "$PRETTY_NAME")"
 .venv/bin/python benches/suite.py --binary target/release/pixelquery --size "${SIZE:-10980}" \
-  --results "$out/append.txt" "$out/cog.txt" "$out/kernel.txt" "$out/steps.txt" --out "${BENCH_TABLE:-benches/latest.md}"
+  --results "$out/append.txt" "$out/cog.txt" "$out/earlier.txt" "$out/kernel.txt" "$out/steps.txt" --out "${BENCH_TABLE:-benches/latest.md}"

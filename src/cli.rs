@@ -441,7 +441,7 @@ impl ServeArgs {
         let warehouse = match (&shared, self.cache_dir) {
             (None, _) => self.warehouse,
             (Some(_), Some(dir)) => dir,
-            (Some(_), None) => std::env::temp_dir().join(format!("pixelquery-cache-{}", std::process::id())),
+            (Some(_), None) => crate::config::default_cache_dir(),
         };
         for (field, url) in self.advertise.iter().map(|a| ("--advertise", a)).chain(self.peers.iter().map(|p| ("--peers", p))) {
             if !(url.starts_with("grpc://") || url.starts_with("grpc+tls://") || url.starts_with("grpc+tcp://")) {

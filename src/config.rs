@@ -127,6 +127,12 @@ impl Config {
     }
 }
 
+/// The local copy of a warehouse on object storage when none is given:
+/// one per process, under the temporary directory.
+pub fn default_cache_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("pixelquery-cache-{}", std::process::id()))
+}
+
 /// One warp thread per core.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)

@@ -56,7 +56,7 @@ pub fn open_state(config: &Config) -> crate::error::Result<Arc<AppState>> {
     let warehouse = match &config.shared {
         None => Warehouse::open_with(&config.warehouse, config.writes)?,
         Some(url) => {
-            if config.warehouse.exists() && config.warehouse.starts_with(std::env::temp_dir()) {
+            if config.warehouse == crate::config::default_cache_dir() && config.warehouse.exists() {
                 // A copy a server of this process id left: rebuilt whole.
                 std::fs::remove_dir_all(&config.warehouse).map_err(crate::error::Error::io(&config.warehouse))?;
             }
@@ -376,7 +376,15 @@ fn tls_acceptor(pem: &TlsPem) -> io::Result<tokio_rustls::TlsAcceptor> {
         return Err(invalid("TLS certificate (--tls-cert)", &"no PEM certificate found"));
     }
     let key = PrivateKeyDer::from_pem_slice(&pem.key).map_err(|e| invalid("TLS key (--tls-key)", &e))?;
-    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).map_err(|e| invalid("TLS certificate and key", &e))?;
+    // The provider is named: rustls is built with both ring and aws-lc-rs
+    // (the object store's HTTP client brings the latter), and then has no
+    // process default.
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("TLS protocol versions", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid("TLS certificate and key", &e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

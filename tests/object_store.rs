@@ -32,9 +32,17 @@ fn store() -> &'static Seaweed {
 
 /// A server on `s3://pqtest/<prefix>` with its own local copy.
 async fn shared_server(prefix: &str) -> TestServer {
+    shared_server_with(prefix, |_| {}).await
+}
+
+async fn shared_server_with(prefix: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
     store();
     let url = format!("s3://{}/{prefix}", seaweed::BUCKET);
-    TestServer::start_with(tempfile::tempdir().unwrap(), move |c: &mut Config| c.shared = Some(url)).await
+    TestServer::start_with(tempfile::tempdir().unwrap(), move |c: &mut Config| {
+        c.shared = Some(url);
+        adjust(c);
+    })
+    .await
 }
 
 async fn read_all(client: &mut pixelquery_client::Client, collection: &str) -> Vec<RecordBatch> {
@@ -135,8 +143,10 @@ async fn scenes_on_object_storage_read_back_on_every_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_scene_id_sent_to_two_servers_at_once_is_stored_once() {
     let gt = utm_geotransform(300);
-    let a = shared_server("race").await;
-    let b = shared_server("race").await;
+    // A short request timeout: gc may then take objects 15 s old.
+    let short = |c: &mut Config| c.limits.request_timeout = std::time::Duration::from_secs(5);
+    let a = shared_server_with("race", short).await;
+    let b = shared_server_with("race", short).await;
     let mut ca = a.client().await;
     create_red_collection(&mut ca, "s2").await;
     let mut cb = b.client().await;
@@ -169,7 +179,10 @@ async fn one_scene_id_sent_to_two_servers_at_once_is_stored_once() {
     let s3 = store().store();
     let orphan = object_store::path::Path::from("race/s2/tiles/x0000_y0000/2024-06/red/orphan.arrows");
     s3.put(&orphan, PutPayload::from_static(b"left by a crashed writer")).await.unwrap();
-    let gc = ca.action("gc", &serde_json::json!({"collection": "s2", "older_than_secs": 0})).await.unwrap();
+    let (code, msg) = code_of(ca.action("gc", &serde_json::json!({"collection": "s2", "older_than_secs": 0})).await);
+    assert_eq!(code, tonic::Code::InvalidArgument, "an ingest still running could lose its objects: {msg}");
+    tokio::time::sleep(std::time::Duration::from_secs(16)).await;
+    let gc = ca.action("gc", &serde_json::json!({"collection": "s2", "older_than_secs": 15})).await.unwrap();
     assert!(gc["objects_removed"].as_u64().unwrap() >= 1, "{gc}");
     assert!(matches!(s3.head(&orphan).await, Err(object_store::Error::NotFound { .. })));
     assert_eq!(read_all(&mut cb, "s2").await, rows, "gc changes no read");
@@ -220,4 +233,36 @@ async fn catalog_table_is_a_delta_table_with_one_commit_per_scene() {
     let text = String::from_utf8_lossy(&last);
     assert!(text.contains("\"txn\"") && text.contains("\"appId\":\"d-1\""), "{text}");
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_fails_the_put_with_unavailable_and_commits_nothing() {
+    // A store of its own: this test stops it.
+    let mut own = Seaweed::start();
+    let url = format!("s3://{}/outage", seaweed::BUCKET);
+    // The process environment points at the shared store; a server on its
+    // own store runs as a child.
+    let copy = tempfile::tempdir().unwrap();
+    let mut cmd = serve_command(std::path::Path::new(&url));
+    cmd.arg("--cache-dir").arg(copy.path());
+    for (k, v) in own.env() {
+        cmd.env(k, v);
+    }
+    let (mut child, uri) = spawn_server(&mut cmd);
+    let mut c = pixelquery_client::Client::connect(&uri).await.unwrap();
+    create_red_collection(&mut c, "s2").await;
+    let gt = utm_geotransform(300);
+    c.ingest(&ingest_request("s2", "before", JUN, gt, 300, "nearest"), red_batches(raster(300, 1), 300)).await.unwrap();
+    own.kill();
+    let (code, msg) = code_of(c.ingest(&ingest_request("s2", "during", JUN + DAY, gt, 300, "nearest"), red_batches(raster(300, 2), 300)).await);
+    assert_eq!(code, tonic::Code::Unavailable, "{msg}");
+    assert!(!msg.contains(seaweed::SECRET_KEY) && !msg.contains(seaweed::ACCESS_KEY), "{msg}");
+    own.restart();
+    let d = c.describe("s2").await.unwrap();
+    assert_eq!(d["scenes"], 1, "the failed put left no committed trace: {d}");
+    let again = c.ingest(&ingest_request("s2", "during", JUN + DAY, gt, 300, "nearest"), red_batches(raster(300, 2), 300)).await.unwrap();
+    assert!(!again.duplicate);
+    assert_eq!(c.describe("s2").await.unwrap()["scenes"], 2);
+    let _ = child.kill();
+    let _ = child.wait();
 }

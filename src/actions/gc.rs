@@ -13,6 +13,10 @@ use crate::state::AppState;
 /// Retention when the body gives none: far longer than any ingest runs.
 const DEFAULT_RETENTION_SECS: u64 = 3600;
 
+/// Margin past the request timeout (a put's undo grace, clock skew between
+/// server and store).
+const GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Gc {
     collection: String,
     older_than_secs: u64,
@@ -22,7 +26,7 @@ impl Gc {
     pub const DOC: ActionDoc = ActionDoc {
         name: "gc",
         role: Role::Admin,
-        description: "On a warehouse on object storage: remove objects no committed catalog entry names (a crashed or losing writer's) that are older than `older_than_secs` (default 3600; an ingest still running must not be younger than it). Body: {\"collection\"?, \"older_than_secs\"?}. Returns {\"objects_removed\", \"bytes_removed\"}.",
+        description: "On a warehouse on object storage: remove objects no committed catalog entry names (a crashed or losing writer's) that are older than `older_than_secs` (default 3600; at least the server's request timeout + 10 s, so that no ingest still running loses its objects). Body: {\"collection\"?, \"older_than_secs\"?}. Returns {\"objects_removed\", \"bytes_removed\"}.",
         takes_write_slot: false,
     };
 
@@ -48,6 +52,19 @@ impl Gc {
     pub fn apply(self, state: &AppState) -> Result<Value> {
         if state.warehouse.remote().is_none() {
             return Err(Error::invalid("action.type", "gc", "the warehouse is a local directory: it removes what no commit refers to at start"));
+        }
+        // An ingest may store objects for as long as a call may run (and
+        // its undo grace): younger objects may belong to one still running.
+        let least = state.limits.request_timeout + GRACE;
+        if std::time::Duration::from_secs(self.older_than_secs) < least {
+            return Err(Error::invalid(
+                "older_than_secs",
+                self.older_than_secs,
+                &format!(
+                    "must be at least {} s, the server's request timeout and grace: younger objects may belong to an ingest still running",
+                    least.as_secs()
+                ),
+            ));
         }
         let stores = if self.collection.is_empty() { state.warehouse.collections() } else { vec![state.warehouse.collection(&self.collection)?] };
         let (mut objects, mut bytes) = (0, 0);

@@ -172,9 +172,14 @@ impl Service {
         let result = async {
             self.authorize(rpc, metadata, need)?;
             if self.state.warehouse.remote().is_some() {
-                // Others' commits are seen before anything is planned.
+                // Others' commits are seen before anything is planned. A
+                // store that cannot be read now leaves the last version
+                // applied: answers stay consistent (tickets pin a version),
+                // and a write's commit fails on its own if the store is down.
                 let wh = self.state.warehouse.clone();
-                blocking(move || wh.refresh()).await?;
+                if let Err(e) = blocking(move || wh.refresh()).await {
+                    tracing::warn!(error = %e, "refreshing from the shared warehouse failed; serving the last version applied");
+                }
             }
             match tokio::time::timeout(limit, guarded(rpc, handler)).await {
                 Ok(r) => r,

@@ -221,6 +221,7 @@ fn point_to_grid(grid: &GridSpec, xy: [f64; 2], crs_def: &str) -> Result<(f64, f
 pub fn plan(warehouse: &Arc<Warehouse>, spec: QuerySpec) -> Result<Answer> {
     let store = warehouse.collection(&spec.collection)?;
     let Some(target) = spec.steps.into.clone() else { return plan_in(store, spec) };
+    warehouse.local_only("storing a query's answer (into)")?;
     if target == spec.collection {
         return Err(Error::invalid("into", &target, "is the collection queried: store the answer under another name"));
     }

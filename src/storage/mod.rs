@@ -490,6 +490,12 @@ impl Warehouse {
                 self.refresh()?;
                 return Err(Error::AlreadyExists { what: format!("collection {:?}", meta.name), detail: String::new() });
             }
+            // Created: a refresh may have brought it here meanwhile.
+            let name = meta.name.clone();
+            return match self.create(meta, false) {
+                Err(Error::AlreadyExists { .. }) => self.collection(&name),
+                other => other,
+            };
         }
         self.create(meta, false)
     }

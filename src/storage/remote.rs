@@ -47,6 +47,26 @@ pub struct Remote {
     runtime: tokio::runtime::Handle,
 }
 
+/// What committing a scene came to.
+pub enum Commit {
+    /// Committed at this version.
+    At(i64),
+    /// The scene id was committed already; nothing names this attempt's
+    /// objects.
+    Duplicate,
+    /// Not committed; nothing names this attempt's objects.
+    Failed(Error),
+    /// Whether it was committed could not be learnt: its objects stay (the
+    /// next refresh applies it, or gc removes them).
+    Unknown(Error),
+}
+
+impl Commit {
+    fn into_duplicate(self) -> Self {
+        Commit::Duplicate
+    }
+}
+
 /// One observation as the catalog table holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatalogRow {
@@ -165,6 +185,14 @@ fn delta_error(what: &str) -> impl FnOnce(DeltaTableError) -> Error + '_ {
     move |e| Error::Unavailable(format!("catalog table: {what}: {e}"))
 }
 
+/// A URL as logs and errors show it: without user or password.
+fn without_secrets(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
 /// A unique object name: time and randomness, so that retries and losing
 /// writers never reuse one.
 fn unique_name() -> String {
@@ -177,8 +205,9 @@ impl Remote {
     /// the usual `AWS_*` environment variables. Fails with the URL and the
     /// reason when the store cannot be listed.
     pub fn connect(url: &str, runtime: tokio::runtime::Handle) -> Result<Self> {
-        let bad = |reason: &str| Error::invalid("--warehouse", url, reason);
-        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        let parsed = url::Url::parse(url).map_err(|e| Error::invalid("--warehouse", "(not a URL)", &e.to_string()))?;
+        let shown = without_secrets(&parsed);
+        let bad = |reason: &str| Error::invalid("--warehouse", &shown, reason);
         let prefix_text = parsed.path().trim_matches('/').to_string();
         let root: Arc<dyn ObjectStore> = match parsed.scheme() {
             "s3" | "s3a" => {
@@ -210,10 +239,7 @@ impl Remote {
 
     /// The URL without user or password.
     pub fn shown_url(&self) -> String {
-        let mut u = self.url.clone();
-        let _ = u.set_username("");
-        let _ = u.set_password(None);
-        u.to_string()
+        without_secrets(&self.url)
     }
 
     /// Runs `f` on the server's runtime from a blocking thread.
@@ -374,7 +400,7 @@ impl RemoteCatalog {
     /// objects its rows name.
     pub fn record(&self, version: i64, scene_id: &str, keys: impl Iterator<Item = String>) {
         self.named.lock().unwrap_or_else(|e| e.into_inner()).extend(keys);
-        self.versions.lock().unwrap_or_else(|e| e.into_inner()).insert(scene_id.to_string(), version);
+        self.versions.lock().unwrap_or_else(|e| e.into_inner()).entry(scene_id.to_string()).or_insert(version);
     }
 
     /// `entry` as it stood at version `as_of`: its rows of scenes committed
@@ -408,9 +434,8 @@ impl RemoteCatalog {
     }
 
     /// Commits one scene: a Parquet file of its rows and the application
-    /// transaction `scene_id`. `None`: the scene id was committed already
-    /// (by this server or another, before or at the same time).
-    pub fn commit_scene(&self, scene_id: &str, rows: &[CatalogRow]) -> Result<Option<i64>> {
+    /// transaction `scene_id`.
+    pub fn commit_scene(&self, scene_id: &str, rows: &[CatalogRow]) -> Result<Commit> {
         let batch = rows_to_batch(rows)?;
         let mut buf = Vec::new();
         let mut writer =
@@ -419,38 +444,57 @@ impl RemoteCatalog {
         let file = format!("part-{}.parquet", unique_name());
         let size = buf.len() as i64;
         let table_path = self.object_path(&format!("_catalog/{file}"));
-        self.remote.block_on(async {
-            self.remote.root.put(&table_path, PutPayload::from(buf)).await.map_err(unavailable("storing catalog rows"))?;
+        let root = &self.remote.root;
+        Ok(self.remote.block_on(async {
+            let failed = |e: Error| async {
+                let _ = root.delete(&table_path).await;
+                Commit::Failed(e)
+            };
+            if let Err(e) = root.put(&table_path, PutPayload::from(buf)).await {
+                return failed(unavailable("storing catalog rows")(e)).await;
+            }
             let mut table = self.table.lock().await;
-            table.update_state().await.map_err(delta_error("refreshing"))?;
-            if committed(&table, scene_id).await? {
-                let _ = self.remote.root.delete(&table_path).await;
-                return Ok(None);
+            if let Err(e) = table.update_state().await {
+                return failed(delta_error("refreshing")(e)).await;
+            }
+            match committed(&table, scene_id).await {
+                Ok(true) => return failed(Error::Internal(String::new())).await.into_duplicate(),
+                Ok(false) => {}
+                Err(e) => return failed(e).await,
             }
             let now = chrono::Utc::now().timestamp_millis();
-            let add = Action::Add(Add { path: file, size, modification_time: now, data_change: true, ..Default::default() });
+            let add = Action::Add(Add { path: file.clone(), size, modification_time: now, data_change: true, ..Default::default() });
             let props = CommitProperties::default()
                 .with_application_transaction(Transaction::new_with_last_update(scene_id, 1, Some(now)))
                 .with_max_retries(50)
                 .with_cleanup_expired_logs(Some(false));
-            let snapshot = table.snapshot().map_err(delta_error("reading"))?.clone();
+            let snapshot = match table.snapshot() {
+                Ok(s) => s.clone(),
+                Err(e) => return failed(delta_error("reading")(e)).await,
+            };
             let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-            let result = CommitBuilder::from(props).with_actions(vec![add]).build(Some(&snapshot), table.log_store(), op).await;
-            match result {
-                Ok(done) => Ok(Some(done.version() as i64)),
-                Err(e) => {
-                    // A conflict (the same scene id committed meanwhile) or a
-                    // failure after the log entry was written: the log says.
-                    table.update_state().await.map_err(delta_error("refreshing"))?;
-                    if committed(&table, scene_id).await? {
-                        let _ = self.remote.root.delete(&table_path).await;
-                        return Ok(None);
-                    }
-                    let _ = self.remote.root.delete(&table_path).await;
-                    Err(Error::Unavailable(format!("catalog table: committing scene {scene_id:?}: {e}")))
-                }
+            let error = match CommitBuilder::from(props).with_actions(vec![add]).build(Some(&snapshot), table.log_store(), op).await {
+                Ok(done) => return Commit::At(done.version() as i64),
+                Err(e) => Error::Unavailable(format!("catalog table: committing scene {scene_id:?}: {e}")),
+            };
+            // A conflict (the same scene id committed meanwhile), or a
+            // failure after our log entry was written (a checkpoint, a lost
+            // reply): the log says which. Until it can be read, nothing this
+            // scene stored may go.
+            if let Err(e) = table.update_state().await {
+                tracing::warn!(scene = scene_id, error = %e, "a failed commit's outcome is unknown; its objects stay for gc");
+                return Commit::Unknown(error);
             }
-        })
+            let ours = table.snapshot().map(|s| s.log_data().iter().any(|f| f.path() == file)).unwrap_or(false);
+            if ours {
+                return Commit::At(table.version().map_or(-1, |v| v as i64));
+            }
+            match committed(&table, scene_id).await {
+                Ok(true) => failed(error).await.into_duplicate(),
+                Ok(false) => failed(error).await,
+                Err(_) => Commit::Unknown(error),
+            }
+        }))
     }
 
     /// Commits after version `after`, in order, with the rows each added.
@@ -499,7 +543,8 @@ impl RemoteCatalog {
     /// losing writers left. Returns how many and their bytes.
     pub fn gc(&self, older_than: std::time::Duration) -> Result<(u64, u64)> {
         let named = self.named.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::zero());
+        let Ok(age) = chrono::Duration::from_std(older_than) else { return Ok((0, 0)) };
+        let cutoff = chrono::Utc::now() - age;
         self.remote.block_on(async {
             use futures::TryStreamExt;
             let mut table = self.table.lock().await;
@@ -515,7 +560,10 @@ impl RemoteCatalog {
                     let Some(key) = meta.location.prefix_match(&base).map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/")) else {
                         continue;
                     };
-                    let orphan = if dir == "tiles" { !named.contains(&key) } else { key.ends_with(".parquet") && !files.contains(&key) };
+                    // Table data files only: the log and its checkpoints are
+                    // the table's own.
+                    let part = key.strip_prefix("_catalog/").is_some_and(|k| k.starts_with("part-") && k.ends_with(".parquet") && !k.contains('/'));
+                    let orphan = if dir == "tiles" { !named.contains(&key) } else { part && !files.contains(&key) };
                     if orphan && meta.last_modified < cutoff {
                         self.remote.root.delete(&meta.location).await.map_err(unavailable("removing an orphan"))?;
                         gone = (gone.0 + 1, gone.1 + meta.size);

@@ -16,7 +16,7 @@ use super::catalog::ChunkKey;
 use super::local::{self, fs_sync, CatalogLog, Syncs, SYNC_BATCH};
 use super::log::{Appended, PixelStats, Record, Rewritten};
 use super::paths::Month;
-use super::remote::{CatalogRow, RemoteCatalog};
+use super::remote::{CatalogRow, Commit, RemoteCatalog};
 use super::{chunk, lock, read, CollectionStore, SceneStatus};
 use crate::collection::Collection;
 use crate::counters::Counters;
@@ -209,6 +209,9 @@ pub struct SceneWriter<'a> {
     /// Directories this scene created, parents first.
     created: Vec<PathBuf>,
     committed: bool,
+    /// Refuse the scene past the collection's quota (not when applying a
+    /// scene the shared catalog committed already).
+    enforce_quota: bool,
     /// Directories that gained entries: synced at the commit.
     dirs: Vec<PathBuf>,
     outcome: AppendOutcome,
@@ -233,6 +236,7 @@ impl<'a> SceneWriter<'a> {
             undo: Vec::new(),
             created: Vec::new(),
             committed: false,
+            enforce_quota: true,
             dirs: Vec::new(),
             outcome: AppendOutcome::default(),
         }
@@ -321,18 +325,9 @@ impl<'a> SceneWriter<'a> {
     /// Syncs what is left and the new directories, then writes the scene's
     /// log record and publishes it (readers see all of it or none).
     pub fn commit(mut self) -> Result<AppendOutcome> {
-        if let Some(quota) = self.store.fs_sync.quota_bytes {
+        if self.enforce_quota {
             // Dropping `self` on this error undoes the appends.
-            let total = self.store.stored_bytes();
-            if total.saturating_add(self.outcome.bytes) > quota {
-                return Err(Error::Exhausted(format!(
-                    "collection {:?} holds {} MiB and this scene adds {} MiB, past the quota of {} MiB per collection (--quota-mb-per-collection): nothing of it was kept; delete scenes or compact first",
-                    self.store.meta.name,
-                    total >> 20,
-                    self.outcome.bytes.div_ceil(1 << 20),
-                    quota >> 20
-                )));
-            }
+            self.store.check_quota(self.outcome.bytes)?;
         }
         self.syncs.wait()?;
         let mut dirs = std::mem::take(&mut self.dirs);
@@ -711,9 +706,17 @@ impl SceneCommit<'_> {
         if !put.checked && self.store.has_scene(&self.scene_id) {
             return Ok(AppendOutcome { duplicate: true, ..Default::default() });
         }
-        let Some(_version) = put.catalog.commit_scene(&self.scene_id, &put.rows)? else {
-            return Ok(AppendOutcome { duplicate: true, ..Default::default() });
-        };
+        let bytes: u64 = put.rows.iter().map(|r| r.bytes).sum();
+        self.store.check_quota(bytes)?;
+        match put.catalog.commit_scene(&self.scene_id, &put.rows)? {
+            Commit::At(_) => {}
+            Commit::Duplicate => return Ok(AppendOutcome { duplicate: true, ..Default::default() }),
+            Commit::Failed(e) => return Err(e),
+            Commit::Unknown(e) => {
+                put.committed = true;
+                return Err(e);
+            }
+        }
         put.committed = true;
         let mut outcome =
             AppendOutcome { duplicate: false, observations: put.rows.len() as u64, bytes: put.rows.iter().map(|r| r.bytes).sum(), tiles: Vec::new() };
@@ -734,6 +737,23 @@ impl SceneCommit<'_> {
 }
 
 impl CollectionStore {
+    /// `Exhausted` if a scene of `bytes` would take the collection past
+    /// its quota.
+    fn check_quota(&self, bytes: u64) -> Result<()> {
+        let Some(quota) = self.fs_sync.quota_bytes else { return Ok(()) };
+        let total = self.stored_bytes();
+        if total.saturating_add(bytes) <= quota {
+            return Ok(());
+        }
+        Err(Error::Exhausted(format!(
+            "collection {:?} holds {} MiB and this scene adds {} MiB, past the quota of {} MiB per collection (--quota-mb-per-collection): nothing of it was kept; delete scenes or compact first",
+            self.meta.name,
+            total >> 20,
+            bytes.div_ceil(1 << 20),
+            quota >> 20
+        )))
+    }
+
     /// On object storage: removes objects no committed entry names, older
     /// than `older_than`, after applying every commit; `(objects, bytes)`.
     pub fn gc(&self, older_than: Duration) -> Result<(u64, u64)> {
@@ -762,6 +782,7 @@ impl CollectionStore {
                 let first = &rows[0];
                 let Some(mut writer) = self.begin_scene(&scene_id, first.time_ms, first.fingerprint.as_deref(), false)? else { continue };
                 writer.baseline = first.baseline.clone();
+                writer.enforce_quota = false;
                 let fetched = catalog.fetch_all(&rows)?;
                 let encoded = rows.iter().zip(&fetched).map(|(r, b)| Encoded::stored(r, b)).collect::<Result<Vec<_>>>()?;
                 writer.append(&encoded)?;

@@ -14,7 +14,8 @@ pub const BUCKET: &str = "pqtest";
 pub struct Seaweed {
     pub endpoint: String,
     child: Child,
-    _dir: tempfile::TempDir,
+    base: u16,
+    dir: tempfile::TempDir,
 }
 
 fn weed() -> PathBuf {
@@ -44,7 +45,27 @@ impl Seaweed {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let base = free_base();
-        let child = Command::new(weed())
+        let child = Self::spawn(&dir, base);
+        let s = Seaweed { endpoint: format!("http://127.0.0.1:{base}"), child, base, dir };
+        s.wait_ready();
+        s
+    }
+
+    /// Stops the store (SIGKILL), as an outage would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.dir, self.base);
+        self.wait_ready();
+    }
+
+    fn spawn(dir: &tempfile::TempDir, base: u16) -> Child {
+        Command::new(weed())
             .arg("mini")
             .arg(format!("-dir={}", dir.path().display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false", "-webdav=false"])
@@ -60,10 +81,7 @@ impl Seaweed {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {} (run scripts/setup.sh): {e}", weed().display()));
-        let s = Seaweed { endpoint: format!("http://127.0.0.1:{base}"), child, _dir: dir };
-        s.wait_ready();
-        s
+            .unwrap_or_else(|e| panic!("starting {} (run scripts/setup.sh): {e}", weed().display()))
     }
 
     /// The environment a server or client of this store needs.

@@ -90,15 +90,15 @@ class Cluster:
     """Servers sharing `s3://pqtest/<prefix>`, each on a port fixed up front
     so that every one can be given all as --peers."""
 
-    def __init__(self, env, prefix: str, n: int, tmp_path):
-        self.env, self.url, self.tmp = env, f"s3://{BUCKET}/{prefix}", tmp_path
+    def __init__(self, env, prefix: str, n: int, tmp_path, extra=()):
+        self.env, self.url, self.tmp, self.extra = env, f"s3://{BUCKET}/{prefix}", tmp_path, list(extra)
         self.ports = [_free_port() for _ in range(n)]
         self.uris = [f"grpc://127.0.0.1:{p}" for p in self.ports]
         self.servers = [self.start(i) for i in range(n)]
 
     def start(self, i: int) -> LocalServer:
         cache = self.tmp / f"copy-{i}-{time.monotonic_ns()}"
-        args = ["--cache-dir", str(cache), "--advertise", self.uris[i], "--peers", ",".join(self.uris)]
+        args = ["--cache-dir", str(cache), "--advertise", self.uris[i], "--peers", ",".join(self.uris), *self.extra]
         return LocalServer(self.url, extra_args=args, listen=f"127.0.0.1:{self.ports[i]}", env=self.env)
 
     def stop(self):
@@ -240,7 +240,8 @@ def test_locations_spread_and_fail_over_and_dask_reads_every_endpoint(s3, tmp_pa
 
 
 def test_kill_mid_ingest_loses_no_acknowledged_scene_and_gc_removes_orphans(s3, tmp_path):
-    cluster = Cluster(s3, "crash", 2, tmp_path)
+    # A short request timeout: gc may then take objects 15 s old.
+    cluster = Cluster(s3, "crash", 2, tmp_path, ["--request-timeout-secs", "5"])
     try:
         a, b = Client(cluster.uris[0]), Client(cluster.uris[1])
         create(a)
@@ -290,7 +291,8 @@ def test_kill_mid_ingest_loses_no_acknowledged_scene_and_gc_removes_orphans(s3, 
                 tiles = (2 if off_x + SIZE > 256 else 1) * (2 if off_y + SIZE > 256 else 1)
                 assert count == tiles, (sid, count, tiles, sc["transform"])
         before = Client(cluster.uris[1]).query("s2").sort_by([("scene_id", "ascending"), ("tile_id", "ascending")])
-        gc = Client(cluster.uris[0])._action("gc", {"collection": "s2", "older_than_secs": 0})
+        time.sleep(16)
+        gc = Client(cluster.uris[0])._action("gc", {"collection": "s2", "older_than_secs": 15})
         # Left: exactly the objects committed rows name.
         import deltalake
         from pyarrow import fs
