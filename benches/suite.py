@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from pixelquery_flight import Client
-from pixelquery_flight.testing import LocalServer
+from pixelquery_flight.testing import LocalServer, SeaweedFS
 
 import load_rows
 
@@ -152,50 +152,12 @@ def anchor_copy(client, collection: str, work: pathlib.Path, *anchor_args):
     return tickets, total_bytes, anchor, anchor_client, [flight.Ticket(pathlib.Path(p).name.encode()) for p in files]
 
 
-def seaweedfs(work: pathlib.Path):
-    """SeaweedFS (`weed mini`, from .venv) on free loopback ports with bucket
-    `bench`: the process and the environment a server on it needs."""
-    import random
-    import socket
-
-    def free(port):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return True
-            except OSError:
-                return False
-
-    base = next(b for b in (random.randrange(20000, 30000) for _ in range(500)) if all(free(b + i) and free(b + i + 10000) for i in range(5)))
-    weed = pathlib.Path(sys.executable).parent / "weed"
-    key, secret = "bench", "bench-secret-0123456789"
-    (work / "s3").mkdir()
-    proc = subprocess.Popen([str(weed), "mini", f"-dir={work / 's3'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false",
-                             "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={base}",
-                             f"-master.port={base + 1}", f"-volume.port={base + 2}", f"-filer.port={base + 3}", f"-admin.port={base + 4}",
-                             "-bucket=bench"], env={**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{base}", "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": "us-east-1"}
-    from pyarrow import fs
-    s3 = fs.S3FileSystem(access_key=key, secret_key=secret, endpoint_override=f"127.0.0.1:{base}", scheme="http", region="us-east-1")
-    deadline = time.time() + 60
-    while True:
-        try:
-            with s3.open_output_stream("bench/ready-probe") as f:
-                f.write(b"ok")
-            return proc, env
-        except Exception:
-            if time.time() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.25)
-
-
 def object_store_row(args, client, work, table, block, raster, read_all, total_bytes):
     """Row 13: row 1a's DoGet and row 2's raw DoPut, same data, on a server
     whose warehouse is on SeaweedFS (on the same 2 cores), against the local
     server, alternating."""
-    store, env = seaweedfs(work)
+    store = SeaweedFS(work / "s3", bucket="bench")
+    env = store.env
     s3_server = LocalServer("s3://bench/warehouse", ["--cache-dir", str(work / "s3-copy"), "--max-raster-mb", "8192"], binary=args.binary, env=env)
     try:
         s3_client = flight.connect(s3_server.uri)
@@ -223,8 +185,7 @@ def object_store_row(args, client, work, table, block, raster, read_all, total_b
                   f"{mb / ours:.0f}", f"{mb / local:.0f} local warehouse", f"{local / ours:.2f}x", "-", "-")
     finally:
         s3_server.stop()
-        store.kill()
-        store.wait()
+        store.stop()
 
 
 def rss_peak_kib(pid: int) -> int:

@@ -5,12 +5,7 @@ locations spread over the servers with failover, Dask reading every endpoint
 in parallel, and the catalog read as a Delta table by `deltalake` and polars."""
 
 import concurrent.futures
-import os
-import pathlib
-import random
-import shutil
 import socket
-import subprocess
 import threading
 import time
 
@@ -19,22 +14,13 @@ import pyarrow as pa
 import pytest
 
 from pixelquery_flight import Client
-from pixelquery_flight.testing import LocalServer
+from pixelquery_flight.testing import LocalServer, SeaweedFS
 
 BUCKET = "pqtest"
 KEY, SECRET = "pixelquery-test", "pixelquery-test-secret-0123456789"
 SINU = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6378137 +units=m +no_defs"
 SIZE = 120
 T0 = 1717200000000
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def _free_port() -> int:
@@ -45,39 +31,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    weed = shutil.which("weed") or str(pathlib.Path(__file__).resolve().parents[2] / ".venv" / "bin" / "weed")
-    rng = random.Random(os.getpid())
-    for _ in range(200):
-        base = rng.randrange(20000, 30000)
-        if all(_free(base + i) and _free(base + i + 10000) for i in range(5)):
-            break
-    data = tmp_path_factory.mktemp("seaweed")
-    proc = subprocess.Popen(
-        [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
-         "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={base}", f"-master.port={base + 1}",
-         f"-volume.port={base + 2}", f"-filer.port={base + 3}", f"-admin.port={base + 4}", f"-bucket={BUCKET}"],
-        env={**os.environ, "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{base}", "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
-           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true", "AWS_EC2_METADATA_DISABLED": "true"}
-    import deltalake  # noqa: F401  (its object store client checks the bucket below)
-    from pyarrow import fs
-    s3fs = fs.S3FileSystem(access_key=KEY, secret_key=SECRET, endpoint_override=f"127.0.0.1:{base}", scheme="http",
-                           region="us-east-1")
-    deadline = time.time() + 60
-    while True:
-        try:
-            with s3fs.open_output_stream(f"{BUCKET}/ready-probe") as f:
-                f.write(b"ok")
-            break
-        except Exception:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise
-            time.sleep(0.25)
-    yield env
-    proc.kill()
-    proc.wait()
+    with SeaweedFS(tmp_path_factory.mktemp("seaweed"), BUCKET, KEY, SECRET) as store:
+        yield store.env
 
 
 def _delta_options(env) -> dict:

