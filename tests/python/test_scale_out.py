@@ -143,6 +143,7 @@ def test_locations_spread_and_fail_over_and_dask_reads_every_endpoint(s3, tmp_pa
             uris = [loc.uri.decode() for loc in ep.locations]
             assert sorted(uris) == sorted(cluster.uris)
             firsts[uris[0]] = firsts.get(uris[0], 0) + 1
+        print(f"first locations over {len(endpoints)} endpoints: {sorted(firsts.values())}")
         assert all(firsts.get(u, 0) >= len(endpoints) / 6 for u in cluster.uris), firsts
         # Every ticket gives the same bytes from every server.
         for ep in endpoints:
@@ -231,6 +232,7 @@ def test_kill_mid_ingest_loses_no_acknowledged_scene_and_gc_removes_orphans(s3, 
         stop.set()
         for t in threads:
             t.join()
+        print(f"kill -9: {len(acked)} scenes acknowledged, the other server's longest put {max(stalls):.3f} s over {len(stalls)} puts")
         assert max(stalls) < 2.0, f"the other server's puts stalled {max(stalls):.2f} s"
         cluster.servers[0] = cluster.start(0)
         for uri in cluster.uris:
@@ -258,6 +260,7 @@ def test_kill_mid_ingest_loses_no_acknowledged_scene_and_gc_removes_orphans(s3, 
         stored = {f.path.split("/s2/", 1)[1] for f in s3fs.get_file_info(fs.FileSelector(f"{BUCKET}/crash/s2/tiles", recursive=True))
                   if f.type == fs.FileType.File}
         assert stored == set(named["object"].to_pylist()), (gc, len(stored), named.num_rows)
+        print(f"gc: {gc}; {len(stored)} objects left, each named by a committed row")
         after = Client(cluster.uris[1]).query("s2").sort_by([("scene_id", "ascending"), ("tile_id", "ascending")])
         assert before.equals(after)
     finally:
