@@ -159,6 +159,13 @@ def test_compressed_chunk_files_open_with_plain_pyarrow(server, codec):
                    {"collection": "s2", "tiles": ["x4380_y1633"], "bands": ["red"], "decompress": True}):
         got = client.do_get(flight.Ticket(json.dumps(ticket))).read_all()
         assert got["pixels"].to_pylist() == t["pixels"].to_pylist()
+    # The package client asks for either.
+    from pixelquery_flight import Client
+
+    c = Client(server.uri)
+    for decompress in (False, True):
+        got = c.query("s2", tiles=["x4380_y1633"], bands="red", decompress=decompress)
+        assert got["pixels"].to_pylist() == t["pixels"].to_pylist()
 
 
 def test_errors_map_to_pyarrow_exceptions(server):

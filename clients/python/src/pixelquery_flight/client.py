@@ -450,7 +450,7 @@ class Client:
               bands: Union[None, str, Sequence[str]] = None, progress: Optional[bool] = None, max_workers: int = 4,
               mask: Union[None, str, Mapping] = None, scale: bool = False, compute: Optional[Mapping[str, str]] = None,
               reduce: Optional[Mapping[str, str]] = None, into: Optional[str] = None,
-              parallel: Optional[int] = None) -> pa.Table:
+              parallel: Optional[int] = None, decompress: bool = False) -> pa.Table:
         """Observations as an Arrow table (``tile_id``, ``band``, ``time``,
         ``scene_id``, ``pixels``, ``mask``), fetched endpoint by endpoint in
         parallel. ``start`` is inclusive, ``end`` exclusive. Grid metadata
@@ -463,9 +463,13 @@ class Client:
 
         ``parallel`` endpoints are read at once (default ``max_workers``),
         each from the first server its locations list, failing over to the
-        next: with several servers on one warehouse the reads spread."""
+        next: with several servers on one warehouse the reads spread.
+        A compressed collection's batches arrive as stored (pyarrow decodes
+        them); ``decompress=True`` has the server send them decoded."""
         max_workers = parallel or max_workers
         q = self._steps(self._query(collection, tiles, bbox, bbox_crs, start, end, bands), mask, scale, compute, reduce, into)
+        if decompress:
+            q["decompress"] = True
         with mapped():
             info = self._flight.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(q)), options=self._options)
         endpoints = list(info.endpoints)
