@@ -126,7 +126,13 @@ def iperf3_gbs(seconds: int = 2) -> float | None:
         for _ in range(50):
             out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"], capture_output=True, text=True)
             if out.returncode == 0:
-                return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 8e9
+                try:
+                    return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 8e9
+                except (KeyError, ValueError):
+                    # A run cut short answers without a summary; the
+                    # one-shot server is gone: start another.
+                    server.kill()
+                    server = subprocess.Popen(["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.1)
         return None
     finally:
