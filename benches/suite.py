@@ -498,7 +498,8 @@ def main():
     finally:
         server.stop()
         subprocess.run(["rm", "-rf", str(work)])
-    table.rows.sort(key=lambda r: r[0])
+    # Row numbers in order: 1a, 1b, ..., 9, 10, ..., 13b.
+    table.rows.sort(key=lambda r: (int(re.match(r"\d+", r[0]).group()), r[0]))
     text = table.markdown()
     print(text)
     if args.out:
