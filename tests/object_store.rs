@@ -266,3 +266,57 @@ async fn a_store_outage_fails_the_put_with_unavailable_and_commits_nothing() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_scene_leaves_every_server_and_can_come_back() {
+    let gt = utm_geotransform(300);
+    let a = shared_server("delete").await;
+    let b = shared_server("delete").await;
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    create_red_collection(&mut ca, "s2").await;
+    for i in 0..3i64 {
+        ca.ingest(&ingest_request("s2", &format!("scene-{i}"), JUN + i * DAY, gt, 300, "bilinear"), red_batches(raster(300, i as u16), 300)).await.unwrap();
+    }
+    let scene_ids = |batches: &[RecordBatch]| {
+        let mut ids: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                arrow_array::cast::AsArray::as_string::<i32>(b.column_by_name("scene_id").unwrap()).iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>()
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let out = ca.action("delete", &serde_json::json!({"collection": "s2", "scene_id": "scene-1"})).await.unwrap();
+    assert_eq!(out["scenes_removed"], 1, "{out}");
+    assert!(out["rows_removed"].as_u64().unwrap() >= 1, "{out}");
+    let rows = read_all(&mut cb, "s2").await;
+    assert_eq!(scene_ids(&rows), ["scene-0", "scene-2"]);
+    assert_eq!(cb.describe("s2").await.unwrap()["scenes"], 2);
+    assert_eq!(read_all(&mut ca, "s2").await, rows);
+    // A server starting now replays the log (the add, then the delete).
+    let c = shared_server("delete").await;
+    let mut cc = c.client().await;
+    assert_eq!(read_all(&mut cc, "s2").await, rows);
+    let files = |s: &TestServer| {
+        snapshot(&s.warehouse().join("s2").join("tiles"))
+            .into_iter()
+            .map(|(p, bytes)| (p.strip_prefix(s.warehouse()).unwrap().to_path_buf(), bytes))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(files(&a), files(&b));
+    assert_eq!(files(&a), files(&c));
+
+    let (code, msg) = code_of(ca.action("delete", &serde_json::json!({"collection": "s2", "scene_id": "scene-1"})).await);
+    assert_eq!(code, tonic::Code::NotFound, "{msg}");
+    let (code, msg) = code_of(ca.action("delete", &serde_json::json!({"collection": "s2", "tile": "x0000_y0000"})).await);
+    assert_eq!(code, tonic::Code::Unimplemented, "{msg}");
+    // A deleted scene can be ingested again.
+    let again = cb.ingest(&ingest_request("s2", "scene-1", JUN + DAY, gt, 300, "bilinear"), red_batches(raster(300, 1), 300)).await.unwrap();
+    assert!(!again.duplicate);
+    assert_eq!(scene_ids(&read_all(&mut cc, "s2").await), ["scene-0", "scene-1", "scene-2"]);
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
+}

@@ -67,6 +67,15 @@ impl Commit {
     }
 }
 
+/// One commit of the catalog table as a server applies it.
+pub struct LogEntry {
+    pub version: i64,
+    /// Table files added, each with its rows.
+    pub added: Vec<(String, Vec<CatalogRow>)>,
+    /// Table files removed (a delete): their scenes leave.
+    pub removed: Vec<String>,
+}
+
 /// One observation as the catalog table holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CatalogRow {
@@ -309,6 +318,8 @@ impl Remote {
             applied: Mutex::new(-1),
             named: Mutex::new(HashSet::new()),
             versions: Mutex::new(Default::default()),
+            files_of: Mutex::new(Default::default()),
+            files: Mutex::new(HashSet::new()),
             current: std::sync::atomic::AtomicI64::new(-1),
         })
     }
@@ -355,6 +366,10 @@ pub struct RemoteCatalog {
     named: Mutex<HashSet<String>>,
     /// The version that committed each scene applied.
     versions: Mutex<std::collections::HashMap<String, i64>>,
+    /// The table file holding each stored scene's rows, and every table
+    /// file ever added (a server replaying the log reads them all).
+    files_of: Mutex<std::collections::HashMap<String, String>>,
+    files: Mutex<HashSet<String>>,
     /// The last version applied, for readers (no lock).
     pub current: std::sync::atomic::AtomicI64,
 }
@@ -398,9 +413,21 @@ impl RemoteCatalog {
 
     /// Records what version `version` committed: scene `scene_id` and the
     /// objects its rows name.
-    pub fn record(&self, version: i64, scene_id: &str, keys: impl Iterator<Item = String>) {
+    pub fn record(&self, version: i64, file: &str, scene_id: &str, keys: impl Iterator<Item = String>) {
         self.named.lock().unwrap_or_else(|e| e.into_inner()).extend(keys);
-        self.versions.lock().unwrap_or_else(|e| e.into_inner()).entry(scene_id.to_string()).or_insert(version);
+        self.versions.lock().unwrap_or_else(|e| e.into_inner()).insert(scene_id.to_string(), version);
+        self.files_of.lock().unwrap_or_else(|e| e.into_inner()).insert(scene_id.to_string(), file.to_string());
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(format!("_catalog/{file}"));
+    }
+
+    /// The scenes whose rows table file `file` held, forgotten.
+    pub fn forget_file(&self, file: &str) -> Vec<String> {
+        let mut files_of = self.files_of.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<String> = files_of.iter().filter(|(_, f)| f.as_str() == file).map(|(s, _)| s.clone()).collect();
+        for s in &gone {
+            files_of.remove(s);
+        }
+        gone
     }
 
     /// `entry` as it stood at version `as_of`: its rows of scenes committed
@@ -462,10 +489,14 @@ impl RemoteCatalog {
                 Ok(false) => {}
                 Err(e) => return failed(e).await,
             }
+            let txn = match scene_txn(&table, scene_id).await {
+                Ok(v) => v + 1,
+                Err(e) => return failed(e).await,
+            };
             let now = chrono::Utc::now().timestamp_millis();
             let add = Action::Add(Add { path: file.clone(), size, modification_time: now, data_change: true, ..Default::default() });
             let props = CommitProperties::default()
-                .with_application_transaction(Transaction::new_with_last_update(scene_id, 1, Some(now)))
+                .with_application_transaction(Transaction::new_with_last_update(scene_id, txn, Some(now)))
                 .with_max_retries(50)
                 .with_cleanup_expired_logs(Some(false));
             let snapshot = match table.snapshot() {
@@ -497,8 +528,50 @@ impl RemoteCatalog {
         }))
     }
 
-    /// Commits after version `after`, in order, with the rows each added.
-    pub fn commits_after(&self, after: i64) -> Result<Vec<(i64, Vec<CatalogRow>)>> {
+    /// Deletes scene `scene_id`: one commit removing the table file that
+    /// holds its rows and moving its transaction to "deleted". `None`: the
+    /// scene is not stored. Its objects stay (a server replaying the log
+    /// from the start reads them); reads no longer see them.
+    pub fn delete_scene(&self, scene_id: &str) -> Result<Option<i64>> {
+        let file = self.files_of.lock().unwrap_or_else(|e| e.into_inner()).get(scene_id).cloned();
+        self.remote.block_on(async {
+            let mut table = self.table.lock().await;
+            table.update_state().await.map_err(delta_error("refreshing"))?;
+            let txn = scene_txn(&table, scene_id).await?;
+            if txn % 2 == 0 {
+                return Ok(None);
+            }
+            let Some(file) = file else {
+                return Err(Error::Unavailable(format!("scene {scene_id:?} is committed but this server has not applied it yet; try again")));
+            };
+            let snapshot = table.snapshot().map_err(delta_error("reading"))?.clone();
+            let Some(view) = snapshot.log_data().iter().find(|f| f.path() == file.as_str()) else {
+                return Err(Error::Unavailable(format!("scene {scene_id:?}: its catalog rows are not in the table's current files")));
+            };
+            let now = chrono::Utc::now().timestamp_millis();
+            let remove = view.remove_action(true);
+            let props = CommitProperties::default()
+                .with_application_transaction(Transaction::new_with_last_update(scene_id, txn + 1, Some(now)))
+                .with_max_retries(50)
+                .with_cleanup_expired_logs(Some(false));
+            let op = DeltaOperation::Delete { predicate: Some(format!("scene_id = '{}'", scene_id.replace('\'', "''"))) };
+            match CommitBuilder::from(props).with_actions(vec![Action::Remove(remove)]).build(Some(&snapshot), table.log_store(), op).await {
+                Ok(done) => Ok(Some(done.version() as i64)),
+                Err(e) => {
+                    table.update_state().await.map_err(delta_error("refreshing"))?;
+                    if !committed(&table, scene_id).await? {
+                        // Deleted, by this call or another at the same time.
+                        return Ok(table.version().map(|v| v as i64));
+                    }
+                    Err(Error::Unavailable(format!("catalog table: deleting scene {scene_id:?}: {e}")))
+                }
+            }
+        })
+    }
+
+    /// Commits after version `after`, in order: the rows each added (by
+    /// table file) and the table files it removed.
+    pub fn commits_after(&self, after: i64) -> Result<Vec<LogEntry>> {
         self.remote.block_on(async {
             let mut out = Vec::new();
             let mut version = after + 1;
@@ -509,10 +582,14 @@ impl RemoteCatalog {
                     Err(object_store::Error::NotFound { .. }) => break,
                     Err(e) => return Err(unavailable("reading the catalog log")(e)),
                 };
-                let mut rows = Vec::new();
+                let mut entry = LogEntry { version, added: Vec::new(), removed: Vec::new() };
                 for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     let action: serde_json::Value =
                         serde_json::from_slice(line).map_err(|e| Error::Unavailable(format!("catalog log entry {version} does not parse: {e}")))?;
+                    if let Some(path) = action.get("remove").and_then(|a| a.get("path")).and_then(|p| p.as_str()) {
+                        entry.removed.push(path.to_string());
+                        continue;
+                    }
                     let Some(path) = action.get("add").and_then(|a| a.get("path")).and_then(|p| p.as_str()) else { continue };
                     let file = self.object_path(&format!("_catalog/{path}"));
                     let data = self
@@ -527,11 +604,13 @@ impl RemoteCatalog {
                     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
                         .and_then(|b| b.build())
                         .map_err(|e| Error::Unavailable(format!("catalog rows {path}: {e}")))?;
+                    let mut rows = Vec::new();
                     for batch in reader {
                         batch_to_rows(&batch.map_err(Error::arrow("reading catalog rows"))?, &mut rows)?;
                     }
+                    entry.added.push((path.to_string(), rows));
                 }
-                out.push((version, rows));
+                out.push(entry);
                 version += 1;
             }
             Ok(out)
@@ -547,10 +626,9 @@ impl RemoteCatalog {
         let cutoff = chrono::Utc::now() - age;
         self.remote.block_on(async {
             use futures::TryStreamExt;
-            let mut table = self.table.lock().await;
-            table.update_state().await.map_err(delta_error("refreshing"))?;
-            let files: std::collections::HashSet<String> =
-                table.snapshot().map_err(delta_error("reading"))?.log_data().iter().map(|f| format!("_catalog/{}", f.path())).collect();
+            // Every table file any commit added stays: a server replaying
+            // the log from the start reads them all.
+            let files = self.files.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let base = self.remote.path(&[&self.name]);
             let mut gone = (0, 0);
             for dir in ["tiles", "_catalog"] {
@@ -575,8 +653,15 @@ impl RemoteCatalog {
     }
 }
 
-async fn committed(table: &DeltaTable, scene_id: &str) -> Result<bool> {
+/// The version of scene `scene_id`'s application transaction: odd while
+/// the scene is stored, even once deleted (a new ingest takes the next).
+async fn scene_txn(table: &DeltaTable, scene_id: &str) -> Result<i64> {
     let snapshot = table.snapshot().map_err(delta_error("reading"))?;
     let v = snapshot.transaction_version(table.log_store().as_ref(), scene_id).await.map_err(delta_error("reading transactions"))?;
-    Ok(v.is_some())
+    Ok(v.unwrap_or(0))
+}
+
+/// Whether scene `scene_id` is stored (its transaction version is odd).
+async fn committed(table: &DeltaTable, scene_id: &str) -> Result<bool> {
+    Ok(scene_txn(table, scene_id).await? % 2 == 1)
 }

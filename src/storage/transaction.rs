@@ -762,6 +762,18 @@ impl CollectionStore {
         catalog.gc(older_than)
     }
 
+    /// Deletes scene `scene_id` from a warehouse on object storage (one
+    /// catalog commit) and applies it here; `None` if it is not stored.
+    pub fn delete_shared_scene(&self, scene_id: &str) -> Result<Option<i64>> {
+        let Some(catalog) = self.remote.get() else { return Err(Error::Internal("not on object storage".into())) };
+        self.catch_up()?;
+        let version = catalog.delete_scene(scene_id)?;
+        if version.is_some() {
+            self.catch_up()?;
+        }
+        Ok(version)
+    }
+
     /// Applies the catalog table's commits this server has not applied yet
     /// to its local copy, one at a time in version order, so that every
     /// server's chunk files hold the same bytes. A no-op for a local
@@ -769,24 +781,33 @@ impl CollectionStore {
     pub fn catch_up(&self) -> Result<()> {
         let Some(catalog) = self.remote.get() else { return Ok(()) };
         let mut applied = lock(&catalog.applied);
-        for (version, rows) in catalog.commits_after(*applied)? {
-            let mut scenes: Vec<(String, Vec<CatalogRow>)> = Vec::new();
-            for row in rows {
-                match scenes.iter_mut().find(|(id, _)| *id == row.scene_id) {
-                    Some((_, list)) => list.push(row),
-                    None => scenes.push((row.scene_id.clone(), vec![row])),
-                }
+        for entry in catalog.commits_after(*applied)? {
+            let version = entry.version;
+            // A delete: the scenes of the removed table files leave, by the
+            // same rewrite a local delete makes (so every copy stays alike).
+            let gone: Vec<String> = entry.removed.iter().flat_map(|f| catalog.forget_file(f)).filter(|s| self.has_scene(s)).collect();
+            if !gone.is_empty() {
+                self.delete(|_| true, |_, s| gone.iter().any(|g| g == s), &gone)?;
             }
-            for (scene_id, rows) in scenes {
-                catalog.record(version, &scene_id, rows.iter().map(|r| r.object.clone()));
-                let first = &rows[0];
-                let Some(mut writer) = self.begin_scene(&scene_id, first.time_ms, first.fingerprint.as_deref(), false)? else { continue };
-                writer.baseline = first.baseline.clone();
-                writer.enforce_quota = false;
-                let fetched = catalog.fetch_all(&rows)?;
-                let encoded = rows.iter().zip(&fetched).map(|(r, b)| Encoded::stored(r, b)).collect::<Result<Vec<_>>>()?;
-                writer.append(&encoded)?;
-                writer.commit()?;
+            for (file, rows) in entry.added {
+                let mut scenes: Vec<(String, Vec<CatalogRow>)> = Vec::new();
+                for row in rows {
+                    match scenes.iter_mut().find(|(id, _)| *id == row.scene_id) {
+                        Some((_, list)) => list.push(row),
+                        None => scenes.push((row.scene_id.clone(), vec![row])),
+                    }
+                }
+                for (scene_id, rows) in scenes {
+                    catalog.record(version, &file, &scene_id, rows.iter().map(|r| r.object.clone()));
+                    let first = &rows[0];
+                    let Some(mut writer) = self.begin_scene(&scene_id, first.time_ms, first.fingerprint.as_deref(), false)? else { continue };
+                    writer.baseline = first.baseline.clone();
+                    writer.enforce_quota = false;
+                    let fetched = catalog.fetch_all(&rows)?;
+                    let encoded = rows.iter().zip(&fetched).map(|(r, b)| Encoded::stored(r, b)).collect::<Result<Vec<_>>>()?;
+                    writer.append(&encoded)?;
+                    writer.commit()?;
+                }
             }
             *applied = version;
             catalog.current.store(version, Ordering::Release);

@@ -283,6 +283,11 @@ def test_catalog_is_a_delta_table_deltalake_and_polars_read(s3, tmp_path):
         assert len(set(table["scene_id"].to_pylist())) == c.describe("s2")["scenes"] == 5
         frame = pl.read_delta(url, storage_options=options)
         assert frame["scene_id"].n_unique() == 5
+        # A delete is a Delta commit too: Delta readers no longer see it.
+        c.delete("s2", scene_id="scene-4")
+        table = deltalake.DeltaTable(url, storage_options=options).to_pyarrow_table()
+        assert sorted(set(table["scene_id"].to_pylist())) == [f"scene-{n}" for n in range(4)]
+        assert c.describe("s2")["scenes"] == 4
         assert set(frame.columns) >= {"scene_id", "acquired_at", "tile_id", "band", "object", "bytes"}
     finally:
         cluster.stop()
