@@ -136,6 +136,24 @@ impl Service {
         Ok(())
     }
 
+    /// On a warehouse on object storage, brings this server's copy up to
+    /// the shared catalog, so that others' commits are seen before anything
+    /// is planned; a ticket pinned to a version this copy has applied
+    /// already (`pinned`: collection and version) needs nothing. A store
+    /// that cannot be read now leaves the last version applied: answers
+    /// stay consistent (tickets pin a version), and a write's commit fails
+    /// on its own if the store is down.
+    async fn refresh(&self, pinned: Option<(&str, i64)>) {
+        let wh = &self.state.warehouse;
+        if wh.remote().is_none() || pinned.is_some_and(|(c, v)| wh.version(c).is_some_and(|have| have >= v)) {
+            return;
+        }
+        let wh = wh.clone();
+        if let Err(e) = blocking(move || wh.refresh()).await {
+            tracing::warn!(error = %e, "refreshing from the shared warehouse failed; serving the last version applied");
+        }
+    }
+
     /// A query storing its answer (`into`) writes: it needs the write role.
     fn authorize_into(&self, rpc: &str, metadata: &MetadataMap, spec: &QuerySpec) -> Result<()> {
         match spec.steps.into {
@@ -171,15 +189,9 @@ impl Service {
         let started = Instant::now();
         let result = async {
             self.authorize(rpc, metadata, need)?;
-            if self.state.warehouse.remote().is_some() {
-                // Others' commits are seen before anything is planned. A
-                // store that cannot be read now leaves the last version
-                // applied: answers stay consistent (tickets pin a version),
-                // and a write's commit fails on its own if the store is down.
-                let wh = self.state.warehouse.clone();
-                if let Err(e) = blocking(move || wh.refresh()).await {
-                    tracing::warn!(error = %e, "refreshing from the shared warehouse failed; serving the last version applied");
-                }
+            // DoGet refreshes once it knows its ticket's version.
+            if rpc != "DoGet" {
+                self.refresh(None).await;
             }
             match tokio::time::timeout(limit, guarded(rpc, handler)).await {
                 Ok(r) => r,
@@ -466,6 +478,7 @@ impl FlightService for Service {
         let md = &metadata;
         self.call("DoGet", &metadata, Some(Role::Read), async move {
             let spec = query("DoGet", Command::decode("ticket", &ticket.ticket, Expect::Query)?)?;
+            self.refresh(spec.as_of.map(|v| (spec.collection.as_str(), v))).await;
             self.authorize_into("DoGet", md, &spec)?;
             let p = plan(&self.state, spec).await?;
             let max = self.state.limits.max_query_bytes;

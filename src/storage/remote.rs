@@ -443,12 +443,18 @@ impl RemoteCatalog {
         }
     }
 
-    /// The bytes of `rows`' objects, in order, after their checksums hold.
-    pub fn fetch_all(&self, rows: &[CatalogRow]) -> Result<Vec<Bytes>> {
+    /// The bytes of `rows`' objects, in order, after their checksums hold;
+    /// those in `held` (by key) are not fetched.
+    pub fn fetch_all(&self, rows: &[CatalogRow], held: &std::collections::HashMap<String, Bytes>) -> Result<Vec<Bytes>> {
         use futures::{StreamExt, TryStreamExt};
         let gets = rows.iter().map(|row| async move {
-            let path = self.object_path(&row.object);
-            let bytes = self.remote.root.get(&path).await.map_err(unavailable("reading pixels"))?.bytes().await.map_err(unavailable("reading pixels"))?;
+            let bytes = match held.get(&row.object) {
+                Some(b) => b.clone(),
+                None => {
+                    let path = self.object_path(&row.object);
+                    self.remote.root.get(&path).await.map_err(unavailable("reading pixels"))?.bytes().await.map_err(unavailable("reading pixels"))?
+                }
+            };
             if bytes.len() as u64 != row.bytes || crc32fast::hash(&bytes) != row.crc {
                 return Err(Error::DataLoss(format!(
                     "collection {}, scene {}, tile {}, band {}: the stored object fails its checksum",

@@ -475,6 +475,10 @@ pub struct SceneCommit<'s> {
 struct RemotePut {
     catalog: Arc<RemoteCatalog>,
     rows: Vec<CatalogRow>,
+    /// The stored bytes, by object key, while they fit in
+    /// [`MAX_PENDING_BYTES`]: applied here without fetching them back.
+    held: HashMap<String, bytes::Bytes>,
+    held_bytes: usize,
     checked: bool,
     committed: bool,
 }
@@ -517,7 +521,14 @@ impl<'s> SceneCommit<'s> {
             yielded: false,
             writer: None,
             counters,
-            remote: store.remote.get().map(|catalog| RemotePut { catalog: catalog.clone(), rows: Vec::new(), checked: false, committed: false }),
+            remote: store.remote.get().map(|catalog| RemotePut {
+                catalog: catalog.clone(),
+                rows: Vec::new(),
+                held: HashMap::new(),
+                held_bytes: 0,
+                checked: false,
+                committed: false,
+            }),
         }
     }
 
@@ -692,8 +703,13 @@ impl SceneCommit<'_> {
             });
             items.push((o.tile.to_string(), month.to_string(), o.band, bytes::Bytes::from(bytes)));
         }
+        let kept: Vec<bytes::Bytes> = items.iter().map(|i| i.3.clone()).collect();
         let keys = put.catalog.put_observations(items)?;
-        for (mut row, key) in rows.into_iter().zip(keys) {
+        for ((mut row, key), bytes) in rows.into_iter().zip(keys).zip(kept) {
+            if put.held_bytes + bytes.len() <= MAX_PENDING_BYTES {
+                put.held_bytes += bytes.len();
+                put.held.insert(key.clone(), bytes);
+            }
             row.object = key;
             put.rows.push(row);
         }
@@ -729,7 +745,7 @@ impl SceneCommit<'_> {
         }
         // Committed and durable: a failure to copy it here now is repaired
         // by the next refresh, and must not make the client send it again.
-        if let Err(e) = self.store.catch_up() {
+        if let Err(e) = self.store.catch_up_with(&std::mem::take(&mut put.held)) {
             tracing::warn!(collection = %self.store.meta.name, scene = %self.scene_id, error = %e, "applying committed scenes to the local copy failed; the next refresh retries");
         }
         Ok(outcome)
@@ -779,6 +795,12 @@ impl CollectionStore {
     /// server's chunk files hold the same bytes. A no-op for a local
     /// warehouse. Blocking.
     pub fn catch_up(&self) -> Result<()> {
+        self.catch_up_with(&HashMap::new())
+    }
+
+    /// [`Self::catch_up`] with some objects' bytes at hand (`held`, by
+    /// key: what this server just stored), not fetched again.
+    fn catch_up_with(&self, held: &HashMap<String, bytes::Bytes>) -> Result<()> {
         let Some(catalog) = self.remote.get() else { return Ok(()) };
         let mut applied = lock(&catalog.applied);
         for entry in catalog.commits_after(*applied)? {
@@ -803,7 +825,7 @@ impl CollectionStore {
                     let Some(mut writer) = self.begin_scene(&scene_id, first.time_ms, first.fingerprint.as_deref(), false)? else { continue };
                     writer.baseline = first.baseline.clone();
                     writer.enforce_quota = false;
-                    let fetched = catalog.fetch_all(&rows)?;
+                    let fetched = catalog.fetch_all(&rows, held)?;
                     let encoded = rows.iter().zip(&fetched).map(|(r, b)| Encoded::stored(r, b)).collect::<Result<Vec<_>>>()?;
                     writer.append(&encoded)?;
                     writer.commit()?;
