@@ -168,6 +168,12 @@ def test_locations_spread_and_fail_over_and_dask_reads_every_endpoint(s3, tmp_pa
             assert df.npartitions == len(endpoints)
             got = df.compute()
             assert sorted(zip(got["scene_id"], got["tile_id"])) == sorted(zip(whole["scene_id"].to_pylist(), whole["tile_id"].to_pylist()))
+            # A load as dask arrays: each window read by a worker process
+            # from its endpoint's locations, equal to an in-process load.
+            area = dict(bbox=[256000, 512000, 260000, 514560], bbox_crs=SINU, crs=SINU, resolution=10)
+            lazy = c.load("s2", chunks={"x": 128, "y": 128}, **area)
+            assert lazy["red"].data.npartitions > 1
+            assert lazy.compute().identical(c.load("s2", **area))
             # Files ingested by the workers against the pool of servers.
             import rasterio
             from rasterio.transform import Affine

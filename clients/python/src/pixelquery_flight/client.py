@@ -114,6 +114,7 @@ class Client:
                 headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
         self._options = flight.FlightCallOptions(headers=headers)
         self._authorization = headers[0][1].decode() if headers else None
+        self._token = self._authorization[len("Bearer "):] if self._authorization else None
         self._tls_root_certs = kwargs.get("tls_root_certs")
         self._peers: dict = {}
 
@@ -647,19 +648,12 @@ class Client:
             row, col = t["output"]["at"]
             blocks[(t["bands"][0], row, col)] = ep
 
+        def endpoint_of(band, row, col):
+            ep = blocks.get((band, row, col))
+            return None if ep is None else (ep.ticket.ticket, [loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in ep.locations])
+
         def fetch(band, row, col, h, w):
-            block = np.full((len(times), h, w), fill_of(band), dtype=dtype)
-            endpoint = blocks.get((band, row, col))
-            if endpoint is None:
-                return block
-            table = self.read_endpoint(endpoint)
-            row_times = table["time"].cast(pa.int64()).to_pylist()
-            for r in range(table.num_rows):
-                values = table["pixels"][r].values.to_numpy(zero_copy_only=False).reshape(h, w)
-                mask = table["mask"][r].values.to_numpy(zero_copy_only=False).reshape(h, w)
-                view = block[t_index[row_times[r]]]
-                view[mask] = values[mask]
-            return block
+            return _window(self, endpoint_of(band, row, col), (len(times), h, w), dtype, fill_of(band), t_index)
 
         rows = [(r, min(win, height - r)) for r in range(0, height, win)]
         cols = [(c, min(win, width - c)) for c in range(0, width, win)]
@@ -668,8 +662,12 @@ class Client:
             import dask
             import dask.array as da
 
+            # Each window is read by whichever process computes it (a dask
+            # worker): by URI and token, from its endpoint's locations.
+            access = (self.uri, self._token, self._tls_root_certs)
             for band in band_names:
-                grid = [[da.from_delayed(dask.delayed(fetch)(band, r, c, h, w), shape=(len(times), h, w), dtype=dtype)
+                grid = [[da.from_delayed(dask.delayed(_window)(access, endpoint_of(band, r, c), (len(times), h, w), dtype, fill_of(band), t_index),
+                                         shape=(len(times), h, w), dtype=dtype)
                          for c, w in cols] for r, h in rows]
                 variables[band] = da.block([grid])
         else:
@@ -707,6 +705,31 @@ class Client:
         if "time" in df:
             df = df.set_index("time")
         return df
+
+
+def _window(reader, endpoint, shape, dtype, fill, t_index) -> np.ndarray:
+    """One window of a load as a ``(time, y, x)`` array: ``fill`` where no
+    observation is valid. ``endpoint`` is ``(ticket bytes, location URIs)``
+    or None (no data there); ``reader`` a Client, or ``(uri, token,
+    tls_root_certs)`` to connect from another process."""
+    block = np.full(shape, fill, dtype=dtype)
+    if endpoint is None:
+        return block
+    ep = flight.FlightEndpoint(endpoint[0], endpoint[1])
+    if isinstance(reader, Client):
+        table = reader.read_endpoint(ep)
+    else:
+        uri, token, tls = reader
+        with Client(uri, token=token, tls_root_certs=tls) as c:
+            table = c.read_endpoint(ep)
+    h, w = shape[1], shape[2]
+    row_times = table["time"].cast(pa.int64()).to_pylist()
+    for r in range(table.num_rows):
+        values = table["pixels"][r].values.to_numpy(zero_copy_only=False).reshape(h, w)
+        mask = table["mask"][r].values.to_numpy(zero_copy_only=False).reshape(h, w)
+        view = block[t_index[row_times[r]]]
+        view[mask] = values[mask]
+    return block
 
 
 def _parse_tile(tile_id: str) -> tuple:

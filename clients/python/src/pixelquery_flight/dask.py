@@ -7,6 +7,10 @@ servers.
 >>> import pixelquery_flight.dask as pqd
 >>> df = pqd.read_query("grpc://127.0.0.1:8815", "s2", tiles=["x0001_y0002"])
 >>> df.compute()
+
+``Client.load(..., chunks={"x": 1024, "y": 1024})`` gives an xarray Dataset of
+dask arrays whose windows any worker reads (by the server's URI and token,
+from each endpoint's locations).
 """
 
 from __future__ import annotations
