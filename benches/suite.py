@@ -464,7 +464,13 @@ def main():
             if "8" in args.only:
                 load_rows.load_row(client, pq, work, table)
             if "9" in args.only:
-                load_rows.memory_row(client, pq, server, table, rss_peak_kib, reset_rss_peak)
+                # A server of its own: the shared one's resident memory holds
+                # the mapped chunk pages and arenas of every earlier row.
+                mem = LocalServer(work / "warehouse-9", binary=args.binary)
+                try:
+                    load_rows.memory_row(flight.connect(mem.uri), Client(mem.uri), mem, table, rss_peak_kib, reset_rss_peak)
+                finally:
+                    mem.stop()
         # ---- 11. Temporal reduce ------------------------------------------
         if "R" in args.only:
             load_rows.reduce_row(Client(server.uri), table)
