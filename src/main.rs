@@ -114,6 +114,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tracing::warn!("grace period over; exiting with calls still in flight");
                 }
             }
+            if config.shared.is_some() && config.warehouse == pixelquery::config::default_cache_dir() {
+                // The default local copy is this process's alone (the next
+                // start makes its own): it goes with the server.
+                if let Err(e) = std::fs::remove_dir_all(&config.warehouse) {
+                    tracing::warn!(dir = %config.warehouse.display(), error = %e, "removing the local copy of the shared warehouse failed");
+                }
+            }
         }
         Command::Collection(args) => {
             let answer = args.run().await?;
