@@ -15,7 +15,7 @@
 //! of its own, see `CollectionStore::catch_up`), applying the Delta log's
 //! commits in version order, so chunk bytes are the same on every server.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arrow_array::cast::AsArray;
@@ -59,12 +59,6 @@ pub enum Commit {
     /// Whether it was committed could not be learnt: its objects stay (the
     /// next refresh applies it, or gc removes them).
     Unknown(Error),
-}
-
-impl Commit {
-    fn into_duplicate(self) -> Self {
-        Commit::Duplicate
-    }
 }
 
 /// One commit of the catalog table as a server applies it.
@@ -231,7 +225,7 @@ impl Remote {
                     // A local S3-compatible server (SeaweedFS, MinIO) said so.
                     builder = builder.with_allow_http(true);
                 }
-                let store = builder.build().map_err(|e| Error::invalid("--warehouse", url, &format!("cannot configure the S3 client: {e}")))?;
+                let store = builder.build().map_err(|e| bad(&format!("cannot configure the S3 client: {e}")))?;
                 Arc::new(store)
             }
             "file" => Arc::new(object_store::local::LocalFileSystem::new()),
@@ -302,11 +296,7 @@ impl Remote {
     /// Opens (creating if needed) the catalog table of collection `name`.
     pub fn open_catalog(self: &Arc<Self>, name: &str) -> Result<RemoteCatalog> {
         let mut url = self.url.clone();
-        let mut path = self.prefix.clone();
-        for p in [name, "_catalog"] {
-            path = path.join(p);
-        }
-        url.set_path(&format!("/{path}"));
+        url.set_path(&format!("/{}", self.path(&[name, "_catalog"])));
         let config = StorageConfig::default();
         let prefixed = config.decorate_store(self.root.clone(), &url).map_err(delta_error("opening"))?;
         let log_store: LogStoreRef = default_logstore(Arc::from(prefixed), self.root.clone(), &url, &config);
@@ -316,10 +306,7 @@ impl Remote {
             name: name.to_string(),
             table: tokio::sync::Mutex::new(table),
             applied: Mutex::new(-1),
-            named: Mutex::new(HashSet::new()),
-            versions: Mutex::new(Default::default()),
-            files_of: Mutex::new(Default::default()),
-            files: Mutex::new(HashSet::new()),
+            seen: Mutex::default(),
             current: std::sync::atomic::AtomicI64::new(-1),
         })
     }
@@ -353,6 +340,20 @@ async fn open_or_create(log_store: LogStoreRef) -> std::result::Result<DeltaTabl
     }
 }
 
+/// What a server learns from the commits it applies.
+#[derive(Default)]
+struct Seen {
+    /// Every object a committed row names (what `gc` keeps).
+    named: HashSet<String>,
+    /// The version that committed each scene.
+    versions: HashMap<String, i64>,
+    /// The table file holding each stored scene's rows.
+    files_of: HashMap<String, String>,
+    /// Every table file ever added, below the collection (a server
+    /// replaying the log reads them all).
+    files: HashSet<String>,
+}
+
 /// One collection's catalog table, and how far this server's local copy
 /// has applied it.
 pub struct RemoteCatalog {
@@ -362,14 +363,8 @@ pub struct RemoteCatalog {
     /// The last version applied to the local copy (`-1`: none). Held while
     /// applying: commits are applied one at a time, in order.
     pub applied: Mutex<i64>,
-    /// Every object a committed row names (what `gc` keeps).
-    named: Mutex<HashSet<String>>,
-    /// The version that committed each scene applied.
-    versions: Mutex<std::collections::HashMap<String, i64>>,
-    /// The table file holding each stored scene's rows, and every table
-    /// file ever added (a server replaying the log reads them all).
-    files_of: Mutex<std::collections::HashMap<String, String>>,
-    files: Mutex<HashSet<String>>,
+    /// What applying the commits learnt.
+    seen: Mutex<Seen>,
     /// The last version applied, for readers (no lock).
     pub current: std::sync::atomic::AtomicI64,
 }
@@ -377,14 +372,6 @@ pub struct RemoteCatalog {
 impl RemoteCatalog {
     fn object_path(&self, key: &str) -> ObjPath {
         self.remote.path(&[&self.name, key])
-    }
-
-    /// Stores one observation's bytes under a fresh name; returns its key.
-    pub fn put_observation(&self, tile: &str, month: &str, band: &str, bytes: Bytes) -> Result<String> {
-        let key = format!("tiles/{tile}/{month}/{band}/{}.arrows", unique_name());
-        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
-        self.remote.block_on(self.remote.root.put_opts(&self.object_path(&key), PutPayload::from(bytes), opts)).map_err(unavailable("storing pixels"))?;
-        Ok(key)
     }
 
     /// Stores many observations at once; keys in the order given.
@@ -414,15 +401,16 @@ impl RemoteCatalog {
     /// Records what version `version` committed: scene `scene_id` and the
     /// objects its rows name.
     pub fn record(&self, version: i64, file: &str, scene_id: &str, keys: impl Iterator<Item = String>) {
-        self.named.lock().unwrap_or_else(|e| e.into_inner()).extend(keys);
-        self.versions.lock().unwrap_or_else(|e| e.into_inner()).insert(scene_id.to_string(), version);
-        self.files_of.lock().unwrap_or_else(|e| e.into_inner()).insert(scene_id.to_string(), file.to_string());
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).insert(format!("_catalog/{file}"));
+        let mut seen = self.seen();
+        seen.named.extend(keys);
+        seen.versions.insert(scene_id.to_string(), version);
+        seen.files_of.insert(scene_id.to_string(), file.to_string());
+        seen.files.insert(format!("_catalog/{file}"));
     }
 
     /// The scenes whose rows table file `file` held, forgotten.
     pub fn forget_file(&self, file: &str) -> Vec<String> {
-        let mut files_of = self.files_of.lock().unwrap_or_else(|e| e.into_inner());
+        let files_of = &mut self.seen().files_of;
         let gone: Vec<String> = files_of.iter().filter(|(_, f)| f.as_str() == file).map(|(s, _)| s.clone()).collect();
         for s in &gone {
             files_of.remove(s);
@@ -430,11 +418,15 @@ impl RemoteCatalog {
         gone
     }
 
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// `entry` as it stood at version `as_of`: its rows of scenes committed
     /// up to then (commits are applied in order, so they lead the chunk);
     /// `None` when it held none.
     pub fn pinned(&self, entry: &ChunkEntry, as_of: i64) -> Option<ChunkEntry> {
-        let versions = self.versions.lock().unwrap_or_else(|e| e.into_inner());
+        let versions = &self.seen().versions;
         let n = entry.scenes.iter().take_while(|s| versions.get(s.as_ref()).is_none_or(|v| *v <= as_of)).count();
         match n {
             0 => None,
@@ -445,7 +437,7 @@ impl RemoteCatalog {
 
     /// The bytes of `rows`' objects, in order, after their checksums hold;
     /// those in `held` (by key) are not fetched.
-    pub fn fetch_all(&self, rows: &[CatalogRow], held: &std::collections::HashMap<String, Bytes>) -> Result<Vec<Bytes>> {
+    pub fn fetch_all(&self, rows: &[CatalogRow], held: &HashMap<String, Bytes>) -> Result<Vec<Bytes>> {
         use futures::{StreamExt, TryStreamExt};
         let gets = rows.iter().map(|row| async move {
             let bytes = match held.get(&row.object) {
@@ -479,8 +471,12 @@ impl RemoteCatalog {
         let table_path = self.object_path(&format!("_catalog/{file}"));
         let root = &self.remote.root;
         Ok(self.remote.block_on(async {
-            let failed = |e: Error| async {
+            // Removes the table file no commit will name.
+            let discard = || async {
                 let _ = root.delete(&table_path).await;
+            };
+            let failed = |e: Error| async {
+                discard().await;
                 Commit::Failed(e)
             };
             if let Err(e) = root.put(&table_path, PutPayload::from(buf)).await {
@@ -490,12 +486,11 @@ impl RemoteCatalog {
             if let Err(e) = table.update_state().await {
                 return failed(delta_error("refreshing")(e)).await;
             }
-            match committed(&table, scene_id).await {
-                Ok(true) => return failed(Error::Internal(String::new())).await.into_duplicate(),
-                Ok(false) => {}
-                Err(e) => return failed(e).await,
-            }
             let txn = match scene_txn(&table, scene_id).await {
+                Ok(v) if stored(v) => {
+                    discard().await;
+                    return Commit::Duplicate;
+                }
                 Ok(v) => v + 1,
                 Err(e) => return failed(e).await,
             };
@@ -526,9 +521,12 @@ impl RemoteCatalog {
             if ours {
                 return Commit::At(table.version().map_or(-1, |v| v as i64));
             }
-            match committed(&table, scene_id).await {
-                Ok(true) => failed(error).await.into_duplicate(),
-                Ok(false) => failed(error).await,
+            match scene_txn(&table, scene_id).await {
+                Ok(v) if stored(v) => {
+                    discard().await;
+                    Commit::Duplicate
+                }
+                Ok(_) => failed(error).await,
                 Err(_) => Commit::Unknown(error),
             }
         }))
@@ -539,12 +537,12 @@ impl RemoteCatalog {
     /// scene is not stored. Its objects stay (a server replaying the log
     /// from the start reads them); reads no longer see them.
     pub fn delete_scene(&self, scene_id: &str) -> Result<Option<i64>> {
-        let file = self.files_of.lock().unwrap_or_else(|e| e.into_inner()).get(scene_id).cloned();
+        let file = self.seen().files_of.get(scene_id).cloned();
         self.remote.block_on(async {
             let mut table = self.table.lock().await;
             table.update_state().await.map_err(delta_error("refreshing"))?;
             let txn = scene_txn(&table, scene_id).await?;
-            if txn % 2 == 0 {
+            if !stored(txn) {
                 return Ok(None);
             }
             let Some(file) = file else {
@@ -565,7 +563,7 @@ impl RemoteCatalog {
                 Ok(done) => Ok(Some(done.version() as i64)),
                 Err(e) => {
                     table.update_state().await.map_err(delta_error("refreshing"))?;
-                    if !committed(&table, scene_id).await? {
+                    if !stored(scene_txn(&table, scene_id).await?) {
                         // Deleted, by this call or another at the same time.
                         return Ok(table.version().map(|v| v as i64));
                     }
@@ -627,14 +625,14 @@ impl RemoteCatalog {
     /// file names and that are older than `older_than`: what crashed or
     /// losing writers left. Returns how many and their bytes.
     pub fn gc(&self, older_than: std::time::Duration) -> Result<(u64, u64)> {
-        let named = self.named.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (named, files) = {
+            let seen = self.seen();
+            (seen.named.clone(), seen.files.clone())
+        };
         let Ok(age) = chrono::Duration::from_std(older_than) else { return Ok((0, 0)) };
         let cutoff = chrono::Utc::now() - age;
         self.remote.block_on(async {
             use futures::TryStreamExt;
-            // Every table file any commit added stays: a server replaying
-            // the log from the start reads them all.
-            let files = self.files.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let base = self.remote.path(&[&self.name]);
             let mut gone = (0, 0);
             for dir in ["tiles", "_catalog"] {
@@ -647,6 +645,8 @@ impl RemoteCatalog {
                     // Table data files only: the log and its checkpoints are
                     // the table's own.
                     let part = key.strip_prefix("_catalog/").is_some_and(|k| k.starts_with("part-") && k.ends_with(".parquet") && !k.contains('/'));
+                    // Every table file any commit added stays: a server
+                    // replaying the log from the start reads them all.
                     let orphan = if dir == "tiles" { !named.contains(&key) } else { part && !files.contains(&key) };
                     if orphan && meta.last_modified < cutoff {
                         self.remote.root.delete(&meta.location).await.map_err(unavailable("removing an orphan"))?;
@@ -667,7 +667,8 @@ async fn scene_txn(table: &DeltaTable, scene_id: &str) -> Result<i64> {
     Ok(v.unwrap_or(0))
 }
 
-/// Whether scene `scene_id` is stored (its transaction version is odd).
-async fn committed(table: &DeltaTable, scene_id: &str) -> Result<bool> {
-    Ok(scene_txn(table, scene_id).await? % 2 == 1)
+/// Whether a scene whose transaction is at version `txn` is stored (odd).
+fn stored(txn: i64) -> bool {
+    txn % 2 == 1
 }
+

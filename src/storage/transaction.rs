@@ -675,7 +675,7 @@ impl SceneCommit<'_> {
                 SceneStatus::New => {}
                 SceneStatus::Replaces => {
                     return Err(Error::Unimplemented(format!(
-                        "replacing scene {:?} is not built for warehouses on object storage yet; delete it first is not either: ingest it under a new scene id",
+                        "replacing scene {:?} is not built for warehouses on object storage yet: delete it (delete with its scene_id), then ingest it again",
                         self.scene_id
                     )))
                 }
@@ -734,8 +734,7 @@ impl SceneCommit<'_> {
             }
         }
         put.committed = true;
-        let mut outcome =
-            AppendOutcome { duplicate: false, observations: put.rows.len() as u64, bytes: put.rows.iter().map(|r| r.bytes).sum(), tiles: Vec::new() };
+        let mut outcome = AppendOutcome { duplicate: false, observations: put.rows.len() as u64, bytes, tiles: Vec::new() };
         for r in &put.rows {
             if let Ok(t) = r.tile.parse::<TileId>() {
                 if !outcome.tiles.contains(&t) {
