@@ -497,6 +497,21 @@ mod tests {
         }
     }
 
+    /// `--advertise` and `--peers` take Flight URIs; a warehouse URL puts
+    /// the local copy under the temporary directory unless `--cache-dir`.
+    #[test]
+    fn shared_warehouse_flags_are_checked() {
+        let err = serve(&["--advertise", "http://127.0.0.1:8815"]).unwrap().into_config().unwrap_err().to_string();
+        assert!(err.contains("--advertise") && err.contains("http://127.0.0.1:8815"), "{err}");
+        let err = serve(&["--peers", "grpc://a:1,b:2"]).unwrap().into_config().unwrap_err().to_string();
+        assert!(err.contains("--peers") && err.contains("b:2"), "{err}");
+        let c = serve(&["--warehouse", "s3://bucket/w", "--peers", "grpc://a:1,grpc://b:2"]).unwrap().into_config().unwrap();
+        assert_eq!((c.shared.as_deref(), c.warehouse), (Some("s3://bucket/w"), crate::config::default_cache_dir()));
+        assert_eq!(c.peers, ["grpc://a:1", "grpc://b:2"]);
+        let c = serve(&["--warehouse", "s3://bucket/w", "--cache-dir", "/srv/copy"]).unwrap().into_config().unwrap();
+        assert_eq!(c.warehouse, PathBuf::from("/srv/copy"));
+    }
+
     /// `--io-threads` sets the connection threads; without it, one per
     /// core; zero is refused.
     #[test]

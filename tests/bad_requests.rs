@@ -282,6 +282,10 @@ async fn bad_requests_get_clear_errors_and_write_nothing() {
         ("verify unknown tile form", Call::Action("verify", json(serde_json::json!({"collection": "s2", "tile": "x1_y1"}))), Code::InvalidArgument, "tile"),
         ("verify tile without collection", Call::Action("verify", json(serde_json::json!({"tile": "x0001_y0001"}))), Code::InvalidArgument, "tile"),
         ("verify unknown field", Call::Action("verify", json(serde_json::json!({"colection": "s2"}))), Code::InvalidArgument, "action.body"),
+        ("gc on a local warehouse", Call::Action("gc", json(serde_json::json!({"collection": "s2"}))), Code::InvalidArgument, "action.type"),
+        ("gc unknown field", Call::Action("gc", json(serde_json::json!({"older_than": 5}))), Code::InvalidArgument, "action.body"),
+        ("gc retention not a number", Call::Action("gc", json(serde_json::json!({"older_than_secs": "1h"}))), Code::InvalidArgument, "older_than_secs"),
+        ("as_of not an integer", Call::Get(json(serde_json::json!({"collection": "s2", "as_of": "latest"}))), Code::InvalidArgument, "as_of"),
         ("verify unknown collection", Call::Action("verify", json(serde_json::json!({"collection": "nope"}))), Code::NotFound, "nope"),
         // Oversized.
         (

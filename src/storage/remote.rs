@@ -672,3 +672,21 @@ fn stored(txn: i64) -> bool {
     txn % 2 == 1
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A warehouse URL the server cannot use is refused with the flag, the
+    /// URL without its password, and the reason.
+    #[test]
+    fn bad_warehouse_urls_are_refused_at_start() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let refused = |url: &str| Remote::connect(url, rt.handle().clone()).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = refused("gs://bucket/prefix");
+        assert!(err.contains("--warehouse") && err.contains("gs://bucket/prefix") && err.contains("not built in"), "{err}");
+        let err = refused("s3://ab/prefix");
+        assert!(err.contains("names no bucket"), "{err}");
+        let err = refused("gs://user:hunter2@bucket/prefix");
+        assert!(err.contains("--warehouse") && !err.contains("hunter2"), "{err}");
+    }
+}
