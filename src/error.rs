@@ -97,6 +97,10 @@ pub enum Error {
     /// nothing of the call was committed.
     #[error("{0}")]
     Unavailable(String),
+    /// What the call relied on changed meanwhile (a ticket planned before
+    /// a rewrite): plan again.
+    #[error("{0}")]
+    Aborted(String),
     /// A background task died.
     #[error("internal error: {0}")]
     Internal(String),
@@ -148,6 +152,7 @@ impl Error {
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::Unavailable(_) => Code::Unavailable,
             Error::InUse(_) => Code::FailedPrecondition,
+            Error::Aborted(_) => Code::Aborted,
             Error::Io { .. } => Code::Internal,
             Error::Arrow { .. } => Code::Internal,
             Error::Gdal { .. } => Code::Internal,

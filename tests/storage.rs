@@ -331,7 +331,7 @@ fn a_reader_holding_a_deleted_chunk_cannot_remove_its_successor() {
         // A reader plans with the chunk, then the chunk is deleted whole and
         // a new scene creates it again before the reader lets go.
         let held = store.chunks(|_| true);
-        let d = store.delete(|_| true, |_, s| s == "a", &[]).unwrap();
+        let d = store.delete(|_| true, |_, _, s| s == "a", &[]).unwrap();
         assert_eq!(d.chunks_removed, 1);
         store.append_scene("b", T0, vec![obs(2)]).unwrap();
         drop(held);
@@ -509,7 +509,7 @@ fn commits_and_rewrites_drop_the_pages_they_wrote_unless_told_to_keep_them() {
         };
         assert_eq!(store.compact(None).unwrap().chunks_rewritten, 9);
         settled("compacted");
-        assert_eq!(store.delete(|_| true, |_, s| s == "a", &[]).unwrap().chunks_rewritten, 9);
+        assert_eq!(store.delete(|_| true, |_, _, s| s == "a", &[]).unwrap().chunks_rewritten, 9);
         settled("rewritten by a delete");
         assert_eq!(first_pixels(&store), nine_firsts("b", 200), "keep {keep}");
     }

@@ -30,10 +30,10 @@ impl Compact {
     }
 
     pub fn apply(self, state: &AppState) -> Result<Value> {
-        state.warehouse.local_only("compaction")?;
         let store = state.warehouse.collection(&self.0.collection)?;
         let tiles = parse_tiles(&self.0.tiles)?;
-        let out = store.compact(if tiles.is_empty() { None } else { Some(&tiles) })?;
+        let tiles = if tiles.is_empty() { None } else { Some(&tiles) };
+        let out = if state.warehouse.remote().is_some() { store.compact_shared(tiles)? } else { store.compact(tiles)? };
         Ok(json!({"chunks_rewritten": out.chunks_rewritten}))
     }
 }

@@ -8,8 +8,9 @@ use super::ActionDoc;
 use crate::auth::Role;
 use crate::collection;
 use crate::error::{Error, Result};
+use crate::grid::TileId;
 use crate::state::AppState;
-use crate::storage::CollectionStore;
+use crate::storage::ChunkKey;
 use crate::wire::{self, format_time};
 
 pub struct Delete(pb::Delete);
@@ -30,62 +31,80 @@ impl Delete {
 
     pub fn apply(self, state: &AppState) -> Result<Value> {
         let store = state.warehouse.collection(&self.0.collection)?;
-        if state.warehouse.remote().is_some() {
-            return delete_shared(&store, &self.0);
-        }
-        Ok(serde_json::to_value(delete(&store, self.0)?).unwrap_or(Value::Null))
-    }
-}
-
-fn delete(store: &CollectionStore, d: pb::Delete) -> Result<crate::storage::RewriteOutcome> {
-    let tile = super::optional_tile(&d.tile)?;
-    let scene = (!d.scene_id.is_empty()).then_some(d.scene_id.clone());
-    let (start, end) = (d.start_ms, d.end_ms);
-    if tile.is_none() && scene.is_none() && start.is_none() && end.is_none() {
-        return Err(Error::invalid("action.body", "no filter", "give scene_id, tile, start or end (to drop a whole collection, delete its time range)"));
-    }
-    if let (Some(s), Some(e)) = (start, end) {
-        if s >= e {
-            return Err(Error::invalid("start", format_time(s), &format!("must be before end ({})", format_time(e))));
-        }
-    }
-    if let Some(s) = &scene {
-        if !store.has_scene(s) {
-            return Err(Error::not_found(format!("scene {s:?} in collection {:?}", store.meta.name)));
-        }
-    }
-    let forget: Vec<String> = scene.iter().cloned().collect();
-    let in_range = move |t: i64| start.is_none_or(|s| t >= s) && end.is_none_or(|e| t < e);
-    store.delete(
-        |k| tile.is_none_or(|t| k.tile == t) && start.is_none_or(|s| k.month.end_ms() > s) && end.is_none_or(|e| k.month.start_ms() < e),
-        |t, s| in_range(t) && scene.as_deref().is_none_or(|id| id == s),
-        if tile.is_none() && start.is_none() && end.is_none() { &forget } else { &[] },
-    )
-}
-
-/// A delete on a warehouse on object storage: whole scenes, one catalog
-/// commit each, applied to this server's copy before the answer.
-fn delete_shared(store: &CollectionStore, d: &pb::Delete) -> Result<Value> {
-    if d.scene_id.is_empty() || !d.tile.is_empty() || d.start_ms.is_some() || d.end_ms.is_some() {
-        return Err(Error::Unimplemented(
-            "on a warehouse on object storage, delete removes whole scenes: give scene_id alone (tile and time filters are not built there yet)".into(),
-        ));
-    }
-    // What the delete takes, counted as the local one counts it.
-    let (mut rewritten, mut removed, mut rows) = (0, 0, 0);
-    store.visit_chunks(|_, e| {
-        let n = e.scenes.iter().filter(|s| ***s == *d.scene_id).count();
-        if n > 0 {
-            rows += n;
-            if n == e.scenes.len() {
-                removed += 1;
-            } else {
-                rewritten += 1;
+        let filter = Filter::parse(self.0)?;
+        if let Some(s) = &filter.scene {
+            // On object storage, what other servers committed counts too.
+            store.catch_up()?;
+            if !store.has_scene(s) {
+                return Err(Error::not_found(format!("scene {s:?} in collection {:?}", store.meta.name)));
             }
         }
-    });
-    if store.delete_shared_scene(&d.scene_id)?.is_none() {
-        return Err(Error::not_found(format!("scene {:?} in collection {:?}", d.scene_id, store.meta.name)));
+        let whole = filter.whole_scene();
+        let out = if state.warehouse.remote().is_some() {
+            store.delete_shared(|k| filter.chunk(k), |_, t, s| filter.row(t, s), whole, filter.predicate())?
+        } else {
+            let forget: Vec<String> = whole.iter().map(|s| s.to_string()).collect();
+            store.delete(|k| filter.chunk(k), |_, t, s| filter.row(t, s), &forget)?
+        };
+        Ok(serde_json::to_value(out).unwrap_or(Value::Null))
     }
-    Ok(serde_json::json!({"chunks_rewritten": rewritten, "chunks_removed": removed, "rows_removed": rows, "scenes_removed": 1}))
+}
+
+/// The rows a delete takes: every given filter holds.
+struct Filter {
+    scene: Option<String>,
+    tile: Option<TileId>,
+    start: Option<i64>,
+    end: Option<i64>,
+}
+
+impl Filter {
+    fn parse(d: pb::Delete) -> Result<Self> {
+        let tile = super::optional_tile(&d.tile)?;
+        let scene = (!d.scene_id.is_empty()).then_some(d.scene_id);
+        let (start, end) = (d.start_ms, d.end_ms);
+        if tile.is_none() && scene.is_none() && start.is_none() && end.is_none() {
+            return Err(Error::invalid("action.body", "no filter", "give scene_id, tile, start or end (to drop a whole collection, delete its time range)"));
+        }
+        if let (Some(s), Some(e)) = (start, end) {
+            if s >= e {
+                return Err(Error::invalid("start", format_time(s), &format!("must be before end ({})", format_time(e))));
+            }
+        }
+        Ok(Filter { scene, tile, start, end })
+    }
+
+    /// The scene named alone: it goes whole, even without rows.
+    fn whole_scene(&self) -> Option<&str> {
+        self.scene.as_deref().filter(|_| self.tile.is_none() && self.start.is_none() && self.end.is_none())
+    }
+
+    /// Whether chunk `k` may hold rows the delete takes.
+    fn chunk(&self, k: &ChunkKey) -> bool {
+        self.tile.is_none_or(|t| k.tile == t) && self.start.is_none_or(|s| k.month.end_ms() > s) && self.end.is_none_or(|e| k.month.start_ms() < e)
+    }
+
+    /// Whether a row of a chosen chunk, at `time` of scene `scene`, goes.
+    fn row(&self, time: i64, scene: &str) -> bool {
+        self.start.is_none_or(|s| time >= s) && self.end.is_none_or(|e| time < e) && self.scene.as_deref().is_none_or(|id| id == scene)
+    }
+
+    /// The filter as a SQL predicate over the catalog table, for its log.
+    fn predicate(&self) -> String {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        let mut parts = Vec::new();
+        if let Some(s) = &self.scene {
+            parts.push(format!("scene_id = {}", quote(s)));
+        }
+        if let Some(t) = self.tile {
+            parts.push(format!("tile_id = {}", quote(&t.to_string())));
+        }
+        if let Some(s) = self.start {
+            parts.push(format!("acquired_at >= {}", quote(&format_time(s))));
+        }
+        if let Some(e) = self.end {
+            parts.push(format!("acquired_at < {}", quote(&format_time(e))));
+        }
+        parts.join(" AND ")
+    }
 }

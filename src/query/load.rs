@@ -290,7 +290,7 @@ pub fn plan(store: Arc<CollectionStore>, spec: QuerySpec, outputs: Arc<Outputs>,
     let (start, end) = (spec.start_ms, spec.end_ms);
     let months_overlap = |m: Month| start.is_none_or(|s| m.end_ms() > s) && end.is_none_or(|e| m.start_ms() < e);
     let chunks: HashMap<(TileId, Month, String), ChunkEntry> = store
-        .chunks_at(spec.as_of, |k| names.contains(k.band.as_str()) && wanted.contains(&k.tile) && months_overlap(k.month))
+        .chunks_at(spec.as_of, |k| names.contains(k.band.as_str()) && wanted.contains(&k.tile) && months_overlap(k.month))?
         .into_iter()
         .map(|(k, e)| ((k.tile, k.month, k.band), e))
         .collect();

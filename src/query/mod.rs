@@ -268,7 +268,7 @@ fn plan_in(store: Arc<CollectionStore>, spec: QuerySpec) -> Result<Answer> {
     let chunks = store
         .chunks_at(spec.as_of, |k| {
             names.contains(k.band.as_str()) && tiles.keeps(k.tile) && start.is_none_or(|s| k.month.end_ms() > s) && end.is_none_or(|e| k.month.start_ms() < e)
-        })
+        })?
         .into_iter()
         .filter(|(_, e)| e.count_in(start, end) > 0)
         .collect();

@@ -79,26 +79,31 @@ pub type Damaged = Vec<(usize, usize)>;
 
 impl ChunkEntry {
     /// The chunk's first `n` rows (`0 < n < rows`) as they stood when they
-    /// were all it held; `None` unless each row is its own checksummed
-    /// segment (a chunk only appended to, never rewritten).
-    pub fn prefix(&self, n: usize) -> Option<ChunkEntry> {
-        if n == 0 || n >= self.times.len() || self.sums.len() != self.times.len() {
-            return None;
+    /// were all it held; `None` unless a batch, and a checksummed segment,
+    /// end right after row `n - 1` (rows appended after a rewrite can be
+    /// cut off, rows of one batch cannot).
+    pub fn prefix(&self, n: usize) -> Result<Option<ChunkEntry>> {
+        if n == 0 || n >= self.times.len() {
+            return Ok(None);
         }
+        let (_, batches) = self.batches_with(|_| true)?;
+        let Some(b) = batches.iter().position(|(first, loc)| first + loc.rows == n) else { return Ok(None) };
+        let len = batches[b].1.end;
+        let Some(k) = self.sums.iter().position(|s| s.end == len) else { return Ok(None) };
         let mut stats = PixelStats::default();
-        for r in self.row_stats[..n].iter().flatten() {
+        for r in self.row_stats.iter().take(n).flatten() {
             stats.merge(&PixelStats { valid: r.valid, min: r.min, max: r.max, sum: r.sum, bbox: self.stats.bbox });
         }
-        Some(ChunkEntry {
+        Ok(Some(ChunkEntry {
             file: self.file.clone(),
-            len: self.sums[n - 1].end,
+            len,
             times: self.times[..n].to_vec(),
             scenes: self.scenes[..n].to_vec(),
-            row_stats: self.row_stats[..n].to_vec(),
+            row_stats: self.row_stats.iter().take(n).copied().collect(),
             stats,
-            appends: self.appends.min(n as u32),
-            sums: self.sums[..n].to_vec(),
-        })
+            appends: self.appends.min(b as u32 + 1),
+            sums: self.sums[..=k].to_vec(),
+        }))
     }
 
     pub fn count_in(&self, start: Option<i64>, end: Option<i64>) -> usize {
@@ -286,7 +291,8 @@ impl Index {
                     scenes: r.rows.iter().map(|(_, s)| Arc::from(s.as_str())).collect(),
                     row_stats: if r.row_stats.len() == r.rows.len() { r.row_stats.iter().copied().map(Some).collect() } else { vec![None; r.rows.len()] },
                     stats: r.stats,
-                    appends: 0,
+                    // Written whole: one batch, as far as compaction goes.
+                    appends: 1,
                     sums,
                 };
                 self.chunks.insert(key, entry)

@@ -222,12 +222,16 @@ impl CollectionStore {
 
     /// [`Self::chunks`] as they stood at catalog version `as_of` (a
     /// warehouse on object storage; elsewhere the version is ignored).
-    pub fn chunks_at(&self, as_of: Option<i64>, keep: impl FnMut(&ChunkKey) -> bool) -> Vec<(ChunkKey, ChunkEntry)> {
+    pub fn chunks_at(&self, as_of: Option<i64>, keep: impl FnMut(&ChunkKey) -> bool) -> Result<Vec<(ChunkKey, ChunkEntry)>> {
         let chunks = self.chunks(keep);
-        match (as_of, self.remote.get()) {
-            (Some(v), Some(catalog)) => chunks.into_iter().filter_map(|(k, e)| catalog.pinned(&e, v).map(|e| (k, e))).collect(),
-            _ => chunks,
+        let (Some(v), Some(catalog)) = (as_of, self.remote.get()) else { return Ok(chunks) };
+        let mut pinned = Vec::with_capacity(chunks.len());
+        for (k, e) in chunks {
+            if let Some(e) = catalog.pinned(&k, &e, v)? {
+                pinned.push((k, e));
+            }
         }
+        Ok(pinned)
     }
 
     /// Calls `f` with every chunk under one read lock: one consistent state

@@ -15,7 +15,7 @@
 //! of its own, see `CollectionStore::catch_up`), applying the Delta log's
 //! commits in version order, so chunk bytes are the same on every server.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arrow_array::cast::AsArray;
@@ -34,7 +34,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use crate::collection::Collection;
 use crate::error::{Error, Result};
 use crate::storage::log::PixelStats;
-use crate::storage::ChunkEntry;
+use crate::storage::{ChunkEntry, ChunkKey};
 
 /// Objects fetched at once when applying a commit.
 const FETCHES_AT_ONCE: usize = 16;
@@ -66,9 +66,26 @@ pub struct LogEntry {
     pub version: i64,
     /// Table files added, each with its rows.
     pub added: Vec<(String, Vec<CatalogRow>)>,
-    /// Table files removed (a delete): their scenes leave.
-    pub removed: Vec<String>,
+    /// Table files removed, each with the rows it held: rows not added
+    /// again leave (a delete).
+    pub removed: Vec<(String, Vec<CatalogRow>)>,
+    /// A compaction: the tiles whose chunks every server compacts when it
+    /// applies this commit (empty: all).
+    pub compacted: Option<Vec<String>>,
 }
+
+/// What a rewrite of the catalog table is for.
+pub enum RewriteKind {
+    /// Rows leave; scenes left without rows are deleted (they can be
+    /// ingested again). `predicate` describes the rows, for the log.
+    Delete { predicate: String },
+    /// Rows stay; their table files become one, and every server compacts
+    /// the chunks of `tiles` (empty: all) when it applies the commit.
+    Compact { tiles: Vec<String> },
+}
+
+/// The commit field naming a compaction's tiles.
+const COMPACT_TILES: &str = "pixelqueryCompactTiles";
 
 /// One observation as the catalog table holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +103,13 @@ pub struct CatalogRow {
     pub stats: PixelStats,
     pub fingerprint: Option<String>,
     pub baseline: Option<String>,
+}
+
+impl CatalogRow {
+    /// The chunk the row belongs to; `None` if it names a bad tile or month.
+    pub fn key(&self) -> Option<ChunkKey> {
+        Some(ChunkKey { tile: self.tile.parse().ok()?, month: crate::storage::Month::parse(&self.month)?, band: self.band.clone() })
+    }
 }
 
 /// The catalog table's columns (Delta types: string, timestamp, long, double).
@@ -347,8 +371,8 @@ struct Seen {
     named: HashSet<String>,
     /// The version that committed each scene.
     versions: HashMap<String, i64>,
-    /// The table file holding each stored scene's rows.
-    files_of: HashMap<String, String>,
+    /// The table files holding each stored scene's rows.
+    files_of: HashMap<String, BTreeSet<String>>,
     /// Every table file ever added, below the collection (a server
     /// replaying the log reads them all).
     files: HashSet<String>,
@@ -400,22 +424,33 @@ impl RemoteCatalog {
 
     /// Records what version `version` committed: scene `scene_id` and the
     /// objects its rows name.
-    pub fn record(&self, version: i64, file: &str, scene_id: &str, keys: impl Iterator<Item = String>) {
+    pub fn record(&self, version: i64, scene_id: &str, keys: impl Iterator<Item = String>) {
         let mut seen = self.seen();
         seen.named.extend(keys);
         seen.versions.insert(scene_id.to_string(), version);
-        seen.files_of.insert(scene_id.to_string(), file.to_string());
+    }
+
+    /// Records that table file `file` holds rows of `scenes`.
+    pub fn record_file<'r>(&self, file: &str, scenes: impl Iterator<Item = &'r str>) {
+        let mut seen = self.seen();
+        for s in scenes {
+            seen.files_of.entry(s.to_string()).or_default().insert(file.to_string());
+        }
         seen.files.insert(format!("_catalog/{file}"));
     }
 
-    /// The scenes whose rows table file `file` held, forgotten.
-    pub fn forget_file(&self, file: &str) -> Vec<String> {
-        let files_of = &mut self.seen().files_of;
-        let gone: Vec<String> = files_of.iter().filter(|(_, f)| f.as_str() == file).map(|(s, _)| s.clone()).collect();
-        for s in &gone {
-            files_of.remove(s);
-        }
-        gone
+    /// How many table files hold rows of `scenes`.
+    pub fn file_count(&self, scenes: &[String]) -> usize {
+        let seen = self.seen();
+        scenes.iter().filter_map(|s| seen.files_of.get(s)).flatten().collect::<HashSet<_>>().len()
+    }
+
+    /// Forgets table file `file` (a commit removed it).
+    pub fn forget_file(&self, file: &str) {
+        self.seen().files_of.retain(|_, files| {
+            files.remove(file);
+            !files.is_empty()
+        });
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -423,21 +458,31 @@ impl RemoteCatalog {
     }
 
     /// `entry` as it stood at version `as_of`: its rows of scenes committed
-    /// up to then (commits are applied in order, so they lead the chunk);
-    /// `None` when it held none.
-    pub fn pinned(&self, entry: &ChunkEntry, as_of: i64) -> Option<ChunkEntry> {
+    /// up to then (commits are appended in order, so they lead the chunk);
+    /// `None` when it held none. `Aborted` when a rewrite since (a
+    /// compaction or a delete) mixed later rows among them.
+    pub fn pinned(&self, key: &ChunkKey, entry: &ChunkEntry, as_of: i64) -> Result<Option<ChunkEntry>> {
         let versions = &self.seen().versions;
-        let n = entry.scenes.iter().take_while(|s| versions.get(s.as_ref()).is_none_or(|v| *v <= as_of)).count();
-        match n {
-            0 => None,
-            n if n == entry.times.len() => Some(entry.clone()),
-            n => entry.prefix(n).or_else(|| Some(entry.clone())),
+        let visible = |s: &Arc<str>| versions.get(s.as_ref()).is_none_or(|v| *v <= as_of);
+        let n = entry.scenes.iter().filter(|s| visible(s)).count();
+        if n == entry.scenes.len() {
+            return Ok(Some(entry.clone()));
         }
+        if n == 0 {
+            return Ok(None);
+        }
+        let prefix = if entry.scenes[..n].iter().all(visible) { entry.prefix(n)? } else { None };
+        prefix.map(Some).ok_or_else(|| {
+            Error::Aborted(format!(
+                "{} was rewritten (compacted or deleted from) after catalog version {as_of}, which this ticket was planned at: plan the query again",
+                key.label(&self.name)
+            ))
+        })
     }
 
     /// The bytes of `rows`' objects, in order, after their checksums hold;
     /// those in `held` (by key) are not fetched.
-    pub fn fetch_all(&self, rows: &[CatalogRow], held: &HashMap<String, Bytes>) -> Result<Vec<Bytes>> {
+    pub fn fetch_all(&self, rows: &[&CatalogRow], held: &HashMap<String, Bytes>) -> Result<Vec<Bytes>> {
         use futures::{StreamExt, TryStreamExt};
         let gets = rows.iter().map(|row| async move {
             let bytes = match held.get(&row.object) {
@@ -461,12 +506,7 @@ impl RemoteCatalog {
     /// Commits one scene: a Parquet file of its rows and the application
     /// transaction `scene_id`.
     pub fn commit_scene(&self, scene_id: &str, rows: &[CatalogRow]) -> Result<Commit> {
-        let batch = rows_to_batch(rows)?;
-        let mut buf = Vec::new();
-        let mut writer =
-            parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).map_err(|e| Error::Internal(format!("writing catalog rows: {e}")))?;
-        writer.write(&batch).and_then(|_| writer.close().map(|_| ())).map_err(|e| Error::Internal(format!("writing catalog rows: {e}")))?;
-        let file = format!("part-{}.parquet", unique_name());
+        let (file, buf) = table_file(rows)?;
         let size = buf.len() as i64;
         let table_path = self.object_path(&format!("_catalog/{file}"));
         let root = &self.remote.root;
@@ -532,45 +572,110 @@ impl RemoteCatalog {
         }))
     }
 
-    /// Deletes scene `scene_id`: one commit removing the table file that
-    /// holds its rows and moving its transaction to "deleted". `None`: the
-    /// scene is not stored. Its objects stay (a server replaying the log
-    /// from the start reads them); reads no longer see them.
-    pub fn delete_scene(&self, scene_id: &str) -> Result<Option<i64>> {
-        let file = self.seen().files_of.get(scene_id).cloned();
+    /// The rows of the table files holding rows of `scenes`, as this
+    /// server last applied them, after checking they are still the table's
+    /// current files: `(files, rows)`.
+    async fn current_rows(&self, table: &DeltaTable, scenes: &[String]) -> Result<(Vec<String>, Vec<CatalogRow>)> {
+        let files: BTreeSet<String> = {
+            let seen = self.seen();
+            scenes.iter().filter_map(|s| seen.files_of.get(s)).flatten().cloned().collect()
+        };
+        let snapshot = table.snapshot().map_err(delta_error("reading"))?;
+        let current: HashSet<String> = snapshot.log_data().iter().map(|f| f.path().to_string()).collect();
+        if let Some(gone) = files.iter().find(|f| !current.contains(*f)) {
+            return Err(Error::Unavailable(format!("catalog table: file {gone} was rewritten by another server meanwhile; try again")));
+        }
+        let mut rows = Vec::new();
+        for f in &files {
+            rows.extend(self.read_table_file(f).await?);
+        }
+        Ok((files.into_iter().collect(), rows))
+    }
+
+    /// Rewrites the table files holding rows of `scenes` in one commit:
+    /// they are removed and one file of the rows `keep` keeps is added.
+    /// A delete also moves the transaction of every scene it leaves
+    /// without rows (and of `scenes` themselves when `whole`) to
+    /// "deleted". Returns the version and the scenes deleted; `None` when
+    /// a delete found no row to remove.
+    pub fn rewrite(&self, scenes: &[String], keep: impl Fn(&CatalogRow) -> bool, whole: bool, kind: RewriteKind) -> Result<Option<(i64, Vec<String>)>> {
+        let root = &self.remote.root;
         self.remote.block_on(async {
             let mut table = self.table.lock().await;
             table.update_state().await.map_err(delta_error("refreshing"))?;
-            let txn = scene_txn(&table, scene_id).await?;
-            if !stored(txn) {
+            let (files, rows) = self.current_rows(&table, scenes).await?;
+            let (kept, dropped): (Vec<CatalogRow>, Vec<CatalogRow>) = rows.into_iter().partition(|r| keep(r));
+            let deleting = matches!(kind, RewriteKind::Delete { .. });
+            if files.is_empty() || (deleting && dropped.is_empty() && !whole) {
                 return Ok(None);
             }
-            let Some(file) = file else {
-                return Err(Error::Unavailable(format!("scene {scene_id:?} is committed but this server has not applied it yet; try again")));
-            };
-            let snapshot = table.snapshot().map_err(delta_error("reading"))?.clone();
-            let Some(view) = snapshot.log_data().iter().find(|f| f.path() == file.as_str()) else {
-                return Err(Error::Unavailable(format!("scene {scene_id:?}: its catalog rows are not in the table's current files")));
-            };
+            let mut gone: BTreeSet<String> = dropped.iter().map(|r| r.scene_id.clone()).collect();
+            gone.extend(scenes.iter().filter(|_| whole).cloned());
+            let keeping: HashSet<&str> = kept.iter().map(|r| r.scene_id.as_str()).collect();
+            gone.retain(|s| !keeping.contains(s.as_str()));
             let now = chrono::Utc::now().timestamp_millis();
-            let remove = view.remove_action(true);
-            let props = CommitProperties::default()
-                .with_application_transaction(Transaction::new_with_last_update(scene_id, txn + 1, Some(now)))
-                .with_max_retries(50)
-                .with_cleanup_expired_logs(Some(false));
-            let op = DeltaOperation::Delete { predicate: Some(format!("scene_id = '{}'", scene_id.replace('\'', "''"))) };
-            match CommitBuilder::from(props).with_actions(vec![Action::Remove(remove)]).build(Some(&snapshot), table.log_store(), op).await {
-                Ok(done) => Ok(Some(done.version() as i64)),
-                Err(e) => {
-                    table.update_state().await.map_err(delta_error("refreshing"))?;
-                    if !stored(scene_txn(&table, scene_id).await?) {
-                        // Deleted, by this call or another at the same time.
-                        return Ok(table.version().map(|v| v as i64));
+            let mut txns = Vec::new();
+            if deleting {
+                for s in &gone {
+                    let txn = scene_txn(&table, s).await?;
+                    if stored(txn) {
+                        txns.push(Transaction::new_with_last_update(s, txn + 1, Some(now)));
                     }
-                    Err(Error::Unavailable(format!("catalog table: deleting scene {scene_id:?}: {e}")))
                 }
             }
+            let snapshot = table.snapshot().map_err(delta_error("reading"))?.clone();
+            let mut actions: Vec<Action> = snapshot
+                .log_data()
+                .iter()
+                .filter(|f| files.iter().any(|n| n == f.path().as_ref()))
+                .map(|f| Action::Remove(f.remove_action(deleting)))
+                .collect();
+            let mut written = None;
+            if !kept.is_empty() {
+                let (file, buf) = table_file(&kept)?;
+                let size = buf.len() as i64;
+                let path = self.object_path(&format!("_catalog/{file}"));
+                root.put(&path, PutPayload::from(buf)).await.map_err(unavailable("storing catalog rows"))?;
+                actions.push(Action::Add(Add { path: file.clone(), size, modification_time: now, data_change: deleting, ..Default::default() }));
+                written = Some((file, path));
+            }
+            let mut props = CommitProperties::default().with_application_transactions(txns).with_max_retries(50).with_cleanup_expired_logs(Some(false));
+            let op = match kind {
+                RewriteKind::Delete { predicate } => DeltaOperation::Delete { predicate: Some(predicate) },
+                RewriteKind::Compact { tiles } => {
+                    props = props.with_metadata([(COMPACT_TILES.to_string(), serde_json::json!(tiles))]);
+                    DeltaOperation::Optimize { predicate: None, target_size: 0 }
+                }
+            };
+            let gone: Vec<String> = gone.into_iter().collect();
+            let error = match CommitBuilder::from(props).with_actions(actions).build(Some(&snapshot), table.log_store(), op).await {
+                Ok(done) => return Ok(Some((done.version() as i64, gone))),
+                Err(e) => Error::Unavailable(format!("catalog table: rewriting the rows of {} scene(s): {e}; try again", scenes.len())),
+            };
+            // Committed after all (a lost reply) if our file is current.
+            if let (Some((file, path)), Ok(())) = (&written, table.update_state().await) {
+                if table.snapshot().map(|s| s.log_data().iter().any(|f| f.path() == file.as_str())).unwrap_or(false) {
+                    return Ok(Some((table.version().map_or(-1, |v| v as i64), gone)));
+                }
+                let _ = root.delete(path).await;
+            }
+            Err(error)
         })
+    }
+
+    /// The rows of table file `file`.
+    async fn read_table_file(&self, file: &str) -> Result<Vec<CatalogRow>> {
+        let path = self.object_path(&format!("_catalog/{file}"));
+        let data =
+            self.remote.root.get(&path).await.map_err(unavailable("reading catalog rows"))?.bytes().await.map_err(unavailable("reading catalog rows"))?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+            .and_then(|b| b.build())
+            .map_err(|e| Error::Unavailable(format!("catalog rows {file}: {e}")))?;
+        let mut rows = Vec::new();
+        for batch in reader {
+            batch_to_rows(&batch.map_err(Error::arrow("reading catalog rows"))?, &mut rows)?;
+        }
+        Ok(rows)
     }
 
     /// Commits after version `after`, in order: the rows each added (by
@@ -586,33 +691,21 @@ impl RemoteCatalog {
                     Err(object_store::Error::NotFound { .. }) => break,
                     Err(e) => return Err(unavailable("reading the catalog log")(e)),
                 };
-                let mut entry = LogEntry { version, added: Vec::new(), removed: Vec::new() };
+                let mut entry = LogEntry { version, added: Vec::new(), removed: Vec::new(), compacted: None };
                 for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     let action: serde_json::Value =
                         serde_json::from_slice(line).map_err(|e| Error::Unavailable(format!("catalog log entry {version} does not parse: {e}")))?;
-                    if let Some(path) = action.get("remove").and_then(|a| a.get("path")).and_then(|p| p.as_str()) {
-                        entry.removed.push(path.to_string());
-                        continue;
+                    if let Some(tiles) = action.get("commitInfo").and_then(|c| c.get(COMPACT_TILES)).and_then(|t| t.as_array()) {
+                        entry.compacted = Some(tiles.iter().filter_map(|t| t.as_str().map(str::to_string)).collect());
                     }
-                    let Some(path) = action.get("add").and_then(|a| a.get("path")).and_then(|p| p.as_str()) else { continue };
-                    let file = self.object_path(&format!("_catalog/{path}"));
-                    let data = self
-                        .remote
-                        .root
-                        .get(&file)
-                        .await
-                        .map_err(unavailable("reading catalog rows"))?
-                        .bytes()
-                        .await
-                        .map_err(unavailable("reading catalog rows"))?;
-                    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
-                        .and_then(|b| b.build())
-                        .map_err(|e| Error::Unavailable(format!("catalog rows {path}: {e}")))?;
-                    let mut rows = Vec::new();
-                    for batch in reader {
-                        batch_to_rows(&batch.map_err(Error::arrow("reading catalog rows"))?, &mut rows)?;
+                    let path = |kind: &str| action.get(kind).and_then(|a| a.get("path")).and_then(|p| p.as_str()).map(str::to_string);
+                    if let Some(path) = path("remove") {
+                        let rows = self.read_table_file(&path).await?;
+                        entry.removed.push((path, rows));
+                    } else if let Some(path) = path("add") {
+                        let rows = self.read_table_file(&path).await?;
+                        entry.added.push((path, rows));
                     }
-                    entry.added.push((path.to_string(), rows));
                 }
                 out.push(entry);
                 version += 1;
@@ -657,6 +750,15 @@ impl RemoteCatalog {
             Ok(gone)
         })
     }
+}
+
+/// A Parquet table file of `rows` under a fresh name: `(name, bytes)`.
+fn table_file(rows: &[CatalogRow]) -> Result<(String, Vec<u8>)> {
+    let batch = rows_to_batch(rows)?;
+    let mut buf = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).map_err(|e| Error::Internal(format!("writing catalog rows: {e}")))?;
+    writer.write(&batch).and_then(|_| writer.close().map(|_| ())).map_err(|e| Error::Internal(format!("writing catalog rows: {e}")))?;
+    Ok((format!("part-{}.parquet", unique_name()), buf))
 }
 
 /// The version of scene `scene_id`'s application transaction: odd while

@@ -97,11 +97,11 @@ impl CollectionStore {
     }
 
     /// Deletes rows durably and atomically: every row of the chunks chosen
-    /// by `chunk_filter` for which `remove(time, scene)` holds. Chunks left
+    /// by `chunk_filter` for which `remove(chunk, time, scene)` holds. Chunks left
     /// empty are removed; scenes left without rows are forgotten (so they
     /// can be ingested again). `forget` names scenes to forget even if they
     /// had no rows (a scene whose pixels were all invalid). Blocking.
-    pub fn delete(&self, chunk_filter: impl Fn(&ChunkKey) -> bool, remove: impl Fn(i64, &str) -> bool, forget: &[String]) -> Result<RewriteOutcome> {
+    pub fn delete(&self, chunk_filter: impl Fn(&ChunkKey) -> bool, remove: impl Fn(&ChunkKey, i64, &str) -> bool, forget: &[String]) -> Result<RewriteOutcome> {
         let mut log = self.take_writer();
         let mut touched_scenes: HashSet<String> = forget.iter().cloned().collect();
         let (mut out, rewritten, written_paths) = self.without_rows(chunk_filter, remove, &mut touched_scenes)?;
@@ -134,7 +134,7 @@ impl CollectionStore {
     }
 
     /// Writes the next generation of each chunk chosen by `chunk_filter`
-    /// that holds rows for which `remove(time, scene)` holds, without them
+    /// that holds rows for which `remove(chunk, time, scene)` holds, without them
     /// (a chunk left empty gets no file: its `Rewritten` has length 0).
     /// Nothing is committed; the caller holds the writer. Adds the scenes
     /// of removed rows to `touched`; returns the counts, the rewrites and
@@ -142,7 +142,7 @@ impl CollectionStore {
     pub(super) fn without_rows(
         &self,
         chunk_filter: impl Fn(&ChunkKey) -> bool,
-        remove: impl Fn(i64, &str) -> bool,
+        remove: impl Fn(&ChunkKey, i64, &str) -> bool,
         touched: &mut HashSet<String>,
     ) -> Result<Rows> {
         let targets = self.chunks(|k| chunk_filter(k));
@@ -150,6 +150,7 @@ impl CollectionStore {
         let mut rewritten = Vec::new();
         let mut written_paths = Vec::new();
         for (key, entry) in &targets {
+            let remove = |t: i64, s: &str| remove(key, t, s);
             let hits: Vec<usize> = (0..entry.times.len()).filter(|&i| remove(entry.times[i], &entry.scenes[i])).collect();
             if hits.is_empty() {
                 continue;

@@ -2,7 +2,7 @@
 //! lengths of their chunks under the collection's writer, made durable,
 //! then committed by one catalog log record (or undone when dropped).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -16,8 +16,8 @@ use super::catalog::ChunkKey;
 use super::local::{self, fs_sync, CatalogLog, Syncs, SYNC_BATCH};
 use super::log::{Appended, PixelStats, Record, Rewritten};
 use super::paths::Month;
-use super::remote::{CatalogRow, Commit, RemoteCatalog};
-use super::{chunk, lock, read, CollectionStore, SceneStatus};
+use super::remote::{CatalogRow, Commit, LogEntry, RemoteCatalog, RewriteKind};
+use super::{chunk, lock, read, CollectionStore, RewriteOutcome, SceneStatus};
 use crate::collection::Collection;
 use crate::counters::Counters;
 use crate::error::{Error, Result};
@@ -166,7 +166,7 @@ impl CollectionStore {
             // scene's arrive: its chunks are rewritten without them now, and
             // this scene appends to those new generations.
             let mut touched = std::collections::HashSet::new();
-            let (_, rewritten, files) = self.without_rows(|_| true, |_, s| s == scene_id, &mut touched)?;
+            let (_, rewritten, files) = self.without_rows(|_| true, |_, _, s| s == scene_id, &mut touched)?;
             for r in &rewritten {
                 let key = ChunkKey::from_ref(&r.chunk)?;
                 writer.overlay.insert(key, (r.gen, r.len));
@@ -777,16 +777,76 @@ impl CollectionStore {
         catalog.gc(older_than)
     }
 
-    /// Deletes scene `scene_id` from a warehouse on object storage (one
-    /// catalog commit) and applies it here; `None` if it is not stored.
-    pub fn delete_shared_scene(&self, scene_id: &str) -> Result<Option<i64>> {
-        let Some(catalog) = self.remote.get() else { return Err(Error::Internal("not on object storage".into())) };
+    /// Deletes rows from a warehouse on object storage, as [`Self::delete`]
+    /// does locally: one catalog commit rewriting the table files of the
+    /// scenes hit, applied here before it returns. `whole`: the scene
+    /// named goes whole. `predicate` describes the rows for the log.
+    pub fn delete_shared(
+        &self,
+        chunk_filter: impl Fn(&ChunkKey) -> bool,
+        remove: impl Fn(&ChunkKey, i64, &str) -> bool,
+        whole: Option<&str>,
+        predicate: String,
+    ) -> Result<RewriteOutcome> {
+        let catalog = self.shared()?;
         self.catch_up()?;
-        let version = catalog.delete_scene(scene_id)?;
-        if version.is_some() {
-            self.catch_up()?;
+        // What the delete takes, counted as the local one counts it.
+        let mut out = RewriteOutcome::default();
+        let mut scenes: BTreeSet<String> = whole.iter().map(|s| s.to_string()).collect();
+        self.visit_chunks(|k, e| {
+            if !chunk_filter(k) {
+                return;
+            }
+            let hits: Vec<&Arc<str>> = e.scenes.iter().zip(&e.times).filter(|(s, t)| remove(k, **t, s)).map(|(s, _)| s).collect();
+            if hits.is_empty() {
+                return;
+            }
+            out.rows_removed += hits.len();
+            if hits.len() == e.scenes.len() {
+                out.chunks_removed += 1;
+            } else {
+                out.chunks_rewritten += 1;
+            }
+            scenes.extend(hits.into_iter().map(|s| s.to_string()));
+        });
+        let scenes: Vec<String> = scenes.into_iter().collect();
+        let keep = |r: &CatalogRow| !r.key().is_some_and(|k| chunk_filter(&k) && remove(&k, r.time_ms, &r.scene_id));
+        match catalog.rewrite(&scenes, keep, whole.is_some(), RewriteKind::Delete { predicate })? {
+            Some((_, gone)) => out.scenes_removed = gone,
+            None => return Ok(RewriteOutcome::default()),
         }
-        Ok(version)
+        self.catch_up()?;
+        Ok(out)
+    }
+
+    /// Compacts a warehouse on object storage, as [`Self::compact`] does
+    /// locally: one catalog commit merging the table files of the scenes
+    /// with rows in `tiles` (all: every scene), on whose application every
+    /// server compacts the same chunks. Applied here before it returns.
+    pub fn compact_shared(&self, tiles: Option<&HashSet<TileId>>) -> Result<RewriteOutcome> {
+        let catalog = self.shared()?;
+        self.catch_up()?;
+        let chosen = |t: &TileId| tiles.is_none_or(|set| set.contains(t));
+        let needs = self.needs_compaction().into_iter().filter(|k| chosen(&k.tile)).count();
+        let mut scenes: BTreeSet<String> = BTreeSet::new();
+        self.visit_chunks(|k, e| {
+            if chosen(&k.tile) {
+                scenes.extend(e.scenes.iter().map(|s| s.to_string()));
+            }
+        });
+        let scenes: Vec<String> = scenes.into_iter().collect();
+        if needs == 0 && catalog.file_count(&scenes) <= 1 {
+            return Ok(RewriteOutcome::default());
+        }
+        let mut names: Vec<String> = tiles.into_iter().flatten().map(|t| t.to_string()).collect();
+        names.sort();
+        catalog.rewrite(&scenes, |_| true, false, RewriteKind::Compact { tiles: names })?;
+        self.catch_up()?;
+        Ok(RewriteOutcome { chunks_rewritten: needs, ..Default::default() })
+    }
+
+    fn shared(&self) -> Result<&Arc<RemoteCatalog>> {
+        self.remote.get().ok_or_else(|| Error::Internal("not on object storage".into()))
     }
 
     /// Applies the catalog table's commits this server has not applied yet
@@ -803,25 +863,36 @@ impl CollectionStore {
         let Some(catalog) = self.remote.get() else { return Ok(()) };
         let mut applied = lock(&catalog.applied);
         for entry in catalog.commits_after(*applied)? {
-            let version = entry.version;
-            // A delete: the scenes of the removed table files leave, by the
-            // same rewrite a local delete makes (so every copy stays alike).
-            let gone: Vec<String> = entry.removed.iter().flat_map(|f| catalog.forget_file(f)).filter(|s| self.has_scene(s)).collect();
-            if !gone.is_empty() {
-                self.delete(|_| true, |_, s| gone.iter().any(|g| g == s), &gone)?;
+            let LogEntry { version, added, removed, compacted } = entry;
+            // Rows of removed table files that no added file names again
+            // leave, by the same rewrite a local delete makes (so every
+            // copy stays alike); rows named again stay as they are.
+            let named_again: HashSet<&str> = added.iter().flat_map(|(_, rows)| rows.iter().map(|r| r.object.as_str())).collect();
+            let mut leaving: HashMap<ChunkKey, HashSet<&str>> = HashMap::new();
+            for (file, rows) in &removed {
+                catalog.forget_file(file);
+                for r in rows.iter().filter(|r| !named_again.contains(r.object.as_str())) {
+                    let key = r.key().ok_or_else(|| Error::Unavailable(format!("catalog version {version} names a bad chunk: {r:?}")))?;
+                    leaving.entry(key).or_default().insert(r.scene_id.as_str());
+                }
             }
-            for (file, rows) in entry.added {
-                let mut scenes: Vec<(String, Vec<CatalogRow>)> = Vec::new();
-                for row in rows {
+            if !leaving.is_empty() {
+                self.delete(|k| leaving.contains_key(k), |k, _, s| leaving.get(k).is_some_and(|set| set.contains(s)), &[])?;
+            }
+            let known: HashSet<&str> = removed.iter().flat_map(|(_, rows)| rows.iter().map(|r| r.object.as_str())).collect();
+            for (file, rows) in &added {
+                catalog.record_file(file, rows.iter().map(|r| r.scene_id.as_str()));
+                let mut scenes: Vec<(&str, Vec<&CatalogRow>)> = Vec::new();
+                for row in rows.iter().filter(|r| !known.contains(r.object.as_str())) {
                     match scenes.iter_mut().find(|(id, _)| *id == row.scene_id) {
                         Some((_, list)) => list.push(row),
-                        None => scenes.push((row.scene_id.clone(), vec![row])),
+                        None => scenes.push((&row.scene_id, vec![row])),
                     }
                 }
                 for (scene_id, rows) in scenes {
-                    catalog.record(version, &file, &scene_id, rows.iter().map(|r| r.object.clone()));
-                    let first = &rows[0];
-                    let Some(mut writer) = self.begin_scene(&scene_id, first.time_ms, first.fingerprint.as_deref(), false)? else { continue };
+                    catalog.record(version, scene_id, rows.iter().map(|r| r.object.clone()));
+                    let first = rows[0];
+                    let Some(mut writer) = self.begin_scene(scene_id, first.time_ms, first.fingerprint.as_deref(), false)? else { continue };
                     writer.baseline = first.baseline.clone();
                     writer.enforce_quota = false;
                     let fetched = catalog.fetch_all(&rows, held)?;
@@ -829,6 +900,14 @@ impl CollectionStore {
                     writer.append(&encoded)?;
                     writer.commit()?;
                 }
+            }
+            if let Some(tiles) = compacted {
+                let set: HashSet<TileId> = tiles
+                    .iter()
+                    .map(|t| t.parse())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| Error::Unavailable(format!("catalog version {version} compacts a bad tile: {tiles:?}")))?;
+                self.compact(if set.is_empty() { None } else { Some(&set) })?;
             }
             *applied = version;
             catalog.current.store(version, Ordering::Release);
