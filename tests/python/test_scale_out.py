@@ -295,5 +295,24 @@ def test_catalog_is_a_delta_table_deltalake_and_polars_read(s3, tmp_path):
         assert sorted(set(table["scene_id"].to_pylist())) == [f"scene-{n}" for n in range(4)]
         assert c.describe("s2")["scenes"] == 4
         assert set(frame.columns) >= {"scene_id", "acquired_at", "tile_id", "band", "object", "bytes"}
+        # A compaction merges the table's files (one per scene) into one;
+        # the rows Delta readers see do not change.
+        delta = deltalake.DeltaTable(url, storage_options=options)
+        assert len(delta.file_uris()) == 4
+        rows_before = delta.to_pyarrow_table().sort_by("object")
+        # (The delete above left every chunk one batch: only the table's
+        # files are merged.)
+        assert c.compact("s2")["chunks_rewritten"] == 0
+        delta = deltalake.DeltaTable(url, storage_options=options)
+        assert len(delta.file_uris()) == 1
+        assert delta.history(1)[0]["operation"] == "OPTIMIZE"
+        assert delta.to_pyarrow_table().sort_by("object").equals(rows_before)
+        # A delete by tile takes that tile's rows out of the table.
+        tile = rows_before["tile_id"][0].as_py()
+        out = c.delete("s2", tile=tile)
+        assert out["rows_removed"] == sum(1 for t in rows_before["tile_id"].to_pylist() if t == tile)
+        left = deltalake.DeltaTable(url, storage_options=options).to_pyarrow_table()
+        assert tile not in set(left["tile_id"].to_pylist())
+        assert left.num_rows == rows_before.num_rows - out["rows_removed"]
     finally:
         cluster.stop()
