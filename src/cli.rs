@@ -305,7 +305,8 @@ impl IngestArgs {
 pub struct ServeArgs {
     /// Warehouse directory (created if missing), or a warehouse on object
     /// storage shared by any number of servers: `s3://bucket/prefix`
-    /// (endpoint and credentials from the `AWS_*` variables) or `file:///dir`.
+    /// (endpoint and credentials from the `AWS_*` variables), `gs://bucket/prefix`
+    /// (`GOOGLE_*`), `az://container/prefix` (`AZURE_*`) or `file:///dir`.
     #[arg(long, env = "PIXELQUERY_WAREHOUSE", default_value = "./warehouse")]
     pub warehouse: PathBuf,
     /// With a warehouse on object storage: the directory of this server's

@@ -236,24 +236,33 @@ impl Remote {
         let shown = without_secrets(&parsed);
         let bad = |reason: &str| Error::invalid("--warehouse", &shown, reason);
         let prefix_text = parsed.path().trim_matches('/').to_string();
+        let retry = object_store::RetryConfig { max_retries: 3, retry_timeout: std::time::Duration::from_secs(15), ..Default::default() };
+        let built = |r: object_store::Result<Arc<dyn ObjectStore>>| r.map_err(|e| bad(&format!("cannot configure the store client: {e}")));
         let root: Arc<dyn ObjectStore> = match parsed.scheme() {
             "s3" | "s3a" => {
                 let bucket = parsed.host_str().filter(|b| b.len() >= 3).ok_or_else(|| bad("names no bucket (s3://bucket/prefix)"))?;
-                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(object_store::RetryConfig {
-                    max_retries: 3,
-                    retry_timeout: std::time::Duration::from_secs(15),
-                    ..Default::default()
-                });
+                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
                 let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).unwrap_or_default();
                 if endpoint.starts_with("http://") && std::env::var_os("AWS_ALLOW_HTTP").is_none() {
                     // A local S3-compatible server (SeaweedFS, MinIO) said so.
                     builder = builder.with_allow_http(true);
                 }
-                let store = builder.build().map_err(|e| bad(&format!("cannot configure the S3 client: {e}")))?;
-                Arc::new(store)
+                built(builder.build().map(|s| Arc::new(s) as _))?
+            }
+            "gs" => {
+                let bucket = parsed.host_str().filter(|b| b.len() >= 3).ok_or_else(|| bad("names no bucket (gs://bucket/prefix)"))?;
+                built(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket).with_retry(retry).build().map(|s| Arc::new(s) as _))?
+            }
+            "az" | "azure" | "abfs" | "abfss" => {
+                // The container (and account, in the abfss form) from the URL;
+                // the account, key or token from the AZURE_* variables.
+                let mut base = parsed.clone();
+                base.set_path("");
+                let builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_url(base.as_str()).with_retry(retry);
+                built(builder.build().map(|s| Arc::new(s) as _))?
             }
             "file" => Arc::new(object_store::local::LocalFileSystem::new()),
-            other => return Err(bad(&format!("scheme {other}:// is not built in; use s3:// (any S3-compatible store) or file://"))),
+            other => return Err(bad(&format!("scheme {other}:// is not built in; use s3:// (any S3-compatible store), gs://, az:// or file://"))),
         };
         let prefix = ObjPath::from(prefix_text.as_str());
         let remote = Self { url: parsed, root, prefix, runtime };
@@ -784,11 +793,11 @@ mod tests {
     fn bad_warehouse_urls_are_refused_at_start() {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let refused = |url: &str| Remote::connect(url, rt.handle().clone()).err().map(|e| e.to_string()).unwrap_or_default();
-        let err = refused("gs://bucket/prefix");
-        assert!(err.contains("--warehouse") && err.contains("gs://bucket/prefix") && err.contains("not built in"), "{err}");
+        let err = refused("hdfs://bucket/prefix");
+        assert!(err.contains("--warehouse") && err.contains("hdfs://bucket/prefix") && err.contains("not built in"), "{err}");
         let err = refused("s3://ab/prefix");
         assert!(err.contains("names no bucket"), "{err}");
-        let err = refused("gs://user:hunter2@bucket/prefix");
+        let err = refused("hdfs://user:hunter2@bucket/prefix");
         assert!(err.contains("--warehouse") && !err.contains("hunter2"), "{err}");
     }
 }
