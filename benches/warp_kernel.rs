@@ -70,6 +70,8 @@ fn cog_scene_warp() -> f64 {
 }
 
 fn main() {
+    // The server binary's malloc settings.
+    pixelquery::pool::tune_malloc();
     // `cargo bench --bench warp_kernel -- scene`: the scene's warp alone
     // (for profiling it).
     if std::env::args().any(|a| a == "scene") {

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 fn start() -> anyhow::Result<ExitCode> {
     // Before any thread exists: a thread takes its malloc arena at its
     // first allocation.
-    cap_malloc_arenas();
+    pixelquery::pool::tune_malloc();
     raise_open_file_limit();
     // PROJ fetches transformation grids from the network when allowed; a
     // server connects nowhere unless its operator says so.
@@ -60,23 +60,6 @@ fn raise_open_file_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-fn cap_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let tuned = std::env::var_os("MALLOC_ARENA_MAX").is_some() || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("arena_max"));
-        if !tuned {
-            extern "C" {
-                fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-            }
-            const M_ARENA_MAX: std::ffi::c_int = -8;
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 64);
-            // SAFETY: mallopt only sets a glibc malloc parameter; called
-            // before any other thread runs.
-            unsafe { mallopt(M_ARENA_MAX, cores as std::ffi::c_int) };
         }
     }
 }

@@ -10,6 +10,40 @@ use std::sync::{Arc, Mutex};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// Sets glibc malloc for the server's threads (once, before any thread
+/// starts), unless `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` say otherwise:
+/// - arenas: one per core, not eight per core;
+/// - the top of a heap goes back to the system only past 64 MiB free, and
+///   only blocks of 32 MiB and more are mapped on their own. A warp frees
+///   and takes back large buffers for every tile and band, an ingest one
+///   per band and scene; with glibc's sliding defaults many were returned
+///   to the system and faulted in again (`docs/performance.md`).
+pub fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        const M_ARENA_MAX: std::ffi::c_int = -8;
+        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+        let set = |param, value: usize| {
+            // SAFETY: mallopt only sets a glibc malloc parameter.
+            unsafe { mallopt(param, value as std::ffi::c_int) };
+        };
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() && !tunables.contains("arena_max") {
+            set(M_ARENA_MAX, std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 64));
+        }
+        if std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_none() && !tunables.contains("trim_threshold") {
+            set(M_TRIM_THRESHOLD, 64 << 20);
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() && !tunables.contains("mmap_threshold") {
+            set(M_MMAP_THRESHOLD, 32 << 20);
+        }
+    }
+}
+
 pub struct Pool {
     tx: Sender<Job>,
 }
