@@ -575,12 +575,7 @@ fn run_tile(plan: &Plan, raster: &Raster, k: usize) -> Option<Warped> {
             !late.ended
         };
         let mut obs = Vec::new();
-        for (b, band) in plan.bands.iter().enumerate() {
-            let valid = raster.valid[b].get().map(|v| v.filled());
-            let (pixels, mask) = with_arrow_type!(band.dtype, T => {
-                let rows = raster.bands[b].downcast_ref::<Rows<<T as ArrowPrimitiveType>::Native>>().ok_or_else(|| Error::Internal("band buffer of another type".into()))?;
-                resample_band::<T>(rows.filled(), valid, band, &plan.src, &coords)
-            });
+        for (band, (pixels, mask)) in plan.bands.iter().zip(resample_bands(plan, raster, &coords)?) {
             if mask.true_count() > 0 {
                 // Encoded here, off the collection's writer and while rows
                 // still stream in, so the commit only writes and syncs.
@@ -651,22 +646,49 @@ fn commit_as_warped(plan: &Plan, raster: &Raster, results: mpsc::Receiver<Progre
     Ok(outcome)
 }
 
-fn resample_band<T: ArrowPrimitiveType>(
-    values: &[T::Native],
-    valid: Option<&[bool]>,
-    band: &PlannedBand,
-    src: &SourceGeometry,
+/// Every band of the scene warped onto one tile, in band order: together
+/// where they share a type and a resampling (`warp::resample_bands` then
+/// computes positions and weights once), else one by one.
+fn resample_bands(plan: &Plan, raster: &Raster, coords: &warp::TileCoords) -> Result<Vec<(ArrayRef, BooleanArray)>> {
+    let Some(first) = plan.bands.first() else { return Ok(Vec::new()) };
+    let alike = plan.bands.iter().all(|b| b.dtype == first.dtype && b.resampling == first.resampling);
+    let all = 0..plan.bands.len();
+    let groups: Vec<std::ops::Range<usize>> = if alike { std::iter::once(all).collect() } else { all.map(|b| b..b + 1).collect() };
+    let mut out = Vec::with_capacity(plan.bands.len());
+    for group in groups {
+        let dtype = plan.bands[group.start].dtype;
+        with_arrow_type!(dtype, T => out.extend(resample_group::<T>(plan, raster, coords, group)?));
+    }
+    Ok(out)
+}
+
+/// Bands `group` (one type and resampling) warped onto one tile.
+fn resample_group<T: ArrowPrimitiveType>(
+    plan: &Plan,
+    raster: &Raster,
     coords: &warp::TileCoords,
-) -> (ArrayRef, BooleanArray)
+    group: std::ops::Range<usize>,
+) -> Result<Vec<(ArrayRef, BooleanArray)>>
 where
     T::Native: Sample,
 {
-    let nodata = band.nodata.map(T::Native::from_f64);
-    let source = warp::SourceBand { values, nodata, valid, width: src.width, height: src.height };
-    let fill = nodata.unwrap_or_else(|| T::Native::from_f64(0.0));
-    let (out, mask) = warp::resample(&source, coords, band.resampling, fill);
-    let pixels: ArrayRef = Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(out), None));
-    (pixels, BooleanArray::new(pack_mask(&mask), None))
+    let mut sources = Vec::with_capacity(group.len());
+    let mut fills = Vec::with_capacity(group.len());
+    for b in group.clone() {
+        let rows = raster.bands[b].downcast_ref::<Rows<T::Native>>().ok_or_else(|| Error::Internal("band buffer of another type".into()))?;
+        let nodata = plan.bands[b].nodata.map(T::Native::from_f64);
+        let valid = raster.valid[b].get().map(|v| v.filled());
+        sources.push(warp::SourceBand { values: rows.filled(), nodata, valid, width: plan.src.width, height: plan.src.height });
+        fills.push(nodata.unwrap_or_else(|| T::Native::from_f64(0.0)));
+    }
+    let resampling = plan.bands[group.start].resampling;
+    Ok(warp::resample_bands(&sources, coords, resampling, &fills)
+        .into_iter()
+        .map(|(out, mask)| {
+            let pixels: ArrayRef = Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(out), None));
+            (pixels, BooleanArray::new(pack_mask(&mask), None))
+        })
+        .collect())
 }
 
 /// Packs flags into a bitmap (bit `i` of byte `i / 8` is flag `i`), eight at

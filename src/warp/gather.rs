@@ -70,17 +70,50 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
     /// whole group's end). `sx`, `sy`, `out` and `mask` have one entry per
     /// target pixel.
     pub(super) fn run(&self, sx: &[f64], sy: &[f64], out: &mut [T], mask: &mut [bool], from: usize) -> usize {
-        let n = sx.len().min(sy.len()).min(out.len()).min(mask.len());
+        Self::run_slices(std::slice::from_ref(self), sx, sy, &mut [out], &mut [mask], from)
+    }
+
+    /// Whether the kernels of several bands of one source and tile can run
+    /// together ([`Self::run_bands`]): the same sample type, rows held and
+    /// windows.
+    pub(super) fn shareable(kernels: &[Self]) -> bool {
+        kernels.iter().all(|k| {
+            let f = &kernels[0];
+            (k.signed, k.width, k.height, k.source_height, k.x_taps, k.y_taps) == (f.signed, f.width, f.height, f.source_height, f.x_taps, f.y_taps)
+                && k.scale.0.to_bits() == f.scale.0.to_bits()
+                && k.scale.1.to_bits() == f.scale.1.to_bits()
+        })
+    }
+
+    /// [`Self::run`] for several bands at once (`outs`, `masks` one per
+    /// kernel, in order): each group's positions and weights are computed
+    /// once, then applied to every band. The kernels must be
+    /// [`Self::shareable`].
+    pub(super) fn run_bands(kernels: &[Self], sx: &[f64], sy: &[f64], outs: &mut [Vec<T>], masks: &mut [Vec<bool>], from: usize) -> usize {
+        let mut outs: Vec<&mut [T]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        let mut masks: Vec<&mut [bool]> = masks.iter_mut().map(|m| m.as_mut_slice()).collect();
+        Self::run_slices(kernels, sx, sy, &mut outs, &mut masks, from)
+    }
+
+    fn run_slices(kernels: &[Self], sx: &[f64], sy: &[f64], outs: &mut [&mut [T]], masks: &mut [&mut [bool]], from: usize) -> usize {
+        let mut n = sx.len().min(sy.len());
+        for (o, m) in outs.iter().zip(masks.iter()) {
+            n = n.min(o.len()).min(m.len());
+        }
+        if kernels.is_empty() || kernels.len() != outs.len() || kernels.len() != masks.len() || !Self::shareable(kernels) {
+            return from;
+        }
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: `new` checked that the CPU has AVX2 and FMA; `run_avx2`
-            // reads `sx`, `sy` and writes `out`, `mask` below `n` only, and
-            // reads the source only inside the window it checks per group.
-            unsafe { self.run_avx2(sx, sy, out, mask, from, n) }
+            // reads `sx`, `sy` and writes `outs`, `masks` below `n` only, and
+            // reads each source only inside the window it checks per group
+            // (the kernels share their geometry: `shareable`).
+            unsafe { Self::run_avx2(kernels, sx, sy, outs, masks, from, n) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (sx, sy, out, mask, n);
+            let _ = (sx, sy, outs, masks, n);
             from
         }
     }
@@ -89,18 +122,18 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
     /// per group then has fixed bounds and stays in registers.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(&self, sx: &[f64], sy: &[f64], out: &mut [T], mask: &mut [bool], from: usize, n: usize) -> usize {
+    unsafe fn run_avx2(kernels: &[Self], sx: &[f64], sy: &[f64], outs: &mut [&mut [T]], masks: &mut [&mut [bool]], from: usize, n: usize) -> usize {
         macro_rules! by_pairs {
             ($signed:literal) => {
-                match self.x_taps.1.div_ceil(2) {
-                    1 => self.groups::<$signed, 1>(sx, sy, out, mask, from, n),
-                    2 => self.groups::<$signed, 2>(sx, sy, out, mask, from, n),
-                    3 => self.groups::<$signed, 3>(sx, sy, out, mask, from, n),
-                    _ => self.groups::<$signed, 4>(sx, sy, out, mask, from, n),
+                match kernels[0].x_taps.1.div_ceil(2) {
+                    1 => Self::groups::<$signed, 1>(kernels, sx, sy, outs, masks, from, n),
+                    2 => Self::groups::<$signed, 2>(kernels, sx, sy, outs, masks, from, n),
+                    3 => Self::groups::<$signed, 3>(kernels, sx, sy, outs, masks, from, n),
+                    _ => Self::groups::<$signed, 4>(kernels, sx, sy, outs, masks, from, n),
                 }
             };
         }
-        if self.signed {
+        if kernels[0].signed {
             by_pairs!(true)
         } else {
             by_pairs!(false)
@@ -109,34 +142,43 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn groups<const SIGNED: bool, const PAIRS: usize>(&self, sx: &[f64], sy: &[f64], out: &mut [T], mask: &mut [bool], from: usize, n: usize) -> usize {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn groups<const SIGNED: bool, const PAIRS: usize>(
+        kernels: &[Self],
+        sx: &[f64],
+        sy: &[f64],
+        outs: &mut [&mut [T]],
+        masks: &mut [&mut [bool]],
+        from: usize,
+        n: usize,
+    ) -> usize {
         use std::arch::x86_64::*;
-        let (fx, nx) = self.x_taps;
-        let (fy, ny) = self.y_taps;
+        let geometry = &kernels[0];
+        let (fx, nx) = geometry.x_taps;
+        let (fy, ny) = geometry.y_taps;
         // The per-pixel kernel sums its taps in `lanes` (4, 8) by halving.
         let lanes = if nx <= 4 { 4 } else { 8 };
-        let (w, h) = (self.width as f64, self.height as f64);
+        let (w, h) = (geometry.width as f64, geometry.height as f64);
         let (half, zero, one_d) = (_mm256_set1_pd(0.5), _mm256_setzero_pd(), _mm256_set1_pd(1.0));
         let (w_d, h_d) = (_mm256_set1_pd(w), _mm256_set1_pd(h));
-        let source_h = _mm256_set1_pd(self.source_height as f64);
+        let source_h = _mm256_set1_pd(geometry.source_height as f64);
         // A group's window must start at or after 0 and end within the
         // source: first tap + `2 * PAIRS` columns (the last gather reads a
         // pair), first row + `ny` rows.
         let (x_lo, x_hi) = (_mm256_set1_pd(-(fx as f64)), _mm256_set1_pd(w - (fx as f64) - 2.0 * PAIRS as f64));
         let (y_lo, y_hi) = (_mm256_set1_pd(-(fy as f64)), _mm256_set1_pd(h - (fy as f64) - ny as f64));
-        let sxs = _mm256_set1_ps(self.scale.0);
-        let sy_d = _mm256_set1_pd(self.scale.1);
+        let sxs = _mm256_set1_ps(geometry.scale.0);
+        let sy_d = _mm256_set1_pd(geometry.scale.1);
         let fx_s = _mm256_set1_ps(fx as f32);
         let sign_ps = _mm256_set1_ps(-0.0);
         let sign_pd = _mm256_set1_pd(-0.0);
         let (zero_s, one_s) = (_mm256_setzero_ps(), _mm256_set1_ps(1.0));
-        let width_i = _mm256_set1_epi32(self.width as i32);
+        let width_i = _mm256_set1_epi32(geometry.width as i32);
         let low16 = _mm256_set1_epi32(0xFFFF);
         // Rounding and clamping of `Sample::from_f32` for u16 and i16.
         let (offset, top, back) = if SIGNED { (32768.5f32, 65535.0f32, 32768) } else { (0.5, 65535.0, 0) };
         let (offset, top, back) = (_mm256_set1_ps(offset), _mm256_set1_ps(top), _mm256_set1_epi32(back));
         let tiny = _mm256_set1_ps(1e-5);
-        let base = self.values.as_ptr() as *const i32;
         let mut k = from;
         while k + 8 <= n {
             let xs = [_mm256_loadu_pd(sx.as_ptr().add(k)), _mm256_loadu_pd(sx.as_ptr().add(k + 4))];
@@ -181,56 +223,65 @@ impl<'a, T: Sample> Bilinear16<'a, T> {
             let x0 = _mm256_add_epi32(_mm256_set_m128i(x0[1], x0[0]), _mm256_set1_epi32(fx as i32));
             let y0 = _mm256_add_epi32(_mm256_set_m128i(y0[1], y0[0]), _mm256_set1_epi32(fy as i32));
             let dx = _mm256_set_m128(dx[1], dx[0]);
-            // Per-tap sums over the rows, weighted by the y weights (taken
-            // in f64 as the per-pixel kernel does).
-            let mut acc = [zero_s; MAX_TAPS];
+            // The y weights of every row (taken in f64 as the per-pixel
+            // kernel does) and their sum, once for all bands.
+            let mut wy = [zero_s; MAX_TAPS];
             let mut wy_sum = zero_s;
-            let mut row = _mm256_add_epi32(_mm256_mullo_epi32(y0, width_i), x0);
-            for j in 0..ny {
-                let mut wyj = [_mm_setzero_ps(); 2];
+            for (j, wyj) in wy.iter_mut().enumerate().take(ny) {
+                let mut half_w = [_mm_setzero_ps(); 2];
                 for hlf in 0..2 {
                     let t = _mm256_mul_pd(_mm256_sub_pd(_mm256_set1_pd((fy + j as i64) as f64), dy[hlf]), sy_d);
-                    wyj[hlf] = _mm256_cvtpd_ps(_mm256_max_pd(_mm256_sub_pd(one_d, _mm256_andnot_pd(sign_pd, t)), zero));
+                    half_w[hlf] = _mm256_cvtpd_ps(_mm256_max_pd(_mm256_sub_pd(one_d, _mm256_andnot_pd(sign_pd, t)), zero));
                 }
-                let wyj = _mm256_set_m128(wyj[1], wyj[0]);
-                wy_sum = _mm256_add_ps(wy_sum, wyj);
-                for p in 0..PAIRS {
-                    let v = _mm256_i32gather_epi32::<2>(base, _mm256_add_epi32(row, _mm256_set1_epi32(2 * p as i32)));
-                    let (lo, hi) = if SIGNED {
-                        (_mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(v)), _mm256_srai_epi32::<16>(v))
-                    } else {
-                        (_mm256_and_si256(v, low16), _mm256_srli_epi32::<16>(v))
-                    };
-                    acc[2 * p] = _mm256_add_ps(acc[2 * p], _mm256_mul_ps(wyj, _mm256_cvtepi32_ps(lo)));
-                    acc[2 * p + 1] = _mm256_add_ps(acc[2 * p + 1], _mm256_mul_ps(wyj, _mm256_cvtepi32_ps(hi)));
-                }
-                row = _mm256_add_epi32(row, width_i);
+                *wyj = _mm256_set_m128(half_w[1], half_w[0]);
+                wy_sum = _mm256_add_ps(wy_sum, *wyj);
             }
             // x weights `(1 - |(first + i) * scale|).max(0)`, first = fx - dx;
             // zero past `nx`.
             let first = _mm256_sub_ps(fx_s, dx);
             let mut wx = [zero_s; MAX_TAPS];
-            for (i, wi) in wx.iter_mut().enumerate().take(2 * PAIRS) {
-                if i < nx {
-                    let t = _mm256_mul_ps(_mm256_add_ps(first, _mm256_set1_ps(i as f32)), sxs);
-                    *wi = _mm256_max_ps(_mm256_sub_ps(one_s, _mm256_andnot_ps(sign_ps, t)), zero_s);
-                }
-                acc[i] = _mm256_mul_ps(acc[i], *wi);
+            for (i, wi) in wx.iter_mut().enumerate().take(nx.min(2 * PAIRS)) {
+                let t = _mm256_mul_ps(_mm256_add_ps(first, _mm256_set1_ps(i as f32)), sxs);
+                *wi = _mm256_max_ps(_mm256_sub_ps(one_s, _mm256_andnot_ps(sign_ps, t)), zero_s);
             }
-            let (sum, wsum) = (halving_sum(&mut acc, lanes), halving_sum(&mut wx, lanes));
+            let wsum = halving_sum(&mut wx.clone(), lanes);
             let norm = _mm256_mul_ps(wsum, wy_sum);
             if _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_andnot_ps(sign_ps, norm), tiny)) != 0xFF {
                 return k;
             }
-            let v = _mm256_div_ps(sum, norm);
-            let v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, offset), zero_s), top);
-            let v = _mm256_sub_epi32(_mm256_cvttps_epi32(v), back);
-            // Pack to 16 bits (values are in range, so no saturation) and
-            // store eight samples and eight mask bytes.
-            let packed = if SIGNED { _mm256_packs_epi32(v, v) } else { _mm256_packus_epi32(v, v) };
-            let packed = _mm256_permute4x64_epi64::<0b1000>(packed);
-            _mm_storeu_si128(out.as_mut_ptr().add(k) as *mut __m128i, _mm256_castsi256_si128(packed));
-            std::ptr::write_unaligned(mask.as_mut_ptr().add(k) as *mut [bool; 8], [true; 8]);
+            let first_row = _mm256_add_epi32(_mm256_mullo_epi32(y0, width_i), x0);
+            for ((kernel, out), mask) in kernels.iter().zip(outs.iter_mut()).zip(masks.iter_mut()) {
+                let base = kernel.values.as_ptr() as *const i32;
+                // Per-tap sums over the rows, weighted by the y weights.
+                let mut acc = [zero_s; MAX_TAPS];
+                let mut row = first_row;
+                for wyj in wy.iter().take(ny) {
+                    for p in 0..PAIRS {
+                        let v = _mm256_i32gather_epi32::<2>(base, _mm256_add_epi32(row, _mm256_set1_epi32(2 * p as i32)));
+                        let (lo, hi) = if SIGNED {
+                            (_mm256_srai_epi32::<16>(_mm256_slli_epi32::<16>(v)), _mm256_srai_epi32::<16>(v))
+                        } else {
+                            (_mm256_and_si256(v, low16), _mm256_srli_epi32::<16>(v))
+                        };
+                        acc[2 * p] = _mm256_add_ps(acc[2 * p], _mm256_mul_ps(*wyj, _mm256_cvtepi32_ps(lo)));
+                        acc[2 * p + 1] = _mm256_add_ps(acc[2 * p + 1], _mm256_mul_ps(*wyj, _mm256_cvtepi32_ps(hi)));
+                    }
+                    row = _mm256_add_epi32(row, width_i);
+                }
+                for (a, wi) in acc.iter_mut().zip(&wx).take(2 * PAIRS) {
+                    *a = _mm256_mul_ps(*a, *wi);
+                }
+                let sum = halving_sum(&mut acc, lanes);
+                let v = _mm256_div_ps(sum, norm);
+                let v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, offset), zero_s), top);
+                let v = _mm256_sub_epi32(_mm256_cvttps_epi32(v), back);
+                // Pack to 16 bits (values are in range, so no saturation) and
+                // store eight samples and eight mask bytes.
+                let packed = if SIGNED { _mm256_packs_epi32(v, v) } else { _mm256_packus_epi32(v, v) };
+                let packed = _mm256_permute4x64_epi64::<0b1000>(packed);
+                _mm_storeu_si128(out.as_mut_ptr().add(k) as *mut __m128i, _mm256_castsi256_si128(packed));
+                std::ptr::write_unaligned(mask.as_mut_ptr().add(k) as *mut [bool; 8], [true; 8]);
+            }
             k += 8;
         }
         k

@@ -491,137 +491,246 @@ fn resample_points<T: Sample>(
     fill: T,
     seamless: bool,
 ) -> (Vec<T>, Vec<bool>) {
-    let widened = scale != (1.0, 1.0) && matches!(method, Resampling::Bilinear | Resampling::Cubic);
-    let (mut wx, mut wy) = (Vec::new(), Vec::new());
-    // Widened windows that fit on the stack (kernel_taps's layout, per axis;
-    // an axis at scale 1 keeps its plain taps).
-    const STACK_TAPS: usize = 32;
-    let (mut wxa, mut wya) = ([0.0; STACK_TAPS], [0.0; STACK_TAPS]);
-    let plain = |method: Resampling| if method == Resampling::Cubic { (-1, 4) } else { (0, 2) };
-    let window = |s: f64| if s >= 1.0 { plain(method) } else { widened_window(method, s) };
-    let windows = widened.then(|| (window(scale.0), window(scale.1))).filter(|((_, nx), (_, ny))| *nx <= STACK_TAPS && *ny <= STACK_TAPS);
-    // Bilinear on 16-bit integers, eight pixels at a time where the CPU
-    // allows (see `gather`).
-    let gather = match (method, widened, windows) {
-        _ if seamless => None,
-        (Resampling::Bilinear, false, _) => gather::Bilinear16::new(src, (1.0, 1.0), (0, 2), (0, 2)),
-        (Resampling::Bilinear, true, Some((wx, wy))) => gather::Bilinear16::new(src, scale, wx, wy),
-        _ => None,
+    let at = Points { sx, sy, ranges, corners, tile_n, scale, seamless };
+    let (mut kernel, gather) = PointKernel::new(src, &at, method);
+    let mut out = vec![fill; sx.len()];
+    let mut mask = vec![false; sx.len()];
+    run_points(&mut kernel, gather.as_ref(), &mut out, &mut mask);
+    (out, mask)
+}
+
+/// Resamples several bands of one source onto one tile: what
+/// [`resample`] gives for each band. Bilinear on 16-bit bands whose source
+/// windows are wholly valid computes each pixel's position and weights
+/// once for all bands (`gather`); everything else goes band by band.
+pub fn resample_bands<T: Sample>(srcs: &[SourceBand<'_, T>], coords: &TileCoords, method: Resampling, fills: &[T]) -> Vec<(Vec<T>, Vec<bool>)> {
+    let per_band = || srcs.iter().zip(fills).map(|(src, fill)| resample(src, coords, method, *fill)).collect();
+    if srcs.len() < 2 || coords.copy.is_some() || coords.axes.is_some() || method != Resampling::Bilinear {
+        return per_band();
+    }
+    let at = Points {
+        sx: &coords.sx,
+        sy: &coords.sy,
+        ranges: coords.ranges,
+        corners: coords.corners.as_ref(),
+        tile_n: coords.n,
+        scale: coords.scale,
+        seamless: coords.seamless,
     };
-    // Whether every source pixel a widened kernel (or the gathering one)
-    // may read is valid (then its taps need no checks).
-    let clean = !seamless && (widened || gather.is_some()) && {
-        let reach = |s: f64| (if method == Resampling::Cubic { 2.0 } else { 1.0 } / s).ceil() + 1.0;
-        let span = |range: Option<(f64, f64)>, len: usize, r: f64| {
-            let (lo, hi) = range?;
-            (len > 0).then(|| (((lo - r).floor().max(0.0) as usize).min(len - 1), ((hi + r).ceil().max(0.0) as usize).min(len - 1)))
-        };
-        match (span(ranges.0, src.width, reach(scale.0)), span(ranges.1, src.height, reach(scale.1))) {
-            (Some(cols), Some(rows)) => separable::window_is_valid(src, cols, rows),
-            _ => false,
+    let (mut kernels, gathers): (Vec<PointKernel<'_, '_, T>>, Vec<Option<gather::Bilinear16<'_, T>>>) =
+        srcs.iter().map(|src| PointKernel::new(src, &at, method)).unzip();
+    let n = at.sx.len();
+    let mut outs: Vec<Vec<T>> = fills.iter().map(|f| vec![*f; n]).collect();
+    let mut masks: Vec<Vec<bool>> = vec![vec![false; n]; srcs.len()];
+    // Bands with holes in their window (or of a type the gathering kernel
+    // does not take): pixel by pixel, each on its own.
+    let shared: Vec<usize> = (0..srcs.len()).filter(|b| gathers[*b].is_some()).collect();
+    for (b, kernel) in kernels.iter_mut().enumerate().filter(|(b, _)| !shared.contains(b)) {
+        run_points(kernel, None, &mut outs[b], &mut masks[b]);
+    }
+    let gathers: Vec<gather::Bilinear16<'_, T>> = gathers.into_iter().flatten().collect();
+    if gathers.is_empty() {
+        return outs.into_iter().zip(masks).collect();
+    }
+    let (mut sub_outs, mut sub_masks): (Vec<Vec<T>>, Vec<Vec<bool>>) =
+        shared.iter().map(|b| (std::mem::take(&mut outs[*b]), std::mem::take(&mut masks[*b]))).unzip();
+    if gather::Bilinear16::shareable(&gathers) {
+        // The rest together: positions and weights once per group of eight.
+        let mut start = 0;
+        while start < n {
+            start = gather::Bilinear16::run_bands(&gathers, at.sx, at.sy, &mut sub_outs, &mut sub_masks, start);
+            let end = (start + 8).min(n);
+            for (j, b) in shared.iter().enumerate() {
+                for k in start..end {
+                    kernels[*b].pixel(k, &mut sub_outs[j], &mut sub_masks[j]);
+                }
+            }
+            start = end;
         }
-    };
-    // Widened bilinear over a valid window on 8/16-bit integers: f32 lanes
-    // of a fixed width (see `clean_bilinear_f32`).
-    let lanes = match windows {
-        Some(((_, nx), _)) if clean && T::NARROW && method == Resampling::Bilinear => [4, 8, 16].into_iter().find(|l| nx <= *l),
-        _ => None,
-    };
-    let gather = gather.filter(|_| clean);
+    } else {
+        for (j, b) in shared.iter().enumerate() {
+            run_points(&mut kernels[*b], Some(&gathers[j]), &mut sub_outs[j], &mut sub_masks[j]);
+        }
+    }
+    for (j, b) in shared.iter().enumerate() {
+        outs[*b] = std::mem::take(&mut sub_outs[j]);
+        masks[*b] = std::mem::take(&mut sub_masks[j]);
+    }
+    outs.into_iter().zip(masks).collect()
+}
+
+/// Runs one band's kernel over every target pixel: the gathering kernel
+/// takes whole groups of eight while it can; the group it leaves (or the
+/// rest) goes pixel by pixel.
+fn run_points<T: Sample>(kernel: &mut PointKernel<'_, '_, T>, gather: Option<&gather::Bilinear16<'_, T>>, out: &mut [T], mask: &mut [bool]) {
+    let (sx, sy) = (kernel.at.sx, kernel.at.sy);
     let n = sx.len();
-    let mut out = vec![fill; n];
-    let mut mask = vec![false; n];
-    let (w, h) = (src.width as f64, src.height as f64);
     let mut start = 0;
     while start < n {
-        // The gathering kernel takes whole groups of eight while it can;
-        // the group it leaves (or the rest) goes pixel by pixel.
-        let end = match &gather {
+        let end = match gather {
             Some(g) => {
-                start = g.run(sx, sy, &mut out, &mut mask, start);
+                start = g.run(sx, sy, out, mask, start);
                 (start + 8).min(n)
             }
             None => n,
         };
         for k in start..end {
-            let (x, y) = (sx[k], sy[k]);
-            // NaN fails these comparisons too.
-            if !(x >= 0.0 && x < w && y >= 0.0 && y < h) {
-                continue;
-            }
-            if let (Some(lanes), Some((wx, wy))) = (lanes, windows) {
-                let quick = match lanes {
-                    4 => clean_bilinear_f32::<T, 4>(src, x, y, scale, wx, wy),
-                    8 => clean_bilinear_f32::<T, 8>(src, x, y, scale, wx, wy),
-                    _ => clean_bilinear_f32::<T, 16>(src, x, y, scale, wx, wy),
-                };
-                if let Some(v) = quick {
-                    if let Some(v) = v {
-                        out[k] = T::from_f32(v);
-                        mask[k] = true;
-                    }
-                    continue;
-                }
-            }
-            match method {
-                Resampling::Nearest => {
-                    let i = (y as usize) * src.width + x as usize;
-                    if src.is_valid(i) {
-                        out[k] = src.values[i];
-                        mask[k] = true;
-                    }
-                }
-                Resampling::Bilinear | Resampling::Cubic => {
-                    // As gdalwarp: a target pixel whose centre falls on an
-                    // invalid source pixel stays invalid, whatever its
-                    // neighbours hold.
-                    if !clean && !src.is_valid((y as usize) * src.width + x as usize) {
-                        continue;
-                    }
-                    let v = if let Some(((fx, nx), (fy, ny))) = windows {
-                        // Widened, within the stack arrays: weights per pixel,
-                        // windows per tile.
-                        let ((x0, dx), (y0, dy)) = (split(x), split(y));
-                        let cubic = method == Resampling::Cubic;
-                        widened_weights(cubic, scale.0, fx, dx, &mut wxa[..nx]);
-                        widened_weights(cubic, scale.1, fy, dy, &mut wya[..ny]);
-                        let (x0, y0, wx, wy) = (x0 + fx, y0 + fy, &wxa[..nx], &wya[..ny]);
-                        clean_taps(src, clean, x0, y0, wx, wy).unwrap_or_else(|| separable(src, x0, y0, wx, wy))
-                    } else if widened {
-                        let (x0, y0) = (kernel_taps(method, scale.0, x, &mut wx), kernel_taps(method, scale.1, y, &mut wy));
-                        clean_taps(src, clean, x0, y0, &wx, &wy).unwrap_or_else(|| separable(src, x0, y0, &wx, &wy))
-                    } else if method == Resampling::Bilinear {
-                        bilinear(src, x, y)
-                    } else {
-                        cubic(src, x, y)
-                    };
-                    if let Some(v) = v {
-                        out[k] = T::from_f64(v);
-                        mask[k] = true;
-                    }
-                }
-                Resampling::Average | Resampling::Mode => {
-                    let Some((cx, cy)) = corners else { continue };
-                    let (r, c, m) = (k / tile_n, k % tile_n, tile_n + 1);
-                    let idx = [r * m + c, r * m + c + 1, (r + 1) * m + c, (r + 1) * m + c + 1];
-                    let xs = idx.map(|i| cx[i]);
-                    let ys = idx.map(|i| cy[i]);
-                    if xs.iter().chain(&ys).any(|v| !v.is_finite()) {
-                        continue;
-                    }
-                    let bx = (xs.iter().copied().fold(f64::INFINITY, f64::min), xs.iter().copied().fold(f64::NEG_INFINITY, f64::max));
-                    let by = (ys.iter().copied().fold(f64::INFINITY, f64::min), ys.iter().copied().fold(f64::NEG_INFINITY, f64::max));
-                    let v = if method == Resampling::Average { average(src, bx, by) } else { mode(src, bx, by) };
-                    if let Some(v) = v {
-                        out[k] = v;
-                        mask[k] = true;
-                    }
-                }
-            }
+            kernel.pixel(k, out, mask);
         }
         start = end;
     }
-    (out, mask)
+}
+
+/// Where the target pixels fall, as the per-pixel kernels read it.
+struct Points<'p> {
+    sx: &'p [f64],
+    sy: &'p [f64],
+    ranges: Ranges,
+    corners: Option<&'p Positions>,
+    tile_n: usize,
+    scale: (f64, f64),
+    seamless: bool,
+}
+
+/// The per-pixel kernel of one band and tile: what is decided once per
+/// tile (widened windows, whether the source window is wholly valid, the
+/// `f32` lane width), then [`PointKernel::pixel`] per target pixel.
+struct PointKernel<'a, 'p, T> {
+    src: &'p SourceBand<'a, T>,
+    at: &'p Points<'p>,
+    method: Resampling,
+    widened: bool,
+    windows: Option<((i64, usize), (i64, usize))>,
+    clean: bool,
+    lanes: Option<usize>,
+    /// Taps of the pixel at hand: windows within [`STACK_TAPS`], and wider ones.
+    wxa: [f64; STACK_TAPS],
+    wya: [f64; STACK_TAPS],
+    wx: Vec<f64>,
+    wy: Vec<f64>,
+}
+
+/// Widened windows that fit on the stack (kernel_taps's layout, per axis;
+/// an axis at scale 1 keeps its plain taps).
+const STACK_TAPS: usize = 32;
+
+impl<'a, 'p, T: Sample> PointKernel<'a, 'p, T> {
+    /// The kernel, and the gathering one (bilinear on 16-bit integers, eight
+    /// pixels at a time where the CPU allows, see `gather`) if it applies.
+    fn new(src: &'p SourceBand<'a, T>, at: &'p Points<'p>, method: Resampling) -> (Self, Option<gather::Bilinear16<'a, T>>) {
+        let (scale, seamless, ranges) = (at.scale, at.seamless, at.ranges);
+        let widened = scale != (1.0, 1.0) && matches!(method, Resampling::Bilinear | Resampling::Cubic);
+        let plain = |method: Resampling| if method == Resampling::Cubic { (-1, 4) } else { (0, 2) };
+        let window = |s: f64| if s >= 1.0 { plain(method) } else { widened_window(method, s) };
+        let windows = widened.then(|| (window(scale.0), window(scale.1))).filter(|((_, nx), (_, ny))| *nx <= STACK_TAPS && *ny <= STACK_TAPS);
+        let gather = match (method, widened, windows) {
+            _ if seamless => None,
+            (Resampling::Bilinear, false, _) => gather::Bilinear16::new(src, (1.0, 1.0), (0, 2), (0, 2)),
+            (Resampling::Bilinear, true, Some((wx, wy))) => gather::Bilinear16::new(src, scale, wx, wy),
+            _ => None,
+        };
+        // Whether every source pixel a widened kernel (or the gathering one)
+        // may read is valid (then its taps need no checks).
+        let clean = !seamless && (widened || gather.is_some()) && {
+            let reach = |s: f64| (if method == Resampling::Cubic { 2.0 } else { 1.0 } / s).ceil() + 1.0;
+            let span = |range: Option<(f64, f64)>, len: usize, r: f64| {
+                let (lo, hi) = range?;
+                (len > 0).then(|| (((lo - r).floor().max(0.0) as usize).min(len - 1), ((hi + r).ceil().max(0.0) as usize).min(len - 1)))
+            };
+            match (span(ranges.0, src.width, reach(scale.0)), span(ranges.1, src.height, reach(scale.1))) {
+                (Some(cols), Some(rows)) => separable::window_is_valid(src, cols, rows),
+                _ => false,
+            }
+        };
+        // Widened bilinear over a valid window on 8/16-bit integers: f32 lanes
+        // of a fixed width (see `clean_bilinear_f32`).
+        let lanes = match windows {
+            Some(((_, nx), _)) if clean && T::NARROW && method == Resampling::Bilinear => [4, 8, 16].into_iter().find(|l| nx <= *l),
+            _ => None,
+        };
+        let kernel = Self { src, at, method, widened, windows, clean, lanes, wxa: [0.0; STACK_TAPS], wya: [0.0; STACK_TAPS], wx: Vec::new(), wy: Vec::new() };
+        (kernel, gather.filter(|_| clean))
+    }
+
+    /// Resamples target pixel `k` into `out` and `mask` (left as they are
+    /// where it is masked).
+    fn pixel(&mut self, k: usize, out: &mut [T], mask: &mut [bool]) {
+        let (src, at, method, clean, scale) = (self.src, self.at, self.method, self.clean, self.at.scale);
+        let (x, y) = (at.sx[k], at.sy[k]);
+        // NaN fails these comparisons too.
+        if !(x >= 0.0 && x < src.width as f64 && y >= 0.0 && y < src.height as f64) {
+            return;
+        }
+        if let (Some(lanes), Some((wx, wy))) = (self.lanes, self.windows) {
+            let quick = match lanes {
+                4 => clean_bilinear_f32::<T, 4>(src, x, y, scale, wx, wy),
+                8 => clean_bilinear_f32::<T, 8>(src, x, y, scale, wx, wy),
+                _ => clean_bilinear_f32::<T, 16>(src, x, y, scale, wx, wy),
+            };
+            if let Some(v) = quick {
+                if let Some(v) = v {
+                    out[k] = T::from_f32(v);
+                    mask[k] = true;
+                }
+                return;
+            }
+        }
+        match method {
+            Resampling::Nearest => {
+                let i = (y as usize) * src.width + x as usize;
+                if src.is_valid(i) {
+                    out[k] = src.values[i];
+                    mask[k] = true;
+                }
+            }
+            Resampling::Bilinear | Resampling::Cubic => {
+                // As gdalwarp: a target pixel whose centre falls on an
+                // invalid source pixel stays invalid, whatever its
+                // neighbours hold.
+                if !clean && !src.is_valid((y as usize) * src.width + x as usize) {
+                    return;
+                }
+                let v = if let Some(((fx, nx), (fy, ny))) = self.windows {
+                    // Widened, within the stack arrays: weights per pixel,
+                    // windows per tile.
+                    let ((x0, dx), (y0, dy)) = (split(x), split(y));
+                    let cubic = method == Resampling::Cubic;
+                    widened_weights(cubic, scale.0, fx, dx, &mut self.wxa[..nx]);
+                    widened_weights(cubic, scale.1, fy, dy, &mut self.wya[..ny]);
+                    let (x0, y0, wx, wy) = (x0 + fx, y0 + fy, &self.wxa[..nx], &self.wya[..ny]);
+                    clean_taps(src, clean, x0, y0, wx, wy).unwrap_or_else(|| separable(src, x0, y0, wx, wy))
+                } else if self.widened {
+                    let (x0, y0) = (kernel_taps(method, scale.0, x, &mut self.wx), kernel_taps(method, scale.1, y, &mut self.wy));
+                    clean_taps(src, clean, x0, y0, &self.wx, &self.wy).unwrap_or_else(|| separable(src, x0, y0, &self.wx, &self.wy))
+                } else if method == Resampling::Bilinear {
+                    bilinear(src, x, y)
+                } else {
+                    cubic(src, x, y)
+                };
+                if let Some(v) = v {
+                    out[k] = T::from_f64(v);
+                    mask[k] = true;
+                }
+            }
+            Resampling::Average | Resampling::Mode => {
+                let Some((cx, cy)) = at.corners else { return };
+                let (r, c, m) = (k / at.tile_n, k % at.tile_n, at.tile_n + 1);
+                let idx = [r * m + c, r * m + c + 1, (r + 1) * m + c, (r + 1) * m + c + 1];
+                let xs = idx.map(|i| cx[i]);
+                let ys = idx.map(|i| cy[i]);
+                if xs.iter().chain(&ys).any(|v| !v.is_finite()) {
+                    return;
+                }
+                let bx = (xs.iter().copied().fold(f64::INFINITY, f64::min), xs.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+                let by = (ys.iter().copied().fold(f64::INFINITY, f64::min), ys.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+                let v = if method == Resampling::Average { average(src, bx, by) } else { mode(src, bx, by) };
+                if let Some(v) = v {
+                    out[k] = v;
+                    mask[k] = true;
+                }
+            }
+        }
+    }
 }
 
 /// Copies a tile out of a source on the same pixel lattice. Built row by
@@ -1031,6 +1140,62 @@ mod tests {
         let (sx, sy): (Vec<f64>, Vec<f64>) = points.iter().copied().unzip();
         let ranges = ranges(&sx, &sy);
         TileCoords { sx, sy, touches: true, n: points.len(), corners: None, copy: None, axes: None, scale: (1.0, 1.0), ranges, seamless: false }
+    }
+
+    /// Bands warped together give each band's own warp bit for bit: clean
+    /// 16-bit bands share positions and weights, a band with holes (or of
+    /// another window) goes pixel by pixel, plain and widened, u16 and i16.
+    #[test]
+    fn bands_warped_together_equal_each_band_alone() {
+        let (w, h) = (157, 131);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let a: Vec<u16> = (0..w * h).map(|_| (next() % 65535) as u16 + 1).collect();
+        let b: Vec<u16> = (0..w * h).map(|_| (next() % 4000) as u16 + 1).collect();
+        let mut holes = a.clone();
+        for i in (0..w * h).step_by(97) {
+            holes[i] = 0;
+        }
+        let signed: Vec<i16> = (0..w * h).map(|_| (next() % 65536) as u16 as i16).collect();
+        // A rotated, slightly scaled lattice reaching past the source on two sides.
+        let points: Vec<(f64, f64)> = (0..64 * 64)
+            .map(|k| {
+                let (r, c) = ((k / 64) as f64, (k % 64) as f64);
+                (c * 2.3 + r * 0.31 - 4.0, r * 2.1 - c * 0.27 + 3.0)
+            })
+            .collect();
+        for scale in [(1.0, 1.0), (0.42, 1.0), (0.6, 0.7)] {
+            let mut c = coords(&points);
+            c.scale = scale;
+            c.n = 64;
+            // All clean (shared), then one with holes among them (it goes alone).
+            for with_holes in [false, true] {
+                let mut sources = vec![
+                    SourceBand { values: &a[..], nodata: Some(0), valid: None, width: w, height: h },
+                    SourceBand { values: &b[..], nodata: Some(0), valid: None, width: w, height: h },
+                    SourceBand { values: &a[..], nodata: None, valid: None, width: w, height: h },
+                ];
+                if with_holes {
+                    sources.insert(1, SourceBand { values: &holes[..], nodata: Some(0), valid: None, width: w, height: h });
+                }
+                let together = resample_bands(&sources, &c, Resampling::Bilinear, &vec![0; sources.len()]);
+                for (src, got) in sources.iter().zip(&together) {
+                    assert_eq!(got, &resample(src, &c, Resampling::Bilinear, 0), "scale {scale:?}, holes {with_holes}");
+                }
+                assert!(together[0].1.iter().filter(|m| **m).count() > 1000, "the test reaches the shared kernel");
+            }
+            let s = [
+                SourceBand { values: &signed[..], nodata: None, valid: None, width: w, height: h },
+                SourceBand { values: &signed[..], nodata: Some(-7), valid: None, width: w, height: h },
+            ];
+            let together = resample_bands(&s, &c, Resampling::Bilinear, &[0; 2]);
+            assert_eq!(together[1], resample(&s[1], &c, Resampling::Bilinear, 0));
+        }
     }
 
     #[test]
