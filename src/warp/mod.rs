@@ -214,13 +214,29 @@ impl ExactMap<'_> {
     /// row linearly, otherwise split it in two and recurse. Matching GDAL's
     /// splits keeps nearest-neighbour output identical to gdalwarp's.
     fn map_row_approx(&self, xs: &mut [f64], ys: &mut [f64], max_error: f64) {
+        self.map_row_approx_from(xs, ys, max_error, None)
+    }
+
+    /// Where a row of `n` points is mapped exactly: its first, middle and
+    /// last point.
+    fn row_samples(n: usize) -> [usize; 3] {
+        [0, (n.max(1) - 1) / 2, n.max(1) - 1]
+    }
+
+    /// [`Self::map_row_approx`], given the exact map of the row's
+    /// [`Self::row_samples`] when the caller has it (a tile maps those of
+    /// all its rows in one call).
+    fn map_row_approx_from(&self, xs: &mut [f64], ys: &mut [f64], max_error: f64, samples: Option<([f64; 3], [f64; 3])>) {
         let n = xs.len();
         let mid = (n.max(1) - 1) / 2;
         if n <= 5 || max_error <= 0.0 || xs[0] == xs[n - 1] || xs[0] == xs[mid] {
             return self.map(xs, ys);
         }
-        let (mut ex, mut ey) = ([xs[0], xs[mid], xs[n - 1]], [ys[0], ys[mid], ys[n - 1]]);
-        self.map(&mut ex, &mut ey);
+        let (ex, ey) = samples.unwrap_or_else(|| {
+            let (mut ex, mut ey) = ([xs[0], xs[mid], xs[n - 1]], [ys[0], ys[mid], ys[n - 1]]);
+            self.map(&mut ex, &mut ey);
+            (ex, ey)
+        });
         if ex.iter().chain(&ey).any(|v| !v.is_finite()) {
             return self.map(xs, ys);
         }
@@ -294,13 +310,18 @@ pub fn tile_coords(
         Placement::General => {
             let map = ExactMap { target_gt, src_inverse: src.inverse, to_source };
             let grid_points = |count: usize, offset: f64| {
+                // The samples of every row, mapped in one call.
+                let picks = ExactMap::row_samples(count);
+                let (mut ex, mut ey): (Vec<f64>, Vec<f64>) = (0..count).flat_map(|row| picks.map(|col| (col as f64 + offset, row as f64 + offset))).unzip();
+                map.map(&mut ex, &mut ey);
                 let mut sx = Vec::with_capacity(count * count);
                 let mut sy = Vec::with_capacity(count * count);
                 for row in 0..count {
                     let start = sx.len();
                     sx.extend((0..count).map(|col| col as f64 + offset));
                     sy.extend(std::iter::repeat_n(row as f64 + offset, count));
-                    map.map_row_approx(&mut sx[start..], &mut sy[start..], MAX_APPROX_ERROR);
+                    let at = |v: &[f64]| [v[3 * row], v[3 * row + 1], v[3 * row + 2]];
+                    map.map_row_approx_from(&mut sx[start..], &mut sy[start..], MAX_APPROX_ERROR, Some((at(&ex), at(&ey))));
                 }
                 (sx, sy)
             };
