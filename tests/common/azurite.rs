@@ -32,14 +32,13 @@ impl Azurite {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(azurite_blob())
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+        let mut cmd = Command::new(azurite_blob());
+        cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
             .args(["--inMemoryPersistence", "--disableTelemetry", "--silent", "--skipApiVersionCheck"])
             .current_dir(dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {} (run scripts/setup.sh): {e}", azurite_blob().display()));
+            .stderr(Stdio::null());
+        let child = crate::seaweed::spawn_tied(cmd).unwrap_or_else(|e| panic!("starting {} (run scripts/setup.sh): {e}", azurite_blob().display()));
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(started.elapsed() < Duration::from_secs(30), "Azurite did not start on port {port}");

@@ -18,6 +18,36 @@ pub struct Seaweed {
     dir: tempfile::TempDir,
 }
 
+/// Spawns `cmd` so that it dies with this test process: `PR_SET_PDEATHSIG`
+/// fires when the thread that spawned the child exits, so children are
+/// spawned from one thread that lives as long as the process (a store
+/// shared by every test of a binary would otherwise outlive it).
+pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<Request>>> = std::sync::OnceLock::new();
+    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        std::sync::Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    spawner.lock().unwrap().send((cmd, tx)).expect("spawner thread");
+    rx.recv().expect("spawner thread")
+}
+
 fn weed() -> PathBuf {
     std::env::var_os("PIXELQUERY_WEED").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/weed"))
 }
@@ -65,8 +95,8 @@ impl Seaweed {
     }
 
     fn spawn(dir: &tempfile::TempDir, base: u16) -> Child {
-        Command::new(weed())
-            .arg("mini")
+        let mut cmd = Command::new(weed());
+        cmd.arg("mini")
             .arg(format!("-dir={}", dir.path().display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false", "-webdav=false"])
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
@@ -79,9 +109,8 @@ impl Seaweed {
             .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {} (run scripts/setup.sh): {e}", weed().display()))
+            .stderr(Stdio::null());
+        spawn_tied(cmd).unwrap_or_else(|e| panic!("starting {} (run scripts/setup.sh): {e}", weed().display()))
     }
 
     /// The environment a server or client of this store needs.
