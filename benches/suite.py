@@ -484,7 +484,8 @@ def main():
         if "cog_ms" in rust:
             split = f" (server's DoPut {rust['cog_server_ms']:.0f}; client's read alone {rust['cog_read_ms']:.0f}; warp alone on one thread {rust['cog_scene_warp_ms']:.0f})" if "cog_read_ms" in rust and "cog_scene_warp_ms" in rust else ""
             if "cog_dir_ms" in rust:
-                split = f" one file after another{split}; {rust['cog_dir_ms']:.0f} per file ingesting the directory, 2 at once"
+                cpu = f" (CPU {rust['cog_dir_cpu_ms']:.0f} ms per file)" if "cog_dir_cpu_ms" in rust else ""
+                split = f" one file after another{split}; {rust['cog_dir_ms']:.0f} per file ingesting the directory, 2 at once{cpu}"
             if "earlier_pq_legacy_ms" in rust:
                 # Its default ingest stores Icechunk virtual references (no
                 # pixels copied, nothing reprojected); its copying path is
