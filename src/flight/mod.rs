@@ -31,7 +31,10 @@ use crate::query::{self, Answer};
 pub use crate::state::AppState;
 use crate::wire::{self, Command, Expect, QuerySpec};
 
-/// Bytes of messages a DoGet reader hands to the response stream at once.
+/// Bytes of messages a DoGet reader hands to the response stream at once:
+/// the first run is small, so the first bytes leave while the rest is
+/// read and checked, and each run after doubles up to the largest.
+const FIRST_READER_RUN: usize = 128 << 10;
 const READER_RUN: usize = 4 << 20;
 
 /// The FlightService implementation.
@@ -490,7 +493,7 @@ impl FlightService for Service {
                 .into());
             }
             // A blocking reader feeds a small channel with runs of messages
-            // (one hand-off per READER_RUN bytes, not per message); it stops
+            // (one hand-off per run of bytes, not per message); it stops
             // when the client goes away (the receiver is dropped and `send`
             // fails).
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<FlightData>, Status>>(2);
@@ -510,14 +513,15 @@ impl FlightService for Service {
                         false
                     }
                 };
-                let (mut run, mut run_bytes) = (Vec::new(), 0);
+                let (mut run, mut run_bytes, mut run_limit) = (Vec::new(), 0, FIRST_READER_RUN);
                 let mut emit = |fd: FlightData| {
                     run_bytes += fd.data_body.len() + fd.data_header.len();
                     run.push(fd);
-                    if run_bytes < READER_RUN {
+                    if run_bytes < run_limit {
                         return true;
                     }
                     run_bytes = 0;
+                    run_limit = (run_limit * 2).min(READER_RUN);
                     send(Ok(std::mem::take(&mut run)))
                 };
                 // A panic must end the stream with an error, not look like its end.
