@@ -488,3 +488,43 @@ async fn azure_blob_storage_serves_the_same_protocol() {
         s.shutdown().await;
     }
 }
+
+/// A scene sent again with `replace` (another acquisition time) takes the
+/// old one's place in one commit, on every server, as on a local
+/// warehouse; without `replace` it is refused there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replaced_scene_matches_the_local_backend() {
+    let gt = utm_geotransform(300);
+    let a = shared_server("replace").await;
+    let b = shared_server("replace").await;
+    let local = TestServer::start().await;
+    let (mut ca, mut cb, mut cl) = (a.client().await, b.client().await, local.client().await);
+    create_red_collection(&mut ca, "s2").await;
+    create_red_collection(&mut cl, "s2").await;
+    for i in 0..2i64 {
+        let req = ingest_request("s2", &format!("scene-{i}"), JUN + i * DAY, gt, 300, "bilinear");
+        ca.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap();
+        cl.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap();
+    }
+    let mut again = ingest_request("s2", "scene-0", JUN + 7 * DAY, gt, 300, "bilinear");
+    let (code, msg) = code_of(cb.ingest(&again, red_batches(raster(300, 9), 300)).await);
+    assert_eq!(code, tonic::Code::AlreadyExists, "{msg}");
+    again.replace = true;
+    let put = cb.ingest(&again, red_batches(raster(300, 9), 300)).await.unwrap();
+    assert!(!put.duplicate);
+    cl.ingest(&again, red_batches(raster(300, 9), 300)).await.unwrap();
+    let rows = read_all(&mut cl, "s2").await;
+    assert_eq!(read_all(&mut ca, "s2").await, rows);
+    assert_eq!(read_all(&mut cb, "s2").await, rows);
+    assert_eq!(ca.describe("s2").await.unwrap()["scenes"], 2);
+    // A retry of the replacement is a duplicate.
+    assert!(ca.ingest(&again, red_batches(raster(300, 9), 300)).await.unwrap().duplicate);
+    let c = shared_server("replace").await;
+    let mut cc = c.client().await;
+    assert_eq!(read_all(&mut cc, "s2").await, rows);
+    assert_eq!(chunk_files(&a, "s2"), chunk_files(&b, "s2"));
+    assert_eq!(chunk_files(&a, "s2"), chunk_files(&c, "s2"));
+    for s in [a, b, c, local] {
+        s.shutdown().await;
+    }
+}

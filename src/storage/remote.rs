@@ -581,6 +581,73 @@ impl RemoteCatalog {
         }))
     }
 
+    /// Commits scene `scene_id` in place of the scene stored under its id,
+    /// in one commit: the table files holding the old scene's rows are
+    /// removed, the rows of other scenes they held come back in a new
+    /// file, and `rows` come in a file of their own; the scene's
+    /// transaction moves on by two (stored before, stored after). If the
+    /// scene is no longer stored, it is committed as a new one.
+    pub fn replace_scene(&self, scene_id: &str, rows: &[CatalogRow]) -> Result<Commit> {
+        let root = &self.remote.root;
+        let outcome = self.remote.block_on(async {
+            let mut table = self.table.lock().await;
+            table.update_state().await.map_err(delta_error("refreshing"))?;
+            let txn = scene_txn(&table, scene_id).await?;
+            if !stored(txn) {
+                return Ok(None);
+            }
+            let (files, old) = self.current_rows(&table, &[scene_id.to_string()]).await?;
+            let others: Vec<CatalogRow> = old.into_iter().filter(|r| r.scene_id != scene_id).collect();
+            let now = chrono::Utc::now().timestamp_millis();
+            let snapshot = table.snapshot().map_err(delta_error("reading"))?.clone();
+            let mut actions: Vec<Action> =
+                snapshot.log_data().iter().filter(|f| files.iter().any(|n| n == f.path().as_ref())).map(|f| Action::Remove(f.remove_action(true))).collect();
+            let mut written = Vec::new();
+            for part in [others.as_slice(), rows].into_iter().filter(|p| !p.is_empty()) {
+                let (file, buf) = table_file(part)?;
+                let size = buf.len() as i64;
+                let path = self.object_path(&format!("_catalog/{file}"));
+                if let Err(e) = root.put(&path, PutPayload::from(buf)).await {
+                    for (_, p) in &written {
+                        let _ = root.delete(p).await;
+                    }
+                    return Err(unavailable("storing catalog rows")(e));
+                }
+                actions.push(Action::Add(Add { path: file.clone(), size, modification_time: now, data_change: true, ..Default::default() }));
+                written.push((file, path));
+            }
+            let props = CommitProperties::default()
+                .with_application_transaction(Transaction::new_with_last_update(scene_id, txn + 2, Some(now)))
+                .with_max_retries(50)
+                .with_cleanup_expired_logs(Some(false));
+            let op = DeltaOperation::Write {
+                mode: SaveMode::Overwrite,
+                partition_by: None,
+                predicate: Some(format!("scene_id = '{}'", scene_id.replace('\'', "''"))),
+            };
+            let error = match CommitBuilder::from(props).with_actions(actions).build(Some(&snapshot), table.log_store(), op).await {
+                Ok(done) => return Ok(Some(Commit::At(done.version() as i64))),
+                Err(e) => Error::Unavailable(format!("catalog table: replacing scene {scene_id:?}: {e}; try again")),
+            };
+            // Committed after all (a lost reply) if our new file is current.
+            if table.update_state().await.is_err() {
+                return Ok(Some(Commit::Unknown(error)));
+            }
+            let current = |file: &str| table.snapshot().map(|s| s.log_data().iter().any(|f| f.path() == file)).unwrap_or(false);
+            if written.last().is_some_and(|(file, _)| current(file)) {
+                return Ok(Some(Commit::At(table.version().map_or(-1, |v| v as i64))));
+            }
+            for (_, p) in &written {
+                let _ = root.delete(p).await;
+            }
+            Ok(Some(Commit::Failed(error)))
+        })?;
+        match outcome {
+            Some(commit) => Ok(commit),
+            None => self.commit_scene(scene_id, rows),
+        }
+    }
+
     /// The rows of the table files holding rows of `scenes`, as this
     /// server last applied them, after checking they are still the table's
     /// current files: `(files, rows)`.

@@ -480,6 +480,8 @@ struct RemotePut {
     held: HashMap<String, bytes::Bytes>,
     held_bytes: usize,
     checked: bool,
+    /// The scene replaces the one stored under its id (`replace`).
+    replacing: bool,
     committed: bool,
 }
 
@@ -527,6 +529,7 @@ impl<'s> SceneCommit<'s> {
                 held: HashMap::new(),
                 held_bytes: 0,
                 checked: false,
+                replacing: false,
                 committed: false,
             }),
         }
@@ -673,12 +676,7 @@ impl SceneCommit<'_> {
             match self.store.check_scene(&self.scene_id, self.time_ms, self.fingerprint.as_deref(), self.replace)? {
                 SceneStatus::Retry => return Ok(Step::Duplicate),
                 SceneStatus::New => {}
-                SceneStatus::Replaces => {
-                    return Err(Error::Unimplemented(format!(
-                        "replacing scene {:?} is not built for warehouses on object storage yet: delete it (delete with its scene_id), then ingest it again",
-                        self.scene_id
-                    )))
-                }
+                SceneStatus::Replaces => put.replacing = true,
             }
             put.checked = true;
         }
@@ -724,7 +722,9 @@ impl SceneCommit<'_> {
         }
         let bytes: u64 = put.rows.iter().map(|r| r.bytes).sum();
         self.store.check_quota(bytes)?;
-        match put.catalog.commit_scene(&self.scene_id, &put.rows)? {
+        let committed =
+            if put.replacing { put.catalog.replace_scene(&self.scene_id, &put.rows)? } else { put.catalog.commit_scene(&self.scene_id, &put.rows)? };
+        match committed {
             Commit::At(_) => {}
             Commit::Duplicate => return Ok(AppendOutcome { duplicate: true, ..Default::default() }),
             Commit::Failed(e) => return Err(e),
