@@ -588,7 +588,6 @@ impl RemoteCatalog {
     /// transaction moves on by two (stored before, stored after). If the
     /// scene is no longer stored, it is committed as a new one.
     pub fn replace_scene(&self, scene_id: &str, rows: &[CatalogRow]) -> Result<Commit> {
-        let root = &self.remote.root;
         let outcome = self.remote.block_on(async {
             let mut table = self.table.lock().await;
             table.update_state().await.map_err(delta_error("refreshing"))?;
@@ -599,23 +598,6 @@ impl RemoteCatalog {
             let (files, old) = self.current_rows(&table, &[scene_id.to_string()]).await?;
             let others: Vec<CatalogRow> = old.into_iter().filter(|r| r.scene_id != scene_id).collect();
             let now = chrono::Utc::now().timestamp_millis();
-            let snapshot = table.snapshot().map_err(delta_error("reading"))?.clone();
-            let mut actions: Vec<Action> =
-                snapshot.log_data().iter().filter(|f| files.iter().any(|n| n == f.path().as_ref())).map(|f| Action::Remove(f.remove_action(true))).collect();
-            let mut written = Vec::new();
-            for part in [others.as_slice(), rows].into_iter().filter(|p| !p.is_empty()) {
-                let (file, buf) = table_file(part)?;
-                let size = buf.len() as i64;
-                let path = self.object_path(&format!("_catalog/{file}"));
-                if let Err(e) = root.put(&path, PutPayload::from(buf)).await {
-                    for (_, p) in &written {
-                        let _ = root.delete(p).await;
-                    }
-                    return Err(unavailable("storing catalog rows")(e));
-                }
-                actions.push(Action::Add(Add { path: file.clone(), size, modification_time: now, data_change: true, ..Default::default() }));
-                written.push((file, path));
-            }
             let props = CommitProperties::default()
                 .with_application_transaction(Transaction::new_with_last_update(scene_id, txn + 2, Some(now)))
                 .with_max_retries(50)
@@ -625,22 +607,8 @@ impl RemoteCatalog {
                 partition_by: None,
                 predicate: Some(format!("scene_id = '{}'", scene_id.replace('\'', "''"))),
             };
-            let error = match CommitBuilder::from(props).with_actions(actions).build(Some(&snapshot), table.log_store(), op).await {
-                Ok(done) => return Ok(Some(Commit::At(done.version() as i64))),
-                Err(e) => Error::Unavailable(format!("catalog table: replacing scene {scene_id:?}: {e}; try again")),
-            };
-            // Committed after all (a lost reply) if our new file is current.
-            if table.update_state().await.is_err() {
-                return Ok(Some(Commit::Unknown(error)));
-            }
-            let current = |file: &str| table.snapshot().map(|s| s.log_data().iter().any(|f| f.path() == file)).unwrap_or(false);
-            if written.last().is_some_and(|(file, _)| current(file)) {
-                return Ok(Some(Commit::At(table.version().map_or(-1, |v| v as i64))));
-            }
-            for (_, p) in &written {
-                let _ = root.delete(p).await;
-            }
-            Ok(Some(Commit::Failed(error)))
+            let what = format!("replacing scene {scene_id:?}");
+            self.commit_files(&mut table, &files, &[others.as_slice(), rows], true, props, op, &what).await.map(Some)
         })?;
         match outcome {
             Some(commit) => Ok(commit),
@@ -675,7 +643,6 @@ impl RemoteCatalog {
     /// "deleted". Returns the version and the scenes deleted; `None` when
     /// a delete found no row to remove.
     pub fn rewrite(&self, scenes: &[String], keep: impl Fn(&CatalogRow) -> bool, whole: bool, kind: RewriteKind) -> Result<Option<(i64, Vec<String>)>> {
-        let root = &self.remote.root;
         self.remote.block_on(async {
             let mut table = self.table.lock().await;
             table.update_state().await.map_err(delta_error("refreshing"))?;
@@ -699,22 +666,6 @@ impl RemoteCatalog {
                     }
                 }
             }
-            let snapshot = table.snapshot().map_err(delta_error("reading"))?.clone();
-            let mut actions: Vec<Action> = snapshot
-                .log_data()
-                .iter()
-                .filter(|f| files.iter().any(|n| n == f.path().as_ref()))
-                .map(|f| Action::Remove(f.remove_action(deleting)))
-                .collect();
-            let mut written = None;
-            if !kept.is_empty() {
-                let (file, buf) = table_file(&kept)?;
-                let size = buf.len() as i64;
-                let path = self.object_path(&format!("_catalog/{file}"));
-                root.put(&path, PutPayload::from(buf)).await.map_err(unavailable("storing catalog rows"))?;
-                actions.push(Action::Add(Add { path: file.clone(), size, modification_time: now, data_change: deleting, ..Default::default() }));
-                written = Some((file, path));
-            }
             let mut props = CommitProperties::default().with_application_transactions(txns).with_max_retries(50).with_cleanup_expired_logs(Some(false));
             let op = match kind {
                 RewriteKind::Delete { predicate } => DeltaOperation::Delete { predicate: Some(predicate) },
@@ -723,20 +674,65 @@ impl RemoteCatalog {
                     DeltaOperation::Optimize { predicate: None, target_size: 0 }
                 }
             };
-            let gone: Vec<String> = gone.into_iter().collect();
-            let error = match CommitBuilder::from(props).with_actions(actions).build(Some(&snapshot), table.log_store(), op).await {
-                Ok(done) => return Ok(Some((done.version() as i64, gone))),
-                Err(e) => Error::Unavailable(format!("catalog table: rewriting the rows of {} scene(s): {e}; try again", scenes.len())),
-            };
-            // Committed after all (a lost reply) if our file is current.
-            if let (Some((file, path)), Ok(())) = (&written, table.update_state().await) {
-                if table.snapshot().map(|s| s.log_data().iter().any(|f| f.path() == file.as_str())).unwrap_or(false) {
-                    return Ok(Some((table.version().map_or(-1, |v| v as i64), gone)));
-                }
-                let _ = root.delete(path).await;
+            let what = format!("rewriting the rows of {} scene(s)", scenes.len());
+            match self.commit_files(&mut table, &files, &[kept.as_slice()], deleting, props, op, &what).await? {
+                Commit::At(version) => Ok(Some((version, gone.into_iter().collect()))),
+                Commit::Failed(e) | Commit::Unknown(e) => Err(e),
+                Commit::Duplicate => unreachable!("commit_files never finds a duplicate"),
             }
-            Err(error)
         })
+    }
+
+    /// One commit on the current snapshot: table files `files` are
+    /// removed and each non-empty part of `parts` comes back as a new
+    /// table file. After an error the log says whether the commit went
+    /// through anyway (a lost reply: our last new file is current). New
+    /// files no commit names are removed, unless the log cannot be read.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_files(
+        &self,
+        table: &mut DeltaTable,
+        files: &[String],
+        parts: &[&[CatalogRow]],
+        data_change: bool,
+        props: CommitProperties,
+        op: DeltaOperation,
+        what: &str,
+    ) -> Result<Commit> {
+        let root = &self.remote.root;
+        let snapshot = table.snapshot().map_err(delta_error("reading"))?.clone();
+        let mut actions: Vec<Action> =
+            snapshot.log_data().iter().filter(|f| files.iter().any(|n| n == f.path().as_ref())).map(|f| Action::Remove(f.remove_action(data_change))).collect();
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut written = Vec::new();
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            let (file, buf) = table_file(part)?;
+            let size = buf.len() as i64;
+            let path = self.object_path(&format!("_catalog/{file}"));
+            if let Err(e) = root.put(&path, PutPayload::from(buf)).await {
+                for (_, p) in &written {
+                    let _ = root.delete(p).await;
+                }
+                return Err(unavailable("storing catalog rows")(e));
+            }
+            actions.push(Action::Add(Add { path: file.clone(), size, modification_time: now, data_change, ..Default::default() }));
+            written.push((file, path));
+        }
+        let error = match CommitBuilder::from(props).with_actions(actions).build(Some(&snapshot), table.log_store(), op).await {
+            Ok(done) => return Ok(Commit::At(done.version() as i64)),
+            Err(e) => Error::Unavailable(format!("catalog table: {what}: {e}; try again")),
+        };
+        if table.update_state().await.is_err() {
+            return Ok(Commit::Unknown(error));
+        }
+        let current = |file: &str| table.snapshot().map(|s| s.log_data().iter().any(|f| f.path() == file)).unwrap_or(false);
+        if written.last().is_some_and(|(file, _)| current(file)) {
+            return Ok(Commit::At(table.version().map_or(-1, |v| v as i64)));
+        }
+        for (_, p) in &written {
+            let _ = root.delete(p).await;
+        }
+        Ok(Commit::Failed(error))
     }
 
     /// The rows of table file `file`.
