@@ -16,7 +16,7 @@ use arrow_array::RecordBatch;
 use common::*;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use pixelquery::config::Config;
-use pixelquery_client::proto;
+use pixelquery_client::{proto, Client};
 use seaweed::Seaweed;
 
 const JUN: i64 = 1_717_200_000_000;
@@ -70,6 +70,24 @@ fn row_keys(batches: &[RecordBatch]) -> Vec<(String, String, i64, String)> {
     }
     keys.sort();
     keys
+}
+
+/// Scene `scene-<i>` dated `day` days after June 1st, ingested through a
+/// shared server and through the local one; new on both.
+async fn ingest_beside(shared: &mut Client, local: &mut Client, i: usize, day: i64) {
+    let req = ingest_request("s2", &format!("scene-{i}"), JUN + day * DAY, utm_geotransform(300), 300, "bilinear");
+    assert!(!shared.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap().duplicate);
+    assert!(!local.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap().duplicate);
+}
+
+/// Collection "s2" on the shared warehouse of `a` and `b`, and on a new
+/// local server beside them: the servers and a client of each.
+async fn beside(a: TestServer, b: TestServer) -> ([TestServer; 3], [Client; 3]) {
+    let local = TestServer::start().await;
+    let (mut ca, cb, mut cl) = (a.client().await, b.client().await, local.client().await);
+    create_red_collection(&mut ca, "s2").await;
+    create_red_collection(&mut cl, "s2").await;
+    ([a, b, local], [ca, cb, cl])
 }
 
 async fn read_all(client: &mut pixelquery_client::Client, collection: &str) -> Vec<RecordBatch> {
@@ -345,23 +363,12 @@ async fn a_deleted_scene_leaves_every_server_and_can_come_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compaction_and_deletes_match_the_local_backend() {
     let gt = utm_geotransform(300);
-    let a = shared_server("rewrite").await;
-    let b = shared_server("rewrite").await;
-    let local = TestServer::start().await;
-    let (mut ca, mut cb, mut cl) = (a.client().await, b.client().await, local.client().await);
-    create_red_collection(&mut ca, "s2").await;
-    create_red_collection(&mut cl, "s2").await;
-    let mut ingest = async |i: usize, day: i64| {
-        let req = ingest_request("s2", &format!("scene-{i}"), JUN + day * DAY, gt, 300, "bilinear");
-        let shared = if i.is_multiple_of(2) { &mut ca } else { &mut cb };
-        assert!(!shared.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap().duplicate);
-        cl.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap();
-    };
+    let ([a, b, local], [mut ca, mut cb, mut cl]) = beside(shared_server("rewrite").await, shared_server("rewrite").await).await;
     // June and July, out of time order, through both servers.
     for (i, day) in [3, 0, 5, 31, 33, 1].into_iter().enumerate() {
-        ingest(i, day).await;
+        let shared = if i.is_multiple_of(2) { &mut ca } else { &mut cb };
+        ingest_beside(shared, &mut cl, i, day).await;
     }
-    let (mut ca, mut cb) = (a.client().await, b.client().await);
     let all = proto::Query { collection: "s2".into(), ..Default::default() };
     let tickets = |info: arrow_flight::FlightInfo| info.endpoint.into_iter().map(|e| e.ticket.unwrap().ticket).collect::<Vec<_>>();
     let early = tickets(ca.flight_info(&all).await.unwrap());
@@ -391,13 +398,7 @@ async fn compaction_and_deletes_match_the_local_backend() {
     // server that applied both (another, still at the ticket's version,
     // answers it as planned).
     let pinned = tickets(cb.flight_info(&all).await.unwrap());
-    let mut ingest = async |i: usize, day: i64| {
-        let req = ingest_request("s2", &format!("scene-{i}"), JUN + day * DAY, gt, 300, "bilinear");
-        assert!(!ca.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap().duplicate);
-        cl.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap();
-    };
-    ingest(6, 2).await;
-    let (mut ca, mut cl) = (a.client().await, local.client().await);
+    ingest_beside(&mut ca, &mut cl, 6, 2).await;
     let first_tile = row_keys(&rows)[0].0.clone();
     let one_tile = serde_json::json!({"collection": "s2", "tiles": [first_tile]});
     assert_eq!(ca.action("compact", &one_tile).await.unwrap(), cl.action("compact", &one_tile).await.unwrap());
@@ -462,18 +463,12 @@ async fn azure_blob_storage_serves_the_same_protocol() {
     az.create_container("pqazure");
     one_winner_each_round(Arc::new(az.store("pqazure")), 10).await;
 
-    let gt = utm_geotransform(300);
     let server = async || TestServer::start_with(tempfile::tempdir().unwrap(), |c: &mut Config| c.shared = Some("az://pqazure/warehouse".into())).await;
-    let (a, b, local) = (server().await, server().await, TestServer::start().await);
-    let (mut ca, mut cb, mut cl) = (a.client().await, b.client().await, local.client().await);
-    create_red_collection(&mut ca, "s2").await;
-    create_red_collection(&mut cl, "s2").await;
-    for (i, day) in [2i64, 0, 1].into_iter().enumerate() {
-        let req = ingest_request("s2", &format!("scene-{i}"), JUN + day * DAY, gt, 300, "bilinear");
-        assert!(!ca.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap().duplicate);
-        cl.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap();
+    let ([a, b, local], [mut ca, mut cb, mut cl]) = beside(server().await, server().await).await;
+    for (i, day) in [2, 0, 1].into_iter().enumerate() {
+        ingest_beside(&mut ca, &mut cl, i, day).await;
     }
-    let retry = ingest_request("s2", "scene-1", JUN, gt, 300, "bilinear");
+    let retry = ingest_request("s2", "scene-1", JUN, utm_geotransform(300), 300, "bilinear");
     assert!(cb.ingest(&retry, red_batches(raster(300, 1), 300)).await.unwrap().duplicate, "a scene id is stored once");
     assert_eq!(read_all(&mut cb, "s2").await, read_all(&mut cl, "s2").await);
     let compact = serde_json::json!({"collection": "s2"});
@@ -494,19 +489,11 @@ async fn azure_blob_storage_serves_the_same_protocol() {
 /// warehouse; without `replace` it is refused there too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replaced_scene_matches_the_local_backend() {
-    let gt = utm_geotransform(300);
-    let a = shared_server("replace").await;
-    let b = shared_server("replace").await;
-    let local = TestServer::start().await;
-    let (mut ca, mut cb, mut cl) = (a.client().await, b.client().await, local.client().await);
-    create_red_collection(&mut ca, "s2").await;
-    create_red_collection(&mut cl, "s2").await;
-    for i in 0..2i64 {
-        let req = ingest_request("s2", &format!("scene-{i}"), JUN + i * DAY, gt, 300, "bilinear");
-        ca.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap();
-        cl.ingest(&req, red_batches(raster(300, i as u16), 300)).await.unwrap();
+    let ([a, b, local], [mut ca, mut cb, mut cl]) = beside(shared_server("replace").await, shared_server("replace").await).await;
+    for i in 0..2 {
+        ingest_beside(&mut ca, &mut cl, i, i as i64).await;
     }
-    let mut again = ingest_request("s2", "scene-0", JUN + 7 * DAY, gt, 300, "bilinear");
+    let mut again = ingest_request("s2", "scene-0", JUN + 7 * DAY, utm_geotransform(300), 300, "bilinear");
     let (code, msg) = code_of(cb.ingest(&again, red_batches(raster(300, 9), 300)).await);
     assert_eq!(code, tonic::Code::AlreadyExists, "{msg}");
     again.replace = true;
@@ -519,6 +506,14 @@ async fn a_replaced_scene_matches_the_local_backend() {
     assert_eq!(ca.describe("s2").await.unwrap()["scenes"], 2);
     // A retry of the replacement is a duplicate.
     assert!(ca.ingest(&again, red_batches(raster(300, 9), 300)).await.unwrap().duplicate);
+    // Replacing an id nothing holds stores it as a new scene.
+    let mut fresh = ingest_request("s2", "scene-7", JUN + 8 * DAY, utm_geotransform(300), 300, "bilinear");
+    fresh.replace = true;
+    assert!(!cb.ingest(&fresh, red_batches(raster(300, 7), 300)).await.unwrap().duplicate);
+    cl.ingest(&fresh, red_batches(raster(300, 7), 300)).await.unwrap();
+    let rows = read_all(&mut cl, "s2").await;
+    assert_eq!(read_all(&mut ca, "s2").await, rows);
+    assert_eq!(ca.describe("s2").await.unwrap()["scenes"], 3);
     let c = shared_server("replace").await;
     let mut cc = c.client().await;
     assert_eq!(read_all(&mut cc, "s2").await, rows);
