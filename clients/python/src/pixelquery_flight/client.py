@@ -542,8 +542,7 @@ class Client:
                 values = table["pixels"][r].values.to_numpy(zero_copy_only=False).reshape(n, n)
                 mask = table["mask"][r].values.to_numpy(zero_copy_only=False).reshape(n, n)
                 r0, c0 = (iy1 - iy) * n, (ix - ix0) * n
-                view = cube[t_index[row_times[r]], r0:r0 + n, c0:c0 + n]
-                view[mask] = values[mask]
+                np.copyto(cube[t_index[row_times[r]], r0:r0 + n, c0:c0 + n], values, where=mask, casting="unsafe")
             variables[band] = (("time", "y", "x"), cube)
         x = ix0 * span + (np.arange(width) + 0.5) * px
         y = (iy1 + 1) * span - (np.arange(height) + 0.5) * px
@@ -652,8 +651,8 @@ class Client:
             ep = blocks.get((band, row, col))
             return None if ep is None else (ep.ticket.ticket, [loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in ep.locations])
 
-        def fetch(band, row, col, h, w):
-            return _window(self, endpoint_of(band, row, col), (len(times), h, w), dtype, fill_of(band), t_index)
+        def fetch(band, row, col, h, w, out):
+            return _window(self, endpoint_of(band, row, col), (len(times), h, w), dtype, fill_of(band), t_index, out=out)
 
         rows = [(r, min(win, height - r)) for r in range(0, height, win)]
         cols = [(c, min(win, width - c)) for c in range(0, width, win)]
@@ -671,15 +670,11 @@ class Client:
                          for c, w in cols] for r, h in rows]
                 variables[band] = da.block([grid])
         else:
-            jobs = [(band, r, c, h, w) for band in band_names for r, h in rows for c, w in cols]
+            # Each window is written straight into its band's cube.
+            variables = {band: np.empty((len(times), height, width), dtype=dtype) for band in band_names}
+            jobs = [(band, r, c, h, w, variables[band][:, r:r + h, c:c + w]) for band in band_names for r, h in rows for c, w in cols]
             with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-                got = dict(zip(jobs, pool.map(lambda j: fetch(*j), jobs)))
-            for band in band_names:
-                cube = np.empty((len(times), height, width), dtype=dtype)
-                for r, h in rows:
-                    for c, w in cols:
-                        cube[:, r:r + h, c:c + w] = got[(band, r, c, h, w)]
-                variables[band] = cube
+                list(pool.map(lambda j: fetch(*j), jobs))
         wkt = meta["crs"]
         spatial_ref = xr.Variable((), 0, attrs={"crs_wkt": wkt, "spatial_ref": wkt, "GeoTransform": " ".join(str(v) for v in gt)})
         data_vars = {b: xr.Variable(("time", "y", "x"), v, attrs={"grid_mapping": "spatial_ref", "nodata": fill_of(b)})
@@ -707,12 +702,14 @@ class Client:
         return df
 
 
-def _window(reader, endpoint, shape, dtype, fill, t_index) -> np.ndarray:
-    """One window of a load as a ``(time, y, x)`` array: ``fill`` where no
-    observation is valid. ``endpoint`` is ``(ticket bytes, location URIs)``
-    or None (no data there); ``reader`` a Client, or ``(uri, token,
-    tls_root_certs)`` to connect from another process."""
-    block = np.full(shape, fill, dtype=dtype)
+def _window(reader, endpoint, shape, dtype, fill, t_index, out=None) -> np.ndarray:
+    """One window of a load as a ``(time, y, x)`` array (``out`` when
+    given): ``fill`` where no observation is valid. ``endpoint`` is
+    ``(ticket bytes, location URIs)`` or None (no data there); ``reader`` a
+    Client, or ``(uri, token, tls_root_certs)`` to connect from another
+    process."""
+    block = np.empty(shape, dtype=dtype) if out is None else out
+    block[...] = fill
     if endpoint is None:
         return block
     ep = flight.FlightEndpoint(endpoint[0], endpoint[1])
@@ -727,8 +724,7 @@ def _window(reader, endpoint, shape, dtype, fill, t_index) -> np.ndarray:
     for r in range(table.num_rows):
         values = table["pixels"][r].values.to_numpy(zero_copy_only=False).reshape(h, w)
         mask = table["mask"][r].values.to_numpy(zero_copy_only=False).reshape(h, w)
-        view = block[t_index[row_times[r]]]
-        view[mask] = values[mask]
+        np.copyto(block[t_index[row_times[r]]], values, where=mask)
     return block
 
 
