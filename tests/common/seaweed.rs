@@ -18,22 +18,25 @@ pub struct Seaweed {
     dir: tempfile::TempDir,
 }
 
-/// Spawns `cmd` so that it dies with this test process: `PR_SET_PDEATHSIG`
-/// fires when the thread that spawned the child exits, so children are
-/// spawned from one thread that lives as long as the process (a store
-/// shared by every test of a binary would otherwise outlive it).
-pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
-    use std::os::unix::process::CommandExt;
+/// A command that runs `program` so that it dies with this test process:
+/// util-linux's `setpriv` sets `PR_SET_PDEATHSIG` and execs it. (A
+/// `pre_exec` hook would make std fork instead of `posix_spawn`, and
+/// PROJ's fork handler can deadlock the child on a lock another thread
+/// held at the fork.)
+pub fn tied(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    cmd
+}
+
+/// Spawns a [`tied`] command. The death signal fires when the thread
+/// that spawned the child exits, so children are spawned from one thread
+/// that lives as long as the process (a store shared by every test of a
+/// binary would otherwise outlive it).
+pub fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
     use std::sync::mpsc;
     type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: std::sync::OnceLock<std::sync::Mutex<mpsc::Sender<Request>>> = std::sync::OnceLock::new();
-    // SAFETY: the closure only calls prctl, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::spawn(move || {
@@ -95,7 +98,7 @@ impl Seaweed {
     }
 
     fn spawn(dir: &tempfile::TempDir, base: u16) -> Child {
-        let mut cmd = Command::new(weed());
+        let mut cmd = tied(weed());
         cmd.arg("mini")
             .arg(format!("-dir={}", dir.path().display()))
             .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-admin.ui=false", "-webdav=false"])
