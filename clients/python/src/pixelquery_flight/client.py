@@ -651,9 +651,6 @@ class Client:
             ep = blocks.get((band, row, col))
             return None if ep is None else (ep.ticket.ticket, [loc.uri.decode() if isinstance(loc.uri, bytes) else str(loc.uri) for loc in ep.locations])
 
-        def fetch(band, row, col, h, w, out):
-            return _window(self, endpoint_of(band, row, col), (len(times), h, w), dtype, fill_of(band), t_index, out=out)
-
         rows = [(r, min(win, height - r)) for r in range(0, height, win)]
         cols = [(c, min(win, width - c)) for c in range(0, width, win)]
         variables = {}
@@ -670,9 +667,15 @@ class Client:
                          for c, w in cols] for r, h in rows]
                 variables[band] = da.block([grid])
         else:
-            # Each window is written straight into its band's cube.
-            variables = {band: np.empty((len(times), height, width), dtype=dtype) for band in band_names}
-            jobs = [(band, r, c, h, w, variables[band][:, r:r + h, c:c + w]) for band in band_names for r, h in rows for c, w in cols]
+            # Each window is written straight into its slice of the band's cube.
+            jobs = []
+            for band in band_names:
+                cube = variables[band] = np.empty((len(times), height, width), dtype=dtype)
+                jobs += [(band, r, c, cube[:, r:r + h, c:c + w]) for r, h in rows for c, w in cols]
+
+            def fetch(band, row, col, out):
+                _window(self, endpoint_of(band, row, col), out.shape, dtype, fill_of(band), t_index, out=out)
+
             with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
                 list(pool.map(lambda j: fetch(*j), jobs))
         wkt = meta["crs"]
@@ -724,7 +727,7 @@ def _window(reader, endpoint, shape, dtype, fill, t_index, out=None) -> np.ndarr
     for r in range(table.num_rows):
         values = table["pixels"][r].values.to_numpy(zero_copy_only=False).reshape(h, w)
         mask = table["mask"][r].values.to_numpy(zero_copy_only=False).reshape(h, w)
-        np.copyto(block[t_index[row_times[r]]], values, where=mask)
+        np.copyto(block[t_index[row_times[r]]], values, where=mask, casting="unsafe")
     return block
 
 
